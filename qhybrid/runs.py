@@ -1,0 +1,230 @@
+"""Run folders with provenance, and atomic file writes.
+
+A run folder is ``runs/<name>-<time>/`` holding:
+
+- ``config.json``: the resolved config, verbatim;
+- ``env.json``: versions (python, torch, qiskit, qiskit-aer, transformers, flwr, cryptography), the git
+  revision, the seed, the CPU and GPU;
+- ``metrics.jsonl``: one JSON record per line, appended as the run goes;
+- artefacts (checkpoints, datasets, tables) and ``report.md`` with its PNG figures.
+
+Every file is written atomically: to a temporary file in the same folder, flushed and fsynced, then
+renamed over the target (``os.replace`` is atomic on POSIX), so an interrupted run never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from qhybrid.config import config_to_dict
+from qhybrid.errors import QHybridError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Run",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "create_run",
+    "environment_info",
+    "read_metrics",
+]
+
+TRACKED_PACKAGES = (
+    "numpy", "scipy", "torch", "qiskit", "qiskit-aer", "transformers", "flwr", "cryptography",
+    "pqcrypto", "py-fn-dsa", "peft", "datasets", "scikit-learn",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit rename it over ``path``.
+
+    On an exception the temporary file is removed and ``path`` keeps its old content.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON with sorted keys, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _git_revision() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out + ("-dirty" if dirty else "")
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment_info(seed: int | None = None) -> dict[str, Any]:
+    """Provenance of a run: package versions, git revision, seed, CPU and GPU."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in TRACKED_PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    gpu: list[str] = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return {
+        "versions": versions,
+        "git_revision": _git_revision(),
+        "seed": seed,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass
+class Run:
+    """An open run folder. Create one with :func:`create_run`."""
+
+    path: Path
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def log_metrics(self, record: Mapping[str, Any]) -> None:
+        """Append one JSON record to ``metrics.jsonl`` (a single write of one whole line)."""
+        line = json.dumps(dict(record), sort_keys=True, default=_json_default) + "\n"
+        with self.metrics_path.open("a", encoding="utf-8") as f:
+            f.write(line)
+
+    def artefact(self, *parts: str) -> Path:
+        """A path inside the run folder; parent folders are created."""
+        p = self.path.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """Save a matplotlib figure as ``<name>.png`` atomically, close it, and return the path."""
+        import matplotlib.pyplot as plt
+
+        target = self.artefact(name if name.endswith(".png") else f"{name}.png")
+        with atomic_open(target, "wb") as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return target
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def create_run(
+    name: str, config: Any = None, *, root: str | Path = "runs", seed: int | None = None
+) -> Run:
+    """Create ``<root>/<name>-<UTC time>/`` with ``config.json`` and ``env.json``.
+
+    Args:
+        name: a short name for the experiment (letters, digits, ``-`` and ``_``).
+        config: the resolved config dataclass (or a plain mapping); saved verbatim.
+        root: the folder that holds run folders.
+        seed: the run's master seed, recorded in ``env.json``.
+    """
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise QHybridError(
+            f"run name {name!r} must be non-empty and use only letters, digits, '-', '_'"
+        )
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    root = Path(root)
+    path = root / f"{name}-{stamp}"
+    i = 1
+    while path.exists():  # two runs in the same second get distinct folders
+        i += 1
+        path = root / f"{name}-{stamp}-{i}"
+    path.mkdir(parents=True)
+    if config is not None:
+        cfg = config if isinstance(config, Mapping) else config_to_dict(config)
+        atomic_write_json(path / "config.json", cfg)
+    atomic_write_json(path / "env.json", environment_info(seed))
+    logger.info("run folder %s", path)
+    return Run(path)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``metrics.jsonl`` file (a run folder or the file itself) into a list of records."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
