@@ -201,9 +201,10 @@ def make_loader(
 
 
 def _world() -> tuple[int, int]:
+    """(world size, rank): from the process group, or from torchrun's variables before it exists."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
 
 
 def _maybe_init_distributed(device: torch.device) -> bool:
@@ -218,7 +219,7 @@ def _maybe_init_distributed(device: torch.device) -> bool:
 
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch if batch.device == device else batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
         return {k: _to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, list | tuple):
@@ -610,6 +611,7 @@ def train(
             bad_evals += 1
         return bool(config.early_stop_patience) and bad_evals >= config.early_stop_patience
 
+    current_factor: float | None = None
     net.train()
     bar = _progress(config.max_steps, step, config.progress and rank == 0)
     stream = _micro_batches(data, epoch, batch_in_epoch, config.max_epochs)
@@ -626,8 +628,10 @@ def train(
             if not micro:  # max_epochs reached
                 break
             factor = lr_factor(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
+            if factor != current_factor:  # constant stretches of the schedule cost nothing
+                current_factor = factor
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
 
             extras: Mapping[str, float] = {}
             if uses_closure:
@@ -641,16 +645,16 @@ def train(
                         f"loss is {loss_value} at step {step}; last good checkpoint: {last_ckpt}"
                     )
             else:
-                total = torch.zeros((), device=device)
+                n = len(micro)
+                loss_sum = torch.zeros(())  # replaced by the first micro-batch's loss
                 for i, batch in enumerate(micro):
                     # DDP: all-reduce gradients only on the last micro-batch of the step.
-                    sync = not distributed or i == len(micro) - 1
-                    ctx = contextlib.nullcontext() if sync else net.no_sync()  # type: ignore[operator]
-                    with ctx:
+                    sync = not distributed or i == n - 1
+                    with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
                         loss, extras = _split_loss(loss_fn(net, batch))
-                        (loss / len(micro)).backward()
-                    total += loss.detach()
-                loss_value = float(total) / len(micro)
+                        (loss if n == 1 else loss / n).backward()
+                    loss_sum = loss.detach() if i == 0 else loss_sum + loss.detach()
+                loss_value = loss_sum.item() / n  # one host sync per step, needed by the NaN guard
                 if not math.isfinite(loss_value):
                     optimizer.zero_grad(set_to_none=True)
                     raise NonFiniteLossError(
