@@ -263,3 +263,26 @@ def test_checkpoint_folder_contents(tmp_path):
     }
     assert json.loads((final / "state.json").read_text())["step"] == 6
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.gpu
+def test_cuda_training_matches_cpu_and_resumes_exactly(tmp_path):
+    x, y = regression_data(n=64)
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+
+    def run(device: str, max_steps: int, **kw):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        train(model, batches, mse, opt, cfg(max_steps=max_steps, device=device, checkpoint_every=3,
+                                            deterministic=True), **kw)  # fmt: skip
+        return {k: v.cpu() for k, v in model.state_dict().items()}
+
+    cpu = run("cpu", 9)
+    gpu = run("cuda", 9)
+    for k in cpu:
+        torch.testing.assert_close(gpu[k], cpu[k], rtol=1e-4, atol=1e-5)
+    run("cuda", 6, checkpoint_dir=tmp_path)  # stops at 6; resume to 9 from the step-6 checkpoint
+    resumed = run("cuda", 9, checkpoint_dir=tmp_path, resume=True)
+    for k in gpu:
+        assert torch.equal(resumed[k], gpu[k])
