@@ -639,7 +639,7 @@ def train(
                 loss_t = optimizer.step(closure)  # type: ignore[arg-type]
                 if loss_t is None:
                     raise QHybridError("a closure optimizer's step(closure) must return the loss")
-                loss_value = float(loss_t)
+                loss_value = float(loss_t.detach() if torch.is_tensor(loss_t) else loss_t)
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(
                         f"loss is {loss_value} at step {step}; last good checkpoint: {last_ckpt}"

@@ -184,7 +184,7 @@ def test_closure_optimizer_is_driven_through_step_closure():
         loss.backward()
         return loss
 
-    losses = [float(opt.step(closure)) for _ in range(3)]
+    losses = [float(opt.step(closure).detach()) for _ in range(3)]
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q)
     # The loop records what step(closure) returned: the loss before the last step.
