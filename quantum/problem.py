@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,9 +137,9 @@ class GroverProblem:
         oracle_style: str = "x_mcz_x",
         iteration_rule: str = "floor_pi4",
     ) -> None:
-        n = n_qubits
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise GroverProblemError(f"n_qubits must be an int, not {n!r}")
+        if isinstance(n_qubits, bool) or not isinstance(n_qubits, numbers.Integral):
+            raise GroverProblemError(f"n_qubits must be an int, not {n_qubits!r}")
+        n = int(n_qubits)
         if not 1 <= n <= MAX_QUBITS:
             raise GroverProblemError(
                 f"n_qubits={n} is outside 1..{MAX_QUBITS}; the closed form and int64 basis "
@@ -152,8 +153,9 @@ class GroverProblem:
         if iterations is None:
             k = optimal_iterations(n, len(states), iteration_rule)
         else:
-            if isinstance(iterations, bool) or not isinstance(iterations, int):
+            if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
                 raise GroverProblemError(f"iterations must be an int or None, not {iterations!r}")
+            iterations = int(iterations)
             if iterations < 0:
                 raise GroverProblemError(
                     f"iterations={iterations} is negative; use k >= 0 "

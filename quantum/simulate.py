@@ -21,6 +21,7 @@ Backends of :func:`simulate`:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -234,13 +235,64 @@ def depolarizing_noise(p1: float, p2: float | None = None) -> NoiseModel:
     return model
 
 
-def _simulate_aer(
-    problem: GroverProblem, shots: int | None, seed: int | None, noise: NoiseModel | None
-) -> Any:
+@functools.lru_cache(maxsize=1)
+def _aer_pass_manager() -> Any:
+    """Building a pass manager for Aer's target takes ~0.3 s; build it once per process."""
+    from qiskit.transpiler import generate_preset_pass_manager
+    from qiskit_aer import AerSimulator
+
+    return generate_preset_pass_manager(optimization_level=0, backend=AerSimulator())
+
+
+def aer_transpile(circuit: Any, noise: NoiseModel | None = None) -> Any:
+    """Transpile ``circuit`` for Aer (optimisation level 0: Aer runs mcx/mcp natively).
+
+    Without a noise model the pass manager is cached; a noise model restricts the basis to its own
+    gates, so it gets a fresh one.
+    """
+    if noise is None:
+        return _aer_pass_manager().run(circuit)
     from qiskit import transpile
     from qiskit_aer import AerSimulator
 
-    from quantum.circuits import build_circuit
+    return transpile(circuit, AerSimulator(noise_model=noise), optimization_level=0)
+
+
+def aer_circuit(problem: GroverProblem, measure: bool, noise: NoiseModel | None = None) -> Any:
+    """``build_circuit(problem)`` transpiled for Aer, with Oracle and Diffuser transpiled once.
+
+    Level-0 transpilation only rewrites each gate into Aer's basis (h, x, mcx, mcp, ... run
+    natively), so transpiling the two blocks once and repeating them k times gives the same
+    circuit as transpiling the whole thing, in O(1) instead of O(k) synthesis calls.
+    """
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+
+    from quantum.circuits import build_oracle, diffuser
+
+    n = problem.n_qubits
+    oracle = aer_transpile(build_oracle(problem), noise)
+    diff = aer_transpile(diffuser(n), noise)
+    q = QuantumRegister(n, "q")
+    regs = [q] + ([QuantumRegister(1, "flag")] if problem.oracle_style == "mcp_flag" else [])
+    qc = QuantumCircuit(*regs)
+    if measure:
+        qc.add_register(ClassicalRegister(n, "c"))
+    qc.h(q)
+    if len(regs) > 1:
+        qc.x(n)
+    all_qubits, search = list(range(qc.num_qubits)), list(range(n))
+    for _ in range(problem.iterations):
+        qc.compose(oracle, all_qubits, inplace=True)
+        qc.compose(diff, search, inplace=True)
+    if measure:
+        qc.measure(q, qc.cregs[0])
+    return qc
+
+
+def _simulate_aer(
+    problem: GroverProblem, shots: int | None, seed: int | None, noise: NoiseModel | None
+) -> Any:
+    from qiskit_aer import AerSimulator
 
     n = problem.n_qubits
     limit = MAX_NOISY_QUBITS if (noise is not None and shots is None) else MAX_AER_QUBITS
@@ -251,20 +303,18 @@ def _simulate_aer(
         )
     if shots is not None:
         sim = AerSimulator(noise_model=noise, seed_simulator=seed)
-        qc = transpile(build_circuit(problem, measure=True), sim, optimization_level=0)
+        qc = aer_circuit(problem, True, noise)
         counts = sim.run(qc, shots=shots).result().get_counts()
         return dict(sorted((k.replace(" ", ""), int(v)) for k, v in counts.items()))
-    qc = build_circuit(problem, measure=False)
+    qc = aer_circuit(problem, False, noise)
     if noise is None:
         sim = AerSimulator(method="statevector")
         qc.save_statevector()
-        qc = transpile(qc, sim, optimization_level=0)
         sv = np.asarray(sim.run(qc).result().get_statevector())
         probs = np.abs(sv) ** 2
     else:
         sim = AerSimulator(method="density_matrix", noise_model=noise)
         qc.save_probabilities()
-        qc = transpile(qc, sim, optimization_level=0)
         probs = np.asarray(sim.run(qc).result().data()["probabilities"], dtype=np.float64)
     if qc.num_qubits > n:  # mcp_flag: marginalise the flag qubit (the highest index)
         probs = probs.reshape(2, 2**n).sum(axis=0)

@@ -14,12 +14,17 @@ The result is a :class:`transformers.PreTrainedTokenizerFast`; ``save_pretrained
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["SPECIAL_TOKENS", "VOCAB", "build_tokenizer"]
+__all__ = ["PRE_TOKEN_PATTERN", "SPECIAL_TOKENS", "VOCAB", "build_tokenizer", "count_tokens"]
+
+# After whitespace splitting: each digit, each identifier, each other character is one token.
+PRE_TOKEN_PATTERN = r"[0-9]|[A-Za-z_]+|[^A-Za-z_0-9]"
+_COUNT_RE = re.compile(r"[0-9]|[A-Za-z_]+|[^\sA-Za-z_0-9]")
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "<sep>")
 _DIGITS = tuple("0123456789")
@@ -62,7 +67,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Split(Regex(r"[0-9]|[A-Za-z_]+|[^A-Za-z_0-9]"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(PRE_TOKEN_PATTERN), behavior="isolated"),
         ]
     )
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with spaces
@@ -76,3 +81,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
     )
+
+
+def count_tokens(text: str) -> int:
+    """Number of tokens :func:`build_tokenizer` gives ``text`` (no special tokens), ~10x faster.
+
+    The vocabulary is word-level, so every pre-token is exactly one token (``<unk>`` included)
+    and the count is the number of pre-tokens: a regex count, checked against the tokenizer in
+    the tests. Dataset generation uses it for its per-record token counts.
+    """
+    return len(_COUNT_RE.findall(text))

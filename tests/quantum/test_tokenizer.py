@@ -49,3 +49,13 @@ def test_save_and_load_with_auto_tokenizer(tok, tmp_path):
     text = render(GroverProblem(6, ["010101"]), "compact")
     assert loaded(text)["input_ids"] == tok(text)["input_ids"]
     assert loaded.pad_token_id == tok.pad_token_id and len(loaded) == len(tok)
+
+
+def test_fast_token_count_equals_the_tokenizer(tok):
+    from quantum.tokenizer import count_tokens
+
+    for style in ("x_mcz_x", "mcp_flag", "phase_oracle"):
+        p = GroverProblem(5, ["01011", "00000"], oracle_style=style)
+        for fmt in ("compact", "answer", "qasm3_loop", "qasm3", "qasm3_oracle"):
+            text = render(p, fmt) + " weird§tokens\t"
+            assert count_tokens(text) == len(tok(text, add_special_tokens=False)["input_ids"])
