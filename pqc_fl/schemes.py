@@ -122,6 +122,7 @@ class SignatureScheme:
     _verify_mu: Callable[[bytes, bytes, bytes], bool] | None = field(
         default=None, repr=False, compare=False
     )
+    _public_of: Callable[[bytes], bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def supports_mu(self) -> bool:
@@ -186,6 +187,12 @@ class SignatureScheme:
         except Exception:  # noqa: BLE001
             return False
 
+    def public_key_of(self, secret_key: bytes) -> bytes:
+        """The public key belonging to ``secret_key`` (ML-DSA seeds on ``cryptography`` only)."""
+        if self._public_of is None:
+            raise SchemeError(f"{self.name} ({self.backend}) cannot derive a public key; pass it")
+        return self._public_of(bytes(secret_key))
+
     def _check_pk(self, public_key: bytes) -> None:
         if len(public_key) != self.public_key_size:
             raise SchemeError(
@@ -244,9 +251,12 @@ def _crypto_mldsa(name: str) -> SignatureScheme:
         pub.from_public_bytes(pk).verify_mu(sig, mu)
         return True
 
+    def public_of(sk: bytes) -> bytes:
+        return bytes(priv.from_seed_bytes(sk).public_key().public_bytes_raw())
+
     return SignatureScheme(
         name, "ml-dsa", level, True, "cryptography", pk_size, 32, sig_size,
-        keygen, sign, verify, mu_hasher, sign_mu, verify_mu,
+        keygen, sign, verify, mu_hasher, sign_mu, verify_mu, public_of,
     )  # fmt: skip
 
 
