@@ -236,7 +236,7 @@ class Envelope:
             v: Any = d[k]
             if type(v) is not typ:
                 raise MalformedUpdateError(f"envelope field {k!r} must be {typ.__name__}")
-            n = len(v) if isinstance(v, str) else int(v)
+            n: int = len(v) if isinstance(v, str) else v  # type: ignore[assignment]
             if not lo <= n <= hi:
                 raise MalformedUpdateError(f"envelope field {k!r} out of range [{lo}, {hi}]")
             return v
