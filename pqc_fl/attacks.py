@@ -215,3 +215,37 @@ def run_attack_suite(
         "scheme": scheme, "mode": mode, "cases": rows, "honest": honest,
         "false_rejections": false_rejections, "rejection_rate": rejected / len(rows),
     }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# attacks a malicious client (or the wire) applies during a federated run (both engines)
+# ------------------------------------------------------------------------------------------------
+
+RUN_ATTACKS = ("none", "tensor_bitflip", "inflate_examples", "replay_previous_round", "relabel",
+               "strip_signature")  # fmt: skip
+
+
+def tamper(
+    u: SignedUpdate, kind: str, *, previous: SignedUpdate | None, victim: str
+) -> SignedUpdate:
+    """Apply a run-time attack to a signed update after signing.
+
+    Args:
+        u: the attacker's honest signed update of this round.
+        kind: one of :data:`RUN_ATTACKS`.
+        previous: the attacker's signed update of the previous round (for replays), if any.
+        victim: the client id a relabelled update claims to come from.
+    """
+    if kind == "none":
+        return u
+    if kind == "tensor_bitflip":
+        return _flip_tensor(u)
+    if kind == "inflate_examples":  # claim 1000x more data to dominate the FedAvg weights
+        return _env(u, num_examples=u.envelope.num_examples * 1000)
+    if kind == "replay_previous_round":
+        return previous if previous is not None else u
+    if kind == "relabel":
+        return _env(u, client_id=victim)
+    if kind == "strip_signature":
+        return _sig(u, b"")
+    raise ValueError(f"attack {kind!r} is not one of {RUN_ATTACKS}")

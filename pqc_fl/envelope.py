@@ -67,6 +67,7 @@ __all__ = [
     "canonical_tensors",
     "sign_update",
     "signed_message",
+    "parse_tensor_stream",
     "state_digest",
     "tensor_stream",
     "verify_update",
@@ -105,6 +106,7 @@ class Reason(StrEnum):
     RUN_MISMATCH = "run_mismatch"  # signed for another run (cross-run replay)
     ROUND_MISMATCH = "round_mismatch"  # signed for another round (replay of an earlier round)
     REPLAY = "replay"  # this exact nonce was already accepted
+    UNSIGNED = "unsigned"  # no signature record at all (Flower replies)
     UNKNOWN_KEY = "unknown_key"
     REVOKED_KEY = "revoked_key"
     EXPIRED_KEY = "expired_key"  # retired past its grace window, or not yet valid
@@ -286,6 +288,8 @@ class SignedUpdate:
     envelope: Envelope
     signature: bytes = field(repr=False)
     tensors: dict[str, np.ndarray] = field(repr=False)  # canonical: sorted, little-endian
+    # seconds spent by sign_update: {"digest": ..., "sign": ...}; not serialised or compared
+    timings: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
         e = self.envelope
@@ -308,41 +312,49 @@ class SignedUpdate:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> SignedUpdate:
         """Parse :meth:`to_bytes` output; raises :class:`MalformedUpdateError` on anything else."""
-        buf = memoryview(bytes(data))
-        pos = 0
-
-        def take(n: int, what: str) -> memoryview:
-            nonlocal pos
-            if n < 0 or pos + n > len(buf):
-                raise MalformedUpdateError(
-                    f"truncated update: {what} needs {n} bytes at offset {pos}, "
-                    f"{len(buf) - pos} left"
-                )
-            out = buf[pos : pos + n]
-            pos += n
-            return out
-
-        def unpack(fmt: str, what: str) -> tuple[int, ...]:
-            return struct.unpack(fmt, take(struct.calcsize(fmt), what))
-
-        if bytes(take(4, "magic")) != _MAGIC:
+        r = _Reader(data)
+        if bytes(r.take(4, "magic")) != _MAGIC:
             raise MalformedUpdateError("not a signed update (bad magic; expected b'QHFL')")
-        (wire,) = unpack(">B", "wire version")
+        (wire,) = r.unpack(">B", "wire version")
         if wire != _WIRE_VERSION:
             raise MalformedUpdateError(f"wire version {wire} is not supported (expected 1)")
-        (n_env,) = unpack(">I", "envelope length")
+        (n_env,) = r.unpack(">I", "envelope length")
         if n_env > _MAX_ENVELOPE:
             raise MalformedUpdateError(f"envelope length {n_env} exceeds {_MAX_ENVELOPE}")
-        env = Envelope.from_bytes(bytes(take(n_env, "envelope")))
-        (n_sig,) = unpack(">H", "signature length")
-        sig = bytes(take(n_sig, "signature"))
-        (count,) = unpack(">I", "tensor count")
+        env = Envelope.from_bytes(bytes(r.take(n_env, "envelope")))
+        (n_sig,) = r.unpack(">H", "signature length")
+        sig = bytes(r.take(n_sig, "signature"))
+        return cls(env, sig, r.tensors())
+
+
+class _Reader:
+    """Bounds-checked reading of the wire format."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.buf = memoryview(bytes(data))  # bytes(b) is b itself: no copy for bytes input
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise MalformedUpdateError(
+                f"truncated update: {what} needs {n} bytes at offset {self.pos}, "
+                f"{len(self.buf) - self.pos} left"
+            )
+        self.pos += n
+        return self.buf[self.pos - n : self.pos]
+
+    def unpack(self, fmt: str, what: str) -> tuple[int, ...]:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The canonical tensor stream up to the end of the buffer (read-only zero-copy arrays)."""
+        (count,) = self.unpack(">I", "tensor count")
         tensors: dict[str, np.ndarray] = {}
         last = None
         for i in range(count):
-            (n_name,) = unpack(">H", f"tensor {i} name length")
+            (n_name,) = self.unpack(">H", f"tensor {i} name length")
             try:
-                name = bytes(take(n_name, f"tensor {i} name")).decode("utf-8")
+                name = bytes(self.take(n_name, f"tensor {i} name")).decode("utf-8")
             except UnicodeDecodeError:
                 raise MalformedUpdateError(f"tensor {i} name is not UTF-8") from None
             if not name or (last is not None and name <= last):
@@ -350,25 +362,32 @@ class SignedUpdate:
                     f"tensor names must be non-empty, unique and sorted ({name!r})"
                 )
             last = name
-            (n_dt,) = unpack(">B", "dtype length")
-            dt = bytes(take(n_dt, "dtype")).decode("ascii", "replace")
+            (n_dt,) = self.unpack(">B", "dtype length")
+            dt = bytes(self.take(n_dt, "dtype")).decode("ascii", "replace")
             if dt not in _DTYPES:
                 raise MalformedUpdateError(f"tensor {name!r} has unsupported dtype {dt!r}")
-            (ndim,) = unpack(">B", "ndim")
+            (ndim,) = self.unpack(">B", "ndim")
             if ndim > _MAX_NDIM:
                 raise MalformedUpdateError(f"tensor {name!r} has {ndim} dims (max {_MAX_NDIM})")
-            shape = unpack(f">{ndim}Q", "shape")
-            (nbytes,) = unpack(">Q", "nbytes")
+            shape = self.unpack(f">{ndim}Q", "shape")
+            (nbytes,) = self.unpack(">Q", "nbytes")
             dtype = np.dtype(dt)
             if math.prod(shape) * dtype.itemsize != nbytes:
                 raise MalformedUpdateError(
                     f"tensor {name!r}: shape {shape} x {dtype.itemsize} B != nbytes {nbytes}"
                 )
-            raw = take(nbytes, f"tensor {name!r} data")
+            raw = self.take(nbytes, f"tensor {name!r} data")
             tensors[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
-        if pos != len(buf):
-            raise MalformedUpdateError(f"{len(buf) - pos} trailing bytes after the last tensor")
-        return cls(env, sig, tensors)
+        if self.pos != len(self.buf):
+            raise MalformedUpdateError(
+                f"{len(self.buf) - self.pos} trailing bytes after the last tensor"
+            )
+        return tensors
+
+
+def parse_tensor_stream(data: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
+    """Parse the output of :func:`tensor_stream` (an unsigned update; the baseline's wire format)."""
+    return _Reader(data).tensors()
 
 
 def signed_message(
@@ -438,16 +457,22 @@ def sign_update(
     if len(nonce) != 16:
         raise QHybridError(f"nonce has {len(nonce)} bytes; it must have 16")
     tensors = canonical_tensors(state_dict)
+    t0 = time.perf_counter()
+    digest = state_digest(tensors).hex() if mode == "digest" else ""
+    t1 = time.perf_counter()
     env = Envelope(
         scheme=s.name, mode=mode, run_id=run_id, round=round, client_id=client_id, key_id=key_id,
-        nonce=nonce.hex(), digest=state_digest(tensors).hex() if mode == "digest" else "",
-        num_examples=num_examples, metrics=_metrics_tuple(metrics),
+        nonce=nonce.hex(), digest=digest, num_examples=num_examples,
+        metrics=_metrics_tuple(metrics),
     )  # fmt: skip
     try:
         env = Envelope.from_bytes(env.to_bytes())  # enforce the same limits a verifier applies
     except MalformedUpdateError as err:
         raise QHybridError(f"cannot sign this update: {err}") from None
-    return SignedUpdate(env, _sign_message(s, mode, secret_key, public_key, env, tensors), tensors)
+    t2 = time.perf_counter()
+    sig = _sign_message(s, mode, secret_key, public_key, env, tensors)
+    timings = {"digest": t1 - t0, "sign": time.perf_counter() - t2}
+    return SignedUpdate(env, sig, tensors, timings)
 
 
 # ------------------------------------------------------------------------------------------------
