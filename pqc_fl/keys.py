@@ -39,6 +39,7 @@ __all__ = [
     "generate_client_key",
     "key_fingerprint",
     "load_client_key",
+    "provision_keys",
     "save_client_key",
 ]
 
@@ -337,3 +338,19 @@ class KeyRegistry:
             client_id=str(d["client_id"]), key_id=str(d["key_id"]), scheme=str(d["scheme"]),
             public_key=_unb64(d["public_key"], "public_key", path), round=round,
         )  # fmt: skip
+
+
+def provision_keys(key_dir: str | Path, num_clients: int, scheme: str = "ml-dsa-44") -> KeyRegistry:
+    """Generate ``client-<i>.json`` key files (0600) for ``num_clients`` clients and ``registry.json``.
+
+    This is the out-of-band step a deployment does once per client machine; here it writes all
+    keys into one directory for simulations.
+    """
+    key_dir = Path(key_dir)
+    reg = KeyRegistry()
+    for i in range(num_clients):
+        key = generate_client_key(f"client-{i}", scheme)
+        save_client_key(key_dir / f"client-{i}.json", key)
+        reg.register_client_key(key)
+    reg.save(key_dir / "registry.json")
+    return reg
