@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from pqc_fl.config import MODELS, LocalTrainConfig
 from qhybrid.errors import QHybridError
 from qhybrid.train import TrainConfig, make_loader, seed_everything, train
 
@@ -37,8 +37,6 @@ __all__ = [
     "num_parameters",
     "partition",
 ]
-
-MODELS = ("mlp", "cnn", "mlp-10m")
 
 
 @functools.cache
@@ -132,13 +130,6 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@dataclass(frozen=True)
-class LocalTrainConfig:
-    steps: int = 20  # local optimizer steps per round
-    batch_size: int = 32  # examples per step
-    lr: float = 3e-3  # AdamW learning rate (a fresh optimizer each round, as in FedAvg)
 
 
 def _loss(m: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from pqc_fl.attacks import make_world
+from pqc_fl.config import LocalTrainConfig
 from pqc_fl.envelope import Reason
 from pqc_fl.keys import provision_keys
 from pqc_fl.simulate import FLConfig, run_inprocess
-from pqc_fl.task import LocalTrainConfig
 
 pytest.importorskip("ray")
 

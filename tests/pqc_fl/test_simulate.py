@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from pqc_fl.config import LocalTrainConfig
 from pqc_fl.simulate import FLConfig, fedavg, run_inprocess
-from pqc_fl.task import LocalTrainConfig, build_model, digits, num_parameters, partition
+from pqc_fl.task import build_model, digits, num_parameters, partition
 
 FAST = dict(rounds=2, local=LocalTrainConfig(steps=5))
 
