@@ -287,10 +287,12 @@ class VerifyingFedAvg(FedAvg):
         self.round_stats: list[dict[str, Any]] = []
         self._seen: set[str] = set()
 
-    def verify_reply(self, server_round: int, msg: Message) -> tuple[Verdict, RecordDict | None]:
-        """Verify one reply; on success also return the clean content to aggregate."""
+    def verify_content(
+        self, server_round: int, content: RecordDict
+    ) -> tuple[Verdict, RecordDict | None]:
+        """Verify one reply's content; on success also return the clean content to aggregate."""
         try:
-            u = content_to_update(msg.content)
+            u = content_to_update(content)
         except _Unsigned as err:
             return Verdict(False, Reason.UNSIGNED, str(err)), None
         except MalformedUpdateError as err:
@@ -323,7 +325,7 @@ class VerifyingFedAvg(FedAvg):
                 kept.append(("", msg))  # FedAvg logs and skips errors itself
                 continue
             t0 = time.perf_counter()
-            v, clean = self.verify_reply(server_round, msg)
+            v, clean = self.verify_content(server_round, msg.content)
             stats["verify_s"] += v.verify_seconds
             stats["hash_s"] += v.hash_seconds
             if clean is None:

@@ -43,27 +43,27 @@ def test_flower_simulation_verifies_signed_replies_and_drops_the_forged_one(tmp_
 
 
 def test_strategy_rejects_unsigned_and_malformed_replies() -> None:
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
     from pqc_fl.flower_app import VerifyingFedAvg, update_to_content
 
     w = make_world()
     strategy = VerifyingFedAvg(registry=w.registry, run_id="run-attack-suite")
     good = update_to_content(w.honest())
-    v, clean = strategy.verify_reply(5, Message(good, dst_node_id=1, message_type="train"))
+    v, clean = strategy.verify_content(5, good)
     assert v.ok and clean is not None and set(clean) == {"arrays", "metrics"}
     unsigned = RecordDict({"arrays": good["arrays"], "metrics": good["metrics"]})
-    v, _ = strategy.verify_reply(5, Message(unsigned, dst_node_id=1, message_type="train"))
+    v, _ = strategy.verify_content(5, unsigned)
     assert v.reason == Reason.UNSIGNED
     extra = update_to_content(w.honest())
     extra["more"] = ArrayRecord()
-    v, _ = strategy.verify_reply(5, Message(extra, dst_node_id=1, message_type="train"))
+    v, _ = strategy.verify_content(5, extra)
     assert v.reason == Reason.MALFORMED
     inflated = update_to_content(w.honest())
     inflated["metrics"] = MetricRecord({**dict(inflated["metrics"]), "num-examples": 10**6})
-    v, _ = strategy.verify_reply(5, Message(inflated, dst_node_id=1, message_type="train"))
+    v, _ = strategy.verify_content(5, inflated)
     assert v.reason == Reason.BAD_SIGNATURE
     garbled = update_to_content(w.honest())
     garbled["pqc"] = ConfigRecord({"envelope": b"{", "signature": b""})
-    v, _ = strategy.verify_reply(5, Message(garbled, dst_node_id=1, message_type="train"))
+    v, _ = strategy.verify_content(5, garbled)
     assert v.reason == Reason.MALFORMED
