@@ -11,7 +11,7 @@ ML-DSA-44/65/87         FIPS 204 ``pkEncode`` / sig     ``cryptography``: the 32
                                                         (FIPS 204 KeyGen_internal input);
                                                         pqcrypto / liboqs: ``skEncode``
 SLH-DSA-*               FIPS 205 raw                    FIPS 205 raw (4n bytes)
-Falcon-512/1024         Falcon/FN-DSA raw (897/1793 B), c-fn-dsa encoding (1345/2369 B)
+Falcon-512/1024         FN-DSA raw (897/1793 B),        c-fn-dsa encoding (1345/2369 B)
                         padded signatures (666/1280 B)
 Ed25519                 RFC 8032 raw 32 B / 64 B        raw 32-byte seed
 ECDSA P-256 SHA-256     SEC1 compressed point (33 B) /  32-byte big-endian scalar
@@ -34,8 +34,9 @@ Backends:
     backend used for the interop test.
   * ``py-fn-dsa`` (the ``falcon`` extra): Pornin's c-fn-dsa, FN-DSA "provisional" (FIPS 206 is
     still a draft).
-  * liboqs, only when its shared library is already on the system; it is found with
-    :func:`ctypes.util.find_library` or ``$OQS_INSTALL_PATH`` and called through ``ctypes``.
+  * liboqs (ML-DSA and SLH-DSA; its Falcon is round-3 Falcon, not FN-DSA), only when its shared
+    library is already on the system: found with :func:`ctypes.util.find_library` or
+    ``$OQS_INSTALL_PATH`` and called through ``ctypes``.
     ``import oqs`` is never used: liboqs-python tries to download and build liboqs on import and
     exits the process when it cannot.
 
@@ -433,13 +434,12 @@ def _fn_dsa(name: str) -> SignatureScheme:
 # liboqs through ctypes, only when the shared library is already installed
 # --------------------------------------------------------------------------------------------
 
-# name -> (liboqs algorithm name, level, pk, sk, sig, takes a context string)
+# name -> (liboqs algorithm name, level, pk, sk, sig, takes a context string). liboqs' Falcon is
+# round-3 Falcon, not FN-DSA (different message hashing), so it is not offered as a Falcon backend.
 _OQS = {
     "ml-dsa-44": ("ML-DSA-44", 2, 1312, 2560, 2420, True),
     "ml-dsa-65": ("ML-DSA-65", 3, 1952, 4032, 3309, True),
     "ml-dsa-87": ("ML-DSA-87", 5, 2592, 4896, 4627, True),
-    "falcon-512": ("Falcon-padded-512", 1, 897, 1281, 666, False),
-    "falcon-1024": ("Falcon-padded-1024", 5, 1793, 2305, 1280, False),
     "slh-dsa-sha2-128f": ("SLH_DSA_PURE_SHA2_128F", 1, 32, 64, 17088, True),
     "slh-dsa-sha2-128s": ("SLH_DSA_PURE_SHA2_128S", 1, 32, 64, 7856, True),
     "slh-dsa-shake-128f": ("SLH_DSA_PURE_SHAKE_128F", 1, 32, 64, 17088, True),
@@ -519,7 +519,7 @@ def _liboqs_scheme(name: str) -> SignatureScheme:
 
     def sign(sk: bytes, msg: bytes, ctx: bytes) -> bytes:
         if ctx and not has_ctx:
-            raise SchemeError(f"liboqs {alg} takes no context string; use the py-fn-dsa backend")
+            raise SchemeError(f"liboqs {alg} takes no context string")
         sig, n = ctypes.create_string_buffer(sig_size), ctypes.c_size_t(sig_size)
         rc = lib.OQS_SIG_sign_with_ctx_str(
             handle, sig, ctypes.byref(n), msg, len(msg), ctx or None, len(ctx), sk
@@ -536,8 +536,7 @@ def _liboqs_scheme(name: str) -> SignatureScheme:
         )
         return bool(rc == ok)
 
-    family = "fn-dsa" if name in _FALCON else name[:6]  # "ml-dsa" or "slh-ds"
-    family = "slh-dsa" if family == "slh-ds" else family
+    family = "ml-dsa" if name in _MLDSA else "slh-dsa"
     return SignatureScheme(
         name, family, level, True, "liboqs", pk_size, sk_size, sig_size, keygen, sign, verify
     )
@@ -551,7 +550,7 @@ def _liboqs_scheme(name: str) -> SignatureScheme:
 _BACKENDS: dict[str, tuple[str, ...]] = {
     **{n: ("cryptography", "liboqs", "pqcrypto") for n in _MLDSA},
     **{n: ("pqcrypto", "liboqs") for n in _SLH},
-    **{n: ("py-fn-dsa", "liboqs") for n in _FALCON},
+    **{n: ("py-fn-dsa",) for n in _FALCON},
     "ed25519": ("cryptography",),
     "ecdsa-p256": ("cryptography",),
     "rsa-3072": ("cryptography",),
