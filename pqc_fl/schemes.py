@@ -378,6 +378,9 @@ _SLH = {  # name -> NIST level (FIPS 205 Table 2); sizes come from the module co
 }  # fmt: skip
 
 
+_PQCRYPTO_MLDSA_MAX_MESSAGE = 1 << 20  # bytes (measured: 1,048,576 signs, one more byte fails)
+
+
 def _pqcrypto(name: str) -> SignatureScheme:
     mod = importlib.import_module("pqcrypto.sign." + name.replace("-", "_"))
 
@@ -385,7 +388,16 @@ def _pqcrypto(name: str) -> SignatureScheme:
         pk, sk = mod.keygen()
         return bytes(sk), bytes(pk)
 
+    # pqcrypto 1.0 refuses ML-DSA messages over 1 MiB ("invalid message length"); SLH-DSA has no
+    # such limit. Say so instead of failing deep inside the extension.
+    limit = _PQCRYPTO_MLDSA_MAX_MESSAGE if name in _MLDSA else None
+
     def sign(sk: bytes, msg: bytes, ctx: bytes) -> bytes:
+        if limit is not None and len(msg) > limit:
+            raise SchemeError(
+                f"pqcrypto 1.0 signs {name} messages of at most {limit} bytes, got {len(msg)}; "
+                "use the 'cryptography' backend, or mode='digest'"
+            )
         return bytes(mod.sign(sk, msg, context=ctx or None))
 
     def verify(pk: bytes, msg: bytes, sig: bytes, ctx: bytes) -> bool:

@@ -86,6 +86,11 @@ def test_mldsa_interop_cryptography_and_pqcrypto(name: str) -> None:
     assert b.verify(pk_a, msg, a.sign(sk_a, msg, ctx), ctx)  # OpenSSL -> PQClean
     assert a.verify(pk_b, msg, b.sign(sk_b, msg, ctx), ctx)  # PQClean -> OpenSSL
     assert not b.verify(pk_a, msg, a.sign(sk_a, msg, ctx), b"other")
+    big = bytes((1 << 20) + 1)  # pqcrypto 1.0 refuses ML-DSA messages over 1 MiB: a clear error
+    with pytest.raises(SchemeError, match="at most 1048576 bytes"):
+        b.sign(sk_b, big, ctx)
+    # nor can it verify them: it answers False (a valid signature!) rather than raising
+    assert b.verify(pk_a, big, a.sign(sk_a, big, ctx), ctx) is False
 
 
 @pytest.mark.skipif(find_liboqs() is None, reason="liboqs shared library not installed")
