@@ -1,0 +1,49 @@
+"""pqc_fl: federated learning on Flower with post-quantum signed model updates.
+
+Clients sign each update with ML-DSA (FIPS 204), SLH-DSA (FIPS 205), Falcon/FN-DSA or a classical
+baseline; the server verifies before aggregating and records every rejection with a stable reason.
+See docs/pqc_fl.md. Importing this package does not import torch or flwr.
+"""
+
+from __future__ import annotations
+
+from pqc_fl.envelope import (
+    CONTEXT,
+    Envelope,
+    MalformedUpdateError,
+    Reason,
+    SignedUpdate,
+    Verdict,
+    sign_update,
+    state_digest,
+    verify_update,
+)
+from pqc_fl.keys import (
+    ClientKey,
+    KeyRegistry,
+    generate_client_key,
+    load_client_key,
+    save_client_key,
+)
+from pqc_fl.schemes import SchemeError, SignatureScheme, available_schemes, get_scheme
+
+__all__ = [
+    "CONTEXT",
+    "ClientKey",
+    "Envelope",
+    "KeyRegistry",
+    "MalformedUpdateError",
+    "Reason",
+    "SchemeError",
+    "SignatureScheme",
+    "SignedUpdate",
+    "Verdict",
+    "available_schemes",
+    "generate_client_key",
+    "get_scheme",
+    "load_client_key",
+    "save_client_key",
+    "sign_update",
+    "state_digest",
+    "verify_update",
+]

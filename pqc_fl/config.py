@@ -1,0 +1,60 @@
+"""Configs of the federated experiments (light: no torch import, so the CLI starts fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pqc_fl.attacks import RUN_ATTACKS
+from pqc_fl.envelope import MODES
+from pqc_fl.schemes import get_scheme
+from qhybrid.errors import QHybridError
+
+__all__ = ["MODELS", "FLConfig", "LocalTrainConfig"]
+
+MODELS = ("mlp", "cnn", "mlp-10m")
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    """One client's local training per round."""
+
+    steps: int = 20  # local optimizer steps per round
+    batch_size: int = 32  # examples per step
+    lr: float = 3e-3  # AdamW learning rate (a fresh optimizer each round, as in FedAvg)
+
+
+@dataclass(frozen=True)
+class FLConfig:
+    """One federated experiment."""
+
+    model: str = "mlp"  # "mlp", "cnn" or "mlp-10m"
+    num_clients: int = 3  # clients, all sampled every round
+    rounds: int = 5  # federated rounds
+    partition: Literal["iid", "dirichlet"] = "iid"  # client data split
+    alpha: float = 0.5  # Dirichlet concentration for partition="dirichlet" (smaller = more skew)
+    local: LocalTrainConfig = LocalTrainConfig()  # local steps, batch size, lr per round
+    sign: bool = True  # sign and verify updates (False = plain FedAvg, the baseline)
+    scheme: str = "ml-dsa-44"  # signature scheme of every client
+    mode: str = "digest"  # "digest", "full" or "mu" (see pqc_fl.envelope)
+    attack: str = "none"  # run-time attack by one client (pqc_fl.attacks.RUN_ATTACKS)
+    attacker: int = 1  # index of the attacking client
+    engine: Literal["inprocess", "flower"] = "inprocess"  # who runs the rounds
+    seed: int = 0  # data split, initial weights and local shuffling
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise QHybridError(f"model={self.model!r} is not one of {MODELS}")
+        if self.num_clients < 1 or self.rounds < 1:
+            raise QHybridError("num_clients and rounds must be >= 1")
+        if self.attack != "none" and not (0 <= self.attacker < self.num_clients):
+            raise QHybridError(
+                f"attacker={self.attacker} is not a client index < {self.num_clients}"
+            )
+        if self.attack != "none" and not self.sign:
+            raise QHybridError("an attack run needs sign=true (otherwise nothing is checked)")
+        if self.mode not in MODES:
+            raise QHybridError(f"mode={self.mode!r} is not one of {MODES}")
+        if self.attack not in RUN_ATTACKS:
+            raise QHybridError(f"attack={self.attack!r} is not one of {RUN_ATTACKS}")
+        get_scheme(self.scheme)  # fails early with an install hint
