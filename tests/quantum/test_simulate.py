@@ -132,3 +132,13 @@ def test_torch_cuda_statevector_matches_closed_form():
     np.testing.assert_allclose(
         simulate(p, "statevector", device="cuda"), simulate(p, "analytic"), atol=1e-10
     )
+
+
+def test_torch_code_path_matches_numpy_on_cpu():
+    # the CUDA path is the same torch code; running it on CPU checks it on every machine
+    from quantum.simulate import _statevector_torch
+
+    p = GroverProblem(12, ["000000000111", "101010101010"], iterations=70)
+    psi = _statevector_torch(p, "cpu").numpy()
+    np.testing.assert_allclose(psi * psi, simulate(p, "analytic"), atol=1e-12)
+    np.testing.assert_allclose(psi, statevector(p), atol=1e-12)
