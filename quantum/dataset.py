@@ -162,6 +162,11 @@ class DatasetSpec:
             raise GroverProblemError(
                 f"shard_size={self.shard_size} and workers={self.workers} must be >= 1"
             )
+        if not 0.0 <= self.noise_depolarizing <= 0.1:
+            raise GroverProblemError(
+                f"noise_depolarizing={self.noise_depolarizing} must be in [0, 0.1] (the 2-qubit "
+                "error is 10x it)"
+            )
         if self.aer_check_max_n > MAX_AER_QUBITS:
             raise GroverProblemError(
                 f"aer_check_max_n={self.aer_check_max_n} > {MAX_AER_QUBITS}; lower it"
