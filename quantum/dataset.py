@@ -266,19 +266,19 @@ def problem_seed(seed: int, split: str, index: int) -> int:
 
 
 def _features() -> Any:
-    from datasets import Features, Sequence, Value
+    from datasets import Features, List, Value
 
     types = {
         "record_id": Value("string"), "problem_id": Value("string"), "split": Value("string"),
-        "index": Value("int64"), "n_qubits": Value("int64"), "marked": Sequence(Value("string")),
+        "index": Value("int64"), "n_qubits": Value("int64"), "marked": List(Value("string")),
         "n_marked": Value("int64"), "iterations": Value("int64"),
         "optimal_iterations": Value("int64"), "iteration_rule": Value("string"),
         "oracle_style": Value("string"), "rendering": Value("string"), "text": Value("string"),
         "n_chars": Value("int64"), "n_tokens": Value("int64"), "target": Value("string"),
         "target_n_tokens": Value("int64"), "p_marked_each": Value("float64"),
         "p_rest_each": Value("float64"), "success_probability": Value("float64"),
-        "probs": Sequence(Value("float64")), "aer_max_abs_diff": Value("float64"),
-        "probs_noisy": Sequence(Value("float64")), "seed": Value("uint64"),
+        "probs": List(Value("float64")), "aer_max_abs_diff": Value("float64"),
+        "probs_noisy": List(Value("float64")), "seed": Value("uint64"),
         "generator": Value("string"),
     }  # fmt: skip
     return Features({k: types[k] for k in sorted(types)})

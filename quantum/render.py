@@ -30,6 +30,8 @@ Formats of :func:`render`:
 
 from __future__ import annotations
 
+from typing import Any
+
 from quantum.problem import GroverProblem, GroverProblemError
 from quantum.simulate import TwoLevelDistribution, two_level
 
@@ -151,7 +153,7 @@ def _qasm3_loop_text(problem: GroverProblem) -> str:
     return "".join(body)
 
 
-def _qiskit_loop_circuit(problem: GroverProblem, oracle_only: bool = False):  # type: ignore[no-untyped-def]
+def _qiskit_loop_circuit(problem: GroverProblem, oracle_only: bool = False) -> Any:
     """A Qiskit circuit with a ``for`` loop (for the styles Qiskit synthesises)."""
     from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 
