@@ -156,7 +156,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         ks, noisy, "x--", ms=5, color="gray", label=f"n={n0} Aer, depolarizing p={config.noise_p1}"
     )
     ax.set(xlabel="Grover iterations k", ylabel="success probability", ylim=(-0.02, 1.05))
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig_path = run.save_figure(fig, "figures/quantum_success_vs_iterations")
 
     section = Section(
