@@ -212,6 +212,11 @@ def _framed(message: bytes, ctx: bytes) -> bytes:
     return b"\x00" + bytes([len(ctx)]) + ctx + message
 
 
+# Parsed key objects, cached per scheme by their bytes: parsing costs (ML-DSA seed expansion, RSA
+# prime checks, ECDSA point multiplication) belong to key loading, not to every signature.
+_KEY_CACHE = functools.lru_cache(maxsize=1024)
+
+
 # --------------------------------------------------------------------------------------------
 # cryptography: ML-DSA and the classical baselines
 # --------------------------------------------------------------------------------------------
@@ -228,32 +233,33 @@ def _crypto_mldsa(name: str) -> SignatureScheme:
 
     level, pk_size, sig_size = _MLDSA[name]
     suffix = name.rsplit("-", 1)[1]
-    priv = getattr(mldsa, f"MLDSA{suffix}PrivateKey")
-    pub = getattr(mldsa, f"MLDSA{suffix}PublicKey")
+    load_sk = _KEY_CACHE(getattr(mldsa, f"MLDSA{suffix}PrivateKey").from_seed_bytes)
+    load_pk = _KEY_CACHE(getattr(mldsa, f"MLDSA{suffix}PublicKey").from_public_bytes)
+    generate = getattr(mldsa, f"MLDSA{suffix}PrivateKey").generate
 
     def keygen() -> tuple[bytes, bytes]:
-        k = priv.generate()
+        k = generate()
         return k.private_bytes_raw(), k.public_key().public_bytes_raw()
 
     def sign(sk: bytes, msg: bytes, ctx: bytes) -> bytes:
-        return bytes(priv.from_seed_bytes(sk).sign(msg, ctx))
+        return bytes(load_sk(sk).sign(msg, ctx))
 
     def verify(pk: bytes, msg: bytes, sig: bytes, ctx: bytes) -> bool:
-        pub.from_public_bytes(pk).verify(sig, msg, ctx)
+        load_pk(pk).verify(sig, msg, ctx)
         return True
 
     def mu_hasher(pk: bytes, ctx: bytes) -> MuHasher:
-        return mldsa.MLDSAMuHasher(pub.from_public_bytes(pk), ctx)  # type: ignore[no-any-return]
+        return mldsa.MLDSAMuHasher(load_pk(pk), ctx)  # type: ignore[no-any-return]
 
     def sign_mu(sk: bytes, mu: bytes) -> bytes:
-        return bytes(priv.from_seed_bytes(sk).sign_mu(mu))
+        return bytes(load_sk(sk).sign_mu(mu))
 
     def verify_mu(pk: bytes, mu: bytes, sig: bytes) -> bool:
-        pub.from_public_bytes(pk).verify_mu(sig, mu)
+        load_pk(pk).verify_mu(sig, mu)
         return True
 
     def public_of(sk: bytes) -> bytes:
-        return bytes(priv.from_seed_bytes(sk).public_key().public_bytes_raw())
+        return bytes(load_sk(sk).public_key().public_bytes_raw())
 
     return SignatureScheme(
         name, "ml-dsa", level, True, "cryptography", pk_size, 32, sig_size,
@@ -268,11 +274,14 @@ def _crypto_ed25519() -> SignatureScheme:
         k = ed25519.Ed25519PrivateKey.generate()
         return k.private_bytes_raw(), k.public_key().public_bytes_raw()
 
+    load_sk = _KEY_CACHE(ed25519.Ed25519PrivateKey.from_private_bytes)
+    load_pk = _KEY_CACHE(ed25519.Ed25519PublicKey.from_public_bytes)
+
     def sign(sk: bytes, msg: bytes, ctx: bytes) -> bytes:
-        return ed25519.Ed25519PrivateKey.from_private_bytes(sk).sign(_framed(msg, ctx))
+        return load_sk(sk).sign(_framed(msg, ctx))
 
     def verify(pk: bytes, msg: bytes, sig: bytes, ctx: bytes) -> bool:
-        ed25519.Ed25519PublicKey.from_public_bytes(pk).verify(sig, _framed(msg, ctx))
+        load_pk(pk).verify(sig, _framed(msg, ctx))
         return True
 
     return SignatureScheme(
@@ -298,13 +307,15 @@ def _crypto_ecdsa_p256() -> SignatureScheme:
         )
         return sk, pk
 
+    load_sk = _KEY_CACHE(lambda sk: ec.derive_private_key(int.from_bytes(sk, "big"), curve))
+    load_pk = _KEY_CACHE(lambda pk: ec.EllipticCurvePublicKey.from_encoded_point(curve, pk))
+
     def sign(sk: bytes, msg: bytes, ctx: bytes) -> bytes:
-        k = ec.derive_private_key(int.from_bytes(sk, "big"), curve)
-        r, s = decode_dss_signature(k.sign(_framed(msg, ctx), ec.ECDSA(hashes.SHA256())))
+        r, s = decode_dss_signature(load_sk(sk).sign(_framed(msg, ctx), ec.ECDSA(hashes.SHA256())))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def verify(pk: bytes, msg: bytes, sig: bytes, ctx: bytes) -> bool:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(curve, pk)
+        key = load_pk(pk)
         der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
         key.verify(der, _framed(msg, ctx), ec.ECDSA(hashes.SHA256()))
         return True
@@ -333,14 +344,18 @@ def _crypto_rsa3072() -> SignatureScheme:
         )
         return sk, pk
 
+    # loading an RSA private key validates its primes (~0.3 s): parse each key once
+    load_sk = _KEY_CACHE(lambda sk: serialization.load_der_private_key(sk, password=None))
+    load_pk = _KEY_CACHE(lambda pk: serialization.load_der_public_key(_pkcs1_to_spki(pk)))
+
     def sign(sk: bytes, msg: bytes, ctx: bytes) -> bytes:
-        k = serialization.load_der_private_key(sk, password=None)
+        k = load_sk(sk)
         if not isinstance(k, rsa.RSAPrivateKey):
             raise SchemeError("rsa-3072 secret key is not an RSA key")
         return k.sign(_framed(msg, ctx), pss, hashes.SHA256())
 
     def verify(pk: bytes, msg: bytes, sig: bytes, ctx: bytes) -> bool:
-        k = serialization.load_der_public_key(_pkcs1_to_spki(pk))
+        k = load_pk(pk)
         if not isinstance(k, rsa.RSAPublicKey) or k.key_size != 3072:
             return False
         k.verify(sig, _framed(msg, ctx), pss, hashes.SHA256())
