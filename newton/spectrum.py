@@ -171,6 +171,7 @@ def estimate_condition_number(
     max_matvecs: int = 40,
     exact_below: int = 512,
     seed: int = 0,
+    require_pd: bool = True,
 ) -> KappaEstimate:
     """Estimate ``kappa(A + damping I)`` for a symmetric ``A``.
 
@@ -184,6 +185,8 @@ def estimate_condition_number(
         max_matvecs: Lanczos steps (products) for operators without an exact path.
         exact_below: dense matrices up to this size use exact ``eigvalsh``.
         seed: the Lanczos start vector's seed (estimates are deterministic given it).
+        require_pd: raise when ``A + damping I`` is not positive definite (``psd=False`` only);
+            when False such a block reports ``kappa = KAPPA_CAP`` and its eigenvalue range.
 
     Returns:
         A :class:`KappaEstimate`; ``kappa`` and ``upper_bound`` are finite, capped at
@@ -212,6 +215,10 @@ def estimate_condition_number(
     lmin_eff = max(lmin, 0.0) if psd else lmin
     top = max(abs(lmax), abs(lmin)) + damping
     floor = top / KAPPA_CAP  # the smallest denominator we report instead of dividing by ~0
+    if not psd and lmin_eff + damping <= 0 and not require_pd:
+        return KappaEstimate(
+            KAPPA_CAP, lmax, lmin, KAPPA_CAP, matvecs, method, float(damping), False, lmax_up
+        )
     if not psd and lmin_eff + damping <= 0:
         raise NewtonError(
             f"A + {damping:g} I is not positive definite (smallest eigenvalue estimate "
