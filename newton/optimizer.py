@@ -281,6 +281,7 @@ class QNewton(torch.optim.Optimizer):
             "damping": delta_lm,
             "kappa_max": max(kappas) if kappas else 1.0,
             "kappa_median": float(np.median(kappas)) if kappas else 1.0,
+            "kappa_undamped_max": max((b["kappa_undamped"] for b in block_info), default=1.0),
             "blocks": len(blocks),
             "backends": backends,
             "matvecs": curv.matvecs,
@@ -358,6 +359,9 @@ class QNewton(torch.optim.Optimizer):
             "block": blk.name,
             "n": blk.size,
             "kappa": float(kappa),
+            "kappa_undamped": float(
+                min(KAPPA_CAP, est.lambda_max / max(lmin, est.lambda_max / KAPPA_CAP, 1e-300))
+            ),
             # certified for PSD curvature: (lambda_max_upper + delta) / delta
             "kappa_upper": float(min(KAPPA_CAP, (lmax + delta) / delta)) if psd else float(kappa),
             "delta": float(delta),

@@ -176,6 +176,13 @@ class Scheduler:
             "residual": info.residual,
             "p_success": info.p_success,
         }
+        if info.backend in ("hhl_aer", "quantum_model") and a is not None and n <= 512:
+            # accuracy of the quantum answer against the classical one (not used by the step)
+            exact = np.linalg.solve(a, b)
+            den = float(np.linalg.norm(x) * np.linalg.norm(exact))
+            record["fidelity"] = float((x @ exact) ** 2 / den**2) if den > 0 else 1.0
+            scale = max(float(np.linalg.norm(exact)), 1e-300)
+            record["rel_error"] = float(np.linalg.norm(x - exact)) / scale
         self.log.append(record)
         logger.debug("solve %s", record)
         return x, info
