@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from newton.errors import NonFiniteError, NotSquareError, TooLargeForHHLError
+from newton.errors import NewtonError, NonFiniteError, NotSquareError, TooLargeForHHLError
 from newton.solvers import SolveInfo, check_spd
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def build_hhl_circuit(
     clock_qubits: int,
     lambda_min: float,
     lambda_max: float,
+    clock_state: str = "sine",
 ) -> HHLCircuit:
     """The HHL circuit for a padded ``(2^n, 2^n)`` SPD ``a`` and ``b`` (no measurements).
 
@@ -127,6 +128,8 @@ def build_hhl_circuit(
         clock_qubits: phase-estimation precision t.
         lambda_min: a lower bound of the smallest eigenvalue (sets C).
         lambda_max: an upper bound of the largest eigenvalue (sets t0).
+        clock_state: ``"sine"`` (HHL's paper, default) or ``"uniform"`` (Hadamards, the textbook
+            and old-Qiskit choice, with no margin at the top; kept for comparison).
     """
     from qiskit import QuantumCircuit, QuantumRegister
     from qiskit.circuit.library import QFTGate, StatePreparation, UCRYGate, UnitaryGate
@@ -137,7 +140,10 @@ def build_hhl_circuit(
     m = 2**t
     # lambda_max maps CLOCK_MARGIN grid steps below the top, so the main lobe of the phase-estimation
     # kernel of the largest eigenvalue does not wrap around to clock value 0 (where 1/lambda blows up).
-    t0 = 2 * math.pi * (m - 1 - min(CLOCK_MARGIN, m // 4)) / (m * lambda_max)
+    if clock_state not in ("sine", "uniform"):
+        raise NewtonError(f"clock_state={clock_state!r} must be 'sine' or 'uniform'")
+    margin = min(CLOCK_MARGIN, m // 4) if clock_state == "sine" else 0
+    t0 = 2 * math.pi * (m - 1 - margin) / (m * lambda_max)
     grid = np.array([2 * math.pi * j / (m * t0) for j in range(m)])
     # C as large as the smallest eigenvalue allows (the rotation arcsin(C / lambda) must stay <= 1).
     scale_c = max(grid[1], 0.9 * lambda_min)
@@ -151,7 +157,10 @@ def build_hhl_circuit(
     # lifts the worst-case fidelity at 6 clock qubits from ~0.997 to > 0.9999.
     # (A Householder reflection that maps |0> to the window: exact, self-inverse, and run natively by
     # Aer; StatePreparation's multiplexers crash Aer 0.18 when inverted for the uncompute.)
-    qpe.append(UnitaryGate(_householder(sine_window(t)), label="sine clock"), c)
+    if clock_state == "sine":
+        qpe.append(UnitaryGate(_householder(sine_window(t)), label="sine clock"), c)
+    else:
+        qpe.h(c)
     for k in range(t):
         u = scipy.linalg.expm(1j * a * t0 * 2**k)
         qpe.append(UnitaryGate(_controlled(u), label=f"cU^{2**k}"), [c[k], *s])
@@ -214,6 +223,7 @@ def hhl_solve(
     shots: int | None = None,
     seed: int | None = None,
     lambda_bounds: tuple[float, float] | None = None,
+    clock_state: str = "sine",
 ) -> tuple[np.ndarray, SolveInfo]:
     """Solve ``a x = b`` with HHL on Aer; returns x with its norm and sign, and a :class:`SolveInfo`.
 
@@ -227,6 +237,7 @@ def hhl_solve(
         seed: Aer's simulator seed (shots mode).
         lambda_bounds: ``(lambda_min_lower, lambda_max_upper)``; default: exact ``eigvalsh`` (the
             classical kappa estimator's answer for blocks this small).
+        clock_state: ``"sine"`` (default) or ``"uniform"`` (see :func:`build_hhl_circuit`).
 
     Raises:
         TooLargeForHHLError: ``N > 16``.
@@ -263,7 +274,9 @@ def hhl_solve(
         lambda_bounds = (float(eig[0]), float(eig[-1]))
     lmin, lmax = lambda_bounds
     ap, bp = _pad(a, b, lmin)  # padded eigenvalue inside [lmin, lmax]; b is 0 there
-    hc = build_hhl_circuit(ap, bp, clock_qubits=clock_qubits, lambda_min=lmin, lambda_max=lmax)
+    hc = build_hhl_circuit(
+        ap, bp, clock_qubits=clock_qubits, lambda_min=lmin, lambda_max=lmax, clock_state=clock_state
+    )
     dim, t = ap.shape[0], clock_qubits
     sim, passes = _backend(seed)
 
