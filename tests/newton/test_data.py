@@ -57,3 +57,17 @@ def test_digits_subset_with_pca():
     x, y = train.tensors
     assert x.shape[1] == 7 and set(y.tolist()) == {0, 1}
     assert abs(float(x.mean())) < 1e-5
+
+
+def test_compare_runs_on_local_mnist_idx_files(tmp_path):
+    from newton.experiments import CompareConfig, compare_optimizers
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 24), ("t10k", 8)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    cfg = CompareConfig(dataset="mnist", mnist_dir=str(tmp_path), hidden=2, epochs=1,
+                        batch_size=24, curvature_batch=8, optimizers=("qnewton", "sgd"))  # fmt: skip
+    res = compare_optimizers(cfg)
+    assert {r["optimizer"] for r in res["summary"]} == {"qnewton", "sgd"}
+    assert all(np.isfinite(r["final_train_loss"]) for r in res["summary"])

@@ -73,3 +73,12 @@ def test_reproduce_stage(tmp_path):
     )
     assert len(section.tables) == 4 and len(section.figures) == 4
     assert context["newton"]["hhl_relative_gap"] < 0.01
+
+
+def test_import_newton_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, newton, newton.commands; print('torch' in sys.modules, 'qiskit' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
