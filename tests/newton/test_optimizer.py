@@ -120,3 +120,27 @@ def test_fisher_and_hessian_curvatures_step():
         opt = QNewton(model.parameters(), curvature=kind, damping=1e-2)
         l0 = float(opt.step(Closure(model, [batch], _ce)))
         assert opt.history[-1]["loss_after"] < l0
+
+
+def test_sparsified_blocks_report_true_d_and_cosine():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    opt = QNewton(model.parameters(), damping=1e-1, sparsify=True, block_size=32)
+    l0 = float(opt.step(Closure(model, [_data()], _ce)))
+    blocks = opt.history[-1]["block_info"]
+    assert all(1 <= b["d"] <= b["n"] and b["cosine"] > 0.5 for b in blocks)
+    assert any(b["d"] < b["n"] for b in blocks)  # something was pruned
+    assert opt.history[-1]["loss_after"] < l0
+
+
+@pytest.mark.gpu
+def test_cuda_step_matches_cpu():
+    steps = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2).double().to(device)
+        x, y = _data()
+        opt = QNewton(model.parameters(), damping=1e-2, structure="full")
+        opt.step(Closure(model, [(x.to(device), y.to(device))], _ce))
+        steps[device] = torch.cat([p.detach().cpu().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(steps["cpu"], steps["cuda"])
