@@ -1,0 +1,91 @@
+"""Damping of the Newton system: Levenberg-Marquardt adaptation and kappa-targeted damping.
+
+The damped step solves ``(H + delta I) p = -g``. Two rules set ``delta``:
+
+1. Levenberg-Marquardt: after a step, compare the actual loss decrease with the decrease the
+   quadratic model predicted, ``rho = (L(theta) - L(theta + p)) / -(g.p + p.(H + delta I)p / 2)``.
+   A poor model (``rho < 1/4``) multiplies delta by ``increase``; a good one (``rho > 3/4``) divides
+   it by ``decrease`` (Moré 1978; Martens 2010 uses the same thresholds).
+2. kappa-targeted: choose the smallest delta with ``kappa(H + delta I) <= kappa_target``:
+   ``(lambda_max + delta) / (lambda_min + delta) = kappa_target`` gives
+   ``delta = (lambda_max - kappa_target * lambda_min) / (kappa_target - 1)``.
+   This is the knob that trades Newton accuracy (small delta) against quantum cost, which grows
+   with kappa; Shampoo's relative ridge ``eps * lambda_max`` is the precedent.
+
+The step uses ``delta = max(delta_LM, delta_kappa)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from newton.errors import NewtonError
+
+__all__ = ["LevenbergMarquardt", "combined_damping", "kappa_target_damping"]
+
+
+def kappa_target_damping(lambda_max: float, lambda_min: float, kappa_target: float) -> float:
+    """The smallest ``delta >= 0`` with ``(lambda_max + delta) / (lambda_min + delta) <= kappa_target``.
+
+    Args:
+        lambda_max: largest eigenvalue of the undamped block (an upper estimate is safe).
+        lambda_min: smallest eigenvalue (use 0 for PSD curvature when unsure: that is safe).
+        kappa_target: the condition number wanted, > 1.
+    """
+    if not kappa_target > 1 or not math.isfinite(kappa_target):
+        raise NewtonError(f"kappa_target={kappa_target} must be a finite number > 1")
+    if not (math.isfinite(lambda_max) and math.isfinite(lambda_min)):
+        raise NewtonError(f"eigenvalues must be finite, got {lambda_max}, {lambda_min}")
+    if lambda_max < lambda_min:
+        raise NewtonError(f"lambda_max={lambda_max} < lambda_min={lambda_min}")
+    delta = (lambda_max - kappa_target * lambda_min) / (kappa_target - 1.0)
+    return max(0.0, delta)
+
+
+@dataclass
+class LevenbergMarquardt:
+    """Adaptive damping ``delta`` driven by the ratio of actual to predicted decrease."""
+
+    delta: float = 1e-3  # current damping
+    increase: float = 2.0  # factor applied when rho < low
+    decrease: float = 3.0  # divisor applied when rho > high
+    low: float = 0.25
+    high: float = 0.75
+    min_delta: float = 1e-8
+    max_delta: float = 1e8
+
+    def __post_init__(self) -> None:
+        if not self.delta > 0:
+            raise NewtonError(f"initial damping delta={self.delta} must be > 0")
+        if self.increase <= 1 or self.decrease <= 1:
+            raise NewtonError("increase and decrease factors must be > 1")
+        if not 0 <= self.low < self.high:
+            raise NewtonError(f"need 0 <= low < high, got low={self.low}, high={self.high}")
+
+    def update(self, rho: float) -> float:
+        """Adapt delta to the reduction ratio ``rho`` of the last step and return it."""
+        if not math.isfinite(rho) or rho < self.low:
+            self.delta *= self.increase
+        elif rho > self.high:
+            self.delta /= self.decrease
+        self.delta = min(self.max_delta, max(self.min_delta, self.delta))
+        return self.delta
+
+
+def combined_damping(
+    delta_lm: float, lambda_max: float, lambda_min: float, kappa_target: float | None
+) -> float:
+    """``max(delta_LM, delta_kappa)``; without a target, just ``delta_LM``."""
+    if kappa_target is None:
+        return delta_lm
+    return max(delta_lm, kappa_target_damping(lambda_max, lambda_min, kappa_target))
+
+
+def reduction_ratio(actual: float, predicted: float) -> float:
+    """``rho = actual / predicted`` decrease, NaN-free (a non-positive prediction gives -inf)."""
+    if not math.isfinite(actual):
+        return -math.inf
+    if predicted <= 0:
+        return -math.inf
+    return actual / predicted

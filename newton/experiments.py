@@ -1,0 +1,465 @@
+"""The Newton experiments behind ``qhybrid newton ...`` and the reproduce stage.
+
+1. :func:`compare_optimizers`: an MLP on digits (or local MNIST) trained with QNewton, SGD and Adam
+   through :func:`qhybrid.train.train`; loss and accuracy per epoch and against wall time, epochs
+   to SGD's final accuracy, wall time to a target loss, kappa over training.
+2. :func:`hhl_in_the_loop`: a 16-parameter softmax regression trained with every Newton solve run
+   by HHL on Aer, against the same steps with exact (Cholesky) solves.
+3. :func:`crossover_curves`: the smallest N where the quantum solve is predicted to win, against
+   kappa and gate time, with and without I/O, and Q-Newton's paper-mode threshold.
+4. :func:`noise_robustness`: training with solve errors of relative size epsilon injected by the
+   modelled quantum solver; the slowdown to a target loss.
+
+Each returns plain dicts (rows for tables, series for figures); ``plot_*`` functions draw them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from newton.cost import ClassicalCostModel, QuantumCostModel, crossover_size, paper_mode_costs
+from newton.data import digits_datasets, load_mnist
+from newton.optimizer import QNewton
+from newton.scheduler import Scheduler, SchedulerConfig
+from qhybrid.train import TrainConfig, make_loader, seed_everything, train
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CompareConfig",
+    "CrossoverConfig",
+    "HHLLoopConfig",
+    "NoiseConfig",
+    "compare_optimizers",
+    "crossover_curves",
+    "hhl_in_the_loop",
+    "noise_robustness",
+]
+
+
+def _ce(model: nn.Module, batch: Any) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out))
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """QNewton vs SGD vs Adam on an MLP."""
+
+    dataset: str = "digits"  # "digits" (bundled with scikit-learn) or "mnist" (local IDX files)
+    mnist_dir: str = ""  # folder with the four MNIST IDX files when dataset = "mnist"
+    max_train: int = 0  # MNIST: use only this many training images (0 = all)
+    hidden: int = 32  # MLP hidden width
+    epochs: int = 6  # passes over the training set
+    batch_size: int = 256  # examples per step (all optimizers)
+    curvature_batch: int = 64  # examples per step used for QNewton's GGN
+    damping: float = 1e-2  # QNewton initial Levenberg-Marquardt damping
+    kappa_target: float = 0.0  # QNewton kappa-targeted damping; 0 = off
+    block_size: int = 512  # QNewton largest curvature block
+    sgd_lr: float = 0.1  # SGD learning rate (momentum below)
+    sgd_momentum: float = 0.9
+    adam_lr: float = 3e-3  # Adam learning rate
+    target_loss: float = 0.3  # train loss whose first crossing gives "wall time to target"
+    test_fraction: float = 0.2  # digits: held-out share
+    optimizers: tuple[str, ...] = ("qnewton", "sgd", "adam")  # which to run
+    seed: int = 0
+
+
+def _datasets(cfg: CompareConfig) -> tuple[Any, Any]:
+    if cfg.dataset == "digits":
+        return digits_datasets(cfg.test_fraction, cfg.seed)
+    if cfg.dataset == "mnist":
+        return load_mnist(cfg.mnist_dir, max_train=cfg.max_train)
+    from newton.errors import NewtonError
+
+    raise NewtonError(f"dataset={cfg.dataset!r} must be 'digits' or 'mnist'")
+
+
+def _make_optimizer(name: str, model: nn.Module, cfg: CompareConfig) -> torch.optim.Optimizer:
+    if name == "qnewton":
+        return QNewton(
+            model.parameters(),
+            damping=cfg.damping,
+            kappa_target=cfg.kappa_target or None,
+            block_size=cfg.block_size,
+            curvature_batch=cfg.curvature_batch or None,
+        )
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.sgd_lr, momentum=cfg.sgd_momentum)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.adam_lr)
+    from newton.errors import NewtonError
+
+    raise NewtonError(f"optimizer {name!r} must be qnewton, sgd or adam")
+
+
+def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
+    """Train the same MLP with each optimizer; per-epoch curves and the summary table."""
+    train_ds, test_ds = _datasets(cfg)
+    x_tr, y_tr = train_ds.tensors
+    x_te, y_te = test_ds.tensors
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    curves: dict[str, list[dict[str, float]]] = {}
+    kappa: list[dict[str, float]] = []
+    for name in cfg.optimizers:
+        seed_everything(cfg.seed)
+        model = _mlp(x_tr.shape[1], cfg.hidden, n_classes)
+        opt = _make_optimizer(name, model, cfg)
+        clock = {"start": time.perf_counter(), "eval_s": 0.0}
+        rows: list[dict[str, float]] = []
+
+        def eval_fn(
+            m: nn.Module, rows: list[dict[str, float]] = rows, clock: Any = clock
+        ) -> dict[str, float]:
+            t = time.perf_counter()
+            lt, le = m(x_tr), m(x_te)
+            rec = {
+                "train_loss": float(nn.functional.cross_entropy(lt, y_tr)),
+                "test_loss": float(nn.functional.cross_entropy(le, y_te)),
+                "test_acc": float((le.argmax(-1) == y_te).float().mean()),
+            }
+            rec["wall_s"] = t - clock["start"] - clock["eval_s"]  # training time only
+            rec["epoch"] = len(rows) + 1
+            rows.append(rec)
+            clock["eval_s"] += time.perf_counter() - t
+            return rec
+
+        train(
+            model,
+            make_loader(train_ds, cfg.batch_size, seed=cfg.seed),
+            _ce,
+            opt,
+            TrainConfig(
+                max_steps=cfg.epochs * steps_per_epoch,
+                max_epochs=cfg.epochs,
+                eval_every=steps_per_epoch,
+                clip_grad_norm=None,
+                progress=False,
+                seed=cfg.seed,
+                device="cpu",
+                log_every=steps_per_epoch,
+            ),
+            eval_fn=eval_fn,
+        )
+        curves[name] = rows
+        if isinstance(opt, QNewton):
+            for i, h in enumerate(opt.history):
+                kappa.append(
+                    {
+                        "step": i + 1,
+                        "kappa_max": h["kappa_max"],
+                        "kappa_median": h["kappa_median"],
+                        "kappa_undamped_max": h["kappa_undamped_max"],
+                        "damping": h["damping"],
+                        "fallback": float(h["fallback"]),
+                    }
+                )
+    summary = []
+    sgd_final = curves["sgd"][-1]["test_acc"] if "sgd" in curves else None
+    for name, rows in curves.items():
+        hit = [r for r in rows if r["train_loss"] <= cfg.target_loss]
+        reach = [r for r in rows if sgd_final is not None and r["test_acc"] >= sgd_final - 1e-9]
+        summary.append(
+            {
+                "optimizer": name,
+                "final_test_acc": rows[-1]["test_acc"],
+                "final_train_loss": rows[-1]["train_loss"],
+                "epochs_to_sgd_final_acc": reach[0]["epoch"] if reach else None,
+                f"wall_s_to_loss_{cfg.target_loss:g}": hit[0]["wall_s"] if hit else None,
+                "epochs_to_target_loss": hit[0]["epoch"] if hit else None,
+                "train_wall_s": rows[-1]["wall_s"],
+            }
+        )
+    return {"curves": curves, "summary": summary, "kappa": kappa}
+
+
+@dataclass(frozen=True)
+class HHLLoopConfig:
+    """Softmax regression with at most 16 parameters; every solve by HHL on Aer."""
+
+    classes: tuple[int, ...] = (3, 8)  # digit classes (a hard pair: a finite optimum)
+    features: int = 7  # PCA features; parameters = (features + 1) * len(classes) <= 16
+    steps: int = 8  # full-batch Newton steps
+    damping: float = 1e-3  # initial LM damping
+    clock_qubits: int = 6  # HHL phase-estimation qubits
+    shots: int = 0  # 0 = Aer statevector read-out; else shots per circuit
+    seed: int = 0
+
+
+def hhl_in_the_loop(cfg: HHLLoopConfig) -> dict[str, Any]:
+    """Exact Newton vs HHL Newton from the same start; per-step losses and per-solve accuracy."""
+    from newton.errors import NewtonError
+
+    n_params = (cfg.features + 1) * len(cfg.classes)
+    if n_params > 16:
+        raise NewtonError(
+            f"(features + 1) * classes = {n_params} > 16 parameters: HHL simulation takes N <= 16"
+        )
+    train_ds, test_ds = digits_datasets(0.2, cfg.seed, classes=cfg.classes, pca=cfg.features)
+    batch = train_ds.tensors
+    x_te, y_te = test_ds.tensors
+    out: dict[str, Any] = {"n_params": n_params, "runs": {}}
+    for mode in ("cholesky", "quantum"):
+        seed_everything(cfg.seed)
+        model = nn.Linear(cfg.features, len(cfg.classes))
+        sched = Scheduler(
+            SchedulerConfig(
+                mode=mode,
+                clock_qubits=cfg.clock_qubits,
+                hhl_shots=cfg.shots or None,
+                seed=cfg.seed,
+            )
+        )
+        opt = QNewton(model.parameters(), damping=cfg.damping, structure="full", scheduler=sched)
+        t0 = time.perf_counter()
+        result = train(
+            model,
+            [batch],
+            _ce,
+            opt,
+            TrainConfig(
+                max_steps=cfg.steps,
+                clip_grad_norm=None,
+                progress=False,
+                seed=cfg.seed,
+                device="cpu",
+            ),
+        )
+        wall = time.perf_counter() - t0
+        with torch.no_grad():
+            final = float(_ce(model, batch))
+            acc = float((model(x_te).argmax(-1) == y_te).float().mean())
+        out["runs"][mode] = {
+            "losses": [h["loss"] for h in opt.history] + [final],
+            "final_loss": final,
+            "test_acc": acc,
+            "wall_s": wall,
+            "solves": sched.log,
+            "steps": result.step,
+        }
+    exact, quantum = out["runs"]["cholesky"]["final_loss"], out["runs"]["quantum"]["final_loss"]
+    out["relative_gap"] = abs(quantum - exact) / exact
+    fids = [r.get("fidelity", math.nan) for r in out["runs"]["quantum"]["solves"]]
+    out["min_fidelity"] = float(np.nanmin(fids)) if fids else math.nan
+    out["mean_p_success"] = float(
+        np.mean([r["p_success"] for r in out["runs"]["quantum"]["solves"]])
+    )
+    return out
+
+
+@dataclass(frozen=True)
+class CrossoverConfig:
+    """Where the quantum solver is predicted to win."""
+
+    kappas: tuple[float, ...] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)  # condition numbers
+    gate_times_s: tuple[float, ...] = (1e-6, 1e-9, 1e-12, 1e-15, 1e-18)  # today ... attosecond
+    query_models: tuple[str, ...] = ("jennings", "dalzell")
+    epsilon: float = 1e-2  # solve precision
+    d: int = 32  # row sparsity of the (sparsified) block
+    flops: float = 0.0  # classical FLOP/s; 0 = measure this machine
+    n_max: float = 1e15  # search limit for N
+
+
+def crossover_curves(cfg: CrossoverConfig) -> dict[str, Any]:
+    """Crossover N*(kappa) per gate time, query model, I/O and classical baseline; paper-mode rule."""
+    classical = ClassicalCostModel(flops=cfg.flops or None)
+    rows = []
+    for io in (False, True):
+        for against in ("cholesky", "best"):
+            for model in cfg.query_models:
+                for tg in cfg.gate_times_s:
+                    q = QuantumCostModel(query_model=model, gate_time_s=tg, include_io=io)
+                    for kappa in cfg.kappas:
+                        n_star = crossover_size(
+                            kappa=kappa,
+                            epsilon=cfg.epsilon,
+                            quantum=q,
+                            classical=classical,
+                            d=cfg.d,
+                            against=against,  # type: ignore[arg-type]
+                            n_max=cfg.n_max,
+                        )
+                        rows.append(
+                            {
+                                "io": io,
+                                "against": against,
+                                "query_model": model,
+                                "gate_time_s": tg,
+                                "kappa": kappa,
+                                "n_star": n_star,
+                            }
+                        )
+    paper = []
+    for n in (10**2, 10**3, 10**4, 10**5, 10**6):
+        # largest kappa (on a fine log grid) where Q-Newton's unit-cost rule still picks quantum
+        grid = np.logspace(0, 12, 1201)
+        wins = [
+            k
+            for k in grid
+            if paper_mode_costs(n=n, kappa=k, d=n, epsilon=cfg.epsilon)[0] < n**2.373
+        ]
+        paper.append({"n": n, "d": n, "max_quantum_kappa": float(max(wins)) if wins else None})
+    return {"rows": rows, "paper_mode": paper, "flops": classical.rate()}
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Training with solve errors of relative size epsilon (modelled quantum solver)."""
+
+    epsilons: tuple[float, ...] = (0.0, 1e-2, 1e-1)  # 0 = exact Cholesky solves
+    hidden: int = 16  # MLP hidden width (digits)
+    steps: int = 30  # optimizer steps
+    batch_size: int = 256
+    curvature_batch: int = 64
+    damping: float = 1e-2
+    target_loss: float = 0.5  # the train loss whose first crossing gives "steps to target"
+    seed: int = 0
+
+
+def noise_robustness(cfg: NoiseConfig) -> dict[str, Any]:
+    """Steps to a target loss and final loss per injected error size; slowdown vs exact solves."""
+    train_ds, _ = digits_datasets(0.2, cfg.seed)
+    x_tr, y_tr = train_ds.tensors
+    rows, curves = [], {}
+    for eps in cfg.epsilons:
+        seed_everything(cfg.seed)
+        model = _mlp(64, cfg.hidden, 10)
+        sched_cfg = (
+            SchedulerConfig(mode="cholesky", seed=cfg.seed)
+            if eps == 0
+            else SchedulerConfig(mode="quantum", epsilon=eps, simulate_hhl=False, seed=cfg.seed)
+        )
+        opt = QNewton(
+            model.parameters(),
+            damping=cfg.damping,
+            scheduler=Scheduler(sched_cfg),
+            curvature_batch=cfg.curvature_batch,
+        )
+        losses: list[float] = []
+
+        def on_step(
+            step: int, loss: float, losses: list[float] = losses, model: nn.Module = model
+        ) -> None:
+            with torch.no_grad():
+                losses.append(float(nn.functional.cross_entropy(model(x_tr), y_tr)))
+
+        train(
+            model,
+            make_loader(train_ds, cfg.batch_size, seed=cfg.seed),
+            _ce,
+            opt,
+            TrainConfig(
+                max_steps=cfg.steps,
+                clip_grad_norm=None,
+                progress=False,
+                seed=cfg.seed,
+                device="cpu",
+            ),
+            on_step=on_step,
+        )
+        hit = next((i + 1 for i, v in enumerate(losses) if v <= cfg.target_loss), None)
+        curves[eps] = losses
+        rows.append(
+            {
+                "epsilon": eps,
+                "final_train_loss": losses[-1],
+                "steps_to_target": hit,
+                "fallback_steps": sum(h["fallback"] for h in opt.history),
+            }
+        )
+    base = rows[0]["steps_to_target"]
+    for r in rows:
+        r["slowdown"] = r["steps_to_target"] / base if base and r["steps_to_target"] else None
+    return {"rows": rows, "curves": curves}
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_compare(result: dict[str, Any]) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 4, figsize=(16, 3.4))
+    for name, rows in result["curves"].items():
+        ep = [r["epoch"] for r in rows]
+        ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label=name)
+        ax[1].plot(ep, [r["test_acc"] for r in rows], "o-", label=name)
+        ax[2].plot([r["wall_s"] for r in rows], [r["train_loss"] for r in rows], "o-", label=name)
+    ax[0].set(xlabel="epoch", ylabel="train loss", yscale="log")
+    ax[1].set(xlabel="epoch", ylabel="test accuracy")
+    ax[2].set(xlabel="training wall time (s)", ylabel="train loss", yscale="log")
+    ax[0].legend()
+    if result["kappa"]:
+        k = result["kappa"]
+        ax[3].plot(
+            [r["step"] for r in k], [r["kappa_undamped_max"] for r in k], label="max undamped"
+        )
+        ax[3].plot([r["step"] for r in k], [r["kappa_max"] for r in k], label="max damped")
+        ax[3].plot([r["step"] for r in k], [r["kappa_median"] for r in k], label="median damped")
+        ax[3].set(xlabel="QNewton step", ylabel="block condition number", yscale="log")
+        ax[3].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_hhl_loop(result: dict[str, Any]) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for mode, label in (("cholesky", "exact Newton (Cholesky)"), ("quantum", "HHL on Aer")):
+        losses = result["runs"][mode]["losses"]
+        ax.plot(range(len(losses)), losses, "o-" if mode == "cholesky" else "x--", label=label)
+    ax.set(xlabel="Newton step", ylabel="train loss", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_crossover(result: dict[str, Any]) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
+    panels = [(False, "cholesky", "no I/O, vs Cholesky"), (True, "cholesky", "with I/O, vs Cholesky"),
+              (False, "best", "no I/O, vs best classical")]  # fmt: skip
+    model = result["rows"][0]["query_model"]
+    for a, (io, against, title) in zip(ax, panels, strict=True):
+        for tg in sorted({r["gate_time_s"] for r in result["rows"]}):
+            pts = [r for r in result["rows"] if r["io"] == io and r["against"] == against
+                   and r["gate_time_s"] == tg and r["query_model"] == model]  # fmt: skip
+            a.plot([r["kappa"] for r in pts], [r["n_star"] if math.isfinite(r["n_star"]) else np.nan
+                                               for r in pts], "o-", label=f"t_gate={tg:g}s")  # fmt: skip
+        a.set(
+            xscale="log",
+            yscale="log",
+            xlabel="kappa",
+            ylabel="crossover N*",
+            title=f"{title} ({model})",
+        )
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_noise(result: dict[str, Any]) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for eps, losses in result["curves"].items():
+        ax.plot(range(1, len(losses) + 1), losses, label=f"epsilon={eps:g}")
+    ax.set(xlabel="step", ylabel="train loss", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,374 @@
+"""QNewton: damped block-Newton steps whose linear solves a scheduler sends to classical or quantum solvers.
+
+One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
+
+1. ``loss = closure()``: gradients on the step's micro-batches; a NaN/inf loss or gradient raises
+   :class:`~newton.errors.NonFiniteError` before any weight changes.
+2. Curvature ``C`` (GGN by default) on the same batches, by blocks (:mod:`newton.curvature`).
+3. Per block: eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
+   ``delta = max(delta_LM, delta_kappa)`` (:mod:`newton.damping`), optional symmetric
+   sparsification (:mod:`newton.sparsify`), then ``(C_b + delta I) p_b = -g_b`` through the
+   :class:`~newton.scheduler.Scheduler`.
+4. Safeguards: the step is capped at ``max_step_norm`` (trust radius); a backtracking Armijo line
+   search on the loss; when the direction is not a descent direction or the search fails, a plain
+   gradient step of size ``fallback_lr`` instead (counted in the step info).
+5. Levenberg-Marquardt: the ratio of actual to predicted decrease adapts ``delta_LM``, kept in the
+   param group (``"damping"``) so it is checkpointed with the optimizer state.
+
+Math:
+    p = -(C + delta I)^{-1} g  (block-diagonal),   theta <- theta + t p,
+    t = lr * 2^-k, the first k with L(theta + t p) <= L(theta) + c t g.p   (Armijo)
+
+References:
+    Q-Newton, arXiv 2405.00252; Martens, "Deep learning via Hessian-free optimization", ICML 2010.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from newton.curvature import Block, Curvature, CurvatureKind, Structure, head_of_batch, make_blocks
+from newton.damping import LevenbergMarquardt, combined_damping, reduction_ratio
+from newton.errors import NewtonError, NonFiniteError
+from newton.scheduler import Scheduler
+from newton.sparsify import direction_cosine, sparsify_to_budget
+from newton.spectrum import KAPPA_CAP, estimate_condition_number
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QNewton"]
+
+
+class QNewton(torch.optim.Optimizer):
+    """Damped block-Newton optimizer with a classical/quantum solve scheduler.
+
+    Args:
+        params: the parameters to optimise (one param group).
+        scheduler: the :class:`~newton.scheduler.Scheduler` that runs each block solve
+            (default: ``Scheduler()``, cheapest predicted backend).
+        lr: step scale t before the line search (1.0 = full Newton step).
+        damping: initial Levenberg-Marquardt damping delta.
+        curvature: ``"ggn"`` (default), ``"fisher"`` or ``"hessian"`` (tiny models).
+        structure: ``"layer"``, ``"block"`` or ``"full"`` (see :func:`newton.curvature.make_blocks`).
+        block_size: largest block.
+        kappa_target: if set, raise delta per block until kappa(C_b + delta I) <= kappa_target.
+        adapt_damping: Levenberg-Marquardt adaptation of delta.
+        line_search: backtracking Armijo search (else the step ``lr p`` is taken as is).
+        max_backtracks: halvings tried before falling back.
+        max_step_norm: trust radius on ``||t p||``; None = no cap.
+        fallback_lr: gradient-step size when the Newton step fails.
+        sparsify: prune each dense block with the sparsest PD-safe symmetric mask.
+        dense_max: blocks up to this size are formed densely; larger ones are matrix-free (CG).
+        kappa_matvecs: Lanczos products for blocks without an exact spectrum.
+        exact_kappa_below: blocks up to this size get exact ``eigvalsh`` spectra; larger ones Lanczos.
+        curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
+            None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
+            smaller curvature batch is the usual speed knob (Martens 2010).
+
+    Example:
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = QNewton(model.parameters(), damping=1e-3)
+        >>> opt.requires_closure
+        True
+    """
+
+    requires_closure = True
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        *,
+        scheduler: Scheduler | None = None,
+        lr: float = 1.0,
+        damping: float = 1e-3,
+        curvature: CurvatureKind = "ggn",
+        structure: Structure = "layer",
+        block_size: int = 512,
+        kappa_target: float | None = None,
+        adapt_damping: bool = True,
+        line_search: bool = True,
+        max_backtracks: int = 8,
+        armijo: float = 1e-4,
+        max_step_norm: float | None = 10.0,
+        fallback_lr: float = 0.1,
+        sparsify: bool = False,
+        dense_max: int = 2048,
+        kappa_matvecs: int = 40,
+        curvature_batch: int | None = None,
+        exact_kappa_below: int = 128,
+    ) -> None:
+        if not lr > 0:
+            raise NewtonError(f"lr={lr} must be > 0")
+        if not damping > 0:
+            raise NewtonError(
+                f"damping={damping} must be > 0 (it keeps the system positive definite)"
+            )
+        if kappa_target is not None and not kappa_target > 1:
+            raise NewtonError(f"kappa_target={kappa_target} must be > 1 or None")
+        if curvature not in ("ggn", "fisher", "hessian"):
+            raise NewtonError(f"curvature={curvature!r} must be 'ggn', 'fisher' or 'hessian'")
+        defaults = {"lr": lr, "damping": damping}
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise NewtonError(
+                "QNewton takes one param group (its curvature couples all parameters)"
+            )
+        self.scheduler = scheduler or Scheduler()
+        self.curvature: CurvatureKind = curvature
+        self.structure: Structure = structure
+        self.block_size = block_size
+        self.kappa_target = kappa_target
+        self.adapt_damping = adapt_damping
+        self.line_search = line_search
+        self.max_backtracks = max_backtracks
+        self.armijo = armijo
+        self.max_step_norm = max_step_norm
+        self.fallback_lr = fallback_lr
+        self.sparsify = sparsify
+        self.dense_max = dense_max
+        self.kappa_matvecs = kappa_matvecs
+        if curvature_batch is not None and curvature_batch < 1:
+            raise NewtonError(f"curvature_batch={curvature_batch} must be >= 1 or None")
+        self.curvature_batch = curvature_batch
+        self.exact_kappa_below = exact_kappa_below
+        self.history: list[dict[str, Any]] = []  # one record per step (kappa, delta, backends, ...)
+
+    # ------------------------------------------------------------------------------------------
+    def _params(self) -> list[torch.Tensor]:
+        return [p for p in self.param_groups[0]["params"]]
+
+    @staticmethod
+    def _closure_parts(closure: Any) -> tuple[nn.Module, list[Any], Callable[..., Any]]:
+        missing = [k for k in ("model", "batches", "loss_fn") if not hasattr(closure, k)]
+        if missing:
+            raise NewtonError(
+                f"QNewton.step needs a closure with .model, .batches and .loss_fn (missing "
+                f"{missing}); use qhybrid.train.train, which passes a qhybrid.train.Closure"
+            )
+        model = closure.model
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        return model, list(closure.batches), closure.loss_fn
+
+    def _eval_loss(
+        self, model: nn.Module, batches: list[Any], loss_fn: Callable[..., Any]
+    ) -> float:
+        with torch.no_grad():
+            total = 0.0
+            for b in batches:
+                out = loss_fn(model, b)
+                total += float(out[0] if isinstance(out, tuple) else out)
+        return total / len(batches)
+
+    def _set_theta(self, params: list[torch.Tensor], theta: torch.Tensor) -> None:
+        off = 0
+        with torch.no_grad():
+            for p in params:
+                n = p.numel()
+                p.copy_(theta[off : off + n].view_as(p))
+                off += n
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One damped Newton step; returns the loss before the step (as the training loop expects)."""
+        if closure is None:
+            raise NewtonError("QNewton.step needs a closure (the training loop passes one)")
+        model, batches, loss_fn = self._closure_parts(closure)
+        t_start = time.perf_counter()
+        with torch.enable_grad():
+            loss_t = closure()
+        loss = float(loss_t)
+        params = self._params()
+        if not math.isfinite(loss):
+            raise NonFiniteError(f"loss is {loss}; QNewton refuses to step (weights unchanged)")
+        grads = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
+        ]
+        g_t = torch.cat(grads).detach()
+        if not torch.isfinite(g_t).all():
+            raise NonFiniteError(
+                "the gradient has NaN or infinite entries; QNewton refuses to step (weights "
+                "unchanged). Check the data, lower lr, or raise damping"
+            )
+        group = self.param_groups[0]
+        lr, delta_lm = float(group["lr"]), float(group["damping"])
+        theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+
+        # (2) curvature blocks
+        with torch.enable_grad():
+            curv_batches = batches
+            if self.curvature_batch is not None:
+                curv_batches = [head_of_batch(b, self.curvature_batch) for b in batches]
+            curv = Curvature(model, curv_batches, loss_fn, params, kind=self.curvature)
+            blocks = make_blocks(
+                curv.names, curv.numels, structure=self.structure, block_size=self.block_size
+            )
+            dense_blocks = [b for b in blocks if b.size <= self.dense_max]
+            mats = dict(zip(dense_blocks, curv.dense_blocks(dense_blocks), strict=True))
+        t_curv = time.perf_counter() - t_start
+
+        # (3) per-block damping and solve
+        g = g_t.double().cpu().numpy()
+        direction = np.zeros_like(g)
+        quad = 0.0  # p^T (C + delta I) p over blocks
+        block_info: list[dict[str, Any]] = []
+        for blk in blocks:
+            gb = g[blk.slice]
+            rec = self._solve_block(curv, blk, mats.get(blk), gb, delta_lm)
+            direction[blk.slice] = rec.pop("p")
+            quad += rec.pop("pAp")
+            block_info.append(rec)
+        t_solve = time.perf_counter() - t_start - t_curv
+
+        # (4) safeguards: trust radius, descent check, line search, fallback
+        gp = float(g @ direction)
+        pnorm = float(np.linalg.norm(direction))
+        t = lr
+        if self.max_step_norm is not None and t * pnorm > self.max_step_norm:
+            t = self.max_step_norm / pnorm
+        p_t = torch.as_tensor(direction, dtype=theta0.dtype, device=theta0.device)
+        accepted, new_loss, fallback = False, math.nan, False
+        if gp < 0 and math.isfinite(gp):
+            tries = self.max_backtracks + 1 if self.line_search else 1
+            for _ in range(tries):
+                self._set_theta(params, theta0 + t * p_t)
+                new_loss = self._eval_loss(model, batches, loss_fn)
+                if not self.line_search and math.isfinite(new_loss):
+                    accepted = True
+                    break
+                if math.isfinite(new_loss) and new_loss <= loss + self.armijo * t * gp:
+                    accepted = True
+                    break
+                t *= 0.5
+        if not accepted:
+            fallback = True
+            step = -self.fallback_lr * g_t
+            self._set_theta(params, theta0 + step.to(theta0))
+            new_loss = self._eval_loss(model, batches, loss_fn)
+            if not math.isfinite(new_loss):
+                self._set_theta(params, theta0)
+                raise NonFiniteError(
+                    "both the Newton step and the fallback gradient step gave a non-finite loss; "
+                    "weights restored. Lower fallback_lr or raise damping"
+                )
+
+        # (5) Levenberg-Marquardt
+        rho = math.nan
+        if accepted:
+            predicted = -(t * gp + 0.5 * t * t * quad)
+            rho = reduction_ratio(loss - new_loss, predicted)
+        if self.adapt_damping:
+            group["damping"] = LevenbergMarquardt(delta=delta_lm).update(rho if accepted else -1.0)
+
+        kappas = [b["kappa"] for b in block_info]
+        backends: dict[str, int] = {}
+        for b in block_info:
+            backends[b["backend"]] = backends.get(b["backend"], 0) + 1
+        info = {
+            "loss": loss,
+            "loss_after": new_loss,
+            "step_size": t if accepted else 0.0,
+            "fallback": fallback,
+            "rho": rho,
+            "damping": delta_lm,
+            "kappa_max": max(kappas) if kappas else 1.0,
+            "kappa_median": float(np.median(kappas)) if kappas else 1.0,
+            "kappa_undamped_max": max((b["kappa_undamped"] for b in block_info), default=1.0),
+            "blocks": len(blocks),
+            "backends": backends,
+            "matvecs": curv.matvecs,
+            "curvature_s": t_curv,
+            "solve_s": t_solve,
+            "step_s": time.perf_counter() - t_start,
+            "block_info": block_info,
+        }
+        self.history.append(info)
+        return loss_t
+
+    def _solve_block(
+        self, curv: Curvature, blk: Block, mat: torch.Tensor | None, gb: np.ndarray, delta_lm: float
+    ) -> dict[str, Any]:
+        psd = self.curvature != "hessian"
+        if mat is not None:
+            a = mat.double().cpu().numpy()
+            est = estimate_condition_number(
+                a,
+                psd=psd,
+                max_matvecs=self.kappa_matvecs,
+                exact_below=self.exact_kappa_below,
+                require_pd=False,
+            )
+            matvec = None
+        else:
+
+            def matvec_undamped(v: np.ndarray) -> np.ndarray:
+                vt = torch.as_tensor(v, dtype=curv.theta.dtype, device=curv.theta.device)
+                with torch.enable_grad():
+                    out = curv.block_matvec(blk, vt)
+                return out.double().cpu().numpy()
+
+            a = None
+            est = estimate_condition_number(
+                matvec_undamped,
+                n=blk.size,
+                psd=psd,
+                max_matvecs=self.kappa_matvecs,
+                require_pd=False,
+            )
+        lmin = max(est.lambda_min, 0.0) if psd else est.lambda_min
+        lmax = est.lambda_max_upper
+        delta = combined_damping(delta_lm, lmax, lmin, self.kappa_target)
+        if not psd and lmin + delta <= 0:  # indefinite Hessian: shift past its lowest eigenvalue
+            delta = -lmin + delta_lm
+        kappa = min(KAPPA_CAP, (est.lambda_max + delta) / (lmin + delta))
+        d, cos = blk.size, 1.0
+        if a is not None:
+            a_damped = a + delta * np.eye(blk.size)
+            if self.sparsify:
+                res = sparsify_to_budget(a_damped)
+                cos = direction_cosine(a_damped, res.matrix, gb)
+                a_damped, d = res.matrix, res.d
+                kappa = min(kappa, res.kappa_bound) if res.weyl_ok else kappa
+            x, info = self.scheduler.solve(
+                a_damped,
+                gb,
+                kappa=kappa,
+                d=d,
+                lambda_bounds=(lmin + delta, lmax + delta),
+                tag=blk.name,
+            )
+            p_ap = float(x @ (a_damped @ x))
+        else:
+
+            def matvec(v: np.ndarray) -> np.ndarray:
+                return matvec_undamped(v) + delta * v
+
+            x, info = self.scheduler.solve(None, gb, kappa=kappa, d=d, matvec=matvec, tag=blk.name)
+            p_ap = float(x @ matvec(x))
+        if not np.isfinite(x).all():
+            raise NonFiniteError(f"the {info.backend} solve of block {blk.name} returned NaN/inf")
+        return {
+            "block": blk.name,
+            "n": blk.size,
+            "kappa": float(kappa),
+            "kappa_undamped": float(
+                min(KAPPA_CAP, est.lambda_max / max(lmin, est.lambda_max / KAPPA_CAP, 1e-300))
+            ),
+            # certified for PSD curvature: (lambda_max_upper + delta) / delta
+            "kappa_upper": float(min(KAPPA_CAP, (lmax + delta) / delta)) if psd else float(kappa),
+            "delta": float(delta),
+            "d": int(d),
+            "cosine": float(cos),
+            "backend": info.backend,
+            "residual": info.residual,
+            "p": -x,
+            "pAp": p_ap,
+        }

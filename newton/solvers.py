@@ -1,0 +1,232 @@
+"""Linear solvers for damped Newton systems, behind one interface: ``(x, SolveInfo)``.
+
+Backends:
+
+- ``cholesky``: dense SPD solve (LAPACK ``potrf``/``potrs`` via scipy); N^3/3 flops.
+- ``cg``: matrix-free conjugate gradient on ``v -> A v``; ``~sqrt(kappa) log(2/eps)`` products.
+- ``hhl``: HHL on Aer (:func:`newton.hhl.hhl_solve`), N <= 16.
+- ``quantum_model``: a modelled quantum linear solver for blocks too large to simulate: the
+  classical solution plus an error of relative size epsilon (the QLSA's target precision) in a
+  random direction, and the modelled resources of the solve. It is for measuring how training
+  reacts to QLSA-level errors, not a simulation.
+
+Every solver checks its input (square, finite, symmetric, positive definite) and raises a
+:class:`~newton.errors.NewtonError` subclass naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.linalg
+
+from newton.errors import NewtonError, NonFiniteError, NotPositiveDefiniteError, NotSquareError
+from newton.spectrum import as_operator, check_symmetric
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKENDS",
+    "SolveInfo",
+    "cg_solve",
+    "check_spd",
+    "cholesky_solve",
+    "quantum_model_solve",
+    "solve",
+]
+
+Backend = Literal["cholesky", "cg", "hhl", "quantum_model"]
+BACKENDS: tuple[str, ...] = ("cholesky", "cg", "hhl", "quantum_model")
+
+
+@dataclass
+class SolveInfo:
+    """What one solve did: backend, problem size and conditioning, time, accuracy."""
+
+    backend: str  # "cholesky", "cg", "hhl_aer", "quantum_model"
+    n: int  # system size N
+    wall_s: float = 0.0  # measured wall time of the solve (simulation time for hhl_aer)
+    residual: float | None = None  # ||A x - b|| / ||b||
+    kappa: float | None = None  # condition number used (estimate or exact)
+    lambda_min: float | None = None
+    lambda_max: float | None = None
+    d: int | None = None  # row sparsity of the matrix
+    epsilon: float | None = None  # target precision
+    iterations: int | None = None  # CG iterations / matvecs
+    p_success: float | None = None  # HHL post-selection probability
+    predicted_s: dict[str, float] = field(default_factory=dict)  # modelled time of each backend
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, Any]:
+        rec = {k: v for k, v in self.__dict__.items() if k not in ("extra", "predicted_s")}
+        rec.update({f"pred_{k}_s": v for k, v in self.predicted_s.items()})
+        rec.update({k: v for k, v in self.extra.items() if isinstance(v, int | float | str)})
+        return rec
+
+
+def _as_array(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def check_spd(a: np.ndarray, *, name: str = "A") -> np.ndarray:
+    """Raise unless ``a`` is finite, square, symmetric and positive definite; returns its Cholesky factor."""
+    check_symmetric(a, name=name)
+    try:
+        return np.asarray(scipy.linalg.cholesky(a, lower=True))
+    except np.linalg.LinAlgError as err:
+        lmin = float(np.linalg.eigvalsh(a)[0])
+        raise NotPositiveDefiniteError(
+            f"{name} is not positive definite (smallest eigenvalue {lmin:.3g}); add damping "
+            f"delta > {max(0.0, -lmin):.3g} (A + delta I) or use a PSD curvature ('ggn', 'fisher')"
+        ) from err
+
+
+def _check_rhs(b: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(b, dtype=np.float64).reshape(-1) if b.ndim <= 1 else b
+    if b.shape != (n,):
+        raise NotSquareError(f"b has shape {b.shape} but A is {n}x{n}; b must have length {n}")
+    if not np.isfinite(b).all():
+        raise NonFiniteError("b (the gradient) has NaN or infinite entries; check the loss and lr")
+    return b
+
+
+def cholesky_solve(a: Any, b: Any) -> tuple[np.ndarray, SolveInfo]:
+    """Dense SPD solve by Cholesky factorisation."""
+    t0 = time.perf_counter()
+    a, b = _as_array(a), _as_array(b)
+    factor = check_spd(a)
+    b = _check_rhs(b, a.shape[0])
+    x = scipy.linalg.cho_solve((factor, True), b)
+    wall = time.perf_counter() - t0
+    bn = float(np.linalg.norm(b)) or 1.0
+    return x, SolveInfo(
+        "cholesky", a.shape[0], wall_s=wall, residual=float(np.linalg.norm(a @ x - b) / bn)
+    )
+
+
+def cg_solve(
+    operator: Any,
+    b: Any,
+    *,
+    n: int | None = None,
+    tol: float = 1e-8,
+    maxiter: int | None = None,
+    x0: np.ndarray | None = None,
+) -> tuple[np.ndarray, SolveInfo]:
+    """Conjugate gradient on an SPD operator (dense or ``v -> A v``), to ``||r|| <= tol ||b||``.
+
+    Raises:
+        NotPositiveDefiniteError: a search direction with ``p.A p <= 0`` (A is not SPD).
+        NewtonError: no convergence within ``maxiter`` (default ``10 N``).
+    """
+    t0 = time.perf_counter()
+    op = as_operator(operator if callable(operator) else _as_array(operator), n)
+    b = _check_rhs(_as_array(b), op.n)
+    maxiter = maxiter or 10 * op.n
+    bn = float(np.linalg.norm(b))
+    x = np.zeros(op.n) if x0 is None else np.array(x0, dtype=np.float64)
+    if bn == 0:
+        return np.zeros(op.n), SolveInfo("cg", op.n, residual=0.0, iterations=0)
+    r = b - op.matvec(x) if x0 is not None else b.copy()
+    p = r.copy()
+    rr = float(r @ r)
+    it = 0
+    while math.sqrt(rr) > tol * bn:
+        if it >= maxiter:
+            raise NewtonError(
+                f"CG did not reach tol={tol:g} in {maxiter} iterations (residual "
+                f"{math.sqrt(rr) / bn:.3g}); raise the damping or maxiter"
+            )
+        ap = op.matvec(p)
+        pap = float(p @ ap)
+        if not math.isfinite(pap):
+            raise NonFiniteError("the operator returned NaN or infinity during CG")
+        if pap <= 0:
+            raise NotPositiveDefiniteError(
+                f"CG found p.A p = {pap:.3g} <= 0: the operator is not positive definite; add "
+                "damping or use a PSD curvature ('ggn', 'fisher')"
+            )
+        alpha = rr / pap
+        x += alpha * p
+        r -= alpha * ap
+        rr_new = float(r @ r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        it += 1
+    wall = time.perf_counter() - t0
+    return x, SolveInfo("cg", op.n, wall_s=wall, residual=math.sqrt(rr) / bn, iterations=it)
+
+
+def quantum_model_solve(
+    a: Any,
+    b: Any,
+    *,
+    epsilon: float = 1e-2,
+    seed: int | None = None,
+    kappa: float | None = None,
+    d: int | None = None,
+    cost_model: Any = None,
+) -> tuple[np.ndarray, SolveInfo]:
+    """A modelled QLSA: ``x + epsilon ||x|| u`` (u a random unit vector) and its modelled cost.
+
+    Args:
+        a, b: the SPD system.
+        epsilon: relative error of the returned x (the QLSA's target precision).
+        seed: seed of the error direction.
+        kappa, d: condition number and row sparsity for the resource estimate (computed if None).
+        cost_model: a :class:`newton.cost.QuantumCostModel` (default settings if None).
+    """
+    from newton.cost import QuantumCostModel
+
+    if not 0 <= epsilon < 1:
+        raise NewtonError(f"epsilon={epsilon} must lie in [0, 1)")
+    t0 = time.perf_counter()
+    x, _ = cholesky_solve(a, b)
+    a_arr = _as_array(a)
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(x.shape)
+    u /= np.linalg.norm(u)
+    x_noisy = x + epsilon * float(np.linalg.norm(x)) * u
+    if kappa is None:
+        kappa = float(np.linalg.cond(a_arr))
+    if d is None:
+        d = int((a_arr != 0).sum(axis=1).max())
+    model = cost_model or QuantumCostModel()
+    est = model.estimate(n=a_arr.shape[0], kappa=kappa, d=d, epsilon=max(epsilon, 1e-12))
+    bn = float(np.linalg.norm(b)) or 1.0
+    return x_noisy, SolveInfo(
+        "quantum_model",
+        a_arr.shape[0],
+        wall_s=time.perf_counter() - t0,
+        residual=float(np.linalg.norm(a_arr @ x_noisy - _as_array(b)) / bn),
+        kappa=kappa,
+        d=d,
+        epsilon=epsilon,
+        extra={"modelled_s": est.total_s, "queries": est.queries},
+    )
+
+
+def solve(
+    a: Any, b: Any, backend: str = "cholesky", **options: Any
+) -> tuple[np.ndarray, SolveInfo]:
+    """Solve the SPD system ``a x = b`` with the named backend (see module docstring)."""
+    solvers: dict[str, Callable[..., tuple[np.ndarray, SolveInfo]]] = {
+        "cholesky": cholesky_solve,
+        "cg": cg_solve,
+        "quantum_model": quantum_model_solve,
+    }
+    if backend == "hhl":
+        from newton.hhl import hhl_solve
+
+        return hhl_solve(_as_array(a), _as_array(b), **options)
+    if backend not in solvers:
+        raise NewtonError(f"solver backend={backend!r} is not one of {list(BACKENDS)}")
+    return solvers[backend](a, b, **options)
