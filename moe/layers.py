@@ -131,9 +131,15 @@ class MoELayer:
     def get_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(w_in (E, P, I, H), w_out (E, H, I))``; views of the parameters for the fused layout."""
         if self.kind == "fused":
-            gu = self.experts.gate_up_proj  # (E, 2I, H) fused gate/up
+            if hasattr(self.experts, "dense"):  # LowRankExperts: reconstructed, not views
+                gu, down = self.experts.dense()
+            else:
+                gu, down = (
+                    self.experts.gate_up_proj,
+                    self.experts.down_proj,
+                )  # (E, 2I, H), (E, H, I)
             e, two_i, h = gu.shape
-            return gu.view(e, 2, two_i // 2, h), self.experts.down_proj
+            return gu.view(e, 2, two_i // 2, h), down
         mods = [self.experts[f"expert_{i}"] for i in range(self.num_experts)]
         w_in = torch.stack([m.wi.weight for m in mods])[:, None]  # (E, 1, F, H)
         w_out = torch.stack([m.wo.weight for m in mods])  # (E, H, F)
@@ -146,6 +152,10 @@ class MoELayer:
             raise MoEError(
                 f"expert weights w_in {tuple(w_in.shape)} / w_out {tuple(w_out.shape)} do not fit "
                 f"layer {self.name} (hidden {self.hidden_size}, P={2 if self.gated else 1})"
+            )
+        if hasattr(self.experts, "dense"):
+            raise MoEError(
+                f"layer {self.name} holds low-rank experts; change them before factoring"
             )
         ref = self.router_weight
         w_in, w_out = w_in.detach().to(ref.device), w_out.detach().to(ref.device)
@@ -167,8 +177,8 @@ class MoELayer:
             if f"expert_{k}" not in self.experts:
                 self.experts[f"expert_{k}"] = _clone_dense(template)
             m = self.experts[f"expert_{k}"]
-            m.wi.weight = nn.Parameter(w_in[k, 0].to(dtype).contiguous())
-            m.wo.weight = nn.Parameter(w_out[k].to(dtype).contiguous())
+            m.wi.weight = nn.Parameter(w_in[k, 0].to(dtype).clone())
+            m.wo.weight = nn.Parameter(w_out[k].to(dtype).clone())
             m.wi.out_features = m.wo.in_features = i
         self.experts.num_experts = e
 
@@ -265,7 +275,9 @@ def _layer_kind(module: nn.Module) -> Literal["fused", "switch"] | None:
     experts = getattr(module, "experts", None)
     if experts is None:
         return None
-    if hasattr(experts, "gate_up_proj") and hasattr(module, "gate"):
+    if (hasattr(experts, "gate_up_proj") or hasattr(experts, "gate_up_a")) and hasattr(
+        module, "gate"
+    ):
         if getattr(experts, "is_transposed", False) or getattr(experts, "has_bias", False):
             raise MoEError(
                 f"{type(experts).__name__} stores experts transposed or with biases (GPT-OSS layout), "
