@@ -217,10 +217,7 @@ def distill(
     expert_params = {id(p) for layer in layers for p in layer.experts.parameters()}
     params = []
     for p in student.parameters():
-        if trainable == "experts":
-            use = id(p) in expert_params
-        else:
-            use = id(p) not in router_params
+        use = id(p) in expert_params if trainable == "experts" else id(p) not in router_params
         p.requires_grad_(use)
         if use:
             params.append(p)
