@@ -44,7 +44,7 @@ class MoEError(QHybridError):
 _CONFIG_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 
-def _remap_fused(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _remap_fused(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Forward pre-hook: ``top_k_index`` (T, k) of router outputs -> physical expert ids."""
     emap = module.expert_map
     if len(args) >= 2:
@@ -54,7 +54,7 @@ def _remap_fused(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     return args, kwargs
 
 
-def _remap_switch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _remap_switch(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Forward pre-hook for Switch: one-hot dispatch (T, 1, R) -> (T, 1, E) via the (R, E) map."""
     emap = module.expert_map
     dispatch = args[1]
@@ -71,9 +71,9 @@ class MoELayer:
 
     name: str  # module path of the block, e.g. "model.layers.0.mlp"
     index: int  # position among the model's MoE layers
-    block: nn.Module
-    router: nn.Module
-    experts: nn.Module
+    block: Any  # nn.Module; Any because the layouts' attributes are read dynamically
+    router: Any
+    experts: Any
     kind: Literal["fused", "switch"]
     config: Any  # the model config (shared by all layers)
 
@@ -271,7 +271,7 @@ def _clone_dense(template: nn.Module) -> nn.Module:
     return copy.deepcopy(template)
 
 
-def _layer_kind(module: nn.Module) -> Literal["fused", "switch"] | None:
+def _layer_kind(module: Any) -> Literal["fused", "switch"] | None:
     experts = getattr(module, "experts", None)
     if experts is None:
         return None
@@ -324,7 +324,7 @@ def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> N
     layers = find_moe_layers(model) if layers is None else layers
     routes = {layer.num_routes for layer in layers}
     count = max(routes)
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     for key in _CONFIG_COUNT_KEYS:
         if isinstance(getattr(config, key, None), int):
             setattr(config, key, count)
@@ -334,7 +334,7 @@ def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> N
             and hasattr(mod, "num_experts_per_tok")
             and hasattr(mod, "router_aux_loss_coef")
         ):
-            mod.num_experts = count
+            setattr(mod, "num_experts", count)  # noqa: B010 (nn.Module attribute typing)
     if len(routes) > 1:
         config.output_router_logits = False
 

@@ -29,7 +29,9 @@ def tiny_moe(
     **overrides: Any,
 ) -> nn.Module:
     """A tiny model of ``family`` in fp32, eval mode, with nonzero router weights."""
-    import transformers as tf
+    import importlib
+
+    tf: Any = importlib.import_module("transformers")
 
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
@@ -76,13 +78,14 @@ def tiny_batch(
 ) -> dict[str, torch.Tensor]:
     """Random ``input_ids`` and an ``attention_mask`` whose last ``pad`` positions of row 0 are padding."""
     g = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size  # type: ignore[union-attr]
+    config: Any = model.config
+    vocab = int(config.vocab_size)
     ids = torch.randint(1, vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
     if pad:
         mask[0, seq - pad :] = 0
     out = {"input_ids": ids, "attention_mask": mask}
-    if getattr(model.config, "is_encoder_decoder", False):  # type: ignore[union-attr]
+    if getattr(config, "is_encoder_decoder", False):
         out["decoder_input_ids"] = ids.clone()
         out["decoder_attention_mask"] = mask.clone()
     return out
