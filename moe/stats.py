@@ -142,7 +142,7 @@ def _token_mask(layer: MoELayer, batch: Mapping[str, torch.Tensor], n: int) -> t
 
 @torch.no_grad()
 def _accumulate(layer: MoELayer, s: LayerStats, x: torch.Tensor, max_cached: int) -> None:
-    x = x.reshape(-1, x.shape[-1]).float()
+    x = x.reshape(-1, x.shape[-1]).to(layer.router_weight.dtype)
     logits, weights, idx = layer.route(x)
     logits, weights = logits.double(), weights.double()
     r = layer.num_routes
@@ -168,7 +168,7 @@ def _accumulate(layer: MoELayer, s: LayerStats, x: torch.Tensor, max_cached: int
         s.mass_log_mass[e] += float((a * torch.log(a.clamp_min(1e-30))).sum())
         s.act_sq[e] += (h.double() ** 2).sum(0).cpu()
     if s.sample.shape[0] < max_cached:
-        take = x[: max_cached - s.sample.shape[0]].detach().cpu()
+        take = x[: max_cached - s.sample.shape[0]].detach().float().cpu()
         s.sample = take if s.sample.numel() == 0 else torch.cat([s.sample, take])
 
 
