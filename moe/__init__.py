@@ -1,0 +1,45 @@
+"""Mixture-of-Experts compression passes over transformers 5.x sparse-MoE models.
+
+Routing statistics, expert merging (MC-SMoE), low-rank + structured-sparse compression, expert
+dropping (MC-Suite criteria, NAEE search), mixed-precision fake quantisation, and a compression plan
+that makes every result reload exactly. Heavy modules load lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "LowRankExperts",
+    "MoEError",
+    "MoELayer",
+    "RoutingStats",
+    "allocate_bits",
+    "collect_routing_stats",
+    "compress_experts",
+    "count_expert_params",
+    "distill",
+    "drop_experts",
+    "find_moe_layers",
+    "load_compressed",
+    "merge_experts",
+    "quantize_experts",
+    "save_compressed",
+]
+
+_WHERE = {
+    "LowRankExperts": "moe.compress", "compress_experts": "moe.compress", "distill": "moe.compress",
+    "MoEError": "moe.layers", "MoELayer": "moe.layers", "find_moe_layers": "moe.layers",
+    "count_expert_params": "moe.layers", "RoutingStats": "moe.stats",
+    "collect_routing_stats": "moe.stats", "drop_experts": "moe.drop", "merge_experts": "moe.merge",
+    "allocate_bits": "moe.quantize", "quantize_experts": "moe.quantize",
+    "load_compressed": "moe.plan", "save_compressed": "moe.plan",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'moe' has no attribute {name!r}")

@@ -1,0 +1,160 @@
+"""Benchmark the MoE compression passes against the issue's targets and the anchors' baselines.
+
+For each seed: train (or reload from ``--cache``) the Mixtral-style subject on the multi-domain token
+task, then run every method of ``moe.experiment.METHODS`` (merging vs random grouping / no alignment /
+frequency dropping, merge + prune + distillation, one-shot and iterative dropping, 3-bit mixed precision
+vs the QuantMoE-Bench frequency heuristic) on copies of it. Writes per-seed rows, means and the target
+checks to ``benchmarks/results/moe_targets.json``.
+
+    python -m benchmarks.bench_moe_targets --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moe import experiment as ex
+from moe.subject import SubjectConfig, load_or_train, per_domain
+from qhybrid.runs import atomic_write_json, environment_info
+
+GROUPS = {
+    "merge": ["merge 8->4", "merge 8->4 + distill", "merge 8->4 random groups",
+              "merge 8->4 no alignment", "merge 8->4 global budget", "drop 8->4 frequency"],
+    "compress": ["merge 8->4 + prune 60% + distill"],
+    "drop": ["drop 25% one-shot (exact)", "drop 25% one-shot (frequency)",
+             "drop 50% iterative (exact)", "drop 50% iterative (saliency)"],
+    "quant": ["quant 3.0 bits sensitivity", "quant 3.0 bits frequency", "quant 3.0 bits uniform"],
+}  # fmt: skip
+
+
+def _mean(rows: list[dict[str, Any]], method: str, key: str) -> float:
+    return statistics.fmean(r[key] for r in rows if r["method"] == method)
+
+
+def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    methods = {r["method"] for r in rows}
+    out: dict[str, Any] = {}
+
+    def have(*names: str) -> bool:
+        return all(n in methods for n in names)
+
+    if have(
+        "merge 8->4", "merge 8->4 random groups", "merge 8->4 no alignment", "drop 8->4 frequency"
+    ):
+        m = _mean(rows, "merge 8->4", "retention")
+        out["merge 8->4 retention >= 0.97"] = {"value": m, "met": m >= 0.97}
+        for other in ("merge 8->4 random groups", "merge 8->4 no alignment", "drop 8->4 frequency"):
+            o = _mean(rows, other, "retention")
+            out[f"merge beats {other}"] = {"value": m, "other": o, "met": m > o}
+    if have("merge 8->4 + distill"):
+        m = _mean(rows, "merge 8->4 + distill", "retention")
+        out["merge 8->4 + <=200 distill steps retention >= 0.99"] = {"value": m, "met": m >= 0.99}
+    if have("merge 8->4 + prune 60% + distill", "baseline"):
+        cut = 1 - _mean(rows, "merge 8->4 + prune 60% + distill", "expert params") / _mean(
+            rows, "baseline", "expert params"
+        )
+        loss = 1 - _mean(rows, "merge 8->4 + prune 60% + distill", "retention")
+        out["merge+compress: >=70% fewer expert params"] = {"value": cut, "met": cut >= 0.70}
+        out["merge+compress: <=2% relative accuracy loss"] = {"value": loss, "met": loss <= 0.02}
+    if have("drop 25% one-shot (exact)"):
+        m = _mean(rows, "drop 25% one-shot (exact)", "retention")
+        out["drop 25% one-shot retention >= 0.95"] = {"value": m, "met": m >= 0.95}
+    if have("drop 50% iterative (exact)"):
+        m = _mean(rows, "drop 50% iterative (exact)", "retention")
+        out["drop 50% iterative retention >= 0.90"] = {"value": m, "met": m >= 0.90}
+    if have("quant 3.0 bits sensitivity", "quant 3.0 bits frequency"):
+        s = _mean(rows, "quant 3.0 bits sensitivity", "ppl increase")
+        f = _mean(rows, "quant 3.0 bits frequency", "ppl increase")
+        out["3.0 bits: perplexity increase <= 5%"] = {"value": s, "met": s <= 0.05}
+        out["3.0 bits: no worse than frequency heuristic"] = {"value": s, "other": f, "met": s <= f}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument("--steps", type=int, default=400, help="subject training steps")
+    parser.add_argument("--distill-steps", type=int, default=200)
+    parser.add_argument(
+        "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
+    )
+    parser.add_argument("--out", default="benchmarks/results/moe_targets.json")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = SubjectConfig(steps=args.steps)
+    rows: list[dict[str, Any]] = []
+    subjects = []
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        model, data, metrics = load_or_train(cfg, seed, args.cache)
+        subjects.append({"seed": seed, **metrics, "per_domain": per_domain(model, data)})
+        ctx = ex.Context(data, model, seed=seed, distill_steps=args.distill_steps)
+        base, _ = ex.run_method("baseline", model, ctx, ex.METHODS["baseline"])
+        base.update(retention=1.0, seed=seed)
+        rows.append(base)
+        for group in args.groups:
+            for name in GROUPS[group]:
+                row, _ = ex.run_method(name, model, ctx, ex.METHODS[name], base)
+                row["seed"] = seed
+                rows.append(row)
+                print(f"seed {seed} {name:40s} retention {row['retention']:.4f} "
+                      f"ppl {row['perplexity']:.4f} ({row['pass seconds']:.1f} s)", flush=True)  # fmt: skip
+    summary = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        sel = [r for r in rows if r["method"] == name]
+        summary.append({
+            "method": name,
+            "retention mean": statistics.fmean(r["retention"] for r in sel),
+            "retention min": min(r["retention"] for r in sel),
+            "accuracy mean": statistics.fmean(r["accuracy"] for r in sel),
+            "perplexity mean": statistics.fmean(r["perplexity"] for r in sel),
+            "expert params": sel[0]["expert params"],
+            "expert MB": sel[0]["expert MB"],
+            "MoE MFLOPs/token": sel[0]["MoE MFLOPs/token"],
+            "pass seconds mean": statistics.fmean(r["pass seconds"] for r in sel),
+        })  # fmt: skip
+    result = {
+        "command": "python -m benchmarks.bench_moe_targets "
+        + " ".join(
+            f"--seeds {' '.join(map(str, args.seeds))} --groups {' '.join(args.groups)} "
+            f"--steps {args.steps} --distill-steps {args.distill_steps}".split()
+        ),
+        "subject": {**cfg.__dict__},
+        "subjects": subjects,
+        "summary": summary,
+        "targets": targets(rows),
+        "rows": rows,
+        "wall_seconds": time.perf_counter() - t0,
+        "env": environment_info(seed=args.seeds[0]),
+    }
+    out = Path(args.out)
+    existing = json.loads(out.read_text()) if out.is_file() else {}
+    if set(args.groups) != set(GROUPS) and existing:  # merge partial runs by group
+        kept = [
+            r
+            for r in existing.get("rows", [])
+            if r["method"] not in {m for g in args.groups for m in GROUPS[g]}
+        ]
+        result["rows"] = kept + [
+            r
+            for r in rows
+            if r["method"] != "baseline"
+            or not any(k["method"] == "baseline" and k["seed"] == r["seed"] for k in kept)
+        ]
+        result["targets"] = targets(result["rows"])
+    atomic_write_json(out, result)
+    for k, v in result["targets"].items():
+        print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

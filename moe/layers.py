@@ -1,0 +1,359 @@
+"""One view over the expert layouts of transformers 5.x sparse-MoE models.
+
+Every compression pass works through :class:`MoELayer`, so it never touches a model's tensors by name.
+Two layout families are supported:
+
+* **fused** — Mixtral, Qwen2-MoE (its shared expert is left alone), Qwen3-MoE, OLMoE: the block has a
+  top-k router ``gate`` with ``weight (E, H)`` and an ``experts`` module holding two 3D parameters,
+  ``gate_up_proj (E, 2I, H)`` (gate rows ``[:I]``, up rows ``[I:]``) and ``down_proj (E, H, I)``; the experts
+  forward dispatches on ``config._experts_implementation`` (eager / batched_mm / grouped_mm).
+* **switch** — Switch Transformers: a top-1 ``router.classifier`` ``Linear(H, E)`` and an ``nn.ModuleDict``
+  ``expert_0 .. expert_{E-1}`` of ``wi: Linear(H, F)`` / ``wo: Linear(F, H)`` with ReLU.
+
+Canonical expert weights: ``w_in (E, P, I, H)`` — P = 2 (gate, up) for SwiGLU, 1 for the plain MLP — and
+``w_out (E, H, I)``. Neuron ``i`` of expert ``e`` is (``w_in[e, :, i]``, ``w_out[e, :, i]``).
+
+A layer may route R router outputs onto E <= R physical experts through ``expert_map`` (R,), a buffer
+on the experts module applied by a forward pre-hook: that is how merging removes experts while keeping
+the router's choices (see research note: module sharing cannot be saved, and replacing the router object
+after the first forward breaks ``output_router_logits``; we therefore mutate routers in place).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from qhybrid.errors import QHybridError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MoEError", "MoELayer", "find_moe_layers", "count_expert_params", "expert_bytes"]
+
+
+class MoEError(QHybridError):
+    """A model, budget or plan that the MoE passes cannot work with."""
+
+
+# Config attributes that hold the routed-expert count, per model family.
+_CONFIG_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def _remap_fused(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook: ``top_k_index`` (T, k) of router outputs -> physical expert ids."""
+    emap = module.expert_map
+    if len(args) >= 2:
+        args = (args[0], emap[args[1]], *args[2:])
+    elif "top_k_index" in kwargs:
+        kwargs = {**kwargs, "top_k_index": emap[kwargs["top_k_index"]]}
+    return args, kwargs
+
+
+def _remap_switch(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook for Switch: one-hot dispatch (T, 1, R) -> (T, 1, E) via the (R, E) map."""
+    emap = module.expert_map
+    dispatch = args[1]
+    onehot = nn.functional.one_hot(emap, num_classes=module.num_experts).to(
+        dispatch.dtype
+    )  # (R, E)
+    new = torch.einsum("tkr,re->tke", dispatch, onehot)
+    return (args[0], new, *args[2:]), kwargs
+
+
+@dataclass
+class MoELayer:
+    """A view of one sparse-MoE block. Mutations go through its methods, which keep all counts in sync."""
+
+    name: str  # module path of the block, e.g. "model.layers.0.mlp"
+    index: int  # position among the model's MoE layers
+    block: Any  # nn.Module; Any because the layouts' attributes are read dynamically
+    router: Any
+    experts: Any
+    kind: Literal["fused", "switch"]
+    config: Any  # the model config (shared by all layers)
+
+    # -- shapes -----------------------------------------------------------------------------------
+    @property
+    def gated(self) -> bool:
+        return self.kind == "fused"
+
+    @property
+    def num_experts(self) -> int:
+        """Physical experts."""
+        return int(self.experts.num_experts)
+
+    @property
+    def num_routes(self) -> int:
+        """Router outputs (>= num_experts when merged experts share a slot)."""
+        return int(self.router_weight.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.router_weight.shape[1])
+
+    @property
+    def intermediate_size(self) -> int:
+        return int(self.get_weights()[1].shape[-1])
+
+    @property
+    def top_k(self) -> int:
+        return int(getattr(self.router, "top_k", 1))
+
+    @property
+    def router_weight(self) -> nn.Parameter:
+        if self.kind == "fused":
+            return self.router.weight  # type: ignore[no-any-return]
+        return self.router.classifier.weight  # type: ignore[no-any-return]
+
+    @property
+    def expert_map(self) -> torch.Tensor:
+        """(R,) physical expert of each router output (identity when nothing was merged)."""
+        emap = getattr(self.experts, "expert_map", None)
+        if emap is None:
+            return torch.arange(self.num_routes, device=self.router_weight.device)
+        return emap  # type: ignore[no-any-return]
+
+    @property
+    def has_expert_map(self) -> bool:
+        return getattr(self.experts, "expert_map", None) is not None
+
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "fused":
+            return self.experts.act_fn(x)  # type: ignore[no-any-return]
+        return self.experts["expert_0"].act(x)  # type: ignore[no-any-return]
+
+    # -- weights ----------------------------------------------------------------------------------
+    def get_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w_in (E, P, I, H), w_out (E, H, I))``; views of the parameters for the fused layout."""
+        if self.kind == "fused":
+            if hasattr(self.experts, "dense"):  # LowRankExperts: reconstructed, not views
+                gu, down = self.experts.dense()
+            else:
+                gu, down = (
+                    self.experts.gate_up_proj,
+                    self.experts.down_proj,
+                )  # (E, 2I, H), (E, H, I)
+            e, two_i, h = gu.shape
+            return gu.view(e, 2, two_i // 2, h), down
+        mods = [self.experts[f"expert_{i}"] for i in range(self.num_experts)]
+        w_in = torch.stack([m.wi.weight for m in mods])[:, None]  # (E, 1, F, H)
+        w_out = torch.stack([m.wo.weight for m in mods])  # (E, H, F)
+        return w_in, w_out
+
+    def set_weights(self, w_in: torch.Tensor, w_out: torch.Tensor) -> None:
+        """Replace all expert weights; the expert count and intermediate size may change."""
+        e, p, i, h = w_in.shape
+        if w_out.shape != (e, h, i) or h != self.hidden_size or p != (2 if self.gated else 1):
+            raise MoEError(
+                f"expert weights w_in {tuple(w_in.shape)} / w_out {tuple(w_out.shape)} do not fit "
+                f"layer {self.name} (hidden {self.hidden_size}, P={2 if self.gated else 1})"
+            )
+        if hasattr(self.experts, "dense"):
+            raise MoEError(
+                f"layer {self.name} holds low-rank experts; change them before factoring"
+            )
+        ref = self.router_weight
+        w_in, w_out = w_in.detach().to(ref.device), w_out.detach().to(ref.device)
+        if self.kind == "fused":
+            dtype = self.experts.gate_up_proj.dtype
+            self.experts.gate_up_proj = nn.Parameter(
+                w_in.reshape(e, p * i, h).to(dtype).contiguous()
+            )
+            self.experts.down_proj = nn.Parameter(w_out.to(dtype).contiguous())
+            self.experts.num_experts = e
+            self.experts.intermediate_dim = i
+            return
+        dtype = self.experts["expert_0"].wi.weight.dtype
+        template = self.experts["expert_0"]
+        for k in list(self.experts.keys()):
+            if int(k.split("_")[1]) >= e:
+                del self.experts[k]
+        for k in range(e):
+            if f"expert_{k}" not in self.experts:
+                self.experts[f"expert_{k}"] = _clone_dense(template)
+            m = self.experts[f"expert_{k}"]
+            m.wi.weight = nn.Parameter(w_in[k, 0].to(dtype).clone())
+            m.wo.weight = nn.Parameter(w_out[k].to(dtype).clone())
+            m.wi.out_features = m.wo.in_features = i
+        self.experts.num_experts = e
+
+    # -- router -----------------------------------------------------------------------------------
+    def slice_router(self, keep: Sequence[int]) -> None:
+        """Keep router outputs ``keep`` (in that order), in place (the router object stays)."""
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.router_weight.device)
+        if self.kind == "fused":
+            self.router.weight = nn.Parameter(self.router.weight.detach()[idx].clone())
+        else:
+            lin = self.router.classifier
+            lin.weight = nn.Parameter(lin.weight.detach()[idx].clone())
+            if lin.bias is not None:
+                lin.bias = nn.Parameter(lin.bias.detach()[idx].clone())
+            lin.out_features = len(idx)
+        self.router.num_experts = len(idx)
+        if self.kind == "fused" and hasattr(self.router, "top_k") and self.router.top_k > len(idx):
+            raise MoEError(f"layer {self.name}: top_k={self.router.top_k} > {len(idx)} experts")
+
+    def set_expert_map(self, emap: torch.Tensor | None) -> None:
+        """Route router output r to physical expert ``emap[r]``; ``None`` removes the map."""
+        hook = _remap_fused if self.kind == "fused" else _remap_switch
+        if emap is None:
+            if hasattr(self.experts, "expert_map"):
+                del self.experts._buffers["expert_map"]
+            for key, fn in list(self.experts._forward_pre_hooks.items()):
+                if fn is hook:
+                    del self.experts._forward_pre_hooks[key]
+                    self.experts._forward_pre_hooks_with_kwargs.pop(key, None)
+            return
+        emap = torch.as_tensor(emap, dtype=torch.long, device=self.router_weight.device)
+        if emap.shape != (self.num_routes,) or int(emap.max()) >= self.num_experts:
+            raise MoEError(
+                f"expert_map of shape {tuple(emap.shape)} / max {int(emap.max())} does not fit layer "
+                f"{self.name} ({self.num_routes} router outputs, {self.num_experts} experts)"
+            )
+        self.experts.register_buffer("expert_map", emap.clone())
+        if hook not in self.experts._forward_pre_hooks.values():
+            self.experts.register_forward_pre_hook(hook, with_kwargs=True)
+
+    # -- computation (canonical weights; used by statistics, searches and tests) -----------------
+    def expert_forward(self, e: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output (T, H) and intermediate activation (T, I) of physical expert ``e`` on x (T, H)."""
+        w_in, w_out = self.get_weights()
+        if self.gated:
+            h = self.act(x @ w_in[e, 0].T) * (x @ w_in[e, 1].T)
+        else:
+            h = self.act(x @ w_in[e, 0].T)
+        return h @ w_out[e].T, h
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits (T, R), top-k weights (T, k) and top-k router outputs (T, k) for x (T, H)."""
+        if self.kind == "fused":
+            logits, weights, idx = self.router(x)
+            return logits, weights, idx
+        logits = self.router.classifier(x.to(self.router.classifier.weight.dtype))
+        probs = logits.softmax(-1)
+        w, i = probs.max(-1, keepdim=True)
+        return logits, w, i
+
+    def moe_forward(
+        self, x: torch.Tensor, *, route_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The routed part of the block on x (T, H), optionally with router outputs masked out
+        (``route_mask`` (R,) bool, False = never selected, as NAEE's -inf logits). Ignores Switch's
+        capacity limit and Qwen2's shared expert (neither depends on which experts exist)."""
+        if self.kind == "fused":
+            logits = nn.functional.linear(x, self.router_weight)
+        else:
+            logits = self.router.classifier(x)
+        if route_mask is not None:
+            logits = logits.masked_fill(~route_mask, float("-inf"))
+        probs = logits.float().softmax(-1)
+        k = self.top_k
+        w, idx = probs.topk(k, dim=-1)
+        if self.kind == "fused" and getattr(self.router, "norm_topk_prob", True):
+            w = w / w.sum(-1, keepdim=True)
+        emap = self.expert_map[idx]
+        out = torch.zeros_like(x)
+        for e in emap.unique().tolist():
+            tok, pos = torch.where(emap == e)
+            y, _ = self.expert_forward(e, x[tok])
+            out.index_add_(0, tok, y * w[tok, pos, None].to(y.dtype))
+        return out
+
+
+def _clone_dense(template: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(template)
+
+
+def _layer_kind(module: Any) -> Literal["fused", "switch"] | None:
+    experts = getattr(module, "experts", None)
+    if experts is None:
+        return None
+    if (hasattr(experts, "gate_up_proj") or hasattr(experts, "gate_up_a")) and hasattr(
+        module, "gate"
+    ):
+        if getattr(experts, "is_transposed", False) or getattr(experts, "has_bias", False):
+            raise MoEError(
+                f"{type(experts).__name__} stores experts transposed or with biases (GPT-OSS layout), "
+                "which qhybrid.moe does not support yet; use Mixtral, Qwen2/3-MoE, OLMoE or Switch models"
+            )
+        if not getattr(experts, "is_concatenated", True):
+            raise MoEError(f"{type(experts).__name__} interleaves gate/up rows; not supported")
+        return "fused"
+    if isinstance(experts, nn.ModuleDict) and hasattr(
+        getattr(module, "router", None), "classifier"
+    ):
+        return "switch"
+    return None
+
+
+def find_moe_layers(model: nn.Module, *, required: bool = True) -> list[MoELayer]:
+    """All sparse-MoE blocks of ``model`` in module order.
+
+    Raises:
+        MoEError: ``required`` and the model has no MoE block of a supported layout.
+    """
+    layers: list[MoELayer] = []
+    config = getattr(model, "config", None)
+    for name, module in model.named_modules():
+        kind = _layer_kind(module)
+        if kind is None:
+            continue
+        router = module.gate if kind == "fused" else module.router
+        layers.append(MoELayer(name, len(layers), module, router, module.experts, kind, config))
+    if required and not layers:
+        raise MoEError(
+            f"{type(model).__name__} has no sparse-MoE layer (looked for a block with 'experts' and a "
+            "router 'gate' (Mixtral, Qwen2/3-MoE, OLMoE) or 'router' (Switch)); pass an MoE model"
+        )
+    return layers
+
+
+def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> None:
+    """Make the config's routed-expert count (and ``model.num_experts``) match the routers.
+
+    With non-uniform counts the config holds the largest (the per-layer counts live in the plan) and
+    the load-balancing loss is switched off, since it assumes one count for every layer.
+    """
+    layers = find_moe_layers(model) if layers is None else layers
+    routes = {layer.num_routes for layer in layers}
+    count = max(routes)
+    config: Any = model.config
+    for key in _CONFIG_COUNT_KEYS:
+        if isinstance(getattr(config, key, None), int):
+            setattr(config, key, count)
+    for mod in model.modules():
+        if (
+            hasattr(mod, "num_experts")
+            and hasattr(mod, "num_experts_per_tok")
+            and hasattr(mod, "router_aux_loss_coef")
+        ):
+            setattr(mod, "num_experts", count)  # noqa: B010 (nn.Module attribute typing)
+    if len(routes) > 1:
+        config.output_router_logits = False
+
+
+def count_expert_params(model: nn.Module) -> int:
+    """Parameters in routed experts (router and shared experts excluded)."""
+    total = 0
+    for layer in find_moe_layers(model):
+        total += sum(p.numel() for p in layer.experts.parameters())
+    return total
+
+
+def expert_bytes(model: nn.Module, bits: Callable[[MoELayer, int], float] | None = None) -> float:
+    """Bytes of routed-expert weights: at their dtype, or at ``bits(layer, expert)`` bits per weight."""
+    total = 0.0
+    for layer in find_moe_layers(model):
+        w_in, w_out = layer.get_weights()
+        per_expert = w_in[0].numel() + w_out[0].numel()
+        for e in range(layer.num_experts):
+            b = bits(layer, e) if bits else w_in.element_size() * 8
+            total += per_expert * b / 8
+    return total

@@ -1,0 +1,230 @@
+"""Expert merging: MC-SMoE's M-SMoE (Li et al., arXiv 2310.01334), with the anchor's bugs fixed.
+
+Per MoE layer with budget G experts:
+
+1. **Dominant experts**: the G most frequently selected experts (routing counts on calibration data),
+   skipping exact duplicates of an already chosen dominant (router-logit cosine >= 0.9999), which
+   merge into it for free.
+2. **Grouping**: every other expert joins the dominant expert whose router-logit column is most similar,
+   ``cos(i, j) = Σ_t l_ti l_tj / (‖l_i‖ ‖l_j‖)`` over all calibration tokens (exact, from the streamed
+   Gram matrix).
+3. **Alignment**: each member is permuted onto *its group's dominant expert* (the anchor aligns to expert
+   0) by weight matching: neuron features ``F_e[i] = [gate row i | up row i | down column i]``, and the
+   permutation solving ``max_π Σ_i F_d[i] · F_m[π(i)]`` (Hungarian, ``scipy.optimize.linear_sum_assignment``).
+   Permuting hidden neurons of a SwiGLU/MLP expert leaves its function unchanged.
+4. **Averaging**: ``W_g = Σ_e f_e W_e / Σ_e f_e`` over the aligned members, f = routing frequency.
+5. **Removal**: the experts tensors shrink to G; the router keeps its R outputs and ``expert_map``
+   sends each one to its group, so a token's router choices are preserved.
+
+Budgets: ``num_experts`` per layer (uniform), a mapping layer -> count, or ``budget="global"`` where the
+total ``num_experts × layers`` is split by globally ranking normalised frequencies (MC-SMoE's adaptive
+merging), at least ``min_per_layer`` per layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.plan import record
+from moe.stats import LayerStats, RoutingStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["align_expert", "allocate_budget", "merge_experts", "plan_groups"]
+
+
+def allocate_budget(
+    layers: list[MoELayer],
+    stats: RoutingStats,
+    num_experts: int | Mapping[str, int],
+    budget: Literal["uniform", "global"] = "uniform",
+    *,
+    min_per_layer: int = 1,
+) -> dict[str, int]:
+    """Experts to keep per layer; validated against the layers before anything changes."""
+    if isinstance(num_experts, Mapping):
+        counts = {
+            layer.name: int(num_experts.get(layer.name, layer.num_experts)) for layer in layers
+        }
+        unknown = set(num_experts) - {layer.name for layer in layers}
+        if unknown:
+            raise MoEError(f"budget names unknown layers {sorted(unknown)}")
+    elif budget == "uniform":
+        counts = {layer.name: int(num_experts) for layer in layers}
+    elif budget == "global":
+        total = int(num_experts) * len(layers)
+        if total < min_per_layer * len(layers):
+            raise MoEError(
+                f"global budget {total} < {min_per_layer} expert(s) x {len(layers)} layers"
+            )
+        counts = {layer.name: min_per_layer for layer in layers}
+        scores = []
+        for layer in layers:
+            f = stats[layer.name].frequency.clone()
+            f = f / f.sum().clamp_min(1e-30)
+            ranked = f.sort(descending=True).values[min_per_layer:]
+            scores += [(float(v), layer.name) for v in ranked]
+        scores.sort(key=lambda t: -t[0])
+        for _, name in scores[: total - sum(counts.values())]:
+            counts[name] += 1
+    else:
+        raise MoEError(f"budget={budget!r}; use 'uniform' or 'global'")
+    for layer in layers:
+        n = counts[layer.name]
+        if not 1 <= n <= layer.num_experts:
+            raise MoEError(
+                f"cannot keep {n} experts in layer {layer.name}, which has {layer.num_experts}; "
+                f"choose 1 <= num_experts <= {layer.num_experts}"
+            )
+    return counts
+
+
+def plan_groups(
+    s: LayerStats,
+    num_groups: int,
+    *,
+    grouping: Literal["router_logits", "random"] = "router_logits",
+    seed: int = 0,
+    duplicate_cos: float = 0.9999,
+) -> list[list[int]]:
+    """Groups of experts, each led by its dominant expert (first element), dominants in index order."""
+    freq = s.counts
+    e = s.num_routes
+    cos = s.logit_cosine()
+    order = sorted(range(e), key=lambda i: (-float(freq[i]), i))
+    # Most frequent first, but skip experts whose router column duplicates a chosen dominant
+    # (cos >= duplicate_cos): they merge into it at no cost. Falls back to frequency order.
+    chosen: list[int] = []
+    for i in order:
+        if len(chosen) < num_groups and all(float(cos[i, d]) < duplicate_cos for d in chosen):
+            chosen.append(i)
+    for i in order:
+        if len(chosen) < num_groups and i not in chosen:
+            chosen.append(i)
+    dominants = sorted(chosen)
+    groups = {d: [d] for d in dominants}
+    rest = [i for i in range(e) if i not in groups]
+    if grouping == "router_logits":
+        for i in rest:
+            best = max(dominants, key=lambda d: (float(cos[i, d]), -d))
+            groups[best].append(i)
+    elif grouping == "random":
+        rng = np.random.default_rng(seed)
+        for i in rest:
+            groups[dominants[int(rng.integers(len(dominants)))]].append(i)
+    else:
+        raise MoEError(f"grouping={grouping!r}; use 'router_logits' or 'random'")
+    return [groups[d] for d in dominants]
+
+
+def _neuron_features(w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """(I, P·H + H) rows ``[w_in[:, i] flattened | w_out[:, i]]`` of one expert."""
+    p, i, h = w_in.shape
+    return torch.cat([w_in.permute(1, 0, 2).reshape(i, p * h), w_out.T], dim=1)
+
+
+def align_expert(
+    ref: tuple[torch.Tensor, torch.Tensor], other: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Permute the hidden neurons of ``other`` = (w_in (P, I, H), w_out (H, I)) onto ``ref``.
+
+    Returns the permuted ``(w_in, w_out)`` and the permutation ``perm`` (neuron i of the result is
+    neuron ``perm[i]`` of ``other``), which maximises ``Σ_i F_ref[i] · F_other[perm[i]]``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    f_ref = _neuron_features(*ref).double()
+    f_oth = _neuron_features(*other).double()
+    score = (f_ref @ f_oth.T).cpu().numpy()  # (I, I)
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    perm = cols[np.argsort(rows)]
+    idx = torch.as_tensor(perm, device=other[0].device)
+    return other[0][:, idx], other[1][:, idx], perm
+
+
+def merge_experts(
+    model: nn.Module,
+    stats: RoutingStats,
+    *,
+    num_experts: int | Mapping[str, int],
+    budget: Literal["uniform", "global"] = "uniform",
+    grouping: Literal["router_logits", "random"] = "router_logits",
+    align: bool = True,
+    weighting: Literal["frequency", "router_weighted", "uniform"] = "frequency",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Merge each MoE layer's experts into ``num_experts`` groups, in place (see module docstring).
+
+    Args:
+        model: a transformers MoE model; ``stats`` must have been collected on it as it is now.
+        stats: from :func:`moe.stats.collect_routing_stats`.
+        num_experts: experts kept per layer, or a mapping layer name -> count.
+        budget: ``"uniform"`` or ``"global"`` (``num_experts`` × layers split by frequency).
+        grouping: ``"router_logits"`` (MC-SMoE) or ``"random"`` (ablation).
+        align: permute members onto their dominant expert before averaging (False: naive averaging).
+        weighting: averaging weights — routing frequency, router-weighted frequency, or uniform.
+        seed: for random grouping.
+
+    Returns:
+        ``{"groups": {layer: [[experts]...]}, "counts": {layer: G}}``.
+
+    Raises:
+        MoEError: no MoE layers, stats that do not fit, an impossible budget, or an already merged
+            layer; the model is then unchanged.
+    """
+    layers = find_moe_layers(model)
+    stats.check(layers)
+    for layer in layers:
+        if layer.has_expert_map:
+            raise MoEError(
+                f"layer {layer.name} is already merged; merge once, from the unmerged model"
+            )
+    counts = allocate_budget(layers, stats, num_experts, budget)
+    if weighting not in ("frequency", "router_weighted", "uniform"):
+        raise MoEError(f"weighting={weighting!r}; use 'frequency', 'router_weighted' or 'uniform'")
+    all_groups: dict[str, list[list[int]]] = {}
+    ops = []
+    with torch.no_grad():
+        for layer in layers:
+            s = stats[layer.name]
+            groups = plan_groups(s, counts[layer.name], grouping=grouping, seed=seed + layer.index)
+            w_in, w_out = (t.detach().clone() for t in layer.get_weights())
+            if weighting == "frequency":
+                f = s.counts.clone()
+            elif weighting == "router_weighted":
+                f = s.weighted_counts.clone()
+            else:
+                f = torch.ones(s.num_routes, dtype=torch.float64)
+            new_in, new_out = [], []
+            for group in groups:
+                d = group[0]
+                acc_in = torch.zeros_like(w_in[d], dtype=torch.float64)
+                acc_out = torch.zeros_like(w_out[d], dtype=torch.float64)
+                wts = f[group] + 1e-12  # unused experts still count a little: no 0/0
+                wts = wts / wts.sum()
+                for member, wt in zip(group, wts.tolist(), strict=True):
+                    mi, mo = w_in[member], w_out[member]
+                    if align and member != d:
+                        mi, mo, _ = align_expert((w_in[d], w_out[d]), (mi, mo))
+                    acc_in += wt * mi.double()
+                    acc_out += wt * mo.double()
+                new_in.append(acc_in.to(w_in.dtype))
+                new_out.append(acc_out.to(w_out.dtype))
+            emap = torch.empty(layer.num_routes, dtype=torch.long)
+            for g, group in enumerate(groups):
+                emap[group] = g
+            layer.set_weights(torch.stack(new_in), torch.stack(new_out))
+            layer.set_expert_map(emap)
+            all_groups[layer.name] = groups
+            ops.append({"op": "merge", "layer": layer.name, "expert_map": emap.tolist(),
+                        "groups": groups, "align": align, "grouping": grouping})  # fmt: skip
+            logger.info("merged %s: %d -> %d experts", layer.name, s.num_routes, len(groups))
+    record(model, ops)
+    return {"groups": all_groups, "counts": counts}

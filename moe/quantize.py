@@ -1,0 +1,233 @@
+"""Mixed-precision fake quantisation of routed experts under an average-bit budget.
+
+Weights are rounded to ``b`` bits with group-wise asymmetric min-max scales (groups of ``group_size``
+consecutive input weights per output row) and stored back dequantised ("fake quant"): the model runs
+unchanged and the accuracy is what a real low-bit kernel would give. Storage is counted as ``b`` bits per
+weight plus a 16-bit scale and zero point per group.
+
+Bit allocation (one width per expert, chosen from ``bits_choices``, mean over all expert weights
+<= ``avg_bits``):
+
+* ``sensitivity`` (ours): for every expert e and width b the measured output error on calibration inputs
+  routed to it, ``D_e(b) = f_e · mean_t g_t² ‖E_e(x_t) − E_e^{(b)}(x_t)‖²`` (f = routing frequency,
+  g = gate weight) — the expected squared error it adds to the layer output — then a greedy
+  multiple-choice knapsack: start at the lowest width and repeatedly take the upgrade with the largest
+  error reduction per extra bit that still fits.
+* QuantMoE-Bench heuristics (Duanmu et al., arXiv 2406.08155): ``frequency`` — the most frequently
+  routed experts (global ranking) get the high width, the rest the low one, in the share that meets the
+  budget; ``outlier`` — the same ranked by the weight outlier score ``max_j(max_i |W_ij| / mean_i |W_ij|)``;
+  ``uniform`` — every expert at ``round(avg_bits)`` bits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.plan import record
+from moe.stats import RoutingStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["allocate_bits", "fake_quantize", "quantize_experts"]
+
+Allocation = Literal["sensitivity", "frequency", "outlier", "uniform"]
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 32) -> torch.Tensor:
+    """Round ``w (..., out, in)`` to ``bits`` bits with asymmetric min-max scales per input group."""
+    if bits >= 16:
+        return w.clone()
+    shape = w.shape
+    n_in = shape[-1]
+    g = group_size if n_in % group_size == 0 else n_in
+    x = w.reshape(*shape[:-1], n_in // g, g).float()
+    lo = x.amin(-1, keepdim=True)
+    hi = x.amax(-1, keepdim=True)
+    levels = 2**bits - 1
+    scale = ((hi - lo) / levels).clamp_min(1e-12)
+    q = torch.round((x - lo) / scale).clamp_(0, levels)
+    return (q * scale + lo).reshape(shape).to(w.dtype)
+
+
+def _quantized_expert(w_in: torch.Tensor, w_out: torch.Tensor, bits: int, group_size: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return fake_quantize(w_in, bits, group_size), fake_quantize(w_out, bits, group_size)
+
+
+@torch.no_grad()
+def _expert_errors(layer: MoELayer, stats: RoutingStats, bits_choices: Sequence[int],
+                   group_size: int) -> torch.Tensor:  # fmt: skip
+    """(E, len(bits_choices)) expected squared output error D_e(b) (see module docstring)."""
+    s = stats[layer.name]
+    x = s.sample.to(layer.router_weight.device, layer.router_weight.dtype)
+    if x.numel() == 0:
+        raise MoEError(
+            f"no cached inputs for {layer.name}; collect stats with max_cached_tokens > 0"
+        )
+    _, weights, idx = layer.route(x)
+    emap = layer.expert_map[idx]
+    w_in, w_out = layer.get_weights()
+    freq = torch.zeros(layer.num_experts, dtype=torch.float64)
+    freq.index_add_(0, layer.expert_map.cpu(), s.counts / max(s.tokens, 1))
+    out = torch.zeros(layer.num_experts, len(bits_choices), dtype=torch.float64)
+    for e in range(layer.num_experts):
+        tok, pos = torch.where(emap == e)
+        if tok.numel() >= 8:
+            xe, g2 = x[tok], weights[tok, pos].double().pow(2).mean()
+        else:  # too few routed samples: use every cached token, mean gate weight 1/k
+            xe, g2 = x, torch.tensor(1.0 / layer.top_k**2, dtype=torch.float64)
+        ref = _forward(layer, w_in[e], w_out[e], xe)
+        for j, b in enumerate(bits_choices):
+            qi, qo = _quantized_expert(w_in[e], w_out[e], b, group_size)
+            err = (_forward(layer, qi, qo, xe) - ref).double().pow(2).sum(-1).mean()
+            out[e, j] = freq[e] * g2 * err
+    return out
+
+
+def _forward(
+    layer: MoELayer, w_in: torch.Tensor, w_out: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    h = layer.act(x @ w_in[0].T)
+    if layer.gated:
+        h = h * (x @ w_in[1].T)
+    return h @ w_out.T  # type: ignore[no-any-return]
+
+
+def _outlier_score(layer: MoELayer) -> torch.Tensor:
+    w_in, w_out = layer.get_weights()
+    scores = []
+    for e in range(layer.num_experts):
+        s = 0.0
+        for w in (*w_in[e], w_out[e]):
+            a = w.detach().abs().double()
+            s = max(s, float((a.amax(0) / a.mean(0).clamp_min(1e-12)).max()))
+        scores.append(s)
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def allocate_bits(
+    model: nn.Module,
+    stats: RoutingStats,
+    *,
+    avg_bits: float = 3.0,
+    allocation: Allocation = "sensitivity",
+    bits_choices: Sequence[int] = (2, 3, 4, 8),
+    group_size: int = 32,
+) -> dict[str, list[int]]:
+    """Bits per expert of every MoE layer (see module docstring); does not change the model."""
+    layers = find_moe_layers(model)
+    stats.check(layers)
+    choices = sorted(set(int(b) for b in bits_choices))
+    if not choices or any(b < 1 or b > 16 for b in choices):
+        raise MoEError(f"bits_choices={list(bits_choices)} must be widths in 1..16")
+    if not choices[0] <= avg_bits <= choices[-1]:
+        raise MoEError(
+            f"avg_bits={avg_bits} cannot be met with widths {choices}; choose a budget in "
+            f"[{choices[0]}, {choices[-1]}]"
+        )
+    sizes = []  # (layer, expert, weights)
+    for layer in layers:
+        w_in, w_out = layer.get_weights()
+        n = w_in[0].numel() + w_out[0].numel()
+        sizes += [(layer.name, e, n) for e in range(layer.num_experts)]
+    total = sum(n for *_, n in sizes)
+    budget = avg_bits * total
+    bits = {(name, e): choices[0] for name, e, _ in sizes}
+    size_of = {(name, e): n for name, e, n in sizes}
+    if allocation == "uniform":
+        width = min(choices, key=lambda b: (abs(b - avg_bits), b))
+        if width > avg_bits:
+            width = max(b for b in choices if b <= avg_bits)
+        bits = {k: width for k in bits}
+    elif allocation in ("frequency", "outlier"):
+        lo, hi = choices[0], max(b for b in choices if b >= avg_bits)
+        ranked = []
+        for layer in layers:
+            if allocation == "frequency":
+                f = torch.zeros(layer.num_experts, dtype=torch.float64)
+                f.index_add_(0, layer.expert_map.cpu(), stats[layer.name].frequency)
+            else:
+                f = _outlier_score(layer)
+            ranked += [(float(f[e]), layer.name, e) for e in range(layer.num_experts)]
+        ranked.sort(key=lambda t: -t[0])
+        used = lo * total
+        for _, name, e in ranked:
+            extra = (hi - lo) * size_of[(name, e)]
+            if used + extra <= budget + 1e-9:
+                bits[(name, e)] = hi
+                used += extra
+    elif allocation == "sensitivity":
+        errors = {layer.name: _expert_errors(layer, stats, choices, group_size) for layer in layers}
+        used = choices[0] * total
+        while True:
+            best, best_gain = None, 0.0
+            for (name, e), b in bits.items():
+                j = choices.index(b)
+                err = errors[name][e]
+                for j2 in range(j + 1, len(choices)):
+                    extra = (choices[j2] - b) * size_of[(name, e)]
+                    if used + extra > budget + 1e-9:
+                        break
+                    gain = float(err[j] - err[j2]) / extra
+                    if gain > best_gain:
+                        best, best_gain = ((name, e), choices[j2], extra), gain
+            if best is None:
+                break
+            (key, b2, extra) = best
+            bits[key] = b2
+            used += extra
+    else:
+        raise MoEError(
+            f"allocation={allocation!r}; use 'sensitivity', 'frequency', 'outlier' or 'uniform'"
+        )
+    return {
+        layer.name: [bits[(layer.name, e)] for e in range(layer.num_experts)] for layer in layers
+    }
+
+
+def quantize_experts(
+    model: nn.Module,
+    stats: RoutingStats,
+    *,
+    avg_bits: float = 3.0,
+    allocation: Allocation = "sensitivity",
+    bits_choices: Sequence[int] = (2, 3, 4, 8),
+    group_size: int = 32,
+) -> dict[str, Any]:
+    """Allocate bits per expert and fake-quantise the experts in place.
+
+    Returns:
+        ``{"bits": {layer: [bits per expert]}, "avg_bits": mean bits per expert weight,
+        "bytes": expert bytes including group scales}``.
+    """
+    bits = allocate_bits(model, stats, avg_bits=avg_bits, allocation=allocation,
+                         bits_choices=bits_choices, group_size=group_size)  # fmt: skip
+    layers = find_moe_layers(model)
+    for layer in layers:
+        if hasattr(layer.experts, "dense"):
+            raise MoEError(f"layer {layer.name} holds low-rank experts; quantise before factoring")
+    ops = []
+    n_weights = 0
+    weighted = 0.0
+    nbytes = 0.0
+    with torch.no_grad():
+        for layer in layers:
+            w_in, w_out = layer.get_weights()
+            per = w_in[0].numel() + w_out[0].numel()
+            new_in, new_out = w_in.detach().clone(), w_out.detach().clone()
+            for e, b in enumerate(bits[layer.name]):
+                new_in[e], new_out[e] = _quantized_expert(w_in[e], w_out[e], b, group_size)
+                n_weights += per
+                weighted += b * per
+                nbytes += per * b / 8 + (per / group_size) * 4  # fp16 scale + zero per group
+            layer.set_weights(new_in, new_out)
+            ops.append({"op": "quantize", "layer": layer.name, "bits": bits[layer.name],
+                        "group_size": group_size, "allocation": allocation})  # fmt: skip
+    record(model, ops)
+    return {"bits": bits, "avg_bits": weighted / max(n_weights, 1), "bytes": nbytes}

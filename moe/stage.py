@@ -1,0 +1,163 @@
+"""Reproduce stage ``moe``: compress a trained Mixtral-style model and measure what each pass costs.
+
+Trains the subject of :mod:`moe.subject` (a ``MixtralForCausalLM`` with 8 experts per layer on the
+multi-domain token task) through :func:`qhybrid.train.train`, then runs merging, dropping, compression
+and mixed-precision quantisation on copies of it and reports expert parameters and bytes, active MoE
+FLOPs per token, pass wall time, next-token accuracy, perplexity and retention, a retention-vs-size plot
+and an exact save/load round trip of a non-uniform compressed model.
+
+When an earlier stage left an MoE language model in ``context["llm"]["moe_model_dir"]`` (with token ids
+``context["llm"]["eval_ids"]``), the same passes are applied to it and its next-token agreement with the
+uncompressed model is reported too.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qhybrid.report import Section
+from qhybrid.runs import Run
+
+logger = logging.getLogger(__name__)
+
+TITLE = "MoE: merging, dropping, compression and quantisation of experts"
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    train_steps: int = 250  # AdamW steps for the subject model (quick preset)
+    train_sequences: int = 2048  # training sequences of the synthetic multi-domain task
+    test_sequences: int = 256  # held-out sequences for accuracy / perplexity
+    calib_sequences: int = 128  # calibration sequences for routing statistics
+    distill_steps: int = 60  # recovery distillation steps after merge + prune
+    keep_ratio: float = 0.6  # hidden neurons kept per expert by the compression pass
+    avg_bits: float = 3.0  # average expert bits for mixed-precision quantisation
+
+
+def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, Any]) -> Section:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from moe import experiment as ex
+    from moe.layers import find_moe_layers
+    from moe.plan import load_compressed, save_compressed
+    from moe.subject import SubjectConfig, per_domain, train_subject
+
+    cfg = SubjectConfig(steps=config.train_steps, train_sequences=config.train_sequences,
+                        test_sequences=config.test_sequences)  # fmt: skip
+    model, data, metrics = train_subject(
+        cfg, seed, metrics_path=run.artefact("moe", "train_metrics.jsonl")
+    )
+    ctx = ex.Context(data, model, seed=seed, calib_sequences=config.calib_sequences,
+                     distill_steps=config.distill_steps)  # fmt: skip
+    methods = {
+        "baseline": ex.baseline,
+        "merge 8->4": ex.merge(4),
+        "merge 8->4 random groups": ex.merge(4, grouping="random"),
+        "merge 8->4 no alignment": ex.merge(4, align=False),
+        "drop 8->4 frequency": ex.drop(4),
+        "drop 8->6 exact search": ex.drop(6, criterion="exact"),
+        "drop 8->4 iterative saliency": ex.drop(4, criterion="saliency", rounds=2),
+        f"merge 8->4 + prune {config.keep_ratio:.0%} + distill": ex.merge_compress(
+            4, config.keep_ratio, steps=config.distill_steps
+        ),
+        f"quant {config.avg_bits} bits sensitivity": ex.quantize(config.avg_bits, "sensitivity"),
+        f"quant {config.avg_bits} bits frequency": ex.quantize(config.avg_bits, "frequency"),
+        "merge 8->4 (mean), global budget": ex.merge(4, budget="global"),
+    }
+    rows = []
+    base_metrics = None
+    models = {}
+    for name, fn in methods.items():
+        row, compressed = ex.run_method(name, model, ctx, fn, base_metrics)
+        if base_metrics is None:
+            base_metrics = {"accuracy": row["accuracy"], "perplexity": row["perplexity"]}
+            row.update(retention=1.0, **{"ppl increase": 0.0})
+        rows.append(row)
+        models[name] = compressed
+        run.log_metrics({"moe_method": name, **{k: v for k, v in row.items() if k != "method"}})
+
+    # exact save/load round trip of a compressed model with non-uniform per-layer counts
+    nonuniform = copy.deepcopy(model)
+    from moe.drop import drop_experts
+
+    drop_experts(
+        nonuniform, ctx.stats(nonuniform), num_experts=5, criterion="saliency", budget="global"
+    )
+    ex.merge(3)(nonuniform, ctx)
+    counts = [layer.num_experts for layer in find_moe_layers(nonuniform)]
+    path = save_compressed(nonuniform, run.artefact("moe", "compressed_model"))
+    again = load_compressed(path)
+    x = data.test[:32]
+    diff = float((again(input_ids=x).logits - nonuniform(input_ids=x).logits).abs().max())
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in rows:
+        ax.scatter(r["expert MB"], r["retention"], s=30)
+        ax.annotate(r["method"], (r["expert MB"], r["retention"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.set(xlabel="expert weights (MB)", ylabel="accuracy retention", xscale="log",
+           title="Retention vs size of the expert weights")  # fmt: skip
+    ax.axhline(1.0, color="grey", lw=0.5)
+    fig.tight_layout()
+    figure = run.save_figure(fig, "figures/moe_retention_vs_size")
+
+    section = Section(
+        TITLE,
+        text=(
+            f"Subject: MixtralForCausalLM, {cfg.layers} layers, H={cfg.hidden}, I={cfg.intermediate}, "
+            f"{cfg.experts} experts top-{cfg.top_k}, trained {cfg.steps} AdamW steps in "
+            f"{metrics['train_seconds']:.0f} s on a 4-domain synthetic token task "
+            f"(test next-token accuracy {metrics['accuracy']:.3f}, perplexity {metrics['perplexity']:.3f}; "
+            f"per domain {', '.join(f'{k} {v:.2f}' for k, v in per_domain(model, data).items())}). "
+            f"Retention = compressed accuracy / baseline accuracy on {cfg.test_sequences} held-out "
+            "sequences. 'pass seconds' includes collecting the routing statistics. Non-uniform save/load: "
+            f"per-layer experts {counts}, max |Δlogits| after reload {diff:.1e}."
+        ),
+    )
+    section.add_table("Compression passes on the subject model", rows)
+    llm_rows = _llm_rows(context, ex, seed)
+    if llm_rows:
+        section.add_table(
+            "Compression of the llm stage's MoE model (next-token agreement)", llm_rows
+        )
+    section.add_figure("Accuracy retention against expert bytes", figure)
+    context["moe"] = {"rows": rows, "roundtrip_max_diff": diff}
+    return section
+
+
+def _llm_rows(context: dict[str, Any], ex: Any, seed: int) -> list[dict[str, Any]]:
+    """Passes on ``context["llm"]["moe_model_dir"]`` if an earlier stage provided one."""
+    llm = context.get("llm")
+    if not isinstance(llm, dict) or not llm.get("moe_model_dir") or llm.get("eval_ids") is None:
+        return []
+    from transformers import AutoModelForCausalLM
+
+    from moe.layers import find_moe_layers
+    from moe.merge import merge_experts
+    from moe.stats import collect_routing_stats
+
+    model = AutoModelForCausalLM.from_pretrained(llm["moe_model_dir"]).float().eval()
+    if not find_moe_layers(model, required=False):
+        return []
+    ids = torch.as_tensor(llm["eval_ids"])[:64]
+    batches = [{"input_ids": ids[i : i + 16], "attention_mask": torch.ones_like(ids[i : i + 16])}
+               for i in range(0, ids.shape[0], 16)]  # fmt: skip
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits.argmax(-1)
+    rows = []
+    e = find_moe_layers(model)[0].num_experts
+    for target in sorted({max(1, e // 2), max(1, (3 * e) // 4)}):
+        m = copy.deepcopy(model)
+        merge_experts(m, collect_routing_stats(m, batches), num_experts=target)
+        with torch.no_grad():
+            agree = float((m(input_ids=ids).logits.argmax(-1) == ref).float().mean())
+        rows.append({"pass": f"merge {e}->{target}", "top-1 agreement": agree})
+    return rows

@@ -1,0 +1,227 @@
+"""A Mixtral-style subject model trained on a synthetic multi-domain token task.
+
+Four domains with disjoint token ranges, each with its own deterministic rule over Z_V (V = 16), so
+different experts learn different rules and routing specialises by domain:
+
+* ``perm``: ``x_{t+1} = π₀(x_t)`` (a fixed random permutation);
+* ``fib``:  ``x_{t+1} = x_t + x_{t-1} mod V``;
+* ``skip``: ``x_{t+1} = π₂(x_{t-1})`` (a lookup two tokens back);
+* ``step``: ``x_{t+1} = x_t + (x_1 − x_0) mod V`` (an arithmetic progression).
+
+A sequence is ``[marker_d, x_0, x_1, ...]``; every token from x_2 on is determined, so
+next-token accuracy and perplexity are measured there (``eval_mask``). The model is
+``transformers.MixtralForCausalLM`` trained through :func:`qhybrid.train.train` with AdamW and the
+load-balancing loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "SubjectConfig", "SubjectData", "build_subject", "calibration", "distill_batches", "evaluate",
+    "load_or_train", "make_task", "per_domain", "train_subject",
+]  # fmt: skip
+
+DOMAINS = ("perm", "fib", "skip", "step")
+
+
+@dataclass(frozen=True)
+class SubjectConfig:
+    """The subject model and its task; defaults train in well under a minute on two CPU cores."""
+
+    modulus: int = 16  # V: tokens per domain (values mod V)
+    seq_len: int = 24  # tokens per sequence, marker included
+    train_sequences: int = 4096  # training set size
+    test_sequences: int = 512  # held-out set size
+    hidden: int = 64  # model width H
+    intermediate: int = 128  # expert hidden width I
+    layers: int = 2  # decoder layers, each an MoE layer
+    experts: int = 8  # routed experts per layer
+    top_k: int = 2  # experts per token
+    heads: int = 4  # attention heads
+    steps: int = 400  # AdamW steps
+    batch_size: int = 32  # sequences per step
+    lr: float = 3e-3  # AdamW peak learning rate (cosine decay)
+    aux_loss_coef: float = 0.01  # load-balancing loss weight
+
+    @property
+    def vocab(self) -> int:
+        return 1 + len(DOMAINS) + len(DOMAINS) * self.modulus  # PAD, markers, domain tokens
+
+
+@dataclass
+class SubjectData:
+    train: torch.Tensor  # (N, L) token ids
+    test: torch.Tensor  # (M, L)
+    test_domain: torch.Tensor  # (M,) domain index
+
+
+def _sequences(cfg: SubjectConfig, n: int, rng: np.random.Generator, perms: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    v, length = cfg.modulus, cfg.seq_len - 1
+    dom = rng.integers(0, len(DOMAINS), n)
+    x = np.zeros((n, length), dtype=np.int64)
+    x[:, 0] = rng.integers(0, v, n)
+    x[:, 1] = np.where(dom == 0, perms[0][x[:, 0]], rng.integers(0, v, n))
+    for t in range(1, length - 1):
+        nxt = np.where(dom == 0, perms[0][x[:, t]], 0)
+        nxt = np.where(dom == 1, (x[:, t] + x[:, t - 1]) % v, nxt)
+        nxt = np.where(dom == 2, perms[1][x[:, t - 1]], nxt)
+        nxt = np.where(dom == 3, (x[:, t] + x[:, 1] - x[:, 0]) % v, nxt)
+        x[:, t + 1] = nxt
+    tokens = 1 + len(DOMAINS) + dom[:, None] * v + x
+    seq = np.concatenate([1 + dom[:, None], tokens], axis=1)
+    return seq, dom
+
+
+def make_task(cfg: SubjectConfig, seed: int = 0) -> SubjectData:
+    """Train and test token sequences; the rules (permutations) are fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(cfg.modulus) for _ in range(2)])
+    train, _ = _sequences(cfg, cfg.train_sequences, rng, perms)
+    test, dom = _sequences(cfg, cfg.test_sequences, rng, perms)
+    return SubjectData(torch.from_numpy(train), torch.from_numpy(test), torch.from_numpy(dom))
+
+
+def eval_mask(ids: torch.Tensor) -> torch.Tensor:
+    """(N, L) bool: positions whose *next* token is determined (prediction made at t predicts t+1)."""
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, 2:] = True
+    return mask
+
+
+def build_subject(cfg: SubjectConfig, seed: int = 0) -> Any:
+    """An untrained ``MixtralForCausalLM`` of the configured size."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MixtralConfig(
+        vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+        num_local_experts=cfg.experts, num_experts_per_tok=cfg.top_k, max_position_embeddings=cfg.seq_len,
+        router_aux_loss_coef=cfg.aux_loss_coef, output_router_logits=False, pad_token_id=0,
+        bos_token_id=None, eos_token_id=None, tie_word_embeddings=False,
+    )  # fmt: skip
+    return MixtralForCausalLM(config).float()
+
+
+def batches_of(ids: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """``{"input_ids", "attention_mask", "labels"}`` batches in order."""
+    out = []
+    for i in range(0, ids.shape[0], batch_size):
+        x = ids[i : i + batch_size]
+        out.append({"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x})
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 256) -> dict[str, float]:
+    """Next-token accuracy and perplexity on the determined positions of ``ids``."""
+    model.eval()
+    correct, nll, count = 0.0, 0.0, 0
+    device = next(model.parameters()).device
+    for i in range(0, ids.shape[0], batch_size):
+        x = ids[i : i + batch_size].to(device)
+        logits = model(input_ids=x).logits[:, :-1].float()
+        target = x[:, 1:]
+        mask = eval_mask(x)[:, :-1]
+        lp = logits.log_softmax(-1)
+        nll += float(-lp.gather(-1, target[..., None])[..., 0][mask].sum())
+        correct += float((logits.argmax(-1) == target)[mask].sum())
+        count += int(mask.sum())
+    return {"accuracy": correct / count, "perplexity": math.exp(nll / count)}
+
+
+def train_subject(
+    cfg: SubjectConfig, seed: int = 0, *, data: SubjectData | None = None, device: str = "cpu",
+    metrics_path: Any = None,
+) -> tuple[Any, SubjectData, dict[str, float]]:  # fmt: skip
+    """Train the subject through :func:`qhybrid.train.train`; returns (model, data, test metrics)."""
+    from qhybrid.train import TrainConfig, make_loader, train
+
+    data = make_task(cfg, seed) if data is None else data
+    model = build_subject(cfg, seed)
+    model.config.output_router_logits = True  # load-balancing loss during training only
+    loader = make_loader(torch.utils.data.TensorDataset(data.train), cfg.batch_size, seed=seed)
+
+    def loss_fn(m: nn.Module, batch: Any) -> Any:
+        x = batch[0]
+        out = m(input_ids=x, labels=x)
+        return out.loss, {"aux": float(out.aux_loss.detach())}
+
+    result = train(
+        model, loader, loss_fn, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
+        TrainConfig(max_steps=cfg.steps, lr_schedule="cosine", warmup_steps=20, log_every=50,
+                    seed=seed, device=device, progress=False),
+        metrics_path=metrics_path,
+    )  # fmt: skip
+    model.config.output_router_logits = False
+    model.eval()
+    metrics = evaluate(model, data.test)
+    metrics["train_seconds"] = result.wall_time_s
+    return model, data, metrics
+
+
+def calibration(
+    data: SubjectData, n: int = 256, batch_size: int = 64
+) -> list[dict[str, torch.Tensor]]:
+    """The first ``n`` training sequences as calibration batches (no labels)."""
+    return [
+        {k: v for k, v in b.items() if k != "labels"}
+        for b in batches_of(data.train[:n], batch_size)
+    ]
+
+
+def distill_batches(data: SubjectData, n: int, batch_size: int = 32, seed: int = 0
+                    ) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+    """``n`` shuffled training batches for recovery distillation."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(data.train.shape[0], generator=g)[: n * batch_size]
+    return batches_of(data.train[idx], batch_size)
+
+
+def per_domain(model: nn.Module, data: SubjectData) -> dict[str, float]:
+    """Accuracy per domain on the test set."""
+    return {
+        name: evaluate(model, data.test[data.test_domain == d])["accuracy"]
+        for d, name in enumerate(DOMAINS)
+    }
+
+
+def load_or_train(
+    cfg: SubjectConfig, seed: int, cache_dir: str | Any | None = None
+) -> tuple[Any, SubjectData, dict[str, float]]:
+    """Train the subject for ``seed``, or reload it from ``cache_dir/<hash>-seed<seed>`` when present.
+
+    The cache key covers every config field, so a changed config retrains.
+    """
+    import dataclasses
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from qhybrid.runs import atomic_write_json
+
+    if cache_dir is None:
+        return train_subject(cfg, seed)
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[
+        :10
+    ]
+    folder = Path(cache_dir) / f"subject-{key}-seed{seed}"
+    data = make_task(cfg, seed)
+    if (folder / "metrics.json").is_file():
+        from transformers import MixtralForCausalLM
+
+        model = MixtralForCausalLM.from_pretrained(folder).float().eval()
+        return model, data, json.loads((folder / "metrics.json").read_text())
+    model, data, metrics = train_subject(cfg, seed, data=data)
+    model.save_pretrained(folder)
+    atomic_write_json(folder / "metrics.json", metrics)
+    return model, data, metrics
