@@ -1,0 +1,71 @@
+"""quantum: Grover search problems, exact and Aer simulation, text renderings, tokenizer, datasets.
+
+Public API (names fixed by DESIGN.md)::
+
+    from quantum import GroverProblem, exact_distribution, simulate, build_circuit, render
+    p = GroverProblem(5, ["01101", "10010"])          # k = floor(pi/4 sqrt(32/2)) = 3
+    probs = exact_distribution(p)                      # float64[32], index int(bitstring, 2)
+    counts = simulate(p, backend="aer", shots=1000, seed=1)
+    text = render(p, "compact")
+
+Bit order everywhere: bitstrings are written as Qiskit prints counts, qubit 0 is the rightmost
+character; ``probs[int(s, 2)]`` is the probability of outcome ``s``.
+
+Compact format (``render(p, "compact")``): space-separated tokens, one per word, digit and bit::
+
+    qubits 5 h repeat 3 oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse end measure
+
+= n qubits (decimal digits), H on all, repeat k (decimal digits) times {oracle of the named style
+flipping the phase of each listed state, diffuser}, measure. O(n t) tokens, independent of k.
+Answer format (``render(p, "answer")``), the exact two-level closed form of the distribution::
+
+    marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked 4 . 8 0 6 6 e - 0 1 p_rest 1 . 2 8 9 4 e - 0 3
+
+= each listed state has probability p_marked, each of the other 2**n - t states p_rest
+(``"%.4e"`` of the float, one token per character).
+
+Dataset record schema (one JSON object per line, sorted keys; the same columns in Parquet): see
+:mod:`quantum.dataset` and docs/quantum.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantum.problem import GroverProblem, GroverProblemError, optimal_iterations
+from quantum.render import FORMATS, render
+from quantum.simulate import TwoLevelDistribution, exact_distribution, simulate, two_level
+
+__all__ = [
+    "FORMATS",
+    "DatasetInfo",
+    "DatasetSpec",
+    "GroverProblem",
+    "GroverProblemError",
+    "TwoLevelDistribution",
+    "build_circuit",
+    "build_tokenizer",
+    "exact_distribution",
+    "generate_dataset",
+    "optimal_iterations",
+    "render",
+    "simulate",
+    "two_level",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Qiskit, transformers and datasets load only when these are first used.
+    if name == "build_circuit":
+        from quantum.circuits import build_circuit
+
+        return build_circuit
+    if name == "build_tokenizer":
+        from quantum.tokenizer import build_tokenizer
+
+        return build_tokenizer
+    if name in ("generate_dataset", "DatasetSpec", "DatasetInfo"):
+        from quantum import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'quantum' has no attribute {name!r}")

@@ -1,0 +1,569 @@
+"""Grover datasets: problems sampled from one master seed, key-disjoint splits, JSONL + Parquet.
+
+Splits (all disjoint on the marked set (n, sorted marked states), hence also on
+:attr:`~quantum.problem.GroverProblem.key`; test splits are drawn first, so train never takes
+their marked sets):
+
+- ``train``: the training ranges of n and t, optimal k;
+- ``test_id``: the same ranges, marked sets unseen in training;
+- ``test_ood_n``: more qubits;
+- ``test_ood_t``: more marked states;
+- ``test_ood_k``: the training ranges with a non-optimal k drawn from {0, k*//2, k*+1, 2k*} \\ {k*}
+  (breaks the "copy the marked state with p ~ 1" shortcut).
+
+Within a split, (n, t) is drawn uniformly from the allowed pairs (t < 2**n), then a uniform
+marked set; a pair whose marked sets are used up (small n) is dropped after 64 straight repeats.
+
+Layout of ``out_dir``::
+
+    spec.json                           the DatasetSpec (a rerun into the same folder must match)
+    data/<split>/shard-00000.jsonl      records, one JSON object per line, sorted keys
+    data/<split>/shard-00000.parquet    the same records (``datasets`` / Arrow)
+    data/<split>/shard-00000.done.json  shard summary, written last: the shard is complete
+    manifest.json                       per split and shard: records, sha256, n/t range, tokens
+    provenance.json                     seed, spec, package versions, generator version
+    README.md                           the dataset card (HF YAML header with the splits)
+
+Record schema (one per problem x rendering) — see :data:`RECORD_FIELDS`.
+
+Generation is atomic (every file via a temp file + rename) and resumable (a shard with its
+``.done.json`` is skipped); output depends only on the spec, so a rerun with the same seed is
+byte-identical (no timestamps, fixed key order, deterministic sampling and Aer seeds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qhybrid.config import config_to_dict, from_dict
+from qhybrid.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
+from quantum.problem import MAX_QUBITS, ORACLE_STYLES, GroverProblem, GroverProblemError
+from quantum.render import FORMATS, render
+from quantum.simulate import MAX_AER_QUBITS, depolarizing_noise, simulate, two_level
+from quantum.tokenizer import count_tokens
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "RECORD_FIELDS",
+    "SPLITS",
+    "DatasetInfo",
+    "DatasetSpec",
+    "SplitSpec",
+    "generate_dataset",
+    "sample_split",
+]
+
+GENERATOR_VERSION = "qhybrid.quantum.dataset/1"
+SPLITS = ("train", "test_id", "test_ood_n", "test_ood_t", "test_ood_k")
+_DRAW_ORDER = ("test_id", "test_ood_n", "test_ood_t", "test_ood_k", "train")  # tests reserve first
+BIT_ORDER = "qiskit: qubit 0 is the rightmost character; probs[i] is the outcome int(s, 2) == i"
+
+RECORD_FIELDS: dict[str, str] = {
+    "record_id": "sha256 of '<problem_id>:<rendering>' (hex)",
+    "problem_id": "GroverProblem.key: sha256 of canonical JSON [n, sorted marked, k, style]",
+    "split": "train | test_id | test_ood_n | test_ood_t | test_ood_k",
+    "index": "position of the problem in its split (0-based)",
+    "n_qubits": "n",
+    "marked": "sorted marked bitstrings, qubit 0 rightmost (Qiskit counts order)",
+    "n_marked": "t",
+    "iterations": "k, Grover iterations in the circuit",
+    "optimal_iterations": "floor(pi/4 sqrt(2**n / t))",
+    "iteration_rule": "floor_pi4 | qiskit_algorithms | explicit",
+    "oracle_style": "x_mcz_x | mcp_flag | phase_oracle | diagonal",
+    "rendering": "compact | qasm3_loop | qasm3 | qasm3_oracle",
+    "text": "the circuit rendered in that format (model input)",
+    "n_chars": "len(text)",
+    "n_tokens": "tokens of text under quantum.build_tokenizer() (no special tokens)",
+    "target": "the exact answer in the 'answer' format (two-level closed form)",
+    "target_n_tokens": "tokens of target",
+    "p_marked_each": "exact probability of each marked state (float64)",
+    "p_rest_each": "exact probability of each unmarked state (float64)",
+    "success_probability": "t * p_marked_each",
+    "probs": "dense exact distribution, length 2**n, for n <= dense_probs_max_n, else null",
+    "aer_max_abs_diff": "max |Aer statevector - exact| over all 2**n outcomes, or null if unchecked",
+    "probs_noisy": "Aer density-matrix distribution under depolarizing noise, or null",
+    "seed": "per-problem seed derived from the master seed (SeedSequence spawn key)",
+    "generator": "generator version string",
+}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    n_min: int  # smallest number of qubits
+    n_max: int  # largest number of qubits (inclusive)
+    t_min: int  # fewest marked states
+    t_max: int  # most marked states (capped at 2**n - 1 per n)
+    count: int  # problems in the split (records = count x renderings)
+    k_regime: str = "optimal"  # "optimal" (floor_pi4 rule) or "off_optimal" (test_ood_k)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_min <= self.n_max <= MAX_QUBITS:
+            raise GroverProblemError(
+                f"split n range {self.n_min}..{self.n_max} must satisfy 1 <= n_min <= n_max <= "
+                f"{MAX_QUBITS}"
+            )
+        if not 1 <= self.t_min <= self.t_max:
+            raise GroverProblemError(
+                f"split t range {self.t_min}..{self.t_max} must satisfy 1 <= t_min <= t_max"
+            )
+        if self.t_min >= 2**self.n_max:
+            raise GroverProblemError(
+                f"t_min={self.t_min} needs more than 2**n_max={2**self.n_max} states; raise n_max"
+            )
+        if self.count < 0:
+            raise GroverProblemError(f"split count={self.count} must be >= 0")
+        if self.k_regime not in ("optimal", "off_optimal"):
+            raise GroverProblemError(f"k_regime={self.k_regime!r}; use 'optimal' or 'off_optimal'")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    seed: int = 0  # master seed; every split, problem and Aer run derives its seed from it
+    renderings: tuple[str, ...] = ("compact", "qasm3_loop")  # one record per problem x rendering
+    oracle_style: str = "x_mcz_x"  # oracle construction of every problem
+    train: SplitSpec = SplitSpec(2, 6, 1, 3, 2000)
+    test_id: SplitSpec = SplitSpec(2, 6, 1, 3, 200)
+    test_ood_n: SplitSpec = SplitSpec(7, 20, 1, 3, 280)
+    test_ood_t: SplitSpec = SplitSpec(4, 8, 4, 6, 200)
+    test_ood_k: SplitSpec = SplitSpec(2, 6, 1, 3, 200, "off_optimal")
+    dense_probs_max_n: int = 6  # records carry the dense distribution up to this n
+    aer_check_max_n: int = 6  # Aer statevector cross-check of the target up to this n ...
+    aer_check_per_split: int = 50  # ... for the first this-many problems of each split
+    noise_depolarizing: float = 0.0  # > 0: add Aer noisy probs (1q error p, 2q error 10p) ...
+    noise_max_n: int = 4  # ... for the Aer-checked problems up to this n (density matrices)
+    shard_size: int = 5000  # problems per shard file
+    workers: int = 1  # processes that render shards in parallel
+    parquet: bool = True  # also write Parquet shards (needs the `datasets` package)
+
+    def __post_init__(self) -> None:
+        for r in self.renderings:
+            if r not in FORMATS or r == "answer":
+                raise GroverProblemError(
+                    f"unknown rendering {r!r}; use some of {tuple(f for f in FORMATS if f != 'answer')}"
+                )
+        if not self.renderings:
+            raise GroverProblemError("renderings is empty; give at least one, e.g. ['compact']")
+        if self.oracle_style not in ORACLE_STYLES:
+            raise GroverProblemError(
+                f"unknown oracle_style {self.oracle_style!r}; use one of {ORACLE_STYLES}"
+            )
+        if self.shard_size < 1 or self.workers < 1:
+            raise GroverProblemError(
+                f"shard_size={self.shard_size} and workers={self.workers} must be >= 1"
+            )
+        if self.aer_check_max_n > MAX_AER_QUBITS:
+            raise GroverProblemError(
+                f"aer_check_max_n={self.aer_check_max_n} > {MAX_AER_QUBITS}; lower it"
+            )
+
+    def split(self, name: str) -> SplitSpec:
+        spec: SplitSpec = getattr(self, name)
+        return spec
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What :func:`generate_dataset` wrote."""
+
+    out_dir: Path
+    splits: dict[str, int]  # records per split
+    problems: dict[str, int]  # problems per split
+    files: list[Path] = field(default_factory=list)  # JSONL and Parquet shards
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> int:
+        return sum(self.splits.values())
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _off_optimal(k_star: int, rng: np.random.Generator) -> int:
+    choices = sorted({0, k_star // 2, k_star + 1, 2 * k_star} - {k_star})
+    return int(choices[rng.integers(len(choices))])
+
+
+def _draw_marked(n: int, t: int, rng: np.random.Generator) -> tuple[int, ...]:
+    size = 2**n
+    if size <= 1 << 16:
+        return tuple(sorted(int(i) for i in rng.choice(size, t, replace=False)))
+    while True:  # t << 2**n: collisions are rare
+        draw = {int(i) for i in rng.integers(0, size, size=t, dtype=np.int64)}
+        if len(draw) == t:
+            return tuple(sorted(draw))
+
+
+def sample_split(
+    spec: SplitSpec, oracle_style: str, seed: int, split_index: int, used: set[tuple[int, ...]]
+) -> list[tuple[GroverProblem, int]]:
+    """Draw ``spec.count`` problems (with per-problem seeds) whose marked sets are not in ``used``.
+
+    ``used`` holds (n, *marked indices) tuples and is updated in place.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_index,)))
+    pairs = [
+        (n, t)
+        for n in range(spec.n_min, spec.n_max + 1)
+        for t in range(spec.t_min, spec.t_max + 1)
+        if t < 2**n
+    ]
+    misses = dict.fromkeys(pairs, 0)
+    out: list[tuple[GroverProblem, int]] = []
+    while len(out) < spec.count and pairs:
+        n, t = pairs[int(rng.integers(len(pairs)))]
+        marked = _draw_marked(n, t, rng)
+        tag = (n, *marked)
+        if tag in used:
+            misses[(n, t)] += 1
+            if misses[(n, t)] >= 64:  # this (n, t) is (nearly) used up
+                pairs.remove((n, t))
+            continue
+        misses[(n, t)] = 0
+        used.add(tag)
+        states = [format(i, f"0{n}b") for i in marked]
+        k = None
+        if spec.k_regime == "off_optimal":
+            k = _off_optimal(math.floor(math.pi / 4 * math.sqrt(2**n / t)), rng)
+        problem = GroverProblem(n, states, k, oracle_style)
+        problem_seed = int(
+            np.random.SeedSequence(seed, spawn_key=(split_index, len(out))).generate_state(1)[0]
+        )
+        out.append((problem, problem_seed))
+    if len(out) < spec.count:
+        logger.warning(
+            "split %d: only %d of %d problems have unused marked sets in n=%d..%d, t=%d..%d",
+            split_index, len(out), spec.count, spec.n_min, spec.n_max, spec.t_min, spec.t_max,
+        )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- records
+
+
+def _features() -> Any:
+    from datasets import Features, Sequence, Value
+
+    types = {
+        "record_id": Value("string"), "problem_id": Value("string"), "split": Value("string"),
+        "index": Value("int64"), "n_qubits": Value("int64"), "marked": Sequence(Value("string")),
+        "n_marked": Value("int64"), "iterations": Value("int64"),
+        "optimal_iterations": Value("int64"), "iteration_rule": Value("string"),
+        "oracle_style": Value("string"), "rendering": Value("string"), "text": Value("string"),
+        "n_chars": Value("int64"), "n_tokens": Value("int64"), "target": Value("string"),
+        "target_n_tokens": Value("int64"), "p_marked_each": Value("float64"),
+        "p_rest_each": Value("float64"), "success_probability": Value("float64"),
+        "probs": Sequence(Value("float64")), "aer_max_abs_diff": Value("float64"),
+        "probs_noisy": Sequence(Value("float64")), "seed": Value("uint64"),
+        "generator": Value("string"),
+    }  # fmt: skip
+    return Features({k: types[k] for k in sorted(types)})
+
+
+def _records(
+    spec: DatasetSpec, split: str, start: int, items: list[tuple[dict[str, Any], int]]
+) -> list[dict[str, Any]]:
+    problems = [GroverProblem.from_dict(d) for d, _ in items]
+    dists = [two_level(p) for p in problems]
+    targets = [render(p, "answer") for p in problems]
+    target_tokens = [count_tokens(t) for t in targets]
+    noise = depolarizing_noise(spec.noise_depolarizing) if spec.noise_depolarizing > 0 else None
+    per_problem: list[dict[str, Any]] = []
+    for j, (p, d, target, tt, (_, seed)) in enumerate(
+        zip(problems, dists, targets, target_tokens, items, strict=True)
+    ):
+        index = start + j
+        dense = d.dense() if p.n_qubits <= spec.dense_probs_max_n else None
+        aer_diff = probs_noisy = None
+        if p.n_qubits <= spec.aer_check_max_n and index < spec.aer_check_per_split:
+            exact = dense if dense is not None else d.dense()
+            aer = simulate(p, "aer")
+            # 2 significant digits: the diff is rounding noise (~1e-16), keep reruns byte-identical
+            aer_diff = float(f"{float(np.abs(aer - exact).max()):.1e}")
+            if aer_diff > 1e-9:
+                raise RuntimeError(f"Aer disagrees with the closed form on {p}: {aer_diff}")
+            if noise is not None and p.n_qubits <= spec.noise_max_n:
+                noisy = simulate(p, "aer", noise=noise)
+                probs_noisy = [float(f"{x:.10g}") for x in noisy]
+        per_problem.append(
+            {
+                "problem_id": p.key, "split": split, "index": index, "n_qubits": p.n_qubits,
+                "marked": list(p.marked), "n_marked": p.n_marked, "iterations": p.iterations,
+                "optimal_iterations": p.optimal_iterations, "iteration_rule": p.iteration_rule,
+                "oracle_style": p.oracle_style, "target": target, "target_n_tokens": tt,
+                "p_marked_each": d.p_marked_each, "p_rest_each": d.p_rest_each,
+                "success_probability": d.success_probability,
+                "probs": None if dense is None else dense.tolist(),
+                "aer_max_abs_diff": aer_diff, "probs_noisy": probs_noisy, "seed": seed,
+                "generator": GENERATOR_VERSION,
+            }
+        )  # fmt: skip
+    records = []
+    for fmt in spec.renderings:
+        texts = [render(p, fmt) for p in problems]
+        for base, text in zip(per_problem, texts, strict=True):
+            rec_id = hashlib.sha256(f"{base['problem_id']}:{fmt}".encode()).hexdigest()
+            records.append(
+                {**base, "record_id": rec_id, "rendering": fmt, "text": text,
+                 "n_chars": len(text), "n_tokens": count_tokens(text)}
+            )  # fmt: skip
+    records.sort(key=lambda r: (r["index"], spec.renderings.index(r["rendering"])))
+    return records
+
+
+def _write_shard(
+    spec_dict: dict[str, Any],
+    out_dir: str,
+    split: str,
+    shard: int,
+    start: int,
+    items: list[tuple[dict[str, Any], int]],
+) -> dict[str, Any]:
+    spec = from_dict(DatasetSpec, spec_dict)
+    folder = Path(out_dir) / "data" / split
+    stem = folder / f"shard-{shard:05d}"
+    records = _records(spec, split, start, items)
+    data = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records)
+    blob = data.encode()
+    atomic_write_bytes(stem.with_suffix(".jsonl"), blob)
+    files = {"jsonl": f"data/{split}/{stem.name}.jsonl"}
+    if spec.parquet:
+        files["parquet"] = _write_parquet(records, stem.with_suffix(".parquet"), out_dir)
+    by_fmt: dict[str, list[int]] = {}
+    for r in records:
+        by_fmt.setdefault(r["rendering"], []).append(r["n_tokens"])
+    summary = {
+        "split": split, "shard": shard, "records": len(records), "problems": len(items),
+        "files": files, "sha256": hashlib.sha256(blob).hexdigest(),
+        "n_range": [min((r["n_qubits"] for r in records), default=0),
+                    max((r["n_qubits"] for r in records), default=0)],
+        "t_range": [min((r["n_marked"] for r in records), default=0),
+                    max((r["n_marked"] for r in records), default=0)],
+        "tokens": {f: {"sum": sum(v), "max": max(v)} for f, v in by_fmt.items()},
+        "target_tokens": {"sum": sum(r["target_n_tokens"] for r in records[:: len(spec.renderings)]),
+                          "max": max((r["target_n_tokens"] for r in records), default=0)},
+        "aer_checked": sum(r["aer_max_abs_diff"] is not None for r in records)
+        // len(spec.renderings),
+    }  # fmt: skip
+    atomic_write_json(stem.with_suffix(".done.json"), summary)
+    return summary
+
+
+def _write_parquet(records: list[dict[str, Any]], path: Path, out_dir: str) -> str:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise GroverProblemError(
+            "Parquet output needs the `datasets` package: pip install 'qhybrid[llm]' "
+            "(or set parquet=false)"
+        ) from err
+    import io
+
+    # The `datasets` Features schema (embedded in the file, so load_dataset restores it),
+    # written by pyarrow directly: Dataset.from_list encodes row by row, ~10x slower.
+    features = _features()
+    schema = features.arrow_schema
+    table = pa.Table.from_pylist(records, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(path, buf.getvalue())
+    return str(path.relative_to(out_dir))
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("numpy", "qiskit", "qiskit-aer", "qiskit-qasm3-import", "transformers",
+                "tokenizers", "datasets", "pyarrow"):  # fmt: skip
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _shards(
+    spec: DatasetSpec,
+) -> Iterator[tuple[str, int, int, list[tuple[dict[str, Any], int]]]]:
+    used: set[tuple[int, ...]] = set()
+    drawn = {}
+    for name in _DRAW_ORDER:
+        drawn[name] = sample_split(
+            spec.split(name), spec.oracle_style, spec.seed, SPLITS.index(name), used
+        )
+    for name in SPLITS:
+        items = [(p.to_dict(), s) for p, s in drawn[name]]
+        for shard, start in enumerate(range(0, max(len(items), 1), spec.shard_size)):
+            yield name, shard, start, items[start : start + spec.shard_size]
+
+
+def generate_dataset(spec: DatasetSpec, out_dir: str | Path) -> DatasetInfo:
+    """Generate (or finish) the dataset described by ``spec`` in ``out_dir``.
+
+    Shards already complete (their ``.done.json`` exists) are kept, so an interrupted run resumes;
+    a folder made from a different spec is refused. Output bytes depend only on ``spec`` and the
+    package versions.
+    """
+    out = Path(out_dir)
+    spec_dict = config_to_dict(spec)
+    spec_path = out / "spec.json"
+    if spec_path.exists():
+        old = json.loads(spec_path.read_text())
+        if old != spec_dict:
+            raise GroverProblemError(
+                f"{out} holds a dataset made from a different spec; choose a new --out folder "
+                "or delete it"
+            )
+    else:
+        atomic_write_json(spec_path, spec_dict)
+    todo, summaries = [], {}
+    for split, shard, start, items in _shards(spec):
+        done = out / "data" / split / f"shard-{shard:05d}.done.json"
+        if done.exists():
+            summaries[(split, shard)] = json.loads(done.read_text())
+        else:
+            todo.append((spec_dict, str(out), split, shard, start, items))
+    logger.info("%d shards to write, %d already done", len(todo), len(summaries))
+    if spec.workers > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(spec.workers, len(todo))) as pool:
+            for s in pool.starmap(_write_shard, todo):
+                summaries[(s["split"], s["shard"])] = s
+    else:
+        for args in todo:
+            s = _write_shard(*args)
+            summaries[(s["split"], s["shard"])] = s
+    manifest = _manifest(spec, summaries)
+    atomic_write_json(out / "manifest.json", manifest)
+    versions = _versions()
+    provenance = {
+        "generator": GENERATOR_VERSION, "seed": spec.seed, "spec": spec_dict,
+        "versions": versions, "bit_order": BIT_ORDER,
+        "iteration_rule": "floor(pi/4 * sqrt(2**n / t)) unless split k_regime is off_optimal",
+    }  # fmt: skip
+    atomic_write_json(out / "provenance.json", provenance)
+    atomic_write_text(out / "README.md", dataset_card(spec, manifest, versions))
+    files = [out / f for s in summaries.values() for f in s["files"].values()]
+    return DatasetInfo(
+        out_dir=out,
+        splits={k: v["records"] for k, v in manifest["splits"].items()},
+        problems={k: v["problems"] for k, v in manifest["splits"].items()},
+        files=sorted(files),
+        manifest=manifest,
+    )
+
+
+def _manifest(spec: DatasetSpec, summaries: dict[tuple[str, int], Any]) -> dict[str, Any]:
+    splits = {}
+    for name in SPLITS:
+        shards = [summaries[k] for k in sorted(summaries) if k[0] == name]
+        tokens: dict[str, dict[str, int]] = {}
+        for s in shards:
+            for f, v in s["tokens"].items():
+                agg = tokens.setdefault(f, {"sum": 0, "max": 0})
+                agg["sum"] += v["sum"]
+                agg["max"] = max(agg["max"], v["max"])
+        problems = sum(s["problems"] for s in shards)
+        nonempty = [s for s in shards if s["records"]]
+        splits[name] = {
+            "records": sum(s["records"] for s in shards),
+            "problems": problems,
+            "n_range": [min((s["n_range"][0] for s in nonempty), default=0),
+                        max((s["n_range"][1] for s in nonempty), default=0)],
+            "t_range": [min((s["t_range"][0] for s in nonempty), default=0),
+                        max((s["t_range"][1] for s in nonempty), default=0)],
+            "mean_tokens": {f: round(v["sum"] / max(problems, 1), 2) for f, v in tokens.items()},
+            "max_tokens": {f: v["max"] for f, v in tokens.items()},
+            "mean_target_tokens": round(
+                sum(s["target_tokens"]["sum"] for s in shards) / max(problems, 1), 2
+            ),
+            "aer_checked": sum(s["aer_checked"] for s in shards),
+            "shards": [{"files": s["files"], "sha256": s["sha256"], "records": s["records"]}
+                       for s in shards],
+        }  # fmt: skip
+    return {"generator": GENERATOR_VERSION, "seed": spec.seed, "splits": splits}
+
+
+def dataset_card(spec: DatasetSpec, manifest: dict[str, Any], versions: dict[str, str]) -> str:
+    """The dataset card (README.md): HF YAML header, splits, schema, conventions, versions."""
+    configs = "\n".join(
+        f"      - split: {name}\n        path: data/{name}/*.parquet" for name in SPLITS
+    )
+    rows = "\n".join(
+        f"| {name} | {s['problems']} | {s['records']} | {s['n_range'][0]}-{s['n_range'][1]} | "
+        f"{s['t_range'][0]}-{s['t_range'][1]} | {spec.split(name).k_regime} | "
+        + ", ".join(f"{f} {v}" for f, v in s["mean_tokens"].items())
+        + f" | {s['aer_checked']} |"
+        for name, s in manifest["splits"].items()
+    )
+    schema = "\n".join(f"| `{k}` | {v} |" for k, v in RECORD_FIELDS.items())
+    vers = ", ".join(f"{k} {v}" for k, v in versions.items())
+    return f"""---
+configs:
+  - config_name: default
+    data_files:
+{configs}
+license: apache-2.0
+task_categories:
+  - text-generation
+tags:
+  - quantum
+  - grover
+---
+
+# Grover search circuits and their exact output distributions
+
+Generated by `{GENERATOR_VERSION}` (qhybrid) from master seed {spec.seed}, oracle style
+`{spec.oracle_style}`, renderings {", ".join(f"`{r}`" for r in spec.renderings)}.
+Each record is one problem x one rendering; `target` is the exact distribution in closed form.
+
+## Splits
+
+All splits are disjoint on the marked set (n, sorted marked states) and hence on `problem_id`;
+test splits are drawn before `train`.
+
+| split | problems | records | n | t | k | mean tokens per rendering | Aer-checked |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+## Conventions
+
+- Bit order: {BIT_ORDER}.
+- Iterations: k = floor(pi/4 sqrt(2**n / t)) (GroverGPT-2 rule); `test_ood_k` draws k from
+  {{0, k*//2, k*+1, 2k*}} without k*. The rule is stored per record (`iteration_rule`).
+- Targets are analytic: with theta = asin(sqrt(t / 2**n)), each marked state has probability
+  sin^2((2k+1) theta) / t and each other state cos^2((2k+1) theta) / (2**n - t). For
+  n <= {spec.aer_check_max_n} the first {spec.aer_check_per_split} problems of each split are
+  cross-checked against Qiskit Aer's statevector (`aer_max_abs_diff`).
+- `target` format: `marked <bits> ... p_marked <digits> p_rest <digits>`, one token per
+  character of `"%.4e"`; `compact` format: `qubits <n> h repeat <k> oracle <style>
+  flip <bits> ... diffuse end measure` (see docs/quantum.md).
+- Token counts use `quantum.build_tokenizer()` (word-level, one token per digit/bit).
+
+## Schema
+
+| field | meaning |
+|---|---|
+{schema}
+
+## Provenance
+
+{vers}. Files and sha256 sums: `manifest.json`; spec and versions: `provenance.json`.
+"""

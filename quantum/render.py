@@ -1,0 +1,164 @@
+"""Text renderings of Grover problems: OpenQASM 3 in three shapes, a compact token form, the answer.
+
+Formats of :func:`render`:
+
+- ``"qasm3"``: ``qiskit.qasm3.dumps`` of :func:`~quantum.circuits.build_circuit`: the GroverGPT-2
+  structure (``gate mcmt``/``gate Oracle``/``gate Diffuser`` definitions, registers, ``h``,
+  k x ``Oracle; Diffuser;``, measurements). Length grows with k ~ sqrt(2**n).
+- ``"qasm3_loop"``: the same program with the iterations in a QASM3 ``for`` loop, so its length
+  is O(n t) whatever k is. Written directly as text (no Qiskit exporter, ~100x faster) for the
+  ``x_mcz_x`` and ``mcp_flag`` styles, using the stdgates modifiers ``ctrl(m) @ z`` and
+  ``ctrl(m) @ p(pi)``; through Qiskit's exporter for ``phase_oracle`` and ``diagonal``.
+- ``"qasm3_oracle"``: a QASM3 program holding only the ``gate Oracle`` definition (the anchors'
+  oracle-only input), written the same way as in ``"qasm3_loop"``.
+- ``"compact"``: the quantum-native token sequence of :mod:`quantum.tokenizer`, tokens separated by
+  single spaces, numbers and bitstrings written one digit per token::
+
+      qubits 5 h repeat 3 oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse end measure
+
+  read as: n qubits, H on all, repeat k times { oracle of the given style that flips the phase of
+  each listed basis state (bits in Qiskit order, qubit 0 last), diffuser }, measure all. Length is
+  9 + digits(n) + digits(k) + t (n + 1) tokens: O(n t), independent of k.
+- ``"answer"``: the exact distribution in its two-level closed form (see
+  :class:`~quantum.simulate.TwoLevelDistribution`), same token conventions::
+
+      marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked 4 . 8 0 6 6 e - 0 1 p_rest 1 . 2 8 9 4 e - 0 3
+
+  every marked state has probability ``p_marked`` and every other of the 2**n states ``p_rest``
+  (5 significant digits, exponent always signed and two digits). Exact for any n and k.
+"""
+
+from __future__ import annotations
+
+from quantum.problem import GroverProblem, GroverProblemError
+from quantum.simulate import TwoLevelDistribution, two_level
+
+__all__ = ["FORMATS", "answer_text", "format_probability", "render"]
+
+FORMATS = ("qasm3", "qasm3_loop", "qasm3_oracle", "compact", "answer")
+_HEADER = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+
+
+def _spaced(text: str) -> str:
+    """'0110' -> '0 1 1 0': one token per character."""
+    return " ".join(text)
+
+
+def format_probability(p: float) -> str:
+    """A probability as 5 significant digits in scientific notation, e.g. '4.8066e-01'."""
+    return f"{p:.4e}"
+
+
+def answer_text(dist: TwoLevelDistribution) -> str:
+    """The ``"answer"`` rendering of a two-level distribution (see module docstring)."""
+    parts = [f"marked {_spaced(s)}" for s in dist.marked]
+    parts.append(f"p_marked {_spaced(format_probability(dist.p_marked_each))}")
+    parts.append(f"p_rest {_spaced(format_probability(dist.p_rest_each))}")
+    return " ".join(parts)
+
+
+def _compact(problem: GroverProblem) -> str:
+    flips = " ".join(f"flip {_spaced(s)}" for s in problem.marked)
+    return (
+        f"qubits {_spaced(str(problem.n_qubits))} h repeat {_spaced(str(problem.iterations))} "
+        f"oracle {problem.oracle_style} {flips} diffuse end measure"
+    )
+
+
+def _gate_args(n: int, flag: bool) -> str:
+    return ", ".join([f"q{i}" for i in range(n)] + (["f"] if flag else []))
+
+
+def _oracle_gate(problem: GroverProblem) -> str:
+    """``gate Oracle ... { ... }`` for the x_mcz_x and mcp_flag styles."""
+    n = problem.n_qubits
+    flag = problem.oracle_style == "mcp_flag"
+    args = _gate_args(n, flag)
+    if flag:
+        core = f"  ctrl({n}) @ p(pi) {args};\n"
+    elif n == 1:
+        core = "  z q0;\n"
+    else:
+        core = f"  ctrl({n - 1}) @ z {args};\n"
+    lines = [f"gate Oracle {args} {{\n"]
+    for s in problem.marked:
+        xs = "".join(f"  x q{i};\n" for i in range(n) if s[n - 1 - i] == "0")
+        lines.append(xs + core + xs)
+    lines.append("}\n")
+    return "".join(lines)
+
+
+def _diffuser_gate(n: int) -> str:
+    args = _gate_args(n, False)
+    hs = "".join(f"  h q{i};\n" for i in range(n))
+    xs = "".join(f"  x q{i};\n" for i in range(n))
+    core = "  z q0;\n" if n == 1 else f"  ctrl({n - 1}) @ z {args};\n"
+    return f"gate Diffuser {args} {{\n{hs}{xs}{core}{xs}{hs}}}\n"
+
+
+def _qasm3_loop_text(problem: GroverProblem) -> str:
+    n, k = problem.n_qubits, problem.iterations
+    flag = problem.oracle_style == "mcp_flag"
+    qs = ", ".join(f"q[{i}]" for i in range(n))
+    oracle_args = qs + (", flag[0]" if flag else "")
+    body = [_HEADER, _oracle_gate(problem), _diffuser_gate(n), f"bit[{n}] c;\nqubit[{n}] q;\n"]
+    if flag:
+        body.append("qubit[1] flag;\nx flag[0];\n")
+    body.append("".join(f"h q[{i}];\n" for i in range(n)))
+    if k > 0:
+        body.append(f"for int i in [0:{k - 1}] {{\n  Oracle {oracle_args};\n  Diffuser {qs};\n}}\n")
+    body.append("".join(f"c[{i}] = measure q[{i}];\n" for i in range(n)))
+    return "".join(body)
+
+
+def _qiskit_loop_circuit(problem: GroverProblem, oracle_only: bool = False):  # type: ignore[no-untyped-def]
+    """A Qiskit circuit with a ``for`` loop (for the styles Qiskit synthesises)."""
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+
+    from quantum.circuits import build_oracle, diffuser
+
+    n = problem.n_qubits
+    q, c = QuantumRegister(n, "q"), ClassicalRegister(n, "c")
+    qc = QuantumCircuit(q, c)
+    oracle = build_oracle(problem).to_gate()
+    if oracle_only:
+        qc = QuantumCircuit(q)
+        qc.append(oracle, q)
+        return qc
+    diff = diffuser(n).to_gate()
+    qc.h(q)
+    if problem.iterations > 0:
+        with qc.for_loop(range(problem.iterations)):
+            qc.append(oracle, q)
+            qc.append(diff, q)
+    qc.measure(q, c)
+    return qc
+
+
+def render(problem: GroverProblem, fmt: str) -> str:
+    """Render ``problem`` as text; ``fmt`` is one of :data:`FORMATS` (see module docstring)."""
+    if fmt == "compact":
+        return _compact(problem)
+    if fmt == "answer":
+        return answer_text(two_level(problem))
+    fast = problem.oracle_style in ("x_mcz_x", "mcp_flag")
+    if fmt == "qasm3_loop":
+        if fast:
+            return _qasm3_loop_text(problem)
+        from qiskit import qasm3
+
+        return str(qasm3.dumps(_qiskit_loop_circuit(problem)))
+    if fmt == "qasm3_oracle":
+        if fast:
+            return _HEADER + _oracle_gate(problem)
+        from qiskit import qasm3
+
+        text = str(qasm3.dumps(_qiskit_loop_circuit(problem, oracle_only=True)))
+        return text[: text.index("qubit[")]  # definitions only, like the fast path
+    if fmt == "qasm3":
+        from qiskit import qasm3
+
+        from quantum.circuits import build_circuit
+
+        return str(qasm3.dumps(build_circuit(problem)))
+    raise GroverProblemError(f"unknown rendering format {fmt!r}; use one of {FORMATS}")

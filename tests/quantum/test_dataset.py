@@ -1,0 +1,186 @@
+"""Dataset generation: disjoint splits, exact targets, schema, atomic resumable byte-identical output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qhybrid import QHybridError
+from quantum import GroverProblem, build_tokenizer, exact_distribution, render
+from quantum import dataset as ds_mod
+from quantum.dataset import RECORD_FIELDS, SPLITS, DatasetSpec, SplitSpec, generate_dataset
+
+SMALL = DatasetSpec(
+    seed=3,
+    train=SplitSpec(2, 5, 1, 3, 60),
+    test_id=SplitSpec(2, 5, 1, 3, 12),
+    test_ood_n=SplitSpec(8, 14, 1, 2, 8),
+    test_ood_t=SplitSpec(4, 6, 4, 5, 8),
+    test_ood_k=SplitSpec(2, 5, 1, 3, 10, "off_optimal"),
+    aer_check_per_split=5,
+    shard_size=25,
+)
+
+
+def read_split(root: Path, split: str) -> list[dict]:
+    lines = []
+    for f in sorted((root / "data" / split).glob("*.jsonl")):
+        lines += f.read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("grover") / "ds"
+    info = generate_dataset(SMALL, root)
+    assert info.problems == {"train": 60, "test_id": 12, "test_ood_n": 8, "test_ood_t": 8,
+                             "test_ood_k": 10}  # fmt: skip
+    assert info.records == 2 * 98
+    return root
+
+
+def test_splits_are_disjoint_on_problem_key_and_marked_set(small):
+    keys: dict[str, set] = {}
+    sets: dict[str, set] = {}
+    for split in SPLITS:
+        recs = read_split(small, split)
+        keys[split] = {r["problem_id"] for r in recs}
+        sets[split] = {(r["n_qubits"], tuple(r["marked"])) for r in recs}
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                assert not keys[a] & keys[b] and not sets[a] & sets[b], (a, b)
+
+
+def test_split_ranges_and_k_regimes(small):
+    for r in read_split(small, "test_ood_n"):
+        assert 8 <= r["n_qubits"] <= 14
+    for r in read_split(small, "test_ood_t"):
+        assert 4 <= r["n_marked"] <= 5
+    for r in read_split(small, "test_ood_k"):
+        assert r["iterations"] != r["optimal_iterations"] and r["iteration_rule"] == "explicit"
+    for r in read_split(small, "train"):
+        assert r["iterations"] == r["optimal_iterations"] and 2 <= r["n_qubits"] <= 5
+
+
+def test_records_carry_exact_targets_renderings_and_token_counts(small):
+    tok = build_tokenizer()
+    checked = 0
+    for split in SPLITS:
+        for r in read_split(small, split):
+            assert set(r) == set(RECORD_FIELDS)
+            p = GroverProblem(r["n_qubits"], r["marked"], r["iterations"], r["oracle_style"])
+            assert p.key == r["problem_id"]
+            assert r["text"] == render(p, r["rendering"]) and r["target"] == render(p, "answer")
+            assert r["n_tokens"] == len(tok(r["text"], add_special_tokens=False)["input_ids"])
+            assert r["target_n_tokens"] == len(tok(r["target"])["input_ids"])
+            if r["n_qubits"] <= 6:
+                np.testing.assert_allclose(r["probs"], exact_distribution(p), atol=1e-15)
+            else:
+                assert r["probs"] is None
+            assert r["success_probability"] == pytest.approx(r["n_marked"] * r["p_marked_each"])
+            if r["aer_max_abs_diff"] is not None:
+                assert r["aer_max_abs_diff"] < 1e-10
+                checked += 1
+    assert checked >= 2 * 5 * 3
+
+
+def test_jsonl_has_sorted_keys_and_parquet_loads_with_datasets(small):
+    from datasets import load_dataset
+
+    line = (small / "data" / "train" / "shard-00000.jsonl").read_text().splitlines()[0]
+    assert list(json.loads(line)) == sorted(json.loads(line))
+    files = {s: str(small / "data" / s / "*.parquet") for s in SPLITS}
+    dd = load_dataset("parquet", data_files=files)
+    assert dd["train"].num_rows == 120
+    assert dd["train"][0] == read_split(small, "train")[0]
+    card = (small / "README.md").read_text()
+    assert "path: data/test_ood_k/*.parquet" in card and "qubit 0 is the rightmost" in card
+    prov = json.loads((small / "provenance.json").read_text())
+    assert prov["seed"] == 3 and "qiskit" in prov["versions"]
+
+
+def test_rerun_is_byte_identical_and_interrupted_runs_resume(small, tmp_path, monkeypatch):
+    again = tmp_path / "again"
+    real = ds_mod._write_shard
+    calls = {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # simulated crash mid-run
+        return real(*args)
+
+    monkeypatch.setattr(ds_mod, "_write_shard", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(SMALL, again)
+    # only whole shards (each with its .done.json) and spec.json; no temp files
+    left = [p.name for p in again.rglob("*") if p.is_file()]
+    assert not [n for n in left if n.endswith(".tmp")]
+    assert len([n for n in left if n.endswith(".done.json")]) == 2
+    monkeypatch.setattr(ds_mod, "_write_shard", real)
+    generate_dataset(SMALL, again)
+    assert tree_bytes(again) == tree_bytes(small)
+
+
+def test_two_workers_give_the_same_bytes(small, tmp_path):
+    from dataclasses import replace
+
+    spec = replace(SMALL, workers=2)
+    generate_dataset(spec, tmp_path / "w2")
+    a, b = tree_bytes(tmp_path / "w2"), tree_bytes(small)
+    a.pop("spec.json"), b.pop("spec.json"), a.pop("provenance.json"), b.pop("provenance.json")
+    a.pop("README.md"), b.pop("README.md")
+    assert a == b
+
+
+def test_other_spec_in_same_folder_is_refused(small):
+    from dataclasses import replace
+
+    with pytest.raises(QHybridError, match="different spec"):
+        generate_dataset(replace(SMALL, seed=4), small)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (DatasetSpec, {"renderings": ("qasm2",)}, "unknown rendering 'qasm2'"),
+        (DatasetSpec, {"renderings": ()}, "renderings is empty"),
+        (DatasetSpec, {"oracle_style": "magic"}, "unknown oracle_style"),
+        (SplitSpec, {"n_min": 0, "n_max": 3, "t_min": 1, "t_max": 1, "count": 5}, "n_min <= n_max"),
+        (SplitSpec, {"n_min": 2, "n_max": 3, "t_min": 4, "t_max": 2, "count": 5}, "t_min <= t_max"),
+        (SplitSpec, {"n_min": 2, "n_max": 2, "t_min": 4, "t_max": 4, "count": 5}, "t_min=4 needs"),
+        (
+            SplitSpec,
+            {"n_min": 2, "n_max": 2, "t_min": 1, "t_max": 1, "count": 5, "k_regime": "random"},
+            "k_regime='random'",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_spec_is_a_qhybrid_error(cls, kwargs, match):
+    with pytest.raises(QHybridError, match=match):
+        cls(**kwargs)
+
+
+def test_cli_generate_and_bad_input_exit_codes(tmp_path, capsys):
+    from qhybrid.cli import main
+
+    sets = ["train.count=6", "test_id.count=2", "test_ood_n.count=2", "test_ood_t.count=2",
+            "test_ood_k.count=2", 'renderings=["compact"]']  # fmt: skip
+    argv = ["grover", "generate", "--out", str(tmp_path / "runs"), "--dataset-dir",
+            str(tmp_path / "d")] + [a for s in sets for a in ("--set", s)]  # fmt: skip
+    assert main(argv) == 0
+    assert len(read_split(tmp_path / "d", "train")) == 6
+    assert main(["grover", "render", "--n", "3", "--marked", "0111"]) == 2
+    assert "has 4 bits but n_qubits=3" in capsys.readouterr().err
+    assert main(["grover", "generate", "--out", str(tmp_path), "--set", "train.count=-1"]) == 2
+    assert main(["grover", "simulate", "--n", "3", "--marked", "011", "--backend", "x"]) == 2

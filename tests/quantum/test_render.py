@@ -1,0 +1,117 @@
+"""Renderings: every QASM form re-imports with qiskit.qasm3.loads to the same statevector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, qasm3
+from qiskit.circuit import ForLoopOp
+from qiskit.quantum_info import Statevector
+
+from qhybrid import QHybridError
+from quantum import GroverProblem, exact_distribution, render, two_level
+from quantum.circuits import build_oracle
+
+# qiskit-qasm3-import builds `ctrl(m) @ z` with Gate.control(annotated=None), deprecated in 2.3
+pytestmark = pytest.mark.filterwarnings("ignore:.*annotated.*:DeprecationWarning")
+
+STYLES = ["x_mcz_x", "mcp_flag", "phase_oracle", "diagonal"]
+PROBLEMS = [
+    (1, ["0"], 1),
+    (2, ["10"], None),
+    (3, ["011", "110"], None),
+    (4, ["0000", "1011", "0110"], 3),
+    (5, ["11010"], 0),
+    (6, ["100101"], None),
+]
+
+
+def unroll(qc: QuantumCircuit) -> QuantumCircuit:
+    """Statevector cannot run control flow: repeat each for-loop body in place."""
+    out = qc.copy_empty_like()
+    for inst in qc.data:
+        if isinstance(inst.operation, ForLoopOp):
+            indexset, _, body = inst.operation.params
+            for _ in indexset:
+                out.compose(unroll(body), inst.qubits, inst.clbits, inplace=True)
+        else:
+            out.append(inst)
+    return out
+
+
+def loaded_probs(text: str, n: int) -> np.ndarray:
+    qc = unroll(qasm3.loads(text))
+    qc.remove_final_measurements()
+    return Statevector(qc).probabilities(list(range(n)))
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize(("n", "marked", "k"), PROBLEMS)
+@pytest.mark.parametrize("fmt", ["qasm3", "qasm3_loop"])
+def test_qasm_round_trip_gives_the_same_distribution(fmt, style, n, marked, k):
+    p = GroverProblem(n, marked, k, style)
+    text = render(p, fmt)
+    assert text.startswith("OPENQASM 3.0;")
+    np.testing.assert_allclose(loaded_probs(text, n), exact_distribution(p), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_oracle_rendering_round_trips_to_the_oracle_unitary(style):
+    p = GroverProblem(4, ["0011", "1110"], oracle_style=style)
+    extra = 1 if style == "mcp_flag" else 0
+    text = render(p, "qasm3_oracle")
+    args = ", ".join([f"q[{i}]" for i in range(4)] + (["flag[0]"] if extra else []))
+    program = text + "qubit[4] q;\n" + ("qubit[1] flag;\nx flag[0];\n" if extra else "")
+    program += "".join(f"h q[{i}];\n" for i in range(4)) + f"Oracle {args};\n"
+    got = Statevector(qasm3.loads(program))
+    ref_qc = QuantumCircuit(4 + extra)
+    if extra:
+        ref_qc.x(4)
+    ref_qc.h(range(4))
+    ref_qc.compose(build_oracle(p), inplace=True)
+    assert abs(got.inner(Statevector(ref_qc))) == pytest.approx(1.0, abs=1e-10)
+    signs = np.sign(got.data[: 2**4 * (1 + extra)].real)
+    flipped = {i % 16 for i in np.flatnonzero(np.abs(got.data) > 1e-9) if signs[i] != signs[0]}
+    assert flipped == {int(s, 2) for s in p.marked} or flipped == set(range(16)) - {3, 14}
+
+
+def test_loop_rendering_length_does_not_grow_with_iterations():
+    a = render(GroverProblem(10, ["1" * 10], iterations=1), "qasm3_loop")
+    b = render(GroverProblem(10, ["1" * 10], iterations=500), "qasm3_loop")
+    assert len(b) - len(a) <= 2
+    assert len(render(GroverProblem(8, ["1" * 8]), "qasm3")) > 3 * len(
+        render(GroverProblem(8, ["1" * 8]), "qasm3_loop")
+    )
+
+
+def test_compact_format_is_documented_shape_and_independent_of_k():
+    p = GroverProblem(5, ["01101", "10010"])
+    assert render(p, "compact") == (
+        "qubits 5 h repeat 3 oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse end measure"
+    )
+    q = GroverProblem(12, ["0" * 12], iterations=50)
+    assert render(q, "compact").startswith("qubits 1 2 h repeat 5 0 oracle")
+    for n, t in [(3, 1), (10, 3), (20, 2)]:
+        marked = [format(i, f"0{n}b") for i in range(t)]
+        toks = render(GroverProblem(n, marked), "compact").split()
+        k = GroverProblem(n, marked).iterations
+        assert len(toks) == 8 + len(str(n)) + len(str(k)) + t * (n + 1)
+
+
+def test_answer_encodes_the_two_level_closed_form():
+    p = GroverProblem(5, ["01101", "10010"])
+    d = two_level(p)
+    text = render(p, "answer")
+    assert text.startswith("marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked ")
+    words = text.split()
+    pm = float("".join(words[words.index("p_marked") + 1 : words.index("p_rest")]))
+    pr = float("".join(words[words.index("p_rest") + 1 :]))
+    assert pm == pytest.approx(d.p_marked_each, rel=1e-4)
+    assert pr == pytest.approx(d.p_rest_each, rel=1e-4)
+    # exact zero stays zero (n=3, t=2, k=1 lands on pi/2)
+    assert render(GroverProblem(3, ["010", "101"]), "answer").endswith("p_rest 0 . 0 0 0 0 e + 0 0")
+
+
+def test_unknown_format_is_a_qhybrid_error():
+    with pytest.raises(QHybridError, match="unknown rendering format 'qasm2'"):
+        render(GroverProblem(2, ["01"]), "qasm2")
