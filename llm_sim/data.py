@@ -80,7 +80,7 @@ def iterations_of(problem: Any) -> int:
 
 @dataclass(frozen=True)
 class TaskFormat:
-    fmt: str = "bits"  # prompt: "bits" | "compact" | "qasm3"
+    fmt: str = "compact"  # prompt: "compact" (quantum-native tokens) | "bits" | "qasm3"
     answer: str = "closed"  # target: "closed" | "dict" | "cot"
     digits: int = 5  # significant digits of the probabilities in closed-form answers
 
@@ -99,27 +99,42 @@ def _oracle_row(state: str) -> str:
     return "".join("c" if b == "1" else "x" for b in state)
 
 
-def prompt_text(problem: Any, fmt: str = "bits") -> str:
+def prompt_text(problem: Any, fmt: str = "compact") -> str:
     """The model's input for ``problem`` (ends with the separator the answer follows)."""
     if fmt == "bits":
         rows = ",".join(_oracle_row(s) for s in sorted(problem.marked))
         return f"G k={iterations_of(problem)} o={rows} >"
-    from quantum import render  # type: ignore[attr-defined]  # the quantum part renders circuits
+    from quantum import render  # the quantum part renders circuits
 
+    if fmt == "compact":  # ends with "measure"; the answer starts with its own keyword
+        return render(_as_grover(problem), "compact")
     return render(_as_grover(problem), fmt) + "\n>"
 
 
 def _as_grover(problem: Any) -> Any:
     if type(problem).__name__ == "GroverProblem":
         return problem
-    from quantum import GroverProblem  # type: ignore[attr-defined]
+    from quantum import GroverProblem
 
     return GroverProblem(problem.n_qubits, list(problem.marked), iterations=iterations_of(problem))
 
 
-def answer_text(problem: Any, answer: str = "closed", digits: int = 5) -> str:
-    """The target text for ``problem`` (without end-of-sequence)."""
+def answer_text(problem: Any, answer: str = "closed", digits: int = 5, fmt: str = "bits") -> str:
+    """The target text for ``problem`` (without end-of-sequence).
+
+    With the ``compact`` prompt the closed form is quantum's ``render(problem, "answer")``
+    (``marked 0 1 1 marked ... p_marked 4 . 8 0 6 6 e - 0 1 p_rest ...``), whose every token is in
+    the quantum-native vocabulary.
+    """
     n, marked = problem.n_qubits, sorted(problem.marked)
+    if fmt == "compact":
+        if answer != "closed":
+            raise DataError(
+                f"the compact prompt's vocabulary has closed-form answers only, not {answer!r}"
+            )
+        from quantum import render
+
+        return " " + render(_as_grover(problem), "answer")
     p_m, p_o = grover_two_level(n, len(marked), iterations_of(problem))
     closed = format_closed_form(marked, p_m, p_o, digits)
     if answer == "closed":
@@ -171,7 +186,7 @@ def load_tokenizer(fmt: str) -> Any:
     """The tokenizer a from-scratch model uses for prompt format ``fmt``."""
     if fmt == "bits":
         return char_tokenizer()
-    from quantum import build_tokenizer  # type: ignore[attr-defined]
+    from quantum import build_tokenizer
 
     return build_tokenizer()
 
@@ -180,7 +195,7 @@ def encode_example(problem: Any, tokenizer: Any, task: TaskFormat) -> dict[str, 
     """``input_ids`` = bos + prompt + answer + eos; ``labels`` = -100 on bos and prompt (answer-only loss)."""
     prompt = tokenizer.encode(prompt_text(problem, task.fmt), add_special_tokens=False)
     answer = tokenizer.encode(
-        answer_text(problem, task.answer, task.digits), add_special_tokens=False
+        answer_text(problem, task.answer, task.digits, task.fmt), add_special_tokens=False
     )
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     ids = bos + prompt + answer + [tokenizer.eos_token_id]
@@ -281,6 +296,8 @@ def make_splits(spec: SplitSpec) -> dict[str, list[Problem]]:
             if len(out) == size:
                 break
             n = ns[len(out) % len(ns)] if len(ns) > 1 and not nonoptimal else rng.choice(ns)
+            if t_lo > min(t_hi, 2 ** (n - 1) - 1):  # n too small for this many marked states
+                continue
             t = rng.randint(t_lo, min(t_hi, 2 ** (n - 1) - 1))
             m = draw(n, t)
             if m is not None:
@@ -320,21 +337,42 @@ def k_regime(problem: Any) -> str:
     return "under" if k < ks else "over"
 
 
-def problems_from_jsonl(path: Any) -> list[Problem]:
-    """Problems from a ``quantum.generate_dataset`` split file (JSONL, one problem per line)."""
+def problems_from_jsonl(paths: Iterable[Any]) -> list[Problem]:
+    """Distinct problems of ``quantum.generate_dataset`` shard files (one record per rendering)."""
     import json
     from pathlib import Path
 
-    out: list[Problem] = []
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        marked = r.get("marked") or r.get("marked_states")
-        if marked is None or "n_qubits" not in r:
-            raise DataError(f"{path}: a record without n_qubits/marked: keys {sorted(r)}")
-        out.append(Problem(int(r["n_qubits"]), tuple(sorted(marked)), r.get("iterations")))
-    return out
+    out: dict[Problem, None] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if "marked" not in r or "n_qubits" not in r:
+                raise DataError(f"{path}: a record without n_qubits/marked: keys {sorted(r)}")
+            out.setdefault(
+                Problem(int(r["n_qubits"]), tuple(sorted(r["marked"])), r.get("iterations"))
+            )
+    return list(out)
+
+
+def load_dataset_splits(root: Any) -> dict[str, list[Problem]]:
+    """Problems per split of a ``qhybrid grover generate`` folder (``data/<split>/shard-*.jsonl``)."""
+    from pathlib import Path
+
+    root = Path(root)
+    dirs = (
+        sorted(d for d in (root / "data").glob("*") if d.is_dir())
+        if (root / "data").is_dir()
+        else []
+    )
+    splits = {d.name: problems_from_jsonl(sorted(d.glob("shard-*.jsonl"))) for d in dirs}
+    if "train" not in splits:
+        raise DataError(
+            f"dataset={str(root)!r} has no data/train/shard-*.jsonl; create it with "
+            "'qhybrid grover generate --out DIR' or leave dataset empty for the built-in splits"
+        )
+    return splits
 
 
 def encode_all(

@@ -43,6 +43,7 @@ __all__ = [
     "baseline_records",
     "evaluate_model",
     "parse_bits_prompt",
+    "parse_compact_prompt",
     "plot_vs_n",
     "write_tables",
 ]
@@ -65,12 +66,19 @@ class EvalConfig:
     device: str = "auto"  # "auto", "cpu" or "cuda"
 
 
-def max_new_tokens(problems: Sequence[Any], task: TaskFormat) -> int:
-    """Generation budget: the longest target plus slack (models may ramble; they get cut)."""
+def max_new_tokens(problems: Sequence[Any], task: TaskFormat, tokenizer: Any) -> int:
+    """Generation budget: the longest target in tokens plus slack (rambling models get cut)."""
     from llm_sim.data import answer_text
 
-    longest = max(len(answer_text(p, task.answer, task.digits)) for p in problems)
-    return longest + 16
+    longest = max(
+        len(
+            tokenizer.encode(
+                answer_text(p, task.answer, task.digits, task.fmt), add_special_tokens=False
+            )
+        )
+        for p in problems
+    )
+    return longest + 8
 
 
 def evaluate_model(
@@ -82,7 +90,7 @@ def evaluate_model(
     if not problems:
         return []
     prompts = [encode_prompt(p, tokenizer, task) for p in problems]
-    texts = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens(problems, task),
+    texts = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens(problems, task, tokenizer),
                              batch_size=batch_size)  # fmt: skip
     out = []
     for p, text in zip(problems, texts, strict=True):
@@ -108,6 +116,31 @@ def parse_bits_prompt(text: str) -> Problem | None:
     return Problem(len(rows[0]), marked, int(m.group(1)))
 
 
+_COMPACT = re.compile(
+    r"qubits((?:\s\d)+)\sh\srepeat((?:\s\d)+)\soracle\s\S+((?:\sflip(?:\s[01])+)+)\sdiffuse"
+)
+
+
+def parse_compact_prompt(text: str) -> Problem | None:
+    """The same reader for quantum's compact rendering (``qubits 5 h repeat 3 oracle ... flip 0 1 ...``)."""
+    m = _COMPACT.search(text)
+    if not m:
+        return None
+    n = int(m.group(1).replace(" ", ""))
+    k = int(m.group(2).replace(" ", ""))
+    rows = [r.replace(" ", "") for r in m.group(3).split("flip") if r.strip()]
+    if not rows or any(len(r) != n for r in rows):
+        return None
+    return Problem(n, tuple(sorted(rows)), k)
+
+
+def read_circuit(problem: Any, task: TaskFormat) -> Problem | None:
+    """Read (n, marked, k) back from the prompt text by rule (the ceiling and p=1/t baselines)."""
+    if task.fmt == "compact":
+        return parse_compact_prompt(prompt_text(problem, "compact"))
+    return parse_bits_prompt(prompt_text(problem, "bits"))
+
+
 def baseline_records(problems: Sequence[Any], task: TaskFormat) -> dict[str, list[dict[str, Any]]]:
     """Scores of the uniform, p=1/t shortcut and parser + closed-form ceiling baselines."""
     out: dict[str, list[dict[str, Any]]] = {"uniform": [], "oracle_1/t": [], "ceiling": []}
@@ -115,8 +148,9 @@ def baseline_records(problems: Sequence[Any], task: TaskFormat) -> dict[str, lis
         n, t = p.n_qubits, len(p.marked)
         uniform = Distribution({}, rest_each=2.0**-n, n_qubits=n)
         out["uniform"].append({**_keys(p), **score(uniform, p)})
-        read = parse_bits_prompt(prompt_text(p, "bits"))  # the circuit, read back by rule
-        assert read is not None  # our own rendering always parses
+        read = read_circuit(p, task)  # the circuit, read back by rule
+        if read is None:
+            raise QHybridError(f"the rule-based reader could not read the {task.fmt} prompt of {p}")
         shortcut = Distribution({s: 1.0 / t for s in read.marked}, 0.0, n)
         out["oracle_1/t"].append({**_keys(p), **score(shortcut, p)})
         p_m, p_o = grover_two_level(read.n_qubits, len(read.marked), read.iterations)

@@ -2,7 +2,8 @@
 
 Two answer forms are understood:
 
-- closed form (ours, exact for any n): ``marked=01101,10010 p_each=0.48066 rest_each=0.0012894``;
+- closed form (ours, exact for any n): ``marked=01101,10010 p_each=0.48066 rest_each=0.0012894``,
+  or the quantum part's ``marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked 4 . 8 0 6 6 e - 0 1 p_rest ...``;
   whitespace anywhere is ignored, so a tokenizer's ``decode`` that spaces its tokens still parses;
 - a probability dict (GroverGPT-2, also the tail of its chain-of-thought text):
   ``{'0110': 0.9613, '0000': 0.0026}``; the last dict in the text is used, unlisted states get 0.
@@ -24,6 +25,8 @@ _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _CLOSED = re.compile(
     rf"marked=(?P<marked>[01]+(?:,[01]+)*),?p_each=(?P<p>{_NUM})rest_each=(?P<rest>{_NUM})"
 )
+# quantum.render(problem, "answer"): marked 0 1 1 marked 1 0 0 p_marked 4 . 8 e - 0 1 p_rest 1 . 2 e - 0 3
+_QANSWER = re.compile(rf"(?P<marked>(?:marked[01]+)+)p_marked(?P<p>{_NUM})p_rest(?P<rest>{_NUM})")
 _DICT = re.compile(r"\{[^{}]*\}")
 _ENTRY = re.compile(rf"['\"]?\s*([01]+)\s*['\"]?\s*:\s*({_NUM})")
 
@@ -73,9 +76,9 @@ def _parse(text: object) -> Prediction:
     if not text.strip():
         return _fail("empty")
     squeezed = re.sub(r"\s+", "", text)
-    m = _CLOSED.search(squeezed)
+    m = _CLOSED.search(squeezed) or _QANSWER.search(squeezed)
     if m:
-        states = m.group("marked").split(",")
+        states = [s for s in re.split(r"marked|,", m.group("marked")) if s]
         if len({len(s) for s in states}) != 1:
             return _fail("inconsistent_bit_length")
         if len(set(states)) != len(states):
@@ -87,7 +90,7 @@ def _parse(text: object) -> Prediction:
             return _fail("negative_probability")
         n = len(states[0])
         return Prediction({s: p for s in states}, rest, n, ok=True, marked=tuple(sorted(states)))
-    if "marked=" in squeezed:
+    if "marked=" in squeezed or squeezed.startswith("marked"):
         return _fail("truncated_closed_form")
     dicts = _DICT.findall(text)
     if not dicts:

@@ -22,9 +22,9 @@ from llm_sim.data import (
     TaskFormat,
     encode_all,
     length_batches,
+    load_dataset_splits,
     load_tokenizer,
     make_splits,
-    problems_from_jsonl,
 )
 from llm_sim.model import ModelConfig, build_model, count_parameters
 from qhybrid.runs import atomic_write_json
@@ -92,15 +92,7 @@ def load_splits(config: LLMTrainConfig) -> dict[str, list[Problem]]:
     """Problems per split, from a quantum dataset folder or the built-in seeded generator."""
     if not config.dataset:
         return make_splits(config.splits)
-    root = Path(config.dataset)
-    files = sorted(root.glob("*.jsonl")) or sorted(root.glob("*/*.jsonl"))
-    if not files:
-        from qhybrid.errors import QHybridError
-
-        raise QHybridError(
-            f"dataset={str(root)!r} has no *.jsonl split files; run 'qhybrid grover dataset' first"
-        )
-    return {f.stem: problems_from_jsonl(f) for f in files}
+    return load_dataset_splits(config.dataset)
 
 
 def train_run(

@@ -24,8 +24,8 @@ from qhybrid.errors import QHybridError
 
 def test_bits_prompt_reads_back_and_answer_is_exact():
     p = Problem(5, ("01101", "10010"))
-    assert prompt_text(p) == "G k=3 o=xccxc,cxxcx >"
-    assert parse_bits_prompt(prompt_text(p)) == Problem(5, ("01101", "10010"), 3)
+    assert prompt_text(p, "bits") == "G k=3 o=xccxc,cxxcx >"
+    assert parse_bits_prompt(prompt_text(p, "bits")) == Problem(5, ("01101", "10010"), 3)
     assert answer_text(p) == " marked=01101,10010 p_each=0.48066 rest_each=0.0012894"
     s = score(parse_answer(answer_text(p)), p)
     assert s["set_acc"] == 1.0 and s["tvd"] < 1e-4 and s["p_marked_err"] < 1e-5
@@ -47,13 +47,15 @@ def test_dict_answer_refuses_large_n():
 def test_labels_cover_only_the_answer():
     tok = char_tokenizer()
     p = Problem(4, ("0110",))
-    e = encode_example(p, tok, TaskFormat())
-    n_prompt = 1 + len(prompt_text(p))
+    e = encode_example(p, tok, TaskFormat(fmt="bits"))
+    n_prompt = 1 + len(prompt_text(p, "bits"))
     assert all(x == -100 for x in e["labels"][:n_prompt])
     answer_ids = e["labels"][n_prompt:]
     assert tok.decode(answer_ids, skip_special_tokens=True) == answer_text(p)
     assert answer_ids[-1] == tok.eos_token_id
-    b = collate([e, encode_example(Problem(3, ("101",)), tok, TaskFormat())], tok.pad_token_id)
+    b = collate(
+        [e, encode_example(Problem(3, ("101",)), tok, TaskFormat(fmt="bits"))], tok.pad_token_id
+    )
     assert b["input_ids"].shape == b["labels"].shape == b["attention_mask"].shape
     assert (b["labels"][b["attention_mask"] == 0] == -100).all()
 
@@ -75,3 +77,19 @@ def test_splits_are_disjoint_and_cover_the_regimes():
 def test_task_format_rejects_unknown():
     with pytest.raises(QHybridError, match="fmt='qasm'"):
         TaskFormat(fmt="qasm")
+
+
+def test_compact_format_uses_the_quantum_vocabulary():
+    from quantum import build_tokenizer
+
+    tok = build_tokenizer()
+    p = Problem(5, ("01101", "10010"))
+    e = encode_example(p, tok, TaskFormat(fmt="compact"))
+    assert tok.unk_token_id not in e["input_ids"]
+    n_prompt = sum(1 for x in e["labels"] if x == -100)
+    text = tok.decode(e["input_ids"][n_prompt:], skip_special_tokens=True)
+    s = score(parse_answer(text), p)
+    assert s["set_acc"] == 1.0 and s["tvd"] < 1e-4
+    # n=20 is written with the same digit tokens as n<=6: no unknown token
+    big = encode_example(Problem(20, ("0" * 19 + "1",)), tok, TaskFormat(fmt="compact"))
+    assert tok.unk_token_id not in big["input_ids"]

@@ -186,3 +186,12 @@ def test_format_closed_form_round_trip():
     text = format_closed_form(["110", "011"], 0.123456789, 1e-7)
     assert text == "marked=011,110 p_each=0.12346 rest_each=1e-07"
     assert parse_answer(text).rest_each == 1e-7
+
+
+def test_uniform_prediction_scores_without_listing_states():
+    uniform = Distribution({}, rest_each=1 / 8, n_qubits=3)
+    s = score(uniform, problem(3, ["101"]))
+    assert s["parsed"] == 1.0
+    # truth 121/128 on 101, 1/128 elsewhere: TVD = |1/8 - 121/128| = 105/128
+    assert s["tvd"] == pytest.approx(105 / 128)
+    assert s["mass_error"] == pytest.approx(0.0)

@@ -18,7 +18,9 @@ def test_models_train_one_step(arch):
     tok = char_tokenizer()
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch, **TINY), tok)
-    batch = collate([encode_example(Problem(3, ("101",)), tok, TaskFormat())], tok.pad_token_id)
+    batch = collate(
+        [encode_example(Problem(3, ("101",)), tok, TaskFormat(fmt="bits"))], tok.pad_token_id
+    )
     from llm_sim.training import lm_loss
 
     loss, extras = lm_loss(model, batch)
@@ -51,7 +53,7 @@ def test_batched_generation_matches_one_by_one(arch):
     torch.manual_seed(1)
     model = build_model(ModelConfig(arch=arch, **TINY), tok)
     problems = [Problem(3, ("101",)), Problem(6, ("000111", "110000")), Problem(4, ("0110",), 0)]
-    prompts = [encode_prompt(p, tok, TaskFormat()) for p in problems]
+    prompts = [encode_prompt(p, tok, TaskFormat(fmt="bits")) for p in problems]
     batched = generate_batched(model, tok, prompts, max_new_tokens=12, batch_size=8)
     single = generate_one_by_one(model, tok, prompts, max_new_tokens=12)
     assert batched == single
