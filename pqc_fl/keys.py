@@ -87,10 +87,9 @@ def _unb64(s: str, what: str, path: Path) -> bytes:
 
 
 def _write_private(path: Path, text: str) -> None:
-    # atomic_write_text writes through mkstemp, which creates the file with mode 0600 before any
-    # byte is written; chmod again in case a umask or filesystem widened it.
-    atomic_write_text(path, text)
-    os.chmod(path, 0o600)
+    # The temporary file is created owner-only and keeps 0600 through the rename, so the secret is
+    # never readable by others, not even for a moment.
+    atomic_write_text(path, text, permissions=0o600)
 
 
 def save_client_key(path: str | Path, key: ClientKey) -> Path:

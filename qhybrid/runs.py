@@ -51,11 +51,26 @@ TRACKED_PACKAGES = (
 )  # fmt: skip
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | Path, mode: str = "w", *, permissions: int | None = None, **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit rename it over ``path``.
 
     On an exception the temporary file is removed and ``path`` keeps its old content.
+
+    Args:
+        path: the target file.
+        mode: ``"w"`` (text) or ``"wb"``.
+        permissions: the file's mode bits. Default: what ``open()`` would give (0o666 less the
+            umask). The temporary file is created owner-only and gets these bits before the rename,
+            so a secret written with ``permissions=0o600`` is never readable by others.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
@@ -67,6 +82,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             yield f
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_umask() if permissions is None else permissions)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -74,15 +90,15 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, "wb") as f:
+def atomic_write_bytes(path: str | Path, data: bytes, *, permissions: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open` for ``permissions``)."""
+    with atomic_open(path, "wb", permissions=permissions) as f:
         f.write(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
+def atomic_write_text(path: str | Path, text: str, *, permissions: int | None = None) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_open` for ``permissions``)."""
+    with atomic_open(path, "w", permissions=permissions, encoding="utf-8") as f:
         f.write(text)
 
 

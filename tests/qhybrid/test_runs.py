@@ -75,3 +75,16 @@ def test_figures_are_saved_as_png(tmp_path):
     path = run.save_figure(fig, "figures/line")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert stat.S_ISREG(os.stat(path).st_mode)
+
+
+def test_atomic_files_get_normal_permissions_unless_asked(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "public.json", {"a": 1})
+        from qhybrid.runs import atomic_write_text
+
+        atomic_write_text(tmp_path / "secret.key", "s", permissions=0o600)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(os.stat(tmp_path / "public.json").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "secret.key").st_mode) == 0o600
