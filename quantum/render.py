@@ -26,6 +26,11 @@ Formats of :func:`render`:
 
   every marked state has probability ``p_marked`` and every other of the 2**n states ``p_rest``
   (5 significant digits, exponent always signed and two digits). Exact for any n and k.
+- ``"answer_anchor"``: GroverGPT-2's label text (``dataset_generate_MMS.py``), for anchor-comparable
+  runs: a Python dict of the marked states, then the first 30 - t unmarked states in
+  lexicographic order, each probability rounded to 4 decimals (``'%.4e'`` when that is 0), e.g.
+  ``{'01101': 0.4807, '10010': 0.4807, '00000': 0.0013, ...}``. Truncated (mass < 1 once
+  2**n > 30), as the anchor's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from quantum.simulate import TwoLevelDistribution, two_level
 
 __all__ = ["FORMATS", "answer_text", "format_probability", "parse_answer_text", "render"]
 
-FORMATS = ("qasm3", "qasm3_loop", "qasm3_oracle", "compact", "answer")
+FORMATS = ("qasm3", "qasm3_loop", "qasm3_oracle", "compact", "answer", "answer_anchor")
 _HEADER = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 
 
@@ -57,6 +62,25 @@ def answer_text(dist: TwoLevelDistribution) -> str:
     parts.append(f"p_marked {_spaced(format_probability(dist.p_marked_each))}")
     parts.append(f"p_rest {_spaced(format_probability(dist.p_rest_each))}")
     return " ".join(parts)
+
+
+def _anchor_prob(p: float) -> str:
+    r = round(p, 4)
+    return f"{p:.4e}" if r == 0 and p != 0 else f"{r}"
+
+
+def anchor_answer_text(dist: TwoLevelDistribution, max_states: int = 30) -> str:
+    """The ``"answer_anchor"`` rendering (GroverGPT-2's truncated probability dict)."""
+    n = dist.n_qubits
+    items = [(s, dist.p_marked_each) for s in dist.marked]
+    marked = set(dist.marked)
+    i = 0
+    while len(items) < max_states and i < 2**n:
+        s = format(i, f"0{n}b")
+        if s not in marked:
+            items.append((s, dist.p_rest_each))
+        i += 1
+    return "{" + ", ".join(f"'{s}': {_anchor_prob(p)}" for s, p in items) + "}"
 
 
 def parse_answer_text(text: str) -> TwoLevelDistribution:
@@ -183,6 +207,8 @@ def render(problem: GroverProblem, fmt: str) -> str:
         return _compact(problem)
     if fmt == "answer":
         return answer_text(two_level(problem))
+    if fmt == "answer_anchor":
+        return anchor_answer_text(two_level(problem))
     fast = problem.oracle_style in ("x_mcz_x", "mcp_flag")
     if fmt == "qasm3_loop":
         if fast:
