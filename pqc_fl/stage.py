@@ -101,7 +101,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
             f"{suite['rejection_rate']:.0%} of {len(suite['cases'])} cases rejected with the "
             f"expected reason, {suite['false_rejections']} false rejections of "
             f"{suite['honest']} honest updates. Hardware: {out['hardware']['cpu']}, "
-            f"{out['hardware']['cores']} cores, load average {out['hardware']['load_avg_1min']:.1f}. "
+            f"{out['hardware']['cores']} cores, load average {out['hardware']['load_avg_1min'] or 0:.1f}. "
             "Runs use the deterministic in-process engine; the same protocol on Flower's "
             'simulation engine is `qhybrid fl run --set engine="flower"`.'
         ),
