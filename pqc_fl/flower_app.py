@@ -81,6 +81,7 @@ logger = logging.getLogger(__name__)
 
 PQC = "pqc"  # RecordDict key of the ConfigRecord with envelope and signature
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
+NODE = "node"  # ConfigRecord with the client id on unsigned replies (aggregation order only)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,6 +250,9 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
             {
                 "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
                 "metrics": MetricRecord({**metrics, NUM_EXAMPLES: n}),
+                # the signing mod replaces the content; unsigned baselines use this to aggregate
+                # in client order, as signed runs do, so both sum in the same float order
+                NODE: ConfigRecord({"client-id": f"client-{pid}"}),
             }
         )
         return Message(content, reply_to=msg)
@@ -276,9 +280,11 @@ class VerifyingFedAvg(FedAvg):
         run_id: str,
         allowed_schemes: set[str] | None = None,
         allowed_modes: set[str] | None = None,
+        require_signatures: bool = True,
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
+        self.require_signatures = require_signatures  # False: the unsigned FedAvg baseline
         self.registry = registry
         self.run_id = run_id
         self.allowed_schemes = allowed_schemes
@@ -323,6 +329,15 @@ class VerifyingFedAvg(FedAvg):
         for msg in replies:
             if msg.has_error():
                 kept.append(("", msg))  # FedAvg logs and skips errors itself
+                continue
+            if not self.require_signatures:  # baseline: aggregate as plain FedAvg
+                node = msg.content.config_records.get(NODE)
+                who = str(node["client-id"]) if node else str(msg.metadata.src_node_id)
+                msg.content = RecordDict(
+                    {"arrays": msg.content["arrays"], "metrics": msg.content["metrics"]}
+                )
+                stats["accepted"] += 1
+                kept.append((who, msg))
                 continue
             t0 = time.perf_counter()
             v, clean = self.verify_content(server_round, msg.content)
@@ -369,6 +384,7 @@ def make_server_app(
         n = cfg.num_clients
         strategy = VerifyingFedAvg(
             registry=registry, run_id=flower_run_id(context), allowed_schemes={cfg.scheme},
+            require_signatures=cfg.sign,
             fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n,
         )  # fmt: skip
 

@@ -17,7 +17,7 @@ from typing import Any
 from qhybrid.report import Section
 from qhybrid.runs import Run, atomic_write_json
 
-TITLE = "PQC-signed federated learning (Flower, ML-DSA / Falcon / SLH-DSA)"
+TITLE = "PQC-signed federated learning (ML-DSA / Falcon / SLH-DSA)"
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
             f"{suite['rejection_rate']:.0%} of {len(suite['cases'])} cases rejected with the "
             f"expected reason, {suite['false_rejections']} false rejections of "
             f"{suite['honest']} honest updates. Hardware: {out['hardware']['cpu']}, "
-            f"{out['hardware']['cores']} cores, load {out['hardware']['load_avg_1min']}."
+            f"{out['hardware']['cores']} cores, load average {out['hardware']['load_avg_1min'] or 0:.1f}. "
+            "Runs use the deterministic in-process engine; the same protocol on Flower's "
+            'simulation engine is `qhybrid fl run --set engine="flower"`.'
         ),
     )
     section.add_table(
