@@ -203,7 +203,10 @@ def crossover_size(
     Returns:
         The crossover N, or ``inf`` when the quantum solver never wins up to ``n_max``.
     """
-    for n in np.logspace(0.3, math.log10(n_max), int(20 * math.log10(n_max))):
+    grid = np.unique(
+        np.round(np.logspace(math.log10(2), math.log10(n_max), int(20 * math.log10(n_max))))
+    )
+    for n in grid:
         ni = int(n)
         dd = d if d is not None else max(1, int((sparsity if sparsity is not None else 1.0) * ni))
         dd = min(dd, ni)

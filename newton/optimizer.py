@@ -68,6 +68,8 @@ class QNewton(torch.optim.Optimizer):
         sparsify: prune each dense block with the sparsest PD-safe symmetric mask.
         dense_max: blocks up to this size are formed densely; larger ones are matrix-free (CG).
         kappa_matvecs: Lanczos products for blocks without an exact spectrum.
+        min_damping: floor of the Levenberg-Marquardt damping (mini-batch steps overfit their
+            batch when delta shrinks too far).
         exact_kappa_below: blocks up to this size get exact ``eigvalsh`` spectra; larger ones Lanczos.
         curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
             None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
@@ -104,6 +106,7 @@ class QNewton(torch.optim.Optimizer):
         kappa_matvecs: int = 40,
         curvature_batch: int | None = None,
         exact_kappa_below: int = 128,
+        min_damping: float = 1e-8,
     ) -> None:
         if not lr > 0:
             raise NewtonError(f"lr={lr} must be > 0")
@@ -139,6 +142,7 @@ class QNewton(torch.optim.Optimizer):
             raise NewtonError(f"curvature_batch={curvature_batch} must be >= 1 or None")
         self.curvature_batch = curvature_batch
         self.exact_kappa_below = exact_kappa_below
+        self.min_damping = min_damping
         self.history: list[dict[str, Any]] = []  # one record per step (kappa, delta, backends, ...)
 
     # ------------------------------------------------------------------------------------------
@@ -266,7 +270,9 @@ class QNewton(torch.optim.Optimizer):
             predicted = -(t * gp + 0.5 * t * t * quad)
             rho = reduction_ratio(loss - new_loss, predicted)
         if self.adapt_damping:
-            group["damping"] = LevenbergMarquardt(delta=delta_lm).update(rho if accepted else -1.0)
+            group["damping"] = LevenbergMarquardt(
+                delta=delta_lm, min_delta=self.min_damping
+            ).update(rho if accepted else -1.0)
 
         kappas = [b["kappa"] for b in block_info]
         backends: dict[str, int] = {}
