@@ -149,6 +149,60 @@ def align_expert(
     return other[0][:, idx], other[1][:, idx], perm
 
 
+@torch.no_grad()
+def refit_down(
+    layer: MoELayer,
+    x: torch.Tensor,
+    emap: torch.Tensor,
+    merged_in: torch.Tensor,
+    merged_out: torch.Tensor,
+    ridge: float,
+) -> torch.Tensor:
+    """Least-squares down projections for merged experts (output matching on calibration inputs).
+
+    For group g with merged up/gate weights, hidden activations ``h_t = φ(x_t)`` and, over the cached
+    tokens t that route to any member, the group's original routed output
+    ``y_t = Σ_{m ∈ g ∩ topk(t)} w_tm E_m(x_t)`` and its total gate weight ``a_t = Σ w_tm``:
+
+        W_down = argmin_W Σ_t ‖y_t − a_t W h_t‖² + λ ‖W − W_avg‖²,
+
+    solved in closed form (``λ = ridge · mean diag(Σ a_t² h_t h_tᵀ)``; the prior is the averaged
+    matrix, so groups with few tokens stay close to plain averaging).
+    """
+    x = x.to(merged_in.device, merged_in.dtype)
+    if x.numel() == 0:
+        return merged_out
+    _, w, idx = layer.route(x)
+    w = w.to(torch.float64)
+    out = merged_out.clone()
+    for g in range(merged_in.shape[0]):
+        in_group = emap.to(idx.device)[idx] == g  # (T, k)
+        a = (w * in_group).sum(-1)  # (T,)
+        tok = torch.where(a > 0)[0]
+        if tok.numel() == 0:
+            continue
+        xt = x[tok]
+        y = torch.zeros(tok.numel(), x.shape[1], dtype=torch.float64, device=x.device)
+        for m in torch.where(emap == g)[0].tolist():
+            wm = (w[tok] * (idx[tok] == m)).sum(-1)  # (T_g,)
+            sel = wm > 0
+            if sel.any():
+                y[sel] += wm[sel, None] * layer.expert_forward(m, xt[sel])[0].double()
+        h = layer.act(xt @ merged_in[g, 0].T)
+        if merged_in.shape[1] == 2:
+            h = h * (xt @ merged_in[g, 1].T)
+        ha = h.double() * a[tok, None]  # (T_g, I)
+        gram = ha.T @ ha
+        lam = ridge * float(gram.diagonal().mean()) + 1e-12
+        prior = merged_out[g].double()  # (H, I)
+        rhs = y.T @ ha + lam * prior  # (H, I)
+        sol = torch.linalg.solve(
+            gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), rhs.T
+        ).T
+        out[g] = sol.to(out.dtype)
+    return out
+
+
 def merge_experts(
     model: nn.Module,
     stats: RoutingStats,
@@ -158,6 +212,8 @@ def merge_experts(
     grouping: Literal["router_logits", "random"] = "router_logits",
     align: bool = True,
     weighting: Literal["frequency", "router_weighted", "uniform"] = "frequency",
+    refit: bool = True,
+    ridge: float = 1e-2,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Merge each MoE layer's experts into ``num_experts`` groups, in place (see module docstring).
@@ -170,6 +226,10 @@ def merge_experts(
         grouping: ``"router_logits"`` (MC-SMoE) or ``"random"`` (ablation).
         align: permute members onto their dominant expert before averaging (False: naive averaging).
         weighting: averaging weights — routing frequency, router-weighted frequency, or uniform.
+        refit: after averaging, refit each merged expert's down projection by ridge regression so
+            that it reproduces its group's routed output on the cached calibration inputs (ours; see
+            :func:`refit_down`).
+        ridge: ridge strength, relative to the mean diagonal of the normal matrix.
         seed: for random grouping.
 
     Returns:
@@ -180,12 +240,12 @@ def merge_experts(
             layer; the model is then unchanged.
     """
     layers = find_moe_layers(model)
-    stats.check(layers)
     for layer in layers:
         if layer.has_expert_map:
             raise MoEError(
                 f"layer {layer.name} is already merged; merge once, from the unmerged model"
             )
+    stats.check(layers)
     counts = allocate_budget(layers, stats, num_experts, budget)
     if weighting not in ("frequency", "router_weighted", "uniform"):
         raise MoEError(f"weighting={weighting!r}; use 'frequency', 'router_weighted' or 'uniform'")
@@ -220,7 +280,10 @@ def merge_experts(
             emap = torch.empty(layer.num_routes, dtype=torch.long)
             for g, group in enumerate(groups):
                 emap[group] = g
-            layer.set_weights(torch.stack(new_in), torch.stack(new_out))
+            merged_in, merged_out = torch.stack(new_in), torch.stack(new_out)
+            if refit:
+                merged_out = refit_down(layer, s.sample, emap, merged_in, merged_out, ridge)
+            layer.set_weights(merged_in, merged_out)
             layer.set_expert_map(emap)
             all_groups[layer.name] = groups
             ops.append({"op": "merge", "layer": layer.name, "expert_map": emap.tolist(),

@@ -60,6 +60,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     methods = {
         "baseline": ex.baseline,
         "merge 8->4": ex.merge(4),
+        "merge 8->4 MC-SMoE (no refit)": ex.merge(4, refit=False),
         "merge 8->4 random groups": ex.merge(4, grouping="random"),
         "merge 8->4 no alignment": ex.merge(4, align=False),
         "drop 8->4 frequency": ex.drop(4),
