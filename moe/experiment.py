@@ -144,6 +144,20 @@ def drop(target: int, *, criterion: str = "frequency", rounds: int = 1, budget: 
     return fn
 
 
+def drop_with_recovery(target: int, *, criterion: str = "saliency", rounds: int = 2,
+                       steps_per_round: int = 100) -> Callable[[nn.Module, Context], None]:  # fmt: skip
+    """MC-Suite's iterative procedure: drop a share, distil for a few steps, re-estimate, repeat."""
+
+    def fn(model: nn.Module, ctx: Context) -> None:
+        start = _experts_per_layer(model)
+        for r in range(1, rounds + 1):
+            n = round(start - (start - target) * r / rounds)
+            drop_experts(model, ctx.stats(model), num_experts=n, criterion=criterion)  # type: ignore[arg-type]
+            ctx.distill(model, steps_per_round)
+
+    return fn
+
+
 def merge_compress(target: int, keep_ratio: float, rank: int | None = None,
                    steps: int = 200) -> Callable[[nn.Module, Context], None]:  # fmt: skip
     def fn(model: nn.Module, ctx: Context) -> None:
@@ -175,6 +189,10 @@ METHODS: dict[str, Callable[[nn.Module, Context], None]] = {
     "drop 25% one-shot (frequency)": drop(6, criterion="frequency"),
     "drop 50% iterative (exact)": drop(4, criterion="exact", rounds=2),
     "drop 50% iterative (saliency)": drop(4, criterion="saliency", rounds=2),
+    "drop 50% iterative (saliency) + 100 distill steps/round": drop_with_recovery(4),
+    "drop 50% iterative (exact) + 100 distill steps/round": drop_with_recovery(
+        4, criterion="exact"
+    ),
     "quant 3.0 bits sensitivity": quantize(3.0, "sensitivity"),
     "quant 3.0 bits frequency": quantize(3.0, "frequency"),
     "quant 3.0 bits uniform": quantize(3.0, "uniform"),
