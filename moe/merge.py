@@ -90,9 +90,10 @@ def plan_groups(
     s: LayerStats,
     num_groups: int,
     *,
-    grouping: Literal["router_logits", "random"] = "router_logits",
+    grouping: Literal["router_logits", "outputs", "random"] = "router_logits",
     seed: int = 0,
     duplicate_cos: float = 0.9999,
+    output_cos: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Groups of experts, each led by its dominant expert (first element), dominants in index order."""
     freq = s.counts
@@ -115,12 +116,18 @@ def plan_groups(
         for i in rest:
             best = max(dominants, key=lambda d: (float(cos[i, d]), -d))
             groups[best].append(i)
+    elif grouping == "outputs":
+        if output_cos is None:
+            raise MoEError("grouping='outputs' needs the layer's expert output similarities")
+        for i in rest:
+            best = max(dominants, key=lambda d: (float(output_cos[i, d]), -d))
+            groups[best].append(i)
     elif grouping == "random":
         rng = np.random.default_rng(seed)
         for i in rest:
             groups[dominants[int(rng.integers(len(dominants)))]].append(i)
     else:
-        raise MoEError(f"grouping={grouping!r}; use 'router_logits' or 'random'")
+        raise MoEError(f"grouping={grouping!r}; use 'router_logits', 'outputs' or 'random'")
     return [groups[d] for d in dominants]
 
 
@@ -147,6 +154,15 @@ def align_expert(
     perm = cols[np.argsort(rows)]
     idx = torch.as_tensor(perm, device=other[0].device)
     return other[0][:, idx], other[1][:, idx], perm
+
+
+@torch.no_grad()
+def _output_cosine(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
+    """(E, E) cosine similarity of the experts' outputs on the cached inputs (HC-SMoE's signal)."""
+    x = x.to(layer.router_weight.device, layer.router_weight.dtype)
+    outs = torch.stack([layer.expert_forward(e, x)[0].flatten() for e in range(layer.num_experts)])
+    outs = nn.functional.normalize(outs.double(), dim=1)
+    return (outs @ outs.T).cpu()
 
 
 @torch.no_grad()
@@ -209,7 +225,7 @@ def merge_experts(
     *,
     num_experts: int | Mapping[str, int],
     budget: Literal["uniform", "global"] = "uniform",
-    grouping: Literal["router_logits", "random"] = "router_logits",
+    grouping: Literal["router_logits", "outputs", "random"] = "router_logits",
     align: bool = True,
     weighting: Literal["frequency", "router_weighted", "uniform"] = "frequency",
     refit: bool = True,
@@ -254,7 +270,9 @@ def merge_experts(
     with torch.no_grad():
         for layer in layers:
             s = stats[layer.name]
-            groups = plan_groups(s, counts[layer.name], grouping=grouping, seed=seed + layer.index)
+            out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
+            groups = plan_groups(s, counts[layer.name], grouping=grouping, seed=seed + layer.index,
+                                 output_cos=out_cos)  # fmt: skip
             w_in, w_out = (t.detach().clone() for t in layer.get_weights())
             if weighting == "frequency":
                 f = s.counts.clone()
