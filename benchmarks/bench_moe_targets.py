@@ -25,11 +25,13 @@ from moe.subject import SubjectConfig, load_or_train, per_domain
 from qhybrid.runs import atomic_write_json, environment_info
 
 GROUPS = {
-    "merge": ["merge 8->4", "merge 8->4 + distill", "merge 8->4 random groups",
+    "merge": ["merge 8->4", "merge 8->4 MC-SMoE (no refit)", "merge 8->4 + distill", "merge 8->4 random groups",
               "merge 8->4 no alignment", "merge 8->4 global budget", "drop 8->4 frequency"],
-    "compress": ["merge 8->4 + prune 60% + distill"],
+    "compress": ["merge 8->4 + prune to 72/128 neurons + distill"],
     "drop": ["drop 25% one-shot (exact)", "drop 25% one-shot (frequency)",
              "drop 50% iterative (exact)", "drop 50% iterative (saliency)"],
+    "drop_recovery": ["drop 50% iterative (saliency) + 100 distill steps/round",
+                      "drop 50% iterative (exact) + 100 distill steps/round"],
     "quant": ["quant 3.0 bits sensitivity", "quant 3.0 bits frequency", "quant 3.0 bits uniform"],
 }  # fmt: skip
 
@@ -50,31 +52,59 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ):
         m = _mean(rows, "merge 8->4", "retention")
         out["merge 8->4 retention >= 0.97"] = {"value": m, "met": m >= 0.97}
-        for other in ("merge 8->4 random groups", "merge 8->4 no alignment", "drop 8->4 frequency"):
+        for other in (
+            "merge 8->4 MC-SMoE (no refit)",
+            "merge 8->4 random groups",
+            "merge 8->4 no alignment",
+            "drop 8->4 frequency",
+        ):
             o = _mean(rows, other, "retention")
             out[f"merge beats {other}"] = {"value": m, "other": o, "met": m > o}
     if have("merge 8->4 + distill"):
         m = _mean(rows, "merge 8->4 + distill", "retention")
         out["merge 8->4 + <=200 distill steps retention >= 0.99"] = {"value": m, "met": m >= 0.99}
-    if have("merge 8->4 + prune 60% + distill", "baseline"):
-        cut = 1 - _mean(rows, "merge 8->4 + prune 60% + distill", "expert params") / _mean(
-            rows, "baseline", "expert params"
-        )
-        loss = 1 - _mean(rows, "merge 8->4 + prune 60% + distill", "retention")
+    if have("merge 8->4 + prune to 72/128 neurons + distill", "baseline"):
+        cut = 1 - _mean(
+            rows, "merge 8->4 + prune to 72/128 neurons + distill", "expert params"
+        ) / _mean(rows, "baseline", "expert params")
+        loss = 1 - _mean(rows, "merge 8->4 + prune to 72/128 neurons + distill", "retention")
         out["merge+compress: >=70% fewer expert params"] = {"value": cut, "met": cut >= 0.70}
         out["merge+compress: <=2% relative accuracy loss"] = {"value": loss, "met": loss <= 0.02}
     if have("drop 25% one-shot (exact)"):
         m = _mean(rows, "drop 25% one-shot (exact)", "retention")
         out["drop 25% one-shot retention >= 0.95"] = {"value": m, "met": m >= 0.95}
-    if have("drop 50% iterative (exact)"):
-        m = _mean(rows, "drop 50% iterative (exact)", "retention")
-        out["drop 50% iterative retention >= 0.90"] = {"value": m, "met": m >= 0.90}
+    for name in ("drop 50% iterative (exact)", "drop 50% iterative (saliency)",
+                 "drop 50% iterative (saliency) + 100 distill steps/round",
+                 "drop 50% iterative (exact) + 100 distill steps/round"):  # fmt: skip
+        if have(name):
+            m = _mean(rows, name, "retention")
+            out[f"{name}: retention >= 0.90"] = {"value": m, "met": m >= 0.90}
     if have("quant 3.0 bits sensitivity", "quant 3.0 bits frequency"):
         s = _mean(rows, "quant 3.0 bits sensitivity", "ppl increase")
         f = _mean(rows, "quant 3.0 bits frequency", "ppl increase")
         out["3.0 bits: perplexity increase <= 5%"] = {"value": s, "met": s <= 0.05}
         out["3.0 bits: no worse than frequency heuristic"] = {"value": s, "other": f, "met": s <= f}
     return out
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    summary = []
+    for name in dict.fromkeys(r["method"] for r in rows):
+        sel = [r for r in rows if r["method"] == name]
+        summary.append({
+            "method": name,
+            "seeds": len(sel),
+            "retention mean": statistics.fmean(r["retention"] for r in sel),
+            "retention min": min(r["retention"] for r in sel),
+            "accuracy mean": statistics.fmean(r["accuracy"] for r in sel),
+            "perplexity mean": statistics.fmean(r["perplexity"] for r in sel),
+            "ppl increase mean": statistics.fmean(r.get("ppl increase", 0.0) for r in sel),
+            "expert params": sel[0]["expert params"],
+            "expert MB": sel[0]["expert MB"],
+            "MoE MFLOPs/token": sel[0]["MoE MFLOPs/token"],
+            "pass seconds mean": statistics.fmean(r["pass seconds"] for r in sel),
+        })  # fmt: skip
+    return summary
 
 
 def main() -> None:
@@ -87,8 +117,29 @@ def main() -> None:
         "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
     )
     parser.add_argument("--out", default="benchmarks/results/moe_targets.json")
+    parser.add_argument("--combine", nargs="+", default=None,
+                        help="instead of running, merge the rows of these result files into --out")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine]
+        # later files override earlier rows of the same (method, seed)
+        rows = list({(r["method"], r["seed"]): r for p in parts for r in p["rows"]}.values())
+        result = {
+            "commands": [p["command"] for p in parts]
+            + ["python -m benchmarks.bench_moe_targets --combine " + " ".join(args.combine)],
+            "subject": parts[0]["subject"],
+            "subjects": [s for p in parts for s in p["subjects"]],
+            "summary": summarise(rows),
+            "targets": targets(rows),
+            "rows": rows,
+            "wall_seconds": sum(p["wall_seconds"] for p in parts),
+            "env": parts[0]["env"],
+        }
+        atomic_write_json(Path(args.out), result)
+        for k, v in result["targets"].items():
+            print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v}")
+        return
     torch.set_num_threads(args.threads)
     cfg = SubjectConfig(steps=args.steps)
     rows: list[dict[str, Any]] = []
@@ -100,6 +151,7 @@ def main() -> None:
         ctx = ex.Context(data, model, seed=seed, distill_steps=args.distill_steps)
         base, _ = ex.run_method("baseline", model, ctx, ex.METHODS["baseline"])
         base.update(retention=1.0, seed=seed)
+        base["ppl increase"] = 0.0
         rows.append(base)
         for group in args.groups:
             for name in GROUPS[group]:
@@ -108,50 +160,21 @@ def main() -> None:
                 rows.append(row)
                 print(f"seed {seed} {name:40s} retention {row['retention']:.4f} "
                       f"ppl {row['perplexity']:.4f} ({row['pass seconds']:.1f} s)", flush=True)  # fmt: skip
-    summary = []
-    for name in dict.fromkeys(r["method"] for r in rows):
-        sel = [r for r in rows if r["method"] == name]
-        summary.append({
-            "method": name,
-            "retention mean": statistics.fmean(r["retention"] for r in sel),
-            "retention min": min(r["retention"] for r in sel),
-            "accuracy mean": statistics.fmean(r["accuracy"] for r in sel),
-            "perplexity mean": statistics.fmean(r["perplexity"] for r in sel),
-            "expert params": sel[0]["expert params"],
-            "expert MB": sel[0]["expert MB"],
-            "MoE MFLOPs/token": sel[0]["MoE MFLOPs/token"],
-            "pass seconds mean": statistics.fmean(r["pass seconds"] for r in sel),
-        })  # fmt: skip
     result = {
-        "command": "python -m benchmarks.bench_moe_targets "
-        + " ".join(
-            f"--seeds {' '.join(map(str, args.seeds))} --groups {' '.join(args.groups)} "
-            f"--steps {args.steps} --distill-steps {args.distill_steps}".split()
+        "command": (
+            f"python -m benchmarks.bench_moe_targets --seeds {' '.join(map(str, args.seeds))} "
+            f"--groups {' '.join(args.groups)} --steps {args.steps} "
+            f"--distill-steps {args.distill_steps} --out {args.out}"
         ),
         "subject": {**cfg.__dict__},
         "subjects": subjects,
-        "summary": summary,
+        "summary": summarise(rows),
         "targets": targets(rows),
         "rows": rows,
         "wall_seconds": time.perf_counter() - t0,
         "env": environment_info(seed=args.seeds[0]),
     }
-    out = Path(args.out)
-    existing = json.loads(out.read_text()) if out.is_file() else {}
-    if set(args.groups) != set(GROUPS) and existing:  # merge partial runs by group
-        kept = [
-            r
-            for r in existing.get("rows", [])
-            if r["method"] not in {m for g in args.groups for m in GROUPS[g]}
-        ]
-        result["rows"] = kept + [
-            r
-            for r in rows
-            if r["method"] != "baseline"
-            or not any(k["method"] == "baseline" and k["seed"] == r["seed"] for k in kept)
-        ]
-        result["targets"] = targets(result["rows"])
-    atomic_write_json(out, result)
+    atomic_write_json(Path(args.out), result)
     for k, v in result["targets"].items():
         print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v}")
 

@@ -38,18 +38,19 @@ class Context:
     calib_sequences: int = 256  # calibration sequences for statistics
     distill_steps: int = 200  # recovery distillation steps (<= 200 per the targets)
     distill_lr: float = 2e-3
+    distill_batch: int = 16  # sequences per distillation step
     extra: dict[str, Any] = field(default_factory=dict)
 
     def calib(self) -> list[dict[str, torch.Tensor]]:
         return calibration(self.data, self.calib_sequences)
 
     def stats(self, model: nn.Module) -> Any:
-        return collect_routing_stats(model, self.calib(), max_cached_tokens=2048)
+        return collect_routing_stats(model, self.calib(), max_cached_tokens=4096)
 
     def distill(self, model: nn.Module, steps: int | None = None) -> None:
         n = self.distill_steps if steps is None else steps
         if n > 0:
-            batches = distill_batches(self.data, n, seed=self.seed)
+            batches = distill_batches(self.data, n, batch_size=self.distill_batch, seed=self.seed)
             distill(model, self.teacher, batches, steps=n, lr=self.distill_lr, seed=self.seed)
 
 
@@ -123,10 +124,11 @@ def baseline(model: nn.Module, ctx: Context) -> None:
 
 
 def merge(target: int, *, grouping: str = "router_logits", align: bool = True,
-          budget: str = "uniform", steps: int = 0) -> Callable[[nn.Module, Context], None]:  # fmt: skip
+          budget: str = "uniform", refit: bool = True, steps: int = 0
+          ) -> Callable[[nn.Module, Context], None]:  # fmt: skip
     def fn(model: nn.Module, ctx: Context) -> None:
         merge_experts(model, ctx.stats(model), num_experts=target, grouping=grouping,  # type: ignore[arg-type]
-                      align=align, budget=budget, seed=ctx.seed)  # type: ignore[arg-type]  # fmt: skip
+                      align=align, budget=budget, refit=refit, seed=ctx.seed)  # type: ignore[arg-type]  # fmt: skip
         ctx.distill(model, steps)
 
     return fn
@@ -142,10 +144,24 @@ def drop(target: int, *, criterion: str = "frequency", rounds: int = 1, budget: 
     return fn
 
 
+def drop_with_recovery(target: int, *, criterion: str = "saliency", rounds: int = 2,
+                       steps_per_round: int = 100) -> Callable[[nn.Module, Context], None]:  # fmt: skip
+    """MC-Suite's iterative procedure: drop a share, distil for a few steps, re-estimate, repeat."""
+
+    def fn(model: nn.Module, ctx: Context) -> None:
+        start = _experts_per_layer(model)
+        for r in range(1, rounds + 1):
+            n = round(start - (start - target) * r / rounds)
+            drop_experts(model, ctx.stats(model), num_experts=n, criterion=criterion)  # type: ignore[arg-type]
+            ctx.distill(model, steps_per_round)
+
+    return fn
+
+
 def merge_compress(target: int, keep_ratio: float, rank: int | None = None,
                    steps: int = 200) -> Callable[[nn.Module, Context], None]:  # fmt: skip
     def fn(model: nn.Module, ctx: Context) -> None:
-        merge_experts(model, ctx.stats(model), num_experts=target)
+        merge_experts(model, ctx.stats(model), num_experts=target, refit=True)
         compress_experts(model, ctx.stats(model), keep_ratio=keep_ratio, rank=rank)
         ctx.distill(model, steps)
 
@@ -162,16 +178,21 @@ def quantize(avg_bits: float, allocation: str) -> Callable[[nn.Module, Context],
 METHODS: dict[str, Callable[[nn.Module, Context], None]] = {
     "baseline": baseline,
     "merge 8->4": merge(4),
+    "merge 8->4 MC-SMoE (no refit)": merge(4, refit=False),
     "merge 8->4 + distill": merge(4, steps=200),
     "merge 8->4 random groups": merge(4, grouping="random"),
     "merge 8->4 no alignment": merge(4, align=False),
     "merge 8->4 global budget": merge(4, budget="global"),
     "drop 8->4 frequency": drop(4),
-    "merge 8->4 + prune 60% + distill": merge_compress(4, 0.6),
+    "merge 8->4 + prune to 72/128 neurons + distill": merge_compress(4, 0.5625),
     "drop 25% one-shot (exact)": drop(6, criterion="exact"),
     "drop 25% one-shot (frequency)": drop(6, criterion="frequency"),
     "drop 50% iterative (exact)": drop(4, criterion="exact", rounds=2),
     "drop 50% iterative (saliency)": drop(4, criterion="saliency", rounds=2),
+    "drop 50% iterative (saliency) + 100 distill steps/round": drop_with_recovery(4),
+    "drop 50% iterative (exact) + 100 distill steps/round": drop_with_recovery(
+        4, criterion="exact"
+    ),
     "quant 3.0 bits sensitivity": quantize(3.0, "sensitivity"),
     "quant 3.0 bits frequency": quantize(3.0, "frequency"),
     "quant 3.0 bits uniform": quantize(3.0, "uniform"),

@@ -90,9 +90,10 @@ def plan_groups(
     s: LayerStats,
     num_groups: int,
     *,
-    grouping: Literal["router_logits", "random"] = "router_logits",
+    grouping: Literal["router_logits", "outputs", "random"] = "router_logits",
     seed: int = 0,
     duplicate_cos: float = 0.9999,
+    output_cos: torch.Tensor | None = None,
 ) -> list[list[int]]:
     """Groups of experts, each led by its dominant expert (first element), dominants in index order."""
     freq = s.counts
@@ -115,12 +116,18 @@ def plan_groups(
         for i in rest:
             best = max(dominants, key=lambda d: (float(cos[i, d]), -d))
             groups[best].append(i)
+    elif grouping == "outputs":
+        if output_cos is None:
+            raise MoEError("grouping='outputs' needs the layer's expert output similarities")
+        for i in rest:
+            best = max(dominants, key=lambda d: (float(output_cos[i, d]), -d))
+            groups[best].append(i)
     elif grouping == "random":
         rng = np.random.default_rng(seed)
         for i in rest:
             groups[dominants[int(rng.integers(len(dominants)))]].append(i)
     else:
-        raise MoEError(f"grouping={grouping!r}; use 'router_logits' or 'random'")
+        raise MoEError(f"grouping={grouping!r}; use 'router_logits', 'outputs' or 'random'")
     return [groups[d] for d in dominants]
 
 
@@ -149,15 +156,80 @@ def align_expert(
     return other[0][:, idx], other[1][:, idx], perm
 
 
+@torch.no_grad()
+def _output_cosine(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
+    """(E, E) cosine similarity of the experts' outputs on the cached inputs (HC-SMoE's signal)."""
+    x = x.to(layer.router_weight.device, layer.router_weight.dtype)
+    outs = torch.stack([layer.expert_forward(e, x)[0].flatten() for e in range(layer.num_experts)])
+    outs = nn.functional.normalize(outs.double(), dim=1)
+    return (outs @ outs.T).cpu()
+
+
+@torch.no_grad()
+def refit_down(
+    layer: MoELayer,
+    x: torch.Tensor,
+    emap: torch.Tensor,
+    merged_in: torch.Tensor,
+    merged_out: torch.Tensor,
+    ridge: float,
+) -> torch.Tensor:
+    """Least-squares down projections for merged experts (output matching on calibration inputs).
+
+    For group g with merged up/gate weights, hidden activations ``h_t = φ(x_t)`` and, over the cached
+    tokens t that route to any member, the group's original routed output
+    ``y_t = Σ_{m ∈ g ∩ topk(t)} w_tm E_m(x_t)`` and its total gate weight ``a_t = Σ w_tm``:
+
+        W_down = argmin_W Σ_t ‖y_t − a_t W h_t‖² + λ ‖W − W_avg‖²,
+
+    solved in closed form (``λ = ridge · mean diag(Σ a_t² h_t h_tᵀ)``; the prior is the averaged
+    matrix, so groups with few tokens stay close to plain averaging).
+    """
+    x = x.to(merged_in.device, merged_in.dtype)
+    if x.numel() == 0:
+        return merged_out
+    _, w, idx = layer.route(x)
+    w = w.to(torch.float64)
+    out = merged_out.clone()
+    for g in range(merged_in.shape[0]):
+        in_group = emap.to(idx.device)[idx] == g  # (T, k)
+        a = (w * in_group).sum(-1)  # (T,)
+        tok = torch.where(a > 0)[0]
+        if tok.numel() == 0:
+            continue
+        xt = x[tok]
+        y = torch.zeros(tok.numel(), x.shape[1], dtype=torch.float64, device=x.device)
+        for m in torch.where(emap == g)[0].tolist():
+            wm = (w[tok] * (idx[tok] == m)).sum(-1)  # (T_g,)
+            sel = wm > 0
+            if sel.any():
+                y[sel] += wm[sel, None] * layer.expert_forward(m, xt[sel])[0].double()
+        h = layer.act(xt @ merged_in[g, 0].T)
+        if merged_in.shape[1] == 2:
+            h = h * (xt @ merged_in[g, 1].T)
+        ha = h.double() * a[tok, None]  # (T_g, I)
+        gram = ha.T @ ha
+        lam = ridge * float(gram.diagonal().mean()) + 1e-12
+        prior = merged_out[g].double()  # (H, I)
+        rhs = y.T @ ha + lam * prior  # (H, I)
+        sol = torch.linalg.solve(
+            gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), rhs.T
+        ).T
+        out[g] = sol.to(out.dtype)
+    return out
+
+
 def merge_experts(
     model: nn.Module,
     stats: RoutingStats,
     *,
     num_experts: int | Mapping[str, int],
     budget: Literal["uniform", "global"] = "uniform",
-    grouping: Literal["router_logits", "random"] = "router_logits",
+    grouping: Literal["router_logits", "outputs", "random"] = "router_logits",
     align: bool = True,
     weighting: Literal["frequency", "router_weighted", "uniform"] = "frequency",
+    refit: bool = True,
+    ridge: float = 1e-2,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Merge each MoE layer's experts into ``num_experts`` groups, in place (see module docstring).
@@ -170,6 +242,10 @@ def merge_experts(
         grouping: ``"router_logits"`` (MC-SMoE) or ``"random"`` (ablation).
         align: permute members onto their dominant expert before averaging (False: naive averaging).
         weighting: averaging weights — routing frequency, router-weighted frequency, or uniform.
+        refit: after averaging, refit each merged expert's down projection by ridge regression so
+            that it reproduces its group's routed output on the cached calibration inputs (ours; see
+            :func:`refit_down`).
+        ridge: ridge strength, relative to the mean diagonal of the normal matrix.
         seed: for random grouping.
 
     Returns:
@@ -180,12 +256,12 @@ def merge_experts(
             layer; the model is then unchanged.
     """
     layers = find_moe_layers(model)
-    stats.check(layers)
     for layer in layers:
         if layer.has_expert_map:
             raise MoEError(
                 f"layer {layer.name} is already merged; merge once, from the unmerged model"
             )
+    stats.check(layers)
     counts = allocate_budget(layers, stats, num_experts, budget)
     if weighting not in ("frequency", "router_weighted", "uniform"):
         raise MoEError(f"weighting={weighting!r}; use 'frequency', 'router_weighted' or 'uniform'")
@@ -194,7 +270,9 @@ def merge_experts(
     with torch.no_grad():
         for layer in layers:
             s = stats[layer.name]
-            groups = plan_groups(s, counts[layer.name], grouping=grouping, seed=seed + layer.index)
+            out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
+            groups = plan_groups(s, counts[layer.name], grouping=grouping, seed=seed + layer.index,
+                                 output_cos=out_cos)  # fmt: skip
             w_in, w_out = (t.detach().clone() for t in layer.get_weights())
             if weighting == "frequency":
                 f = s.counts.clone()
@@ -220,7 +298,10 @@ def merge_experts(
             emap = torch.empty(layer.num_routes, dtype=torch.long)
             for g, group in enumerate(groups):
                 emap[group] = g
-            layer.set_weights(torch.stack(new_in), torch.stack(new_out))
+            merged_in, merged_out = torch.stack(new_in), torch.stack(new_out)
+            if refit:
+                merged_out = refit_down(layer, s.sample, emap, merged_in, merged_out, ridge)
+            layer.set_weights(merged_in, merged_out)
             layer.set_expert_map(emap)
             all_groups[layer.name] = groups
             ops.append({"op": "merge", "layer": layer.name, "expert_map": emap.tolist(),

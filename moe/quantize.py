@@ -146,7 +146,9 @@ def allocate_bits(
             width = max(b for b in choices if b <= avg_bits)
         bits = {k: width for k in bits}
     elif allocation in ("frequency", "outlier"):
-        lo, hi = choices[0], max(b for b in choices if b >= avg_bits)
+        # QuantMoE-Bench: the low width for most experts, the next width above the budget for the top
+        lo = choices[0]
+        hi = min((b for b in choices if b > avg_bits), default=choices[-1])
         ranked = []
         for layer in layers:
             if allocation == "frequency":

@@ -19,22 +19,19 @@ pytestmark = pytest.mark.gpu
 
 
 def _passes(model, batches):
-    yield "dropped"
+    """Apply the passes one by one, yielding the name of the pass just applied."""
+    yield "original"
     drop_experts(model, collect_routing_stats(model, batches), num_experts=7, criterion="exact")
+    yield "dropped"
+    budget = {"model.layers.0.mlp": 3, "model.layers.1.mlp": 5}
+    merge_experts(model, collect_routing_stats(model, batches), num_experts=budget)
     yield "merged"
-    merge_experts(
-        model,
-        collect_routing_stats(model, batches),
-        num_experts={"model.layers.0.mlp": 3, "model.layers.1.mlp": 5},
-    )
+    compress_experts(model, collect_routing_stats(model, batches), keep_ratio=0.45)  # 64 -> 32
     yield "pruned"
-    compress_experts(
-        model, collect_routing_stats(model, batches), keep_ratio=0.45
-    )  # 64 -> 32 neurons
-    yield "quantised"
     quantize_experts(model, collect_routing_stats(model, batches), avg_bits=3.0)
-    yield "low-rank"
+    yield "quantised"
     compress_experts(model, collect_routing_stats(model, batches), rank=8)
+    yield "low-rank"
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])

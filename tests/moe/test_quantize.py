@@ -43,3 +43,16 @@ def test_quantize_records_plan_and_errors() -> None:
     assert out["avg_bits"] <= 3.0
     assert model.config.moe_compression["ops"][-1]["op"] == "quantize"
     assert model(**b).logits.isfinite().all()
+
+
+def test_frequency_heuristic_lifts_the_most_used_experts_to_the_next_width() -> None:
+    """QuantMoE-Bench at 3 bits: 2-bit experts, the most frequent half lifted to 4 bits."""
+    model = tiny_moe("mixtral")
+    stats = collect_routing_stats(model, [tiny_batch(model, batch=4, seq=16)])
+    bits = allocate_bits(model, stats, avg_bits=3.0, allocation="frequency")
+    assert all(set(widths) <= {2, 4} for widths in bits.values())
+    flat = [b for v in bits.values() for b in v]
+    assert sum(flat) / len(flat) == 3.0
+    freq = torch.cat([stats[n].frequency for n in bits])
+    lifted = torch.tensor(flat) == 4
+    assert freq[lifted].min() >= freq[~lifted].max()
