@@ -22,7 +22,7 @@ import torch
 
 from llm_sim.data import SplitSpec, TaskFormat, collate, encode_all
 from llm_sim.evaluate import baseline_records, build_tables, display_rows, evaluate_model, plot_vs_n
-from llm_sim.model import ModelConfig
+from llm_sim.model import ModelConfig, build_model
 from llm_sim.training import LLMTrainConfig, train_model
 from qhybrid.report import Section
 from qhybrid.runs import Run, atomic_write_json
@@ -71,6 +71,13 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         per_model[f"{label} ({tm.n_params / 1e3:.0f}K)"] = [
             [{**r, "split": s} for (s, _), r in zip(tests, recs, strict=True)]
         ]
+    torch.manual_seed(seed)
+    dense = trained["dense"]
+    untrained = build_model(replace(base, arch="llama"), dense.tokenizer)
+    recs = evaluate_model(untrained, dense.tokenizer, task, problems)
+    per_model["untrained dense"] = [
+        [{**r, "split": s} for (s, _), r in zip(tests, recs, strict=True)]
+    ]
     for label, recs in baseline_records(problems, task).items():
         per_model[label] = [[{**r, "split": s} for (s, _), r in zip(tests, recs, strict=True)]]
     tables = build_tables(
@@ -112,7 +119,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
 
     moe = trained["moe"]
     calib = [collate([{"input_ids": e["input_ids"], "labels": e["input_ids"]} for e in encode_all(
-        splits["train"][i : i + 32], moe.tokenizer, task)], moe.tokenizer.pad_token_id) for i in range(0, 128, 32)]  # fmt: skip
+        splits["train"][i : i + 32], moe.tokenizer, task)], moe.tokenizer.pad_token_id) for i in range(0, min(128, len(splits["train"])), 32)]  # fmt: skip
     calibration = [
         {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in calib
     ]
