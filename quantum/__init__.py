@@ -24,8 +24,22 @@ Answer format (``render(p, "answer")``), the exact two-level closed form of the 
 = each listed state has probability p_marked, each of the other 2**n - t states p_rest
 (``"%.4e"`` of the float, one token per character).
 
-Dataset record schema (one JSON object per line, sorted keys; the same columns in Parquet): see
-:mod:`quantum.dataset` and docs/quantum.md.
+Dataset record schema (``generate_dataset``: one JSON object per line, sorted keys; the same
+columns in Parquet; one record per problem x rendering; full list in
+``quantum.dataset.RECORD_FIELDS`` and docs/quantum.md)::
+
+    record_id, problem_id (= GroverProblem.key), split, index,
+    n_qubits, marked (sorted bitstrings), n_marked, iterations, optimal_iterations,
+    iteration_rule, oracle_style,
+    rendering, text (the model input), n_chars, n_tokens,
+    target (the "answer" rendering), target_n_tokens,
+    p_marked_each, p_rest_each, success_probability (exact float64),
+    probs (dense exact distribution for n <= 6, else null),
+    aer_max_abs_diff (Aer statevector cross-check, else null), probs_noisy (Aer + noise, or null),
+    seed, generator
+
+Splits: train, test_id (unseen marked sets), test_ood_n (more qubits), test_ood_t (more marked
+states), test_ood_k (non-optimal k), disjoint on the marked set and hence on problem_id.
 """
 
 from __future__ import annotations

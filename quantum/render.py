@@ -26,16 +26,23 @@ Formats of :func:`render`:
 
   every marked state has probability ``p_marked`` and every other of the 2**n states ``p_rest``
   (5 significant digits, exponent always signed and two digits). Exact for any n and k.
+- ``"answer_anchor"``: GroverGPT-2's label text (``dataset_generate_MMS.py``), for anchor-comparable
+  runs: a Python dict of the marked states, then the first 30 - t unmarked states in
+  lexicographic order, each probability rounded to 4 decimals (``'%.4e'`` when that is 0), e.g.
+  ``{'01101': 0.4807, '10010': 0.4807, '00000': 0.0013, ...}``. Truncated (mass < 1 once
+  2**n > 30), as the anchor's.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from quantum.problem import GroverProblem, GroverProblemError
 from quantum.simulate import TwoLevelDistribution, two_level
 
-__all__ = ["FORMATS", "answer_text", "format_probability", "render"]
+__all__ = ["FORMATS", "answer_text", "format_probability", "parse_answer_text", "render"]
 
-FORMATS = ("qasm3", "qasm3_loop", "qasm3_oracle", "compact", "answer")
+FORMATS = ("qasm3", "qasm3_loop", "qasm3_oracle", "compact", "answer", "answer_anchor")
 _HEADER = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 
 
@@ -55,6 +62,65 @@ def answer_text(dist: TwoLevelDistribution) -> str:
     parts.append(f"p_marked {_spaced(format_probability(dist.p_marked_each))}")
     parts.append(f"p_rest {_spaced(format_probability(dist.p_rest_each))}")
     return " ".join(parts)
+
+
+def _anchor_prob(p: float) -> str:
+    r = round(p, 4)
+    return f"{p:.4e}" if r == 0 and p != 0 else f"{r}"
+
+
+def anchor_answer_text(dist: TwoLevelDistribution, max_states: int = 30) -> str:
+    """The ``"answer_anchor"`` rendering (GroverGPT-2's truncated probability dict)."""
+    n = dist.n_qubits
+    items = [(s, dist.p_marked_each) for s in dist.marked]
+    marked = set(dist.marked)
+    i = 0
+    while len(items) < max_states and i < 2**n:
+        s = format(i, f"0{n}b")
+        if s not in marked:
+            items.append((s, dist.p_rest_each))
+        i += 1
+    return "{" + ", ".join(f"'{s}': {_anchor_prob(p)}" for s, p in items) + "}"
+
+
+def parse_answer_text(text: str) -> TwoLevelDistribution:
+    """Strict inverse of :func:`answer_text` (raises :class:`GroverProblemError` if malformed).
+
+    ``p_rest`` may be left out: the two-level form has one free number, and normalisation gives
+    p_rest = (1 - t p_marked) / (2**n - t), so a model can be trained to emit only the marked
+    states and ``p_marked``. Amplitudes are returned non-negative and ``iterations`` is -1 (neither
+    is in the text).
+    """
+    words = text.split()
+    marked: list[str] = []
+    values: dict[str, float] = {}
+    i = 0
+    while i < len(words):
+        key = words[i]
+        j = i + 1
+        while j < len(words) and words[j] not in ("marked", "p_marked", "p_rest"):
+            j += 1
+        body = "".join(words[i + 1 : j])
+        if key == "marked":
+            if not body or body.strip("01"):
+                raise GroverProblemError(f"'marked {body}' is not a bitstring")
+            marked.append(body)
+        elif key in ("p_marked", "p_rest"):
+            try:
+                values[key] = float(body)
+            except ValueError:
+                raise GroverProblemError(f"'{key} {body}' is not a number") from None
+        else:
+            raise GroverProblemError(f"unexpected word {key!r}; the answer starts with 'marked'")
+        i = j
+    if not marked or "p_marked" not in values or len({len(s) for s in marked}) != 1:
+        raise GroverProblemError(
+            f"answer {text!r} needs 'marked <bits>' (equal lengths) and 'p_marked <number>'"
+        )
+    n, t = len(marked[0]), len(marked)
+    p_m = values["p_marked"]
+    p_r = values.get("p_rest", max(0.0, 1.0 - t * p_m) / (2.0**n - t))
+    return TwoLevelDistribution(n, tuple(sorted(marked)), -1, p_m**0.5, p_r**0.5)
 
 
 def _compact(problem: GroverProblem) -> str:
@@ -111,7 +177,7 @@ def _qasm3_loop_text(problem: GroverProblem) -> str:
     return "".join(body)
 
 
-def _qiskit_loop_circuit(problem: GroverProblem, oracle_only: bool = False):  # type: ignore[no-untyped-def]
+def _qiskit_loop_circuit(problem: GroverProblem, oracle_only: bool = False) -> Any:
     """A Qiskit circuit with a ``for`` loop (for the styles Qiskit synthesises)."""
     from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
 
@@ -141,6 +207,8 @@ def render(problem: GroverProblem, fmt: str) -> str:
         return _compact(problem)
     if fmt == "answer":
         return answer_text(two_level(problem))
+    if fmt == "answer_anchor":
+        return anchor_answer_text(two_level(problem))
     fast = problem.oracle_style in ("x_mcz_x", "mcp_flag")
     if fmt == "qasm3_loop":
         if fast:

@@ -143,6 +143,26 @@ def test_two_workers_give_the_same_bytes(small, tmp_path):
     assert a == b
 
 
+def test_noisy_aer_distributions_are_added_for_small_checked_problems(tmp_path):
+    from dataclasses import replace
+
+    spec = replace(
+        SMALL, train=SplitSpec(2, 3, 1, 1, 4), test_id=SplitSpec(2, 3, 1, 1, 1),
+        test_ood_n=SplitSpec(4, 4, 1, 1, 1), test_ood_t=SplitSpec(3, 3, 4, 4, 1),
+        test_ood_k=SplitSpec(2, 3, 1, 1, 1, "off_optimal"), renderings=("compact",),
+        noise_depolarizing=0.001, noise_max_n=3, parquet=False,
+    )  # fmt: skip
+    generate_dataset(spec, tmp_path / "noisy")
+    recs = read_split(tmp_path / "noisy", "train")
+    noisy = [r for r in recs if r["probs_noisy"] is not None]
+    assert len(noisy) == 4
+    for r in noisy:
+        assert sum(r["probs_noisy"]) == pytest.approx(1.0, abs=1e-8)
+        # a little noise: close to the exact distribution but not equal to it
+        diff = np.abs(np.array(r["probs_noisy"]) - np.array(r["probs"])).max()
+        assert 1e-6 < diff < 0.5  # ~30 cx at 1% error each after transpiling to {u, cx}
+
+
 def test_other_spec_in_same_folder_is_refused(small):
     from dataclasses import replace
 
@@ -156,6 +176,7 @@ def test_other_spec_in_same_folder_is_refused(small):
         (DatasetSpec, {"renderings": ("qasm2",)}, "unknown rendering 'qasm2'"),
         (DatasetSpec, {"renderings": ()}, "renderings is empty"),
         (DatasetSpec, {"oracle_style": "magic"}, "unknown oracle_style"),
+        (DatasetSpec, {"noise_depolarizing": 0.5}, "noise_depolarizing=0.5"),
         (SplitSpec, {"n_min": 0, "n_max": 3, "t_min": 1, "t_max": 1, "count": 5}, "n_min <= n_max"),
         (SplitSpec, {"n_min": 2, "n_max": 3, "t_min": 4, "t_max": 2, "count": 5}, "t_min <= t_max"),
         (SplitSpec, {"n_min": 2, "n_max": 2, "t_min": 4, "t_max": 4, "count": 5}, "t_min=4 needs"),

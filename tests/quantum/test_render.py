@@ -112,6 +112,37 @@ def test_answer_encodes_the_two_level_closed_form():
     assert render(GroverProblem(3, ["010", "101"]), "answer").endswith("p_rest 0 . 0 0 0 0 e + 0 0")
 
 
+def test_answer_parses_back_and_p_rest_follows_from_normalisation():
+    from quantum.render import parse_answer_text
+
+    p = GroverProblem(7, ["0000001", "1110000"], iterations=4)
+    d = two_level(p)
+    got = parse_answer_text(render(p, "answer"))
+    assert got.marked == p.marked
+    assert got.p_marked_each == pytest.approx(d.p_marked_each, rel=1e-4)
+    assert got.p_rest_each == pytest.approx(d.p_rest_each, rel=1e-4)
+    short = render(p, "answer").split(" p_rest")[0]
+    assert parse_answer_text(short).p_rest_each == pytest.approx(d.p_rest_each, rel=1e-3)
+    for bad in ["", "marked 0 2 p_marked 1", "marked 0 1 p_marked x", "p_marked 0 . 5",
+                "marked 0 1 marked 1 p_marked 0 . 5", "hello"]:  # fmt: skip
+        with pytest.raises(QHybridError):
+            parse_answer_text(bad)
+
+
+def test_anchor_answer_is_the_grovergpt2_truncated_dict():
+    import ast
+
+    p = GroverProblem(6, ["000011", "101010"])
+    d = ast.literal_eval(render(p, "answer_anchor"))
+    assert list(d)[:2] == ["000011", "101010"] and len(d) == 30
+    assert list(d)[2:5] == ["000000", "000001", "000010"]
+    assert d["000011"] == round(two_level(p).p_marked_each, 4)
+    small = ast.literal_eval(render(GroverProblem(2, ["01"]), "answer_anchor"))
+    assert small == {"01": 1.0, "00": 0.0, "10": 0.0, "11": 0.0}
+    tiny = render(GroverProblem(20, ["1" * 20]), "answer_anchor")
+    assert "e-" in tiny  # p_rest rounds to 0 at 4 decimals: written in scientific notation
+
+
 def test_unknown_format_is_a_qhybrid_error():
     with pytest.raises(QHybridError, match="unknown rendering format 'qasm2'"):
         render(GroverProblem(2, ["01"]), "qasm2")

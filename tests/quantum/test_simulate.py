@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from qiskit.quantum_info import Statevector
 
 from qhybrid import QHybridError
@@ -132,3 +134,28 @@ def test_torch_cuda_statevector_matches_closed_form():
     np.testing.assert_allclose(
         simulate(p, "statevector", device="cuda"), simulate(p, "analytic"), atol=1e-10
     )
+
+
+def test_torch_code_path_matches_numpy_on_cpu():
+    # the CUDA path is the same torch code; running it on CPU checks it on every machine
+    from quantum.simulate import _statevector_torch
+
+    p = GroverProblem(12, ["000000000111", "101010101010"], iterations=70)
+    psi = _statevector_torch(p, "cpu").numpy()
+    np.testing.assert_allclose(psi * psi, simulate(p, "analytic"), atol=1e-12)
+    np.testing.assert_allclose(psi, statevector(p), atol=1e-12)
+
+
+@given(
+    n=st.integers(1, 10),
+    data=st.data(),
+    k=st.integers(0, 40),
+)
+@settings(max_examples=60, deadline=None)
+def test_property_own_statevector_equals_closed_form(n, data, k):
+    t = data.draw(st.integers(1, min(4, 2**n - 1)))
+    idx = data.draw(st.lists(st.integers(0, 2**n - 1), min_size=t, max_size=t, unique=True))
+    p = GroverProblem(n, [format(i, f"0{n}b") for i in idx], k)
+    exact = simulate(p, "analytic")
+    assert exact.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(simulate(p, "statevector"), exact, atol=1e-12)

@@ -20,7 +20,9 @@ def test_is_a_fast_tokenizer_with_special_tokens(tok):
 
 
 @pytest.mark.parametrize("style", ["x_mcz_x", "mcp_flag", "phase_oracle", "diagonal"])
-@pytest.mark.parametrize("fmt", ["compact", "answer", "qasm3_loop", "qasm3_oracle", "qasm3"])
+@pytest.mark.parametrize(
+    "fmt", ["compact", "answer", "answer_anchor", "qasm3_loop", "qasm3_oracle", "qasm3"]
+)
 def test_renderings_have_no_unknown_tokens(tok, fmt, style):
     p = GroverProblem(4, ["0101", "1110"], oracle_style=style)
     ids = tok(render(p, fmt))["input_ids"]
