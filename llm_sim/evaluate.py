@@ -334,14 +334,16 @@ def evaluate_run(
     probs_only = [p for _, p in problems]
     for d in model_dirs:
         tok = AutoTokenizer.from_pretrained(d)
-        model = AutoModelForCausalLM.from_pretrained(d).to(torch.device(device))
+        model: Any = AutoModelForCausalLM.from_pretrained(d)
+        model.to(torch.device(device))
         recs = evaluate_model(model, tok, task, probs_only, batch_size=config.batch_size)
         per_model["model"].append(
             [{**r, "split": s} for (s, _), r in zip(problems, recs, strict=True)]
         )
         if config.untrained:
             torch.manual_seed(int(d.name.removeprefix("model-seed") or 0))
-            fresh = AutoModelForCausalLM.from_config(model.config).to(torch.device(device))
+            fresh: Any = AutoModelForCausalLM.from_config(model.config)
+            fresh.to(torch.device(device))
             recs = evaluate_model(fresh, tok, task, probs_only, batch_size=config.batch_size)
             per_model["untrained"].append(
                 [{**r, "split": s} for (s, _), r in zip(problems, recs, strict=True)]

@@ -59,6 +59,7 @@ METRIC_NAMES = (
     "cf_raw",
     "cf_renorm",
     "tvd",
+    "tvd_raw",
     "hellinger",
     "p_marked_err",
     "mass_error",
@@ -288,6 +289,8 @@ def parse_rate(preds: Iterable[Any]) -> float:
 def score(pred: Any, problem: ProblemLike) -> dict[str, float]:
     """Every metric of one prediction against the exact distribution of ``problem``.
 
+    ``tvd`` and ``hellinger`` use the prediction renormalised to mass 1 (so they lie in [0, 1]; the mass
+    is judged by ``mass_error``); ``tvd_raw`` is the unnormalised one (unbounded when mass > 1).
     A prediction that did not parse (``pred.ok`` false) or lists states of the wrong bit length
     scores the worst value of each metric (0 accuracy and fidelity, TVD = Hellinger = 1,
     p_marked_err = mass_error = 1), so parse failures cannot improve an average.
@@ -299,7 +302,7 @@ def score(pred: Any, problem: ProblemLike) -> dict[str, float]:
         ok = lengths == {n} or (not lengths and getattr(pred, "n_qubits", None) == n)
     if not ok:
         return {"sa_0.3": 0.0, "set_acc": 0.0, "marked_recall": 0.0, "cf_raw": 0.0,
-                "cf_renorm": 0.0, "tvd": 1.0, "hellinger": 1.0, "p_marked_err": 1.0,
+                "cf_renorm": 0.0, "tvd": 1.0, "tvd_raw": 1.0, "hellinger": 1.0, "p_marked_err": 1.0,
                 "mass_error": 1.0, "parsed": 0.0}  # fmt: skip
     dist = Distribution(dict(pred.items()), float(getattr(pred, "rest_each", 0.0) or 0.0), n)
     true = true_distribution(problem)
@@ -310,7 +313,8 @@ def score(pred: Any, problem: ProblemLike) -> dict[str, float]:
         "marked_recall": marked_recall(dist, marked),
         "cf_raw": classical_fidelity(dist, true),
         "cf_renorm": classical_fidelity(dist, true, renormalize=True),
-        "tvd": total_variation(dist, true),
+        "tvd": total_variation(dist, true, renormalize=True),
+        "tvd_raw": total_variation(dist, true),
         "hellinger": hellinger(dist, true),
         "p_marked_err": marked_probability_error(dist, problem),
         "mass_error": mass_error(dist, n),

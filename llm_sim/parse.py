@@ -88,6 +88,8 @@ def _parse(text: object) -> Prediction:
             return _fail("bad_number")
         if p < 0 or rest < 0:
             return _fail("negative_probability")
+        if p > 1 or rest > 1:
+            return _fail("probability_above_one")
         n = len(states[0])
         return Prediction({s: p for s in states}, rest, n, ok=True, marked=tuple(sorted(states)))
     if "marked=" in squeezed or squeezed.startswith("marked"):
@@ -105,6 +107,8 @@ def _parse(text: object) -> Prediction:
             return _fail("bad_number")
         if v < 0:
             return _fail("negative_probability")
+        if v > 1:
+            return _fail("probability_above_one")
         if state in probs:
             return _fail("duplicate_state")
         probs[state] = v

@@ -135,7 +135,7 @@ def train_model(
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98),
+        lr=config.lr, betas=(0.9, 0.98), fused=True,  # fused: one kernel per step (CPU and CUDA)
     )  # fmt: skip
 
     def eval_fn(m: Any) -> dict[str, float]:

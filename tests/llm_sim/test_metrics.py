@@ -78,7 +78,7 @@ def test_sa_structural_cap_but_set_accuracy_fine():
 
 
 def test_raw_fidelity_exceeds_one_on_overfull_mass():
-    pred = Distribution({"0": 2.0, "1": 2.0})
+    pred = Distribution({"0": 2.0, "1": 2.0})  # mass 4, e.g. an over-summed dict
     true = Distribution({"0": 0.5, "1": 0.5})
     assert classical_fidelity(pred, true) == pytest.approx(4.0)
     assert classical_fidelity(pred, true, renormalize=True) == pytest.approx(1.0)
@@ -159,6 +159,8 @@ def test_score_worst_values_on_failure_and_wrong_length():
         ("marked=01,01 p_each=0.2 rest_each=0.1", "duplicate_state"),
         ("marked=01 p_each=-0.2 rest_each=0.1", "negative_probability"),
         ("marked=01 p_each=1e999 rest_each=0.1", "bad_number"),
+        ("marked=01 p_each=2.3e+03 rest_each=0.1", "probability_above_one"),
+        ("{'01': 1.5}", "probability_above_one"),
         ("{'01': 0.5, '011': 0.5}", "inconsistent_bit_length"),
         ("{'01': 0.5, '01': 0.5}", "duplicate_state"),
     ],

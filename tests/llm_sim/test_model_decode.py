@@ -58,3 +58,23 @@ def test_batched_generation_matches_one_by_one(arch):
     single = generate_one_by_one(model, tok, prompts, max_new_tokens=12)
     assert batched == single
     assert all(isinstance(t, str) for t in batched)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_cuda_generation_and_training_step(arch):
+    from llm_sim.training import lm_loss
+
+    tok = char_tokenizer()
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(arch=arch, **TINY), tok)
+    prompts = [encode_prompt(Problem(4, ("0110",)), tok, TaskFormat(fmt="bits"))]
+    cpu = generate_batched(model, tok, prompts, max_new_tokens=8)
+    model.to("cuda")
+    assert generate_batched(model, tok, prompts, max_new_tokens=8) == cpu
+    batch = collate(
+        [encode_example(Problem(3, ("101",)), tok, TaskFormat(fmt="bits"))], tok.pad_token_id
+    )
+    loss, _ = lm_loss(model, {k: v.cuda() for k, v in batch.items()})
+    loss.backward()
+    assert loss.isfinite()

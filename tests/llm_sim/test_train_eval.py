@@ -112,7 +112,9 @@ def tiny_pretrained(tmp_path_factory) -> Path:
 def test_finetune_from_local_folder(tiny_pretrained, tmp_path, method):
     from transformers import AutoModelForCausalLM
 
-    cfg = FinetuneConfig(base=str(tiny_pretrained), method=method, task=TaskFormat(fmt="bits", answer="dict"),
+    # LoRA on the anchor's QASM3 input (the character tokenizer reads any ASCII), full on "bits"
+    fmt = "qasm3" if method == "lora" else "bits"
+    cfg = FinetuneConfig(base=str(tiny_pretrained), method=method, task=TaskFormat(fmt=fmt, answer="dict"),
                          splits=SplitSpec(train_n=(3,), train_size=16, test_size=2, ood_n=(4,)),
                          steps=2, batch_size=4, lr=1e-2, lora_r=2, device="cpu")  # fmt: skip
     res = finetune(cfg, tmp_path, progress=False)
