@@ -6,9 +6,8 @@ and mixed-precision quantisation on copies of it and reports expert parameters a
 FLOPs per token, pass wall time, next-token accuracy, perplexity and retention, a retention-vs-size plot
 and an exact save/load round trip of a non-uniform compressed model.
 
-When an earlier stage left an MoE language model in ``context["llm"]["moe_model_dir"]`` (with token ids
-``context["llm"]["eval_ids"]``), the same passes are applied to it and its next-token agreement with the
-uncompressed model is reported too.
+When the llm stage ran first, its Grover MoE model (``context["llm"]``) is merged and dropped too, and
+the retention of its Grover metrics (set accuracy, TVD on test_id) is reported.
 """
 
 from __future__ import annotations
@@ -130,7 +129,8 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     llm_rows = _llm_rows(context, ex, seed)
     if llm_rows:
         section.add_table(
-            "Compression of the llm stage's MoE model (next-token agreement)", llm_rows
+            "Compression of the llm stage's Grover MoE model (test_id metrics, no retraining)",
+            llm_rows,
         )
     section.add_figure("Accuracy retention against expert bytes", figure)
     context["moe"] = {"rows": rows, "roundtrip_max_diff": diff}
@@ -138,30 +138,43 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
 
 
 def _llm_rows(context: dict[str, Any], ex: Any, seed: int) -> list[dict[str, Any]]:
-    """Passes on ``context["llm"]["moe_model_dir"]`` if an earlier stage provided one."""
+    """Merge and drop the llm stage's Grover MoE model; report retention of its Grover metrics.
+
+    Uses ``context["llm"]``: ``moe_model`` (a ``save_pretrained`` folder), ``calibration`` (batches
+    of training prompts for the routing statistics) and ``eval_fn(model)`` (set accuracy, TVD, ... on
+    the test_id problems).
+    """
     llm = context.get("llm")
-    if not isinstance(llm, dict) or not llm.get("moe_model_dir") or llm.get("eval_ids") is None:
+    if not isinstance(llm, dict) or not llm.get("moe_model") or not llm.get("calibration"):
         return []
     from transformers import AutoModelForCausalLM
 
+    from moe.drop import drop_experts
     from moe.layers import find_moe_layers
     from moe.merge import merge_experts
     from moe.stats import collect_routing_stats
 
-    model = AutoModelForCausalLM.from_pretrained(llm["moe_model_dir"]).float().eval()
+    model = AutoModelForCausalLM.from_pretrained(llm["moe_model"]).float().eval()
     if not find_moe_layers(model, required=False):
         return []
-    ids = torch.as_tensor(llm["eval_ids"])[:64]
-    batches = [{"input_ids": ids[i : i + 16], "attention_mask": torch.ones_like(ids[i : i + 16])}
-               for i in range(0, ids.shape[0], 16)]  # fmt: skip
-    with torch.no_grad():
-        ref = model(input_ids=ids).logits.argmax(-1)
-    rows = []
+    eval_fn = llm["eval_fn"]
+    base = eval_fn(model)
+    stats = collect_routing_stats(model, llm["calibration"])
     e = find_moe_layers(model)[0].num_experts
+    rows = [{"pass": "baseline", "experts/layer": e, **base, "set_acc retention": 1.0}]
     for target in sorted({max(1, e // 2), max(1, (3 * e) // 4)}):
-        m = copy.deepcopy(model)
-        merge_experts(m, collect_routing_stats(m, batches), num_experts=target)
-        with torch.no_grad():
-            agree = float((m(input_ids=ids).logits.argmax(-1) == ref).float().mean())
-        rows.append({"pass": f"merge {e}->{target}", "top-1 agreement": agree})
+        for name, apply in (
+            ("merge", lambda m, t: merge_experts(m, stats, num_experts=t)),
+            (
+                "drop (frequency)",
+                lambda m, t: drop_experts(m, stats, num_experts=t, criterion="frequency"),
+            ),
+        ):
+            m = copy.deepcopy(model)
+            apply(m, target)
+            metrics = eval_fn(m)
+            rows.append({
+                "pass": f"{name} {e}->{target}", "experts/layer": target, **metrics,
+                "set_acc retention": metrics["set_acc"] / base["set_acc"] if base["set_acc"] else None,
+            })  # fmt: skip
     return rows

@@ -549,7 +549,10 @@ def train(
     last_ckpt: Path | None = None
     stopped_early = False
     loss_value = float("nan")
-    metrics_file = open(metrics_path, "a", encoding="utf-8") if metrics_path and rank == 0 else None  # noqa: SIM115
+    metrics_file = None
+    if metrics_path is not None and rank == 0:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        metrics_file = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
 
     def log(record: dict[str, Any]) -> None:
         history.append(record)

@@ -286,3 +286,12 @@ def test_cuda_training_matches_cpu_and_resumes_exactly(tmp_path):
     resumed = run("cuda", 9, checkpoint_dir=tmp_path, resume=True)
     for k in gpu:
         assert torch.equal(resumed[k], gpu[k])
+
+
+def test_metrics_file_folder_is_created(tmp_path):
+    model = nn.Linear(5, 1)
+    x, y = regression_data()
+    path = tmp_path / "not" / "yet" / "metrics.jsonl"
+    train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=0.1), cfg(max_steps=2),
+          metrics_path=path)  # fmt: skip
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
