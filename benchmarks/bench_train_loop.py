@@ -106,7 +106,11 @@ def main() -> None:
     atomic_write_json(Path(args.out), result)
     print(
         json.dumps(
-            {k: result[k] for k in ("ms_per_step_best", "ratio_qhybrid_over_bare", "ratio_of_medians", "met")}, indent=2
+            {
+                k: result[k]
+                for k in ("ms_per_step_best", "ratio_qhybrid_over_bare", "ratio_of_medians", "met")
+            },
+            indent=2,
         )
     )
 
