@@ -49,7 +49,7 @@ def bench_spec(workers: int, problems: int) -> DatasetSpec:
         test_id=SplitSpec(2, 20, 1, 3, share),
         test_ood_n=SplitSpec(16, 20, 1, 3, share),
         test_ood_t=SplitSpec(6, 20, 4, 6, share),
-        test_ood_k=SplitSpec(2, 20, 1, 3, share, "off_optimal"),
+        test_ood_k=SplitSpec(2, 20, 1, 3, share, off_optimal=1.0),
         workers=workers,
         shard_size=5000,
     )

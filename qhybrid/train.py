@@ -20,6 +20,11 @@ model, a data iterable, a loss function and an optimizer, and does the rest:
 Data: ``data`` is any re-iterable (a list of batches, a ``DataLoader``); each pass over it is an
 epoch. For shuffled data use :func:`make_loader`, whose ``DistributedSampler`` is re-seeded per epoch
 (``seed + epoch``), so the order is a function of the seed and resuming can skip to the same batch.
+Any ``data`` (or ``data.sampler``) with a ``set_epoch(epoch)`` method is told the epoch before each
+pass, so data drawn afresh per epoch stays a function of the seed too.
+
+Progress: a tqdm bar on a terminal; elsewhere (a log file, CI) a plain line on stderr every
+``log_every`` steps and at least every 15 s.
 Under DDP the same sampler gives each rank its shard of every global batch.
 
 Example:
@@ -41,6 +46,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -433,13 +439,39 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, disable=None if enabled else True, dynamic_ncols=True)
 
 
+PLAIN_PROGRESS_SECONDS = 15.0  # longest silence of the plain progress lines
+
+
+class _PlainProgress:
+    """Progress lines on stderr when it is not a terminal (where tqdm stays silent)."""
+
+    def __init__(self, total: int, enabled: bool, every: int) -> None:
+        self.total, self.every = total, every
+        self.enabled = enabled and not sys.stderr.isatty()
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if not self.enabled or not (
+            step % self.every == 0
+            or step == self.total
+            or now - self.last >= PLAIN_PROGRESS_SECONDS
+        ):
+            return
+        self.last = now
+        line = f"step {step}/{self.total} loss {loss:.4g} ({now - self.t0:.0f} s)"
+        print(line, file=sys.stderr, flush=True)
+
+
 def _micro_batches(
     data: Iterable[Batch], start_epoch: int, skip: int, max_epochs: int | None
 ) -> Iterator[tuple[int, int, Batch]]:
     """Yield ``(epoch, index_in_epoch, batch)`` forever (or for ``max_epochs``), from a resume point."""
     epoch = start_epoch
     while max_epochs is None or epoch < max_epochs:
-        set_epoch = getattr(getattr(data, "sampler", None), "set_epoch", None)
+        set_epoch = getattr(data, "set_epoch", None) or getattr(
+            getattr(data, "sampler", None), "set_epoch", None
+        )
         if set_epoch is not None:
             set_epoch(epoch)
         n = 0
@@ -617,6 +649,7 @@ def train(
     current_factor: float | None = None
     net.train()
     bar = _progress(config.max_steps, step, config.progress and rank == 0)
+    plain = _PlainProgress(config.max_steps, config.progress and rank == 0, config.log_every)
     stream = _micro_batches(data, epoch, batch_in_epoch, config.max_epochs)
     try:
         while step < config.max_steps:
@@ -672,6 +705,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
+            plain(step, loss_value)
             if on_step is not None:
                 on_step(step, loss_value)
             if step % config.log_every == 0 or step == config.max_steps:

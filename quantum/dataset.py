@@ -4,15 +4,23 @@ Splits (all disjoint on the marked set (n, sorted marked states), hence also on
 :attr:`~quantum.problem.GroverProblem.key`; test splits are drawn first, so train never takes
 their marked sets):
 
-- ``train``: the training ranges of n and t, optimal k;
+- ``train``: the training ranges of n and t; optimal k, plus a share of non-optimal k
+  (``off_optimal``) so that a model can learn the k-dependence ``test_ood_k`` asks for;
 - ``test_id``: the same ranges, marked sets unseen in training;
 - ``test_ood_n``: more qubits;
 - ``test_ood_t``: more marked states;
 - ``test_ood_k``: the training ranges with a non-optimal k drawn from {0, k*//2, k*+1, 2k*} \\ {k*}
   (breaks the "copy the marked state with p ~ 1" shortcut).
 
-Within a split, (n, t) is drawn uniformly from the allowed pairs (t < 2**n), then a uniform
-marked set; a pair whose marked sets are used up (small n) is dropped after 64 straight repeats.
+Within a split, n is drawn uniformly, then t uniformly among the allowed pairs of that n, then a
+uniform marked set, an oracle style from ``oracle_styles`` and k. A pair is allowed when Grover
+search amplifies it, 2t < 2**n (at t = 2**n / 2 every state ends with the same probability, so no
+answer can single out the marked set). A pair whose marked sets are used up (small n) is dropped
+after 64 straight repeats. The test splits take at most half of the marked sets of any (n, t); the
+training split may repeat one of its marked sets with another k or oracle style (a different
+problem; no problem occurs twice), and first draws one problem for every (n, t) of ``test_id``, so
+every pair tested in distribution is also trained on (at n = 2, t = 1 there are only four marked
+sets, two of them for training).
 
 Layout of ``out_dir``::
 
@@ -37,7 +45,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +54,14 @@ import numpy as np
 
 from qhybrid.config import config_to_dict, from_dict
 from qhybrid.runs import atomic_write_bytes, atomic_write_json, atomic_write_text
-from quantum.problem import MAX_QUBITS, ORACLE_STYLES, GroverProblem, GroverProblemError
+from quantum.circuits import MAX_DIAGONAL_QUBITS
+from quantum.problem import (
+    MAX_QUBITS,
+    ORACLE_STYLES,
+    GroverProblem,
+    GroverProblemError,
+    optimal_iterations,
+)
 from quantum.render import FORMATS, render
 from quantum.simulate import MAX_AER_QUBITS, depolarizing_noise, simulate, two_level
 from quantum.tokenizer import count_tokens
@@ -60,11 +75,13 @@ __all__ = [
     "DatasetInfo",
     "DatasetSpec",
     "SplitSpec",
+    "draw_splits",
     "generate_dataset",
+    "off_optimal_iterations",
     "sample_split",
 ]
 
-GENERATOR_VERSION = "qhybrid.quantum.dataset/1"
+GENERATOR_VERSION = "qhybrid.quantum.dataset/2"
 SPLITS = ("train", "test_id", "test_ood_n", "test_ood_t", "test_ood_k")
 _DRAW_ORDER = ("test_id", "test_ood_n", "test_ood_t", "test_ood_k", "train")  # tests reserve first
 BIT_ORDER = "qiskit: qubit 0 is the rightmost character; probs[i] is the outcome int(s, 2) == i"
@@ -105,7 +122,7 @@ class SplitSpec:
     t_min: int  # fewest marked states
     t_max: int  # most marked states (capped at 2**n - 1 per n)
     count: int  # problems in the split (records = count x renderings)
-    k_regime: str = "optimal"  # "optimal" (floor_pi4 rule) or "off_optimal" (test_ood_k)
+    off_optimal: float = 0.0  # share of problems with k from {0, k*//2, k*+1, 2k*} (else k*)
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_min <= self.n_max <= MAX_QUBITS:
@@ -117,26 +134,45 @@ class SplitSpec:
             raise GroverProblemError(
                 f"split t range {self.t_min}..{self.t_max} must satisfy 1 <= t_min <= t_max"
             )
-        if self.t_min >= 2**self.n_max:
+        if 2 * self.t_min >= 2**self.n_max:
             raise GroverProblemError(
-                f"t_min={self.t_min} needs more than 2**n_max={2**self.n_max} states; raise n_max"
+                f"t_min={self.t_min} marked states need 2**n > 2 t_min (Grover amplifies only "
+                f"t < 2**n / 2) but n_max={self.n_max}; raise n_max or lower t_min"
             )
         if self.count < 0:
             raise GroverProblemError(f"split count={self.count} must be >= 0")
-        if self.k_regime not in ("optimal", "off_optimal"):
-            raise GroverProblemError(f"k_regime={self.k_regime!r}; use 'optimal' or 'off_optimal'")
+        if not 0.0 <= self.off_optimal <= 1.0:  # also refuses NaN
+            raise GroverProblemError(
+                f"off_optimal={self.off_optimal} is a share of problems; use a value in [0, 1]"
+            )
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """The (n, t) pairs this split draws from: its ranges, with 2t < 2**n."""
+        return [
+            (n, t)
+            for n in range(self.n_min, self.n_max + 1)
+            for t in range(self.t_min, self.t_max + 1)
+            if 2 * t < 2**n
+        ]
+
+    @property
+    def k_regime(self) -> str:
+        """``optimal``, ``off_optimal`` or e.g. ``30% off_optimal``, for tables."""
+        names = {0.0: "optimal", 1.0: "off_optimal"}
+        return names.get(self.off_optimal, f"{self.off_optimal:.0%} off_optimal")
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     seed: int = 0  # master seed; every split, problem and Aer run derives its seed from it
     renderings: tuple[str, ...] = ("compact", "qasm3_loop")  # one record per problem x rendering
-    oracle_style: str = "x_mcz_x"  # oracle construction of every problem
-    train: SplitSpec = SplitSpec(2, 6, 1, 3, 2000)
+    oracle_styles: tuple[str, ...] = ("x_mcz_x",)  # each problem's oracle drawn from these
+    train: SplitSpec = SplitSpec(2, 6, 1, 3, 2000, off_optimal=0.3)
     test_id: SplitSpec = SplitSpec(2, 6, 1, 3, 200)
     test_ood_n: SplitSpec = SplitSpec(7, 20, 1, 3, 280)
     test_ood_t: SplitSpec = SplitSpec(4, 8, 4, 6, 200)
-    test_ood_k: SplitSpec = SplitSpec(2, 6, 1, 3, 200, "off_optimal")
+    test_ood_k: SplitSpec = SplitSpec(2, 6, 1, 3, 200, off_optimal=1.0)
     dense_probs_max_n: int = 6  # records carry the dense distribution up to this n
     aer_check_max_n: int = 6  # Aer statevector cross-check of the target up to this n ...
     aer_check_per_split: int = 50  # ... for the first this-many problems of each split
@@ -153,9 +189,11 @@ class DatasetSpec:
                 raise GroverProblemError(f"unknown rendering {r!r}; use some of {inputs}")
         if not self.renderings:
             raise GroverProblemError("renderings is empty; give at least one, e.g. ['compact']")
-        if self.oracle_style not in ORACLE_STYLES:
+        bad = [o for o in self.oracle_styles if o not in ORACLE_STYLES]
+        if bad or not self.oracle_styles:
             raise GroverProblemError(
-                f"unknown oracle_style {self.oracle_style!r}; use one of {ORACLE_STYLES}"
+                f"oracle_styles={list(self.oracle_styles)}: unknown or none; use some of "
+                f"{list(ORACLE_STYLES)}"
             )
         if self.shard_size < 1 or self.workers < 1:
             raise GroverProblemError(
@@ -165,6 +203,14 @@ class DatasetSpec:
             raise GroverProblemError(
                 f"noise_depolarizing={self.noise_depolarizing} must be in [0, 0.1] (the 2-qubit "
                 "error is 10x it)"
+            )
+        circuits = [r for r in self.renderings if r != "compact"]
+        big = [n for n in ("train", *SPLITS[1:]) if self.split(n).n_max > MAX_DIAGONAL_QUBITS]
+        if "diagonal" in self.oracle_styles and circuits and big:
+            raise GroverProblemError(
+                f"oracle style 'diagonal' has no circuit beyond n = {MAX_DIAGONAL_QUBITS} (2**n "
+                f"phases), but split(s) {big} reach further and renderings {circuits} need the "
+                "circuit; render only 'compact' or drop 'diagonal' from oracle_styles"
             )
         if self.aer_check_max_n > MAX_AER_QUBITS:
             raise GroverProblemError(
@@ -194,9 +240,10 @@ class DatasetInfo:
 # ---------------------------------------------------------------- sampling
 
 
-def _off_optimal(k_star: int, rng: np.random.Generator) -> int:
-    choices = sorted({0, k_star // 2, k_star + 1, 2 * k_star} - {k_star})
-    return int(choices[rng.integers(len(choices))])
+def off_optimal_iterations(n_qubits: int, n_marked: int) -> list[int]:
+    """The non-optimal iteration counts of ``test_ood_k``: {0, k*//2, k*+1, 2k*} without k*."""
+    k_star = optimal_iterations(n_qubits, n_marked)
+    return sorted({0, k_star // 2, k_star + 1, 2 * k_star} - {k_star})
 
 
 def _draw_marked(n: int, t: int, rng: np.random.Generator) -> tuple[int, ...]:
@@ -209,47 +256,123 @@ def _draw_marked(n: int, t: int, rng: np.random.Generator) -> tuple[int, ...]:
             return tuple(sorted(draw))
 
 
-Drawn = tuple[int, list[str], int | None]  # (n, sorted marked bitstrings, k or None = optimal)
+# (n, sorted marked bitstrings, k or None = optimal, oracle style)
+Drawn = tuple[int, list[str], int | None, str]
 
 
 def sample_split(
-    spec: SplitSpec, seed: int, split_index: int, used: set[tuple[int, ...]]
+    spec: SplitSpec,
+    seed: int,
+    split_index: int,
+    used: set[tuple[int, ...]],
+    *,
+    styles: Sequence[str] = ("x_mcz_x",),
+    cap: dict[tuple[int, int], int] | None = None,
+    first: Sequence[tuple[int, int]] = (),
+    reuse: bool = False,
 ) -> list[Drawn]:
-    """Draw ``spec.count`` problems whose marked sets are not in ``used`` (updated in place).
+    """Draw ``spec.count`` problems whose marked sets are not in ``used``.
 
-    ``used`` holds (n, *marked indices) tuples. The draw depends only on (seed, split_index,
-    used), so the whole dataset is a function of the spec.
+    n is drawn uniformly, then t uniformly among the allowed pairs of that n, then a marked set,
+    the oracle style and k. ``used`` holds (n, *marked indices) tuples; the marked sets drawn here
+    join it unless ``reuse`` (the training split: a set may come back with another k or oracle
+    style, a different problem, never the same one twice). ``cap`` (updated in place) bounds the
+    marked sets taken per (n, t) (the test splits share half of each pool); the pairs in ``first``
+    get one problem each before the random draw. The draw depends only on the arguments, so the
+    whole dataset is a function of the spec.
     """
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_index,)))
-    pairs = [
-        (n, t)
-        for n in range(spec.n_min, spec.n_max + 1)
-        for t in range(spec.t_min, spec.t_max + 1)
-        if t < 2**n
-    ]
+    pairs = spec.pairs
+    todo = [p for p in dict.fromkeys(first) if p in pairs]
     misses = dict.fromkeys(pairs, 0)
+    seen: set[tuple[Any, ...]] = set()  # (n, *marked, k, style) of the problems drawn here
     out: list[Drawn] = []
     while len(out) < spec.count and pairs:
-        n, t = pairs[int(rng.integers(len(pairs)))]
-        marked = _draw_marked(n, t, rng)
-        tag = (n, *marked)
-        if tag in used:
-            misses[(n, t)] += 1
-            if misses[(n, t)] >= 64:  # this (n, t) is (nearly) used up
-                pairs.remove((n, t))
-            continue
-        misses[(n, t)] = 0
-        used.add(tag)
+        if todo:
+            pair = todo[0]
+        else:
+            ns = sorted({n for n, _ in pairs})
+            n = ns[int(rng.integers(len(ns)))]
+            ts = [t for m, t in pairs if m == n]
+            pair = (n, ts[int(rng.integers(len(ts)))])
+        n, t = pair
+        full = cap is not None and cap.get(pair, 0) >= math.comb(2**n, t) // 2
+        marked = () if full else _draw_marked(n, t, rng)
+        style = styles[int(rng.integers(len(styles)))] if len(styles) > 1 else styles[0]
         k = None
-        if spec.k_regime == "off_optimal":
-            k = _off_optimal(math.floor(math.pi / 4 * math.sqrt(2**n / t)), rng)
-        out.append((n, [format(i, f"0{n}b") for i in marked], k))
+        if spec.off_optimal and rng.random() < spec.off_optimal:
+            choices = off_optimal_iterations(n, t)
+            k = choices[int(rng.integers(len(choices)))]
+        key = (n, *marked, k, style)
+        if full or (n, *marked) in used or key in seen:
+            misses[pair] += 1
+            if full or misses[pair] >= 64:  # this (n, t) is (nearly) used up
+                pairs.remove(pair)
+                todo = [p for p in todo if p != pair]
+            continue
+        todo = [p for p in todo if p != pair]
+        misses[pair] = 0
+        seen.add(key)
+        if not reuse:
+            used.add((n, *marked))
+        if cap is not None:
+            cap[pair] = cap.get(pair, 0) + 1
+        out.append((n, [format(i, f"0{n}b") for i in marked], k, style))
     if len(out) < spec.count:
         logger.warning(
             "split %d: only %d of %d problems have unused marked sets in n=%d..%d, t=%d..%d",
             split_index, len(out), spec.count, spec.n_min, spec.n_max, spec.t_min, spec.t_max,
         )  # fmt: skip
     return out
+
+
+def _draw(spec: DatasetSpec) -> dict[str, list[Drawn]]:
+    """Every split's problems: the test splits first (half of each (n, t) pool at most), then
+    ``train``, which starts with one problem per (n, t) of ``test_id``."""
+    used: set[tuple[int, ...]] = set()
+    cap: dict[tuple[int, int], int] = {}
+    drawn = {
+        name: sample_split(
+            spec.split(name),
+            spec.seed,
+            SPLITS.index(name),
+            used,
+            styles=spec.oracle_styles,
+            cap=cap,
+        )
+        for name in _DRAW_ORDER
+        if name != "train"
+    }
+    tested = sorted({(n, len(m)) for n, m, _, _ in drawn["test_id"]})
+    drawn["train"] = sample_split(
+        spec.train,
+        spec.seed,
+        SPLITS.index("train"),
+        used,
+        styles=spec.oracle_styles,
+        first=tested,
+        reuse=True,
+    )
+    missing = sorted(set(tested) - {(n, len(m)) for n, m, _, _ in drawn["train"]})
+    if missing:
+        raise GroverProblemError(
+            f"train does not cover the (n, t) pairs {missing} of test_id, so test_id would not be "
+            "in distribution; widen train's n/t ranges or raise train.count"
+        )
+    return drawn
+
+
+def draw_splits(spec: DatasetSpec) -> dict[str, list[GroverProblem]]:
+    """The problems of every split of ``spec``, in memory (what :func:`generate_dataset` writes).
+
+    >>> splits = draw_splits(DatasetSpec(seed=1))
+    >>> sorted(splits), len(splits["train"])
+    (['test_id', 'test_ood_k', 'test_ood_n', 'test_ood_t', 'train'], 2000)
+    """
+    return {
+        name: [GroverProblem(n, m, k, style) for n, m, k, style in items]
+        for name, items in _draw(spec).items()
+    }
 
 
 def problem_seed(seed: int, split: str, index: int) -> int:
@@ -284,7 +407,7 @@ def _features() -> Any:
 
 
 def _records(spec: DatasetSpec, split: str, start: int, items: list[Drawn]) -> list[dict[str, Any]]:
-    problems = [GroverProblem(n, marked, k, spec.oracle_style) for n, marked, k in items]
+    problems = [GroverProblem(n, marked, k, style) for n, marked, k, style in items]
     dists = [two_level(p) for p in problems]
     targets = [render(p, "answer") for p in problems]
     target_tokens = [count_tokens(t) for t in targets]
@@ -415,10 +538,7 @@ def _versions() -> dict[str, str]:
 
 
 def _shards(spec: DatasetSpec) -> Iterator[tuple[str, int, int, list[Drawn]]]:
-    used: set[tuple[int, ...]] = set()
-    drawn = {}
-    for name in _DRAW_ORDER:
-        drawn[name] = sample_split(spec.split(name), spec.seed, SPLITS.index(name), used)
+    drawn = _draw(spec)
     for name in SPLITS:
         items = drawn[name]
         for shard, start in enumerate(range(0, max(len(items), 1), spec.shard_size)):
@@ -434,6 +554,7 @@ def generate_dataset(spec: DatasetSpec, out_dir: str | Path) -> DatasetInfo:
     """
     out = Path(out_dir)
     spec_dict = config_to_dict(spec)
+    shards = list(_shards(spec))  # draws every split: a spec that cannot be drawn fails here
     spec_path = out / "spec.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text())
@@ -445,7 +566,7 @@ def generate_dataset(spec: DatasetSpec, out_dir: str | Path) -> DatasetInfo:
     else:
         atomic_write_json(spec_path, spec_dict)
     todo, summaries = [], {}
-    for split, shard, start, items in _shards(spec):
+    for split, shard, start, items in shards:
         done = out / "data" / split / f"shard-{shard:05d}.done.json"
         if done.exists():
             summaries[(split, shard)] = json.loads(done.read_text())
@@ -481,7 +602,7 @@ def generate_dataset(spec: DatasetSpec, out_dir: str | Path) -> DatasetInfo:
     provenance = {
         "generator": GENERATOR_VERSION, "seed": spec.seed, "spec": spec_dict,
         "versions": versions, "bit_order": BIT_ORDER,
-        "iteration_rule": "floor(pi/4 * sqrt(2**n / t)) unless split k_regime is off_optimal",
+        "iteration_rule": "floor(pi/4 * sqrt(2**n / t)), except a split's off_optimal share",
     }  # fmt: skip
     atomic_write_json(out / "provenance.json", provenance)
     atomic_write_text(out / "README.md", dataset_card(spec, manifest, versions))
@@ -555,8 +676,8 @@ tags:
 
 # Grover search circuits and their exact output distributions
 
-Generated by `{GENERATOR_VERSION}` (qhybrid) from master seed {spec.seed}, oracle style
-`{spec.oracle_style}`, renderings {", ".join(f"`{r}`" for r in spec.renderings)}.
+Generated by `{GENERATOR_VERSION}` (qhybrid) from master seed {spec.seed}, oracle styles
+{", ".join(f"`{o}`" for o in spec.oracle_styles)}, renderings {", ".join(f"`{r}`" for r in spec.renderings)}.
 Each record is one problem x one rendering; `target` is the exact distribution in closed form.
 
 ## Splits
@@ -571,8 +692,11 @@ test splits are drawn before `train`.
 ## Conventions
 
 - Bit order: {BIT_ORDER}.
-- Iterations: k = floor(pi/4 sqrt(2**n / t)) (GroverGPT-2 rule); `test_ood_k` draws k from
-  {{0, k*//2, k*+1, 2k*}} without k*. The rule is stored per record (`iteration_rule`).
+- Iterations: k = floor(pi/4 sqrt(2**n / t)) (GroverGPT-2 rule); `test_ood_k`, and the share of
+  each split given in its k column, draw k from {{0, k*//2, k*+1, 2k*}} without k*. The rule is
+  stored per record (`iteration_rule`).
+- Only pairs with 2t < 2**n occur (Grover search amplifies only t < 2**n / 2); the test splits take
+  at most half of the marked sets of any (n, t), and every (n, t) of `test_id` occurs in `train`.
 - Targets are analytic: with theta = asin(sqrt(t / 2**n)), each marked state has probability
   sin^2((2k+1) theta) / t and each other state cos^2((2k+1) theta) / (2**n - t). For
   n <= {spec.aer_check_max_n} the first {spec.aer_check_per_split} problems of each split are

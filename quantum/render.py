@@ -26,11 +26,11 @@ Formats of :func:`render`:
 
   every marked state has probability ``p_marked`` and every other of the 2**n states ``p_rest``
   (5 significant digits, exponent always signed and two digits). Exact for any n and k.
-- ``"answer_anchor"``: GroverGPT-2's label text (``dataset_generate_MMS.py``), for anchor-comparable
-  runs: a Python dict of the marked states, then the first 30 - t unmarked states in
-  lexicographic order, each probability rounded to 4 decimals (``'%.4e'`` when that is 0), e.g.
-  ``{'01101': 0.4807, '10010': 0.4807, '00000': 0.0013, ...}``. Truncated (mass < 1 once
-  2**n > 30), as the anchor's.
+- ``"answer_anchor"``: GroverGPT-2's label text (``dataset_generate_MMS.py``), byte for byte, for
+  anchor-comparable runs: a Python dict of the marked states, then the first 30 - t unmarked
+  states in lexicographic order, each probability with 4 decimals (``'%.4e'`` when that rounds
+  to 0), one entry per line, e.g. ``{'01101': 0.4807,\n '10010': 0.4807,\n '00000': 0.0013, ...}``.
+  Truncated (mass < 1 once 2**n > 30), as the anchor's.
 """
 
 from __future__ import annotations
@@ -64,23 +64,29 @@ def answer_text(dist: TwoLevelDistribution) -> str:
     return " ".join(parts)
 
 
-def _anchor_prob(p: float) -> str:
-    r = round(p, 4)
-    return f"{p:.4e}" if r == 0 and p != 0 else f"{r}"
-
-
 def anchor_answer_text(dist: TwoLevelDistribution, max_states: int = 30) -> str:
-    """The ``"answer_anchor"`` rendering (GroverGPT-2's truncated probability dict)."""
-    n = dist.n_qubits
-    items = [(s, dist.p_marked_each) for s in dist.marked]
+    """The ``"answer_anchor"`` rendering: GroverGPT-2's truncated probability dict, byte for byte.
+
+    As ``generate_state_probabilities`` and ``generate_reasoning`` in GroverGPT-plus's
+    ``dataset_generate_MMS.py``: the marked states, then the first ``max_states - t`` unmarked
+    states in lexicographic order; each marked value ``round(P / t, 4)`` printed with 4 decimals,
+    each unmarked value ``round((1 - P) / (N - t), 4)`` likewise, or ``'%.4e'`` when that rounds to
+    0; entries joined by ``",\\n "``. The anchor computes P at the optimal k; here P is the
+    problem's own k (the same text for the anchor's circuits, which all use the optimal k).
+    """
+    n, t = dist.n_qubits, len(dist.marked)
+    p_total = dist.success_probability
+    items = [(s, f"{round(p_total / t, 4):.4f}") for s in dist.marked]
+    raw = (1 - p_total) / (2**n - t) if 2**n > t else 0.0
+    rest = f"{raw:.4e}" if round(raw, 4) == 0.0 and raw != 0 else f"{round(raw, 4):.4f}"
     marked = set(dist.marked)
     i = 0
     while len(items) < max_states and i < 2**n:
         s = format(i, f"0{n}b")
         if s not in marked:
-            items.append((s, dist.p_rest_each))
+            items.append((s, rest))
         i += 1
-    return "{" + ", ".join(f"'{s}': {_anchor_prob(p)}" for s, p in items) + "}"
+    return "{" + ",\n ".join(f"'{s}': {v}" for s, v in items) + "}"
 
 
 def parse_answer_text(text: str) -> TwoLevelDistribution:

@@ -28,9 +28,10 @@ TITLE = "Quantum: Grover problems, exact simulation, datasets"
 
 @dataclass(frozen=True)
 class StageConfig:
-    train_count: int = 600  # train problems (n = 2-6, t = 1-3); records = problems x renderings
-    test_count: int = 80  # problems in each of the four test splits
-    ood_n_max: int = 20  # largest n in test_ood_n
+    train_count: int = 3000  # train problems (n = 2-6, t = 1-12); records = problems x renderings
+    test_count: int = 120  # problems in test_id, test_ood_t and test_ood_k
+    ood_n_max: int = 20  # largest n in test_ood_n (n = 7..ood_n_max, t = 1-6)
+    ood_n_count: int = 280  # problems in test_ood_n, half at a non-optimal k
     curve_qubits: tuple[int, ...] = (3, 4, 5, 6)  # n of the success-vs-iterations curves
     curve_max_iterations: int = 14  # k from 0 to this on the curves
     noise_p1: float = 0.002  # depolarizing error of the noisy Aer curve (2-qubit: 10x)
@@ -110,19 +111,22 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     import matplotlib.pyplot as plt
 
     from quantum.dataset import DatasetSpec, SplitSpec, generate_dataset
-    from quantum.problem import GroverProblem
+    from quantum.problem import ORACLE_STYLES, GroverProblem
     from quantum.simulate import depolarizing_noise, simulate, two_level
     from quantum.tokenizer import build_tokenizer
 
     t0 = time.perf_counter()
+    # The llm stage trains on this dataset: long flip sections (t up to 12) at n <= 6, every
+    # oracle style, and non-optimal k in training so that test_ood_k is in distribution.
     spec = DatasetSpec(
         seed=seed,
-        renderings=("compact", "qasm3_loop"),
-        train=SplitSpec(2, 6, 1, 3, config.train_count),
-        test_id=SplitSpec(2, 6, 1, 3, config.test_count),
-        test_ood_n=SplitSpec(7, config.ood_n_max, 1, 3, config.test_count),
-        test_ood_t=SplitSpec(4, 8, 4, 6, config.test_count),
-        test_ood_k=SplitSpec(2, 6, 1, 3, config.test_count, "off_optimal"),
+        renderings=("compact",),  # the length table below covers the QASM renderings
+        oracle_styles=ORACLE_STYLES,
+        train=SplitSpec(2, 6, 1, 12, config.train_count, off_optimal=0.3),
+        test_id=SplitSpec(2, 6, 1, 12, config.test_count),
+        test_ood_n=SplitSpec(7, config.ood_n_max, 1, 6, config.ood_n_count, off_optimal=0.5),
+        test_ood_t=SplitSpec(5, 6, 13, 16, config.test_count),
+        test_ood_k=SplitSpec(2, 6, 1, 6, config.test_count, off_optimal=1.0),
     )
     data_dir = run.artefact("quantum", "dataset")
     info = generate_dataset(spec, data_dir)

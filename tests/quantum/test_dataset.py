@@ -15,11 +15,12 @@ from quantum.dataset import RECORD_FIELDS, SPLITS, DatasetSpec, SplitSpec, gener
 
 SMALL = DatasetSpec(
     seed=3,
-    train=SplitSpec(2, 5, 1, 3, 60),
+    train=SplitSpec(2, 5, 1, 3, 60, off_optimal=0.3),
     test_id=SplitSpec(2, 5, 1, 3, 12),
     test_ood_n=SplitSpec(8, 14, 1, 2, 8),
     test_ood_t=SplitSpec(4, 6, 4, 5, 8),
-    test_ood_k=SplitSpec(2, 5, 1, 3, 10, "off_optimal"),
+    test_ood_k=SplitSpec(2, 5, 1, 3, 10, off_optimal=1.0),
+    oracle_styles=("x_mcz_x", "mcp_flag", "phase_oracle", "diagonal"),
     aer_check_per_split=5,
     shard_size=25,
 )
@@ -68,8 +69,49 @@ def test_split_ranges_and_k_regimes(small):
         assert 4 <= r["n_marked"] <= 5
     for r in read_split(small, "test_ood_k"):
         assert r["iterations"] != r["optimal_iterations"] and r["iteration_rule"] == "explicit"
-    for r in read_split(small, "train"):
-        assert r["iterations"] == r["optimal_iterations"] and 2 <= r["n_qubits"] <= 5
+    train = read_split(small, "train")
+    assert all(2 <= r["n_qubits"] <= 5 for r in train)
+    off = [r["iterations"] != r["optimal_iterations"] for r in train[::2]]  # 2 renderings
+    assert 0.1 < sum(off) / len(off) < 0.6  # the 30% off-optimal share
+    for split in SPLITS:  # Grover amplifies: 2t < 2**n everywhere
+        assert all(2 * r["n_marked"] < 2 ** r["n_qubits"] for r in read_split(small, split))
+
+
+def test_no_problem_occurs_twice(small):
+    for split in SPLITS:
+        keys = [r["problem_id"] for r in read_split(small, split) if r["rendering"] == "compact"]
+        assert len(keys) == len(set(keys)), split
+
+
+def test_test_id_pairs_are_trained_on_and_styles_mix(small):
+    pairs = lambda split: {(r["n_qubits"], r["n_marked"]) for r in read_split(small, split)}  # noqa: E731
+    assert pairs("test_id") <= pairs("train")
+    assert (2, 1) in pairs("test_id")  # n = 2 has only 4 marked sets: the test takes at most 2
+    styles = {r["oracle_style"] for r in read_split(small, "train")}
+    assert styles == {"x_mcz_x", "mcp_flag", "phase_oracle", "diagonal"}
+
+
+def test_half_of_each_small_pool_is_left_for_training():
+    from quantum.dataset import draw_splits
+
+    spec = DatasetSpec(
+        train=SplitSpec(2, 2, 1, 1, 10), test_id=SplitSpec(2, 2, 1, 1, 10),
+        test_ood_n=SplitSpec(3, 3, 1, 1, 0), test_ood_t=SplitSpec(3, 3, 2, 2, 0),
+        test_ood_k=SplitSpec(2, 2, 1, 1, 10, off_optimal=1.0),
+    )  # fmt: skip
+    splits = draw_splits(spec)
+    # 4 marked sets at n = 2, t = 1: test_id and test_ood_k share 2, train gets the other 2
+    assert len(splits["test_id"]) + len(splits["test_ood_k"]) == 2
+    assert len(splits["train"]) == 2
+    marked = [p.marked for s in splits.values() for p in s]
+    assert len(marked) == len(set(marked)) == 4
+
+
+def test_uncovered_test_id_pairs_are_refused_before_anything_is_written(tmp_path):
+    spec = DatasetSpec(train=SplitSpec(3, 4, 1, 1, 50), test_id=SplitSpec(2, 4, 1, 1, 30))
+    with pytest.raises(QHybridError, match=r"train does not cover the \(n, t\) pairs \[\(2, 1\)\]"):
+        generate_dataset(spec, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
 
 
 def test_records_carry_exact_targets_renderings_and_token_counts(small):
@@ -148,8 +190,8 @@ def test_noisy_aer_distributions_are_added_for_small_checked_problems(tmp_path):
 
     spec = replace(
         SMALL, train=SplitSpec(2, 3, 1, 1, 4), test_id=SplitSpec(2, 3, 1, 1, 1),
-        test_ood_n=SplitSpec(4, 4, 1, 1, 1), test_ood_t=SplitSpec(3, 3, 4, 4, 1),
-        test_ood_k=SplitSpec(2, 3, 1, 1, 1, "off_optimal"), renderings=("compact",),
+        test_ood_n=SplitSpec(4, 4, 1, 1, 1), test_ood_t=SplitSpec(4, 4, 4, 4, 1),
+        test_ood_k=SplitSpec(2, 3, 1, 1, 1, off_optimal=1.0), renderings=("compact",),
         noise_depolarizing=0.001, noise_max_n=3, parquet=False,
     )  # fmt: skip
     generate_dataset(spec, tmp_path / "noisy")
@@ -175,16 +217,29 @@ def test_other_spec_in_same_folder_is_refused(small):
     [
         (DatasetSpec, {"renderings": ("qasm2",)}, "unknown rendering 'qasm2'"),
         (DatasetSpec, {"renderings": ()}, "renderings is empty"),
-        (DatasetSpec, {"oracle_style": "magic"}, "unknown oracle_style"),
+        (DatasetSpec, {"oracle_styles": ("magic",)}, "unknown or none"),
+        (DatasetSpec, {"oracle_styles": ()}, "unknown or none"),
         (DatasetSpec, {"noise_depolarizing": 0.5}, "noise_depolarizing=0.5"),
         (SplitSpec, {"n_min": 0, "n_max": 3, "t_min": 1, "t_max": 1, "count": 5}, "n_min <= n_max"),
         (SplitSpec, {"n_min": 2, "n_max": 3, "t_min": 4, "t_max": 2, "count": 5}, "t_min <= t_max"),
-        (SplitSpec, {"n_min": 2, "n_max": 2, "t_min": 4, "t_max": 4, "count": 5}, "t_min=4 needs"),
+        (SplitSpec, {"n_min": 2, "n_max": 2, "t_min": 2, "t_max": 2, "count": 5}, "t_min=2 marked"),
         (
             SplitSpec,
-            {"n_min": 2, "n_max": 2, "t_min": 1, "t_max": 1, "count": 5, "k_regime": "random"},
-            "k_regime='random'",
-        ),  # fmt: skip
+            {"n_min": 2, "n_max": 2, "t_min": 1, "t_max": 1, "count": 5, "off_optimal": 1.5},
+            "off_optimal=1.5",
+        ),
+        (
+            SplitSpec,
+            {
+                "n_min": 2,
+                "n_max": 2,
+                "t_min": 1,
+                "t_max": 1,
+                "count": 5,
+                "off_optimal": float("nan"),
+            },
+            "off_optimal=nan",
+        ),
     ],
 )
 def test_bad_spec_is_a_qhybrid_error(cls, kwargs, match):
