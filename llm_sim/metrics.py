@@ -19,9 +19,11 @@ Anchor metrics (GroverGPT-2, npj Quantum Inf. 12:48, Eq. 1-3) and their pitfalls
 - ``classical_fidelity`` raw: ``(sum_i sqrt(p_i q_i))^2``; exceeds 1 when the predicted mass does.
   ``renormalize=True`` divides the prediction by its mass first (a true fidelity).
 
-Sound replacements: ``set_accuracy`` (top-t set equals the marked set, no threshold),
-``marked_recall``, ``total_variation``, ``hellinger``, ``marked_probability_error``, ``mass_error``
-and the parse rate of :func:`llm_sim.parse.parse_answer` outputs.
+Sound replacements: ``set_accuracy`` (top-t set equals the marked set, no threshold, ties count
+against), ``marked_recall``, ``total_variation``, ``hellinger``, ``marked_probability_error``,
+``mass_error`` and the parse rate of :func:`llm_sim.parse.parse_answer` outputs. ``named_set``
+(the states an answer lists explicitly are exactly the marked set) separates naming the marked set
+from ranking it: a closed-form answer can name it right with a probability that ranks it wrong.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
 METRIC_NAMES = (
     "sa_0.3",
     "set_acc",
+    "named_set",
     "marked_recall",
     "cf_raw",
     "cf_renorm",
@@ -212,17 +215,33 @@ def search_accuracy(pred: Mapping[str, float], marked: Sequence[str], tau: float
 
 
 def marked_recall(pred: Mapping[str, float], marked: Sequence[str]) -> float:
-    """Share of marked states among the top-t predicted states (no threshold)."""
+    """Share of the t marked states that rank in the top t, ties counted against them.
+
+    A marked state with probability v ranks in the top t when fewer than t states are ahead of it,
+    counting every unmarked state with probability >= v (listed ones, and all ``2^n - listed``
+    unlisted ones at ``rest_each``) and the marked states with a larger value. A prediction that
+    ties a marked state with an unmarked one has not told them apart, so it does not earn the slot
+    (``{}`` with ``rest_each = 0`` scores 0, not 1).
+    """
     marked_set = set(marked)
-    top = top_states(pred, len(marked_set), _len_of(marked), extra=marked_set)
-    return sum(1 for s, _ in top if s in marked_set) / len(marked_set)
+    p = _as_sparse(pred)
+    n = _resolve_n(p, _len_of(marked))
+    t = len(marked_set)
+    unmarked = sorted((v for s, v in p.probs.items() if s not in marked_set), reverse=True)
+    unlisted = 2**n - len(p.probs.keys() | marked_set)  # unmarked states at rest_each
+    values = sorted((p.probs.get(s, p.rest) for s in marked_set), reverse=True)
+    hits = 0
+    for i, v in enumerate(values):  # i marked states rank ahead of this one
+        ahead = sum(1 for u in unmarked if u >= v) + (unlisted if p.rest >= v else 0)
+        hits += i + ahead < t
+    return hits / t
 
 
 def set_accuracy(pred: Mapping[str, float], marked: Sequence[str]) -> float:
-    """1.0 when the top-t predicted set equals the marked set, else 0.0 (valid for any t).
+    """1.0 when the top-t predicted set is exactly the marked set, else 0.0 (valid for any t).
 
-    A tie between a marked and an unmarked state at the boundary counts as a miss only when the
-    tie-break (integer value) puts the unmarked one first, as in the anchors' sort.
+    Equivalent to: every marked state has a strictly larger probability than every unmarked one
+    (ties count as a miss, see :func:`marked_recall`).
     """
     return 1.0 if marked_recall(pred, marked) == 1.0 else 0.0
 
@@ -292,7 +311,7 @@ def score(pred: Any, problem: ProblemLike) -> dict[str, float]:
     ``tvd`` and ``hellinger`` use the prediction renormalised to mass 1 (so they lie in [0, 1]; the mass
     is judged by ``mass_error``); ``tvd_raw`` is the unnormalised one (unbounded when mass > 1).
     A prediction that did not parse (``pred.ok`` false) or lists states of the wrong bit length
-    scores the worst value of each metric (0 accuracy and fidelity, TVD = Hellinger = 1,
+    scores the worst value of each metric (0 accuracy, named set and fidelity, TVD = Hellinger = 1,
     p_marked_err = mass_error = 1), so parse failures cannot improve an average.
     """
     n = problem.n_qubits
@@ -301,15 +320,27 @@ def score(pred: Any, problem: ProblemLike) -> dict[str, float]:
         lengths = {len(k) for k in pred}
         ok = lengths == {n} or (not lengths and getattr(pred, "n_qubits", None) == n)
     if not ok:
-        return {"sa_0.3": 0.0, "set_acc": 0.0, "marked_recall": 0.0, "cf_raw": 0.0,
-                "cf_renorm": 0.0, "tvd": 1.0, "tvd_raw": 1.0, "hellinger": 1.0, "p_marked_err": 1.0,
-                "mass_error": 1.0, "parsed": 0.0}  # fmt: skip
+        return {
+            "sa_0.3": 0.0,
+            "set_acc": 0.0,
+            "named_set": 0.0,
+            "marked_recall": 0.0,
+            "cf_raw": 0.0,
+            "cf_renorm": 0.0,
+            "tvd": 1.0,
+            "tvd_raw": 1.0,
+            "hellinger": 1.0,
+            "p_marked_err": 1.0,
+            "mass_error": 1.0,
+            "parsed": 0.0,
+        }
     dist = Distribution(dict(pred.items()), float(getattr(pred, "rest_each", 0.0) or 0.0), n)
     true = true_distribution(problem)
     marked = list(problem.marked)
     return {
         "sa_0.3": search_accuracy(dist, marked, 0.3),
         "set_acc": set_accuracy(dist, marked),
+        "named_set": float(set(dist.probs) == set(marked)),
         "marked_recall": marked_recall(dist, marked),
         "cf_raw": classical_fidelity(dist, true),
         "cf_renorm": classical_fidelity(dist, true, renormalize=True),

@@ -85,10 +85,36 @@ def test_raw_fidelity_exceeds_one_on_overfull_mass():
 
 
 def test_unlisted_marked_state_ranks_by_rest():
-    # rest_each=0.2 beats a listed 0.1, so the unlisted marked state 11 is in the top 1
+    # rest_each=0.2 beats a listed 0.1, but the unlisted marked state ties with 01 and 10
     pred = Distribution({"00": 0.1}, rest_each=0.2, n_qubits=2)
-    assert set_accuracy(pred, ["11"]) == 0.0  # 01 (unlisted, 0.2) precedes 11 by integer value
-    assert set_accuracy(pred, ["01"]) == 1.0
+    assert set_accuracy(pred, ["11"]) == 0.0
+    assert marked_recall(pred, ["11"]) == 0.0
+    # listed above the rest: it earns its slot
+    pred = Distribution({"11": 0.4}, rest_each=0.2, n_qubits=2)
+    assert set_accuracy(pred, ["11"]) == 1.0
+
+
+@pytest.mark.parametrize(
+    "pred",
+    [
+        Distribution({}, rest_each=0.0, n_qubits=3),  # nothing at all
+        Distribution({"000": 0.0, "111": 0.0}, rest_each=0.0, n_qubits=3),  # zeros on the marked
+        Distribution({}, rest_each=1 / 8, n_qubits=3),  # uniform
+        Distribution({"000": 0.3, "111": 0.3, "001": 0.3}, n_qubits=3),  # one unmarked tie
+    ],
+)
+def test_ties_never_earn_set_accuracy(pred):
+    marked = ["000", "111"]
+    assert set_accuracy(pred, marked) == 0.0
+    assert marked_recall(pred, marked) < 1.0
+
+
+def test_recall_counts_marked_states_strictly_ahead():
+    # 111 is strictly above everything, 000 ties with the unlisted rest: recall 1/2
+    pred = Distribution({"111": 0.5}, rest_each=0.1, n_qubits=3)
+    assert marked_recall(pred, ["000", "111"]) == 0.5
+    pred = Distribution({"111": 0.5, "000": 0.2}, rest_each=0.1, n_qubits=3)
+    assert marked_recall(pred, ["000", "111"]) == 1.0
 
 
 def _dense(d, n):
@@ -121,9 +147,13 @@ def test_matches_brute_force_expansion():
         assert classical_fidelity(pred, true, True) == pytest.approx(np.sqrt(pn * q).sum() ** 2)
         assert total_variation(pred, true, True) == pytest.approx(0.5 * np.abs(pn - q).sum())
         assert mass_error(pred) == pytest.approx(abs(p.sum() - 1))
-        order = sorted(range(2**n), key=lambda i: (-p[i], i))[:t]
-        top = {states[i] for i in order}
+        # set accuracy: ties broken against the marked states
+        pessimistic = sorted(range(2**n), key=lambda i: (-p[i], states[i] in marked))[:t]
+        top = {states[i] for i in pessimistic}
         assert set_accuracy(pred, marked) == float(top == set(marked))
+        assert marked_recall(pred, marked) == pytest.approx(len(top & set(marked)) / t)
+        # anchor SA@0.3: ties broken by integer value
+        order = sorted(range(2**n), key=lambda i: (-p[i], i))[:t]
         kept = {states[i] for i in order if p[i] >= 0.3}
         assert search_accuracy(pred, marked) == pytest.approx(len(kept & set(marked)) / t)
 
