@@ -1,7 +1,7 @@
 """Training throughput: qhybrid.train.train against transformers' Trainer, same model and batches.
 
-Both loops get the identical pre-collated batches (compact Grover prompts + closed-form answers,
-answer-only labels), the same freshly initialised model (same seed), AdamW with the same settings,
+Both loops get the identical pre-collated batches (compact Grover prompts + ``marked_p`` answers,
+coupled position ids, answer-only labels), the same freshly initialised model (same seed), AdamW with the same settings,
 gradient clipping at 1.0 and no evaluation or checkpoints. Throughput counts real (non-padding)
 tokens per second of wall time for ``--steps`` optimizer steps, after ``--warmup`` untimed steps.
 Rounds alternate the two loops so load on a shared machine hits both alike; the headline is
@@ -17,29 +17,26 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from llm_sim.data import (
-    SplitSpec,
-    TaskFormat,
-    encode_all,
-    length_batches,
-    load_tokenizer,
-    make_splits,
-)
+from llm_sim.data import Batches, TaskFormat, encode_example
 from llm_sim.model import build_model, preset
-from llm_sim.training import lm_loss
+from llm_sim.training import DATA, lm_loss
 from qhybrid.runs import atomic_write_json
 from qhybrid.train import TrainConfig, train
+from quantum import build_tokenizer
+from quantum.dataset import draw_splits
 
 
 def batches_for(steps: int, batch_size: int) -> tuple[list[dict[str, torch.Tensor]], object]:
-    tok = load_tokenizer("compact")
-    splits = make_splits(SplitSpec(train_size=steps * batch_size * 2, test_size=4))
-    ex = encode_all(splits["train"], tok, TaskFormat())
-    return length_batches(ex, batch_size, tok.pad_token_id, seed=0)[:steps], tok
+    """The first ``steps`` batches of the llm training data (coupled position ids drawn once)."""
+    tok = build_tokenizer()
+    spec = replace(DATA, train=replace(DATA.train, count=steps * batch_size))
+    ex = [encode_example(p, tok, TaskFormat()) for p in draw_splits(spec)["train"]]
+    return list(Batches(ex, batch_size, tok.pad_token_id, TaskFormat().positions))[:steps], tok
 
 
 def run_ours(model, batches, lr: float) -> float:
@@ -68,11 +65,23 @@ def run_trainer(model, batches, lr: float, tmp: Path) -> float:
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
-        output_dir=str(tmp), per_device_train_batch_size=1, max_steps=len(batches), learning_rate=lr,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0,
-        logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True,
-        dataloader_num_workers=0, disable_tqdm=True, seed=0,
-    )  # fmt: skip
+        output_dir=str(tmp),
+        per_device_train_batch_size=1,
+        max_steps=len(batches),
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
     trainer = Trainer(
         model=model, args=args, train_dataset=_Batches(batches), data_collator=lambda xs: xs[0]
     )
@@ -106,14 +115,20 @@ def main() -> None:
     result = {
         "benchmark": "llm_train_tokens_per_s",
         "model": f"{args.arch}-{args.size}",
-        "parameters": sum(p.numel() for p in build_model(preset(args.size, args.arch), tok).parameters()),
-        "steps": args.steps, "batch_size": args.batch_size, "tokens_per_round": tokens, "rounds": args.rounds,
+        "parameters": sum(
+            p.numel() for p in build_model(preset(args.size, args.arch), tok).parameters()
+        ),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "tokens_per_round": tokens,
+        "rounds": args.rounds,
         # best of the rounds: the least disturbed by other load on a shared machine; median beside it
         "tokens_per_s": {k: tokens / min(v) for k, v in times.items()},
         "tokens_per_s_median": {k: tokens / statistics.median(v) for k, v in times.items()},
         "seconds": times,
-        "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-    }  # fmt: skip
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
     tps = result["tokens_per_s"]
     result["ratio_ours_over_trainer"] = tps["qhybrid.train"] / tps["transformers.Trainer"]
     atomic_write_json(Path(args.out), result)

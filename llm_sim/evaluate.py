@@ -12,7 +12,8 @@ exact distribution. Baselines on the same problems:
 - ``untrained``: the same architecture with its initial weights.
 
 Groups report the mean over seeds of the per-seed mean, with a hierarchical bootstrap 95% interval
-(resample seeds, then problems within each seed).
+(resample seeds, then problems within each seed). ``anchor=FILE`` adds the problems of a
+GroverGPT-2 record file (:mod:`llm_sim.anchor`) as the split ``anchor``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_sim.data import Problem, TaskFormat, encode_prompt, iterations_of, k_regime, prompt_text
+from llm_sim.data import TaskFormat, answer_text, encode_prompt, k_regime, prompt_text
 from llm_sim.metrics import METRIC_NAMES, Distribution, grover_two_level, score
 from llm_sim.parse import parse_answer
 from qhybrid.errors import QHybridError
@@ -42,14 +43,23 @@ __all__ = [
     "aggregate",
     "baseline_records",
     "evaluate_model",
-    "parse_bits_prompt",
     "parse_compact_prompt",
     "plot_vs_n",
     "write_tables",
 ]
 
 SPLITS = ("test_id", "test_ood_n", "test_ood_t", "test_ood_k")
-HEADLINE = ("set_acc", "sa_0.3", "tvd", "cf_renorm", "p_marked_err", "parsed")
+BASELINES = ("uniform", "oracle_1/t", "ceiling", "untrained")
+HEADLINE = (
+    "set_acc",
+    "named_set",
+    "marked_recall",
+    "sa_0.3",
+    "tvd",
+    "cf_renorm",
+    "p_marked_err",
+    "parsed",
+)
 
 
 @dataclass(frozen=True)
@@ -63,22 +73,22 @@ class EvalConfig:
     batch_size: int = 64  # prompts per generate call
     untrained: bool = True  # also score the untrained architecture (a baseline)
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
+    anchor: str = ""  # a GroverGPT-2 record file (JSON list) to score as the split "anchor"
     device: str = "auto"  # "auto", "cpu" or "cuda"
 
-
-def max_new_tokens(problems: Sequence[Any], task: TaskFormat, tokenizer: Any) -> int:
-    """Generation budget: the longest target in tokens plus slack (rambling models get cut)."""
-    from llm_sim.data import answer_text
-
-    longest = max(
-        len(
-            tokenizer.encode(
-                answer_text(p, task.answer, task.digits, task.fmt), add_special_tokens=False
+    def __post_init__(self) -> None:
+        if self.max_per_split < 0 or self.batch_size < 1 or self.bootstrap < 0:
+            raise QHybridError(
+                f"max_per_split={self.max_per_split} (>= 0), batch_size={self.batch_size} (>= 1) "
+                f"and bootstrap={self.bootstrap} (>= 0) are out of range"
             )
-        )
-        for p in problems
-    )
-    return longest + 8
+
+
+def max_new_tokens(problems: Sequence[Any], task: TaskFormat, tokenizer: Any) -> list[int]:
+    """Generation budget per problem: its target's length in tokens plus slack (rambling is cut)."""
+    return [
+        len(tokenizer.encode(answer_text(p, task), add_special_tokens=False)) + 8 for p in problems
+    ]
 
 
 def evaluate_model(
@@ -90,8 +100,10 @@ def evaluate_model(
     if not problems:
         return []
     prompts = [encode_prompt(p, tokenizer, task) for p in problems]
-    texts = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens(problems, task, tokenizer),
-                             batch_size=batch_size)  # fmt: skip
+    budget = max_new_tokens(problems, task, tokenizer)
+    texts = generate_batched(
+        model, tokenizer, prompts, task.positions, max_new_tokens=budget, batch_size=batch_size
+    )
     out = []
     for p, text in zip(problems, texts, strict=True):
         pred = parse_answer(text)
@@ -100,57 +112,40 @@ def evaluate_model(
 
 
 def _keys(p: Any) -> dict[str, Any]:
-    return {"n": p.n_qubits, "t": len(p.marked), "k": iterations_of(p), "k_regime": k_regime(p)}
-
-
-_BITS = re.compile(r"k=(\d+)\s*o=([xc,]+)")
-
-
-def parse_bits_prompt(text: str) -> Problem | None:
-    """The rule-based circuit reader of the ceiling baseline: (n, marked, k) from a "bits" prompt."""
-    m = _BITS.search(text)
-    if not m:
-        return None
-    rows = m.group(2).split(",")
-    marked = tuple(sorted("".join("1" if c == "c" else "0" for c in r) for r in rows))
-    return Problem(len(rows[0]), marked, int(m.group(1)))
+    return {"n": p.n_qubits, "t": p.n_marked, "k": p.iterations, "k_regime": k_regime(p)}
 
 
 _COMPACT = re.compile(
-    r"qubits((?:\s\d)+)\sh\srepeat((?:\s\d)+)\soracle\s\S+((?:\sflip(?:\s[01])+)+)\sdiffuse"
+    r"qubits((?:\s\d)+)\sh\srepeat((?:\s\d)+)\soracle\s(\S+)((?:\sflip(?:\s[01])+)+)\sdiffuse"
 )
 
 
-def parse_compact_prompt(text: str) -> Problem | None:
-    """The same reader for quantum's compact rendering (``qubits 5 h repeat 3 oracle ... flip 0 1 ...``)."""
+def parse_compact_prompt(text: str) -> Any | None:
+    """The rule-based circuit reader of the baselines: the problem of a compact prompt, or None."""
+    from quantum import GroverProblem
+
     m = _COMPACT.search(text)
     if not m:
         return None
     n = int(m.group(1).replace(" ", ""))
     k = int(m.group(2).replace(" ", ""))
-    rows = [r.replace(" ", "") for r in m.group(3).split("flip") if r.strip()]
-    if not rows or any(len(r) != n for r in rows):
+    rows = [r.replace(" ", "") for r in m.group(4).split("flip") if r.strip()]
+    try:
+        return GroverProblem(n, rows, k, m.group(3))
+    except QHybridError:
         return None
-    return Problem(n, tuple(sorted(rows)), k)
 
 
-def read_circuit(problem: Any, task: TaskFormat) -> Problem | None:
-    """Read (n, marked, k) back from the prompt text by rule (the ceiling and p=1/t baselines)."""
-    if task.fmt == "compact":
-        return parse_compact_prompt(prompt_text(problem, "compact"))
-    return parse_bits_prompt(prompt_text(problem, "bits"))
-
-
-def baseline_records(problems: Sequence[Any], task: TaskFormat) -> dict[str, list[dict[str, Any]]]:
+def baseline_records(problems: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
     """Scores of the uniform, p=1/t shortcut and parser + closed-form ceiling baselines."""
     out: dict[str, list[dict[str, Any]]] = {"uniform": [], "oracle_1/t": [], "ceiling": []}
     for p in problems:
         n, t = p.n_qubits, len(p.marked)
         uniform = Distribution({}, rest_each=2.0**-n, n_qubits=n)
         out["uniform"].append({**_keys(p), **score(uniform, p)})
-        read = read_circuit(p, task)  # the circuit, read back by rule
+        read = parse_compact_prompt(prompt_text(p, "compact"))  # the circuit, read back by rule
         if read is None:
-            raise QHybridError(f"the rule-based reader could not read the {task.fmt} prompt of {p}")
+            raise QHybridError(f"the rule-based reader could not read the compact prompt of {p}")
         shortcut = Distribution({s: 1.0 / t for s in read.marked}, 0.0, n)
         out["oracle_1/t"].append({**_keys(p), **score(shortcut, p)})
         p_m, p_o = grover_two_level(read.n_qubits, len(read.marked), read.iterations)
@@ -222,8 +217,16 @@ def display_rows(
     rows: Sequence[Mapping[str, Any]], by: str, label: str, metrics: Sequence[str] = HEADLINE
 ) -> list[dict[str, Any]]:
     """Rows for a Markdown table: ``mean [lo, hi]`` strings."""
-    return [{"model": label, by: r[by], "problems": r["problems"], "seeds": r["seeds"],
-             **{m: _fmt_ci(r, m) for m in metrics}} for r in rows]  # fmt: skip
+    return [
+        {
+            "model": label,
+            by: r[by],
+            "problems": r["problems"],
+            "seeds": r["seeds"],
+            **{m: _fmt_ci(r, m) for m in metrics},
+        }
+        for r in rows
+    ]
 
 
 def write_tables(results: Mapping[str, Any], out_dir: Path) -> dict[str, str]:
@@ -266,99 +269,179 @@ def build_tables(
     return out
 
 
+CURVES = (
+    ("set_acc", "set accuracy (optimal k)", "optimal"),
+    ("marked_recall", "marked recall (optimal k)", "optimal"),
+    ("p_marked_err", "|p̂ - p| per marked state (non-optimal k)", "non-optimal"),
+    ("tvd", "total variation distance (optimal k)", "optimal"),
+)
+
+
+def curve_rows(
+    per_seed: Sequence[Sequence[Mapping[str, Any]]], regime: str, n_boot: int = 300
+) -> list[dict[str, Any]]:
+    """Per-n rows (mean and interval of every curve metric) over the splits that vary n."""
+    keep = [
+        [
+            r
+            for r in s
+            if r["split"] in ("test_id", "test_ood_n")
+            and (r["k_regime"] == "optimal") == (regime == "optimal")
+        ]
+        for s in per_seed
+    ]
+    if not any(keep):
+        return []
+    return aggregate(keep, "n", metrics=(*(m for m, _, _ in CURVES), "named_set"), n_boot=n_boot)
+
+
 def plot_vs_n(
     per_model: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
     train_n: Sequence[int],
     *,
     n_boot: int = 300,
 ) -> Any:
-    """Set accuracy and TVD against n (all splits with optimal k), training range shaded."""
+    """Set accuracy, recall, marked-probability error and TVD against n; training range shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     for label, seeds in per_model.items():
-        recs = [[r for r in s if r["k_regime"] == "optimal" and r["split"] in ("test_id", "test_ood_n")]
-                for s in seeds]  # fmt: skip
-        if not any(recs):
-            continue
-        rows = aggregate(recs, "n", metrics=("set_acc", "tvd"), n_boot=n_boot)
-        ns = [r["n"] for r in rows]
-        for ax, m in zip(axes, ("set_acc", "tvd"), strict=True):
-            y = [r[m] for r in rows]
-            lo = [r.get(f"{m}_lo", r[m]) for r in rows]
-            hi = [r.get(f"{m}_hi", r[m]) for r in rows]
-            ax.plot(ns, y, "o-", label=label)
-            ax.fill_between(ns, lo, hi, alpha=0.15)
-    for ax, m in zip(axes, ("set accuracy", "total variation distance"), strict=True):
-        ax.axvspan(
-            min(train_n) - 0.5, max(train_n) + 0.5, color="grey", alpha=0.15, label="training n"
-        )
-        ax.set(xlabel="qubits n", ylabel=m)
-    axes[0].axhline(0.9, ls=":", c="k", lw=0.8)
-    axes[0].set_ylim(-0.05, 1.05)
+        for regime in ("optimal", "non-optimal"):
+            rows = curve_rows(seeds, regime, n_boot)
+            for ax, (m, _, want) in zip(axes, CURVES, strict=True):
+                if not rows or want != regime:
+                    continue
+                ns = [r["n"] for r in rows]
+                (line,) = ax.plot(ns, [r[m] for r in rows], "o-", ms=3, label=label)
+                if m == "set_acc" and label not in BASELINES:  # naming the set, whatever the number
+                    ax.plot(
+                        ns,
+                        [r["named_set"] for r in rows],
+                        "--",
+                        c=line.get_color(),
+                        label=f"{label}: named set",
+                    )
+                lo = [r.get(f"{m}_lo", r[m]) for r in rows]
+                ax.fill_between(ns, lo, [r.get(f"{m}_hi", r[m]) for r in rows], alpha=0.15)
+    for ax, (_, title, _) in zip(axes, CURVES, strict=True):
+        ax.axvspan(min(train_n) - 0.5, max(train_n) + 0.5, color="grey", alpha=0.15)
+        ax.set(xlabel="qubits n (grey: trained)", title=title)
+        ax.title.set_fontsize(9)
+    for ax in axes[:2]:
+        ax.set_ylim(-0.05, 1.05)
+        ax.axhline(0.99, ls=":", c="k", lw=0.8)
+    axes[2].axhline(0.05, ls=":", c="k", lw=0.8)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
+@dataclass
+class EvalInputs:
+    """What :func:`evaluate_run` scores, checked before anything is written."""
+
+    model_dirs: list[Path]
+    task: TaskFormat
+    meta: dict[str, Any]
+    problems: list[tuple[str, Any]]  # (split, problem)
+    train_n: list[int]
+
+
+def eval_inputs(config: EvalConfig) -> EvalInputs:
+    """Read and check a training run folder (and the anchor file); raise before any output."""
+    from llm_sim.anchor import import_anchor
+    from llm_sim.training import read_splits
+    from qhybrid.config import from_dict
+
+    root = Path(config.run)
+    model_dirs = sorted(d for d in root.glob("model-seed*") if (d / "task.json").is_file())
+    if not config.run or not model_dirs or not (root / "splits.json").is_file():
+        raise QHybridError(
+            f"run={config.run!r} has no finished model-seed*/ folder and splits.json; pass the "
+            "folder 'qhybrid llm train' printed (a run still training: 'qhybrid llm train "
+            "--resume RUN' first)"
+        )
+    splits = read_splits(root / "splits.json")
+    if config.anchor:
+        splits["anchor"] = import_anchor(config.anchor)
+    wanted = [
+        s
+        for s in dict.fromkeys((*config.splits, *(["anchor"] if config.anchor else [])))
+        if splits.get(s)
+    ]
+    if not wanted:
+        raise QHybridError(
+            f"none of splits={list(config.splits)} has problems in {root / 'splits.json'} "
+            f"(it holds {sorted(k for k, v in splits.items() if v)}); choose some of those"
+        )
+    meta = json.loads((model_dirs[0] / "task.json").read_text(encoding="utf-8"))
+    problems = [(s, p) for s in wanted for p in splits[s][: config.max_per_split or None]]
+    train_n = sorted({p.n_qubits for p in splits.get("train", [])}) or [2, 6]
+    return EvalInputs(model_dirs, from_dict(TaskFormat, meta["task"]), meta, problems, train_n)
+
+
 def evaluate_run(
-    config: EvalConfig, out_dir: Path, *, progress: Callable[[str], None] | None = None
+    config: EvalConfig,
+    out_dir: Path,
+    *,
+    inputs: EvalInputs | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every ``model-seed*`` folder of a training run, plus baselines; write tables + plot."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm_sim.training import read_splits
+    from qhybrid.train import resolve_device
 
-    root = Path(config.run)
-    model_dirs = sorted(root.glob("model-seed*"))
-    if not model_dirs or not (root / "splits.json").is_file():
-        raise QHybridError(
-            f"run={str(root)!r} has no model-seed*/ folders and splits.json; pass the folder "
-            "'qhybrid llm train' printed"
-        )
-    splits = read_splits(root / "splits.json")
-    wanted = [s for s in config.splits if s in splits]
-    problems = []
-    for s in wanted:
-        ps = splits[s][: config.max_per_split or None]
-        problems += [(s, p) for p in ps]
-    meta = json.loads((model_dirs[0] / "task.json").read_text())
-    task = TaskFormat(**meta["task"])
-    device = "cuda" if config.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if config.device == "auto" else config.device)  # fmt: skip
+    inputs = inputs or eval_inputs(config)
+    task, problems = inputs.task, [p for _, p in inputs.problems]
+    device = resolve_device(config.device)
     per_model: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
-    probs_only = [p for _, p in problems]
-    for d in model_dirs:
+
+    def tag(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "split": s} for (s, _), r in zip(inputs.problems, recs, strict=True)]
+
+    for d in inputs.model_dirs:
         tok = AutoTokenizer.from_pretrained(d)
         model: Any = AutoModelForCausalLM.from_pretrained(d)
-        model.to(torch.device(device))
-        recs = evaluate_model(model, tok, task, probs_only, batch_size=config.batch_size)
+        model.to(device)
         per_model["model"].append(
-            [{**r, "split": s} for (s, _), r in zip(problems, recs, strict=True)]
+            tag(evaluate_model(model, tok, task, problems, batch_size=config.batch_size))
         )
         if config.untrained:
             torch.manual_seed(int(d.name.removeprefix("model-seed") or 0))
             fresh: Any = AutoModelForCausalLM.from_config(model.config)
-            fresh.to(torch.device(device))
-            recs = evaluate_model(fresh, tok, task, probs_only, batch_size=config.batch_size)
+            fresh.to(device)
             per_model["untrained"].append(
-                [{**r, "split": s} for (s, _), r in zip(problems, recs, strict=True)]
+                tag(evaluate_model(fresh, tok, task, problems, batch_size=config.batch_size))
             )
         if progress:
-            progress(f"evaluated {d.name}")
-    for label, recs in baseline_records(probs_only, task).items():
-        per_model[label] = [[{**r, "split": s} for (s, _), r in zip(problems, recs, strict=True)]]
+            progress(f"evaluated {d.name} on {len(problems)} problems")
+    for label, recs in baseline_records(problems).items():
+        per_model[label] = [tag(recs)]
+    wanted = list(dict.fromkeys(s for s, _ in inputs.problems))
     tables = build_tables(per_model, wanted, n_boot=config.bootstrap)
-    train_n = sorted({p.n_qubits for p in splits.get("train", [])}) or [3, 6]
-    results = {"run": str(root), "task": meta["task"], "n_params": meta.get("n_params"),
-               "seeds": [d.name for d in model_dirs], "tables": tables,
-               "records": {k: v for k, v in per_model.items() if k == "model"}}  # fmt: skip
+    curves = {
+        label: {
+            regime: curve_rows(seeds, regime, n_boot=config.bootstrap)
+            for regime in ("optimal", "non-optimal")
+        }
+        for label, seeds in per_model.items()
+    }
+    results = {
+        "run": config.run,
+        "task": inputs.meta["task"],
+        "n_params": inputs.meta.get("n_params"),
+        "seeds": [d.name for d in inputs.model_dirs],
+        "tables": tables,
+        "curves": curves,
+        "records": {k: v for k, v in per_model.items() if k == "model"},
+    }
     write_tables(results, out_dir)
-    fig = plot_vs_n({k: v for k, v in per_model.items() if k != "ceiling"}, train_n)
+    fig = plot_vs_n({k: v for k, v in per_model.items() if k != "ceiling"}, inputs.train_n)
     from qhybrid.runs import atomic_open
 
     with atomic_open(out_dir / "eval_vs_n.png", "wb") as f:
@@ -367,4 +450,12 @@ def evaluate_run(
     return results
 
 
-__all__ += ["build_tables", "display_rows", "evaluate_run", "max_new_tokens", "METRIC_NAMES"]
+__all__ += [
+    "build_tables",
+    "curve_rows",
+    "display_rows",
+    "eval_inputs",
+    "evaluate_run",
+    "max_new_tokens",
+    "METRIC_NAMES",
+]

@@ -3,8 +3,10 @@
 Two answer forms are understood:
 
 - closed form (ours, exact for any n): ``marked=01101,10010 p_each=0.48066 rest_each=0.0012894``,
-  or the quantum part's ``marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked 4 . 8 0 6 6 e - 0 1 p_rest ...``;
-  whitespace anywhere is ignored, so a tokenizer's ``decode`` that spaces its tokens still parses;
+  or the token form ``marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked 0 . 4 8 0 7`` with an optional
+  ``p_rest <number>``; without it every unlisted state gets (1 - t p_marked) / (2^n - t), the
+  two-level form's normalisation. Whitespace anywhere is ignored, so a tokenizer's ``decode`` that
+  spaces its tokens still parses;
 - a probability dict (GroverGPT-2, also the tail of its chain-of-thought text):
   ``{'0110': 0.9613, '0000': 0.0026}``; the last dict in the text is used, unlisted states get 0.
 
@@ -25,8 +27,10 @@ _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _CLOSED = re.compile(
     rf"marked=(?P<marked>[01]+(?:,[01]+)*),?p_each=(?P<p>{_NUM})rest_each=(?P<rest>{_NUM})"
 )
-# quantum.render(problem, "answer"): marked 0 1 1 marked 1 0 0 p_marked 4 . 8 e - 0 1 p_rest 1 . 2 e - 0 3
-_QANSWER = re.compile(rf"(?P<marked>(?:marked[01]+)+)p_marked(?P<p>{_NUM})p_rest(?P<rest>{_NUM})")
+# marked 0 1 1 marked 1 0 0 p_marked 0 . 4 8 [p_rest 1 . 2 e - 0 3] (llm_sim's and quantum's answers)
+_QANSWER = re.compile(
+    rf"(?P<marked>(?:marked[01]+)+)p_marked(?P<p>{_NUM})(?:p_rest(?P<rest>{_NUM}))?"
+)
 _DICT = re.compile(r"\{[^{}]*\}")
 _ENTRY = re.compile(rf"['\"]?\s*([01]+)\s*['\"]?\s*:\s*({_NUM})")
 
@@ -83,14 +87,19 @@ def _parse(text: object) -> Prediction:
             return _fail("inconsistent_bit_length")
         if len(set(states)) != len(states):
             return _fail("duplicate_state")
-        p, rest = _number(m.group("p")), _number(m.group("rest"))
+        n, t = len(states[0]), len(states)
+        rest: float | None = None
+        p = _number(m.group("p"))
+        if m.group("rest") is not None:
+            rest = _number(m.group("rest"))
+        elif p is not None:  # the two-level normalisation (every state listed: nothing left)
+            rest = max(0.0, 1.0 - t * p) / (2.0**n - t) if 2**n > t else 0.0
         if p is None or rest is None:
             return _fail("bad_number")
         if p < 0 or rest < 0:
             return _fail("negative_probability")
         if p > 1 or rest > 1:
             return _fail("probability_above_one")
-        n = len(states[0])
         return Prediction({s: p for s in states}, rest, n, ok=True, marked=tuple(sorted(states)))
     if "marked=" in squeezed or squeezed.startswith("marked"):
         return _fail("truncated_closed_form")

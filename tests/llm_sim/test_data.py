@@ -1,95 +1,145 @@
-"""Task formats, answer-only labels, splits."""
+"""Task formats, answer-only labels, position ids built from the task structure, batches."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from llm_sim.data import (
-    Problem,
-    SplitSpec,
-    TaskFormat,
-    answer_text,
-    char_tokenizer,
-    collate,
-    encode_example,
-    k_regime,
-    make_splits,
-    prompt_text,
-)
-from llm_sim.evaluate import parse_bits_prompt
+from llm_sim.data import Batches, TaskFormat, answer_text, collate, encode_example, prompt_text
 from llm_sim.metrics import score
 from llm_sim.parse import parse_answer
+from llm_sim.positions import PositionScheme, position_ids, prompt_layout
 from qhybrid.errors import QHybridError
+from quantum import GroverProblem, build_tokenizer
+
+TOK = build_tokenizer()
 
 
-def test_bits_prompt_reads_back_and_answer_is_exact():
-    p = Problem(5, ("01101", "10010"))
-    assert prompt_text(p, "bits") == "G k=3 o=xccxc,cxxcx >"
-    assert parse_bits_prompt(prompt_text(p, "bits")) == Problem(5, ("01101", "10010"), 3)
-    assert answer_text(p) == " marked=01101,10010 p_each=0.48066 rest_each=0.0012894"
-    s = score(parse_answer(answer_text(p)), p)
-    assert s["set_acc"] == 1.0 and s["tvd"] < 1e-4 and s["p_marked_err"] < 1e-5
+def tokens(example) -> list[str]:
+    return TOK.convert_ids_to_tokens(example.input_ids)
 
 
-@pytest.mark.parametrize("answer", ["closed", "dict", "cot"])
-def test_every_answer_format_parses_to_the_truth(answer):
-    p = Problem(3, ("011",), 1)
-    pred = parse_answer(answer_text(p, answer))
-    s = score(pred, p)
-    assert pred.ok and s["set_acc"] == 1.0 and s["tvd"] < 1e-3
+@pytest.mark.parametrize("answer", ["marked_p", "closed"])
+def test_compact_answers_parse_back_to_the_truth(answer):
+    p = GroverProblem(5, ["01101", "10010"])
+    text = answer_text(p, TaskFormat(answer=answer))
+    if answer == "marked_p":
+        assert text == " marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked 0 . 4 8 0 7"
+    s = score(parse_answer(text), p)
+    assert s["set_acc"] == 1.0 and s["p_marked_err"] < 5e-5 and s["tvd"] < 1e-3
+    e = encode_example(p, TOK, TaskFormat(answer=answer))
+    assert TOK.unk_token_id not in e.input_ids
+
+
+@pytest.mark.parametrize("answer", ["dict", "anchor"])
+def test_qasm3_answers_parse_back_to_the_truth(answer):
+    p = GroverProblem(3, ["011"], 1)
+    task = TaskFormat(fmt="qasm3", answer=answer, positions=PositionScheme("sequential"))
+    s = score(parse_answer(answer_text(p, task)), p)
+    assert s["set_acc"] == 1.0 and s["tvd"] < 1e-3
+    assert prompt_text(p, "qasm3").startswith("OPENQASM 3.0;")
 
 
 def test_dict_answer_refuses_large_n():
+    task = TaskFormat(fmt="qasm3", answer="dict", positions=PositionScheme("sequential"))
     with pytest.raises(QHybridError, match="n_qubits=8"):
-        answer_text(Problem(8, ("0" * 8,)), "dict")
+        answer_text(GroverProblem(8, ["0" * 8]), task)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fmt": "bits"}, "fmt='bits'"),
+        ({"answer": "cot"}, "answer='cot'"),
+        ({"digits": 0}, "digits=0"),
+        ({"fmt": "qasm3"}, "coupled positions"),
+        ({"answer": "dict", "positions": PositionScheme("sequential")}, "compact vocabulary"),
+    ],
+)
+def test_task_format_rejects_what_cannot_work(kwargs, match):
+    with pytest.raises(QHybridError, match=match):
+        TaskFormat(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"kind": "alibi"}, "kind='alibi'"), ({"gap": -1}, "gap=-1"), ({"stride": 0}, "stride=0")],
+)
+def test_position_scheme_rejects_bad_values(kwargs, match):
+    with pytest.raises(QHybridError, match=match):
+        PositionScheme(**kwargs)
 
 
 def test_labels_cover_only_the_answer():
-    tok = char_tokenizer()
-    p = Problem(4, ("0110",))
-    e = encode_example(p, tok, TaskFormat(fmt="bits"))
-    n_prompt = 1 + len(prompt_text(p, "bits"))
-    assert all(x == -100 for x in e["labels"][:n_prompt])
-    answer_ids = e["labels"][n_prompt:]
-    assert tok.decode(answer_ids, skip_special_tokens=True) == answer_text(p)
-    assert answer_ids[-1] == tok.eos_token_id
+    p = GroverProblem(4, ["0110"])
+    e = encode_example(p, TOK, TaskFormat())
+    n_prompt = sum(1 for x in e.labels if x == -100)
+    assert tokens(e)[n_prompt - 1] == "measure" and tokens(e)[n_prompt] == "marked"
+    answer_ids = e.labels[n_prompt:]
+    assert answer_ids[-1] == TOK.eos_token_id
+    assert TOK.decode(answer_ids, skip_special_tokens=True) == answer_text(p, TaskFormat()).strip()
     b = collate(
-        [e, encode_example(Problem(3, ("101",)), tok, TaskFormat(fmt="bits"))], tok.pad_token_id
+        [e, encode_example(GroverProblem(3, ["101"]), TOK, TaskFormat())],
+        TOK.pad_token_id,
+        PositionScheme(),
     )
-    assert b["input_ids"].shape == b["labels"].shape == b["attention_mask"].shape
+    assert b["input_ids"].shape == b["labels"].shape == b["position_ids"].shape
     assert (b["labels"][b["attention_mask"] == 0] == -100).all()
 
 
-def test_splits_are_disjoint_and_cover_the_regimes():
-    spec = SplitSpec(train_size=500, test_size=40, seed=3)
-    splits = make_splits(spec)
-    train_sets = {(p.n_qubits, p.marked) for p in splits["train"]}
-    for name in ("test_id", "test_ood_k", "test_ood_t", "test_ood_n"):
-        assert splits[name], name
-        assert not train_sets & {(p.n_qubits, p.marked) for p in splits[name]}
-    assert {k_regime(p) for p in splits["test_id"]} == {"optimal"}
-    assert "optimal" not in {k_regime(p) for p in splits["test_ood_k"]}
-    assert {p.n_qubits for p in splits["test_ood_n"]} == set(spec.ood_n)
-    assert min(len(p.marked) for p in splits["test_ood_t"]) >= 4
-    assert make_splits(spec) == splits  # seeded
+@pytest.mark.parametrize("seed", [None, 0, 1])
+def test_coupled_ids_mirror_the_prompt_token_each_answer_token_copies(seed):
+    """Answer input j carries the id of the prompt token that answer token j + 1 mirrors."""
+    p = GroverProblem(7, ["0110101", "1110000", "0000001"], oracle_style="diagonal")
+    e = encode_example(p, TOK, TaskFormat())
+    toks = tokens(e)
+    layout = prompt_layout(toks[: toks.index("measure") + 1])
+    rng = random.Random(seed) if seed is not None else None
+    ids = position_ids(layout, len(toks), PositionScheme(gap=40, stride=3), rng)
+    where = {i: j for j, i in enumerate(ids[: layout.length])}  # prompt id -> prompt index
+    answer = toks[layout.length :]
+    mirror = {"marked": "flip", "0": "0", "1": "1"}
+    for j in range(len(answer) - 1):
+        slot = ids[layout.length + j]
+        if j + 1 < layout.copy_len:  # the prompt token at this id is what answer j + 1 copies
+            assert toks[where[slot]] == mirror[answer[j + 1]]
+        else:  # p_marked, the number and <eos> continue after 'measure', on no prompt id
+            assert slot > ids[layout.length - 1]
+    # the header keeps 0..h-1; the flip section starts after the gap; ids strictly increase
+    assert ids[: layout.first_flip] == list(range(layout.first_flip))
+    prompt_ids = ids[: layout.length]
+    assert all(b > a for a, b in zip(prompt_ids, prompt_ids[1:], strict=False))
+    if rng is None:  # evaluation: no gap, fixed strides
+        assert ids[layout.first_flip] == layout.first_flip
+        assert ids == position_ids(layout, len(toks), PositionScheme(gap=40, stride=3))
 
 
-def test_task_format_rejects_unknown():
-    with pytest.raises(QHybridError, match="fmt='qasm'"):
-        TaskFormat(fmt="qasm")
+def test_copy_answers_mirror_the_flip_section_token_for_token():
+    for p in (GroverProblem(2, ["01"]), GroverProblem(9, ["0" * 9, "1" * 9], 3)):
+        toks = tokens(encode_example(p, TOK, TaskFormat()))
+        layout = prompt_layout(toks[: toks.index("measure") + 1])
+        flips = toks[layout.first_flip : layout.tail]
+        copy = toks[layout.length : layout.length + layout.copy_len]
+        assert [("flip" if t == "marked" else t) for t in copy] == flips
 
 
-def test_compact_format_uses_the_quantum_vocabulary():
-    from quantum import build_tokenizer
+def test_sequential_and_nope_ids():
+    assert position_ids(None, 5, PositionScheme("sequential")) == [0, 1, 2, 3, 4]
+    assert position_ids(None, 4, PositionScheme("nope")) == [0, 0, 0, 0]
+    with pytest.raises(QHybridError, match="compact prompt"):
+        prompt_layout(["<bos>", "OPENQASM"])
 
-    tok = build_tokenizer()
-    p = Problem(5, ("01101", "10010"))
-    e = encode_example(p, tok, TaskFormat(fmt="compact"))
-    assert tok.unk_token_id not in e["input_ids"]
-    n_prompt = sum(1 for x in e["labels"] if x == -100)
-    text = tok.decode(e["input_ids"][n_prompt:], skip_special_tokens=True)
-    s = score(parse_answer(text), p)
-    assert s["set_acc"] == 1.0 and s["tvd"] < 1e-4
-    # n=20 is written with the same digit tokens as n<=6: no unknown token
-    big = encode_example(Problem(20, ("0" * 19 + "1",)), tok, TaskFormat(fmt="compact"))
-    assert tok.unk_token_id not in big["input_ids"]
+
+def test_batches_redraw_gaps_per_epoch_and_repeat_for_the_same_epoch():
+    problems = [GroverProblem(4, [format(i, "04b")]) for i in range(1, 9)]
+    ex = [encode_example(p, TOK, TaskFormat()) for p in problems]
+    b = Batches(ex, 4, TOK.pad_token_id, PositionScheme(), seed=7)
+    first = [x["position_ids"].tolist() for x in b]
+    again = [x["position_ids"].tolist() for x in b]
+    b.set_epoch(1)
+    second = [x["position_ids"].tolist() for x in b]
+    assert first == again and first != second
+    assert len(b) == 2 and sum(x["input_ids"].shape[0] for x in b) == 8
+    with pytest.raises(QHybridError, match="no training examples"):
+        Batches([], 4, TOK.pad_token_id, PositionScheme())

@@ -1,0 +1,123 @@
+"""Position ids for the compact Grover task: sequential, none (NoPE) or coupled to the task.
+
+A training sequence is ``<bos> HEADER FLIPS TAIL ANSWER``::
+
+    HEADER  qubits 1 2 h repeat 5 0 oracle x_mcz_x
+    FLIPS   flip 0 1 1 ... flip 1 0 0 ...          (one block of n bits per marked state)
+    TAIL    diffuse end measure
+    ANSWER  marked 0 1 1 ... marked 1 0 0 ... p_marked 0 . 4 8 0 7 <eos>
+
+Schemes (``PositionScheme.kind``):
+
+- ``sequential``: 0, 1, 2, ... (what a causal LM does by default);
+- ``nope``: every id 0, so RoPE rotates nothing and only the causal mask orders tokens (NoPE);
+- ``coupled``: position coupling (Cho et al., NeurIPS 2024, arXiv 2405.20671). Each answer token
+  of the copy part *mirrors* a prompt token (``marked`` its ``flip``, each bit its source bit); the
+  rest of the answer (``p_marked``, the number, ``<eos>``) continues after ``measure``. The input
+  token that predicts answer token j carries the id of the prompt token answer token j mirrors,
+  so the model finds what to write at relative distance 0, whatever n and t are.
+
+Two randomisations make relative distances uninformative in training, so that the model cannot
+count bits instead of reading the coupled token (both only when ``rng`` is given, i.e. training):
+
+- ``gap``: a random jump of U{0..gap} ids between HEADER and FLIPS (the header's length, which
+  grows with the digits of n and k, stops mattering; Ruoss et al. 2023 randomise positions too);
+- ``stride``: consecutive ids in FLIPS and TAIL differ by U{1..stride} instead of 1.
+
+Evaluation uses no gap and strides drawn from a fixed seed (``EVAL_SEED``), the same for every
+problem, so evaluation is deterministic and its distances look like training's.
+
+The answer layout (``copy_len`` tokens that mirror FLIPS, then the rest) is a function of the
+prompt alone, so the ids of every answer slot are known before generation starts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qhybrid.errors import QHybridError
+
+__all__ = ["EVAL_SEED", "KINDS", "PositionScheme", "PromptLayout", "position_ids", "prompt_layout"]
+
+KINDS = ("coupled", "sequential", "nope")
+EVAL_SEED = 20241009  # the strides of every evaluation sequence
+
+
+@dataclass(frozen=True)
+class PositionScheme:
+    """How position ids are assigned (see the module docstring)."""
+
+    kind: str = "coupled"  # "coupled", "sequential" or "nope"
+    gap: int = 512  # training: random id jump U{0..gap} between the header and the first flip
+    stride: int = 4  # training and evaluation: id steps U{1..stride} inside FLIPS and TAIL
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise QHybridError(f"positions.kind={self.kind!r} is not one of {KINDS}")
+        if not isinstance(self.gap, int) or not 0 <= self.gap <= 100_000:
+            raise QHybridError(f"positions.gap={self.gap!r} must be an int in [0, 100000]")
+        if not isinstance(self.stride, int) or not 1 <= self.stride <= 64:
+            raise QHybridError(f"positions.stride={self.stride!r} must be an int in [1, 64]")
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Where the parts of a compact prompt sit (token indices, ``<bos>`` included)."""
+
+    first_flip: int  # index of the first ``flip`` token (= header length)
+    tail: int  # index of ``diffuse``
+    length: int  # prompt tokens
+
+    @property
+    def copy_len(self) -> int:
+        """Answer tokens that mirror FLIPS (``marked``/bits, one per flip-section token)."""
+        return self.tail - self.first_flip
+
+
+def prompt_layout(tokens: Sequence[str]) -> PromptLayout:
+    """The layout of a tokenised compact prompt (``<bos>`` optional), or a clear error."""
+    try:
+        first, tail = tokens.index("flip"), tokens.index("diffuse")
+    except ValueError:
+        raise QHybridError(
+            "coupled positions need the compact prompt ('... flip <bits> ... diffuse end "
+            "measure'); use positions.kind='sequential' for other prompt formats"
+        ) from None
+    return PromptLayout(first, tail, len(tokens))
+
+
+def position_ids(
+    layout: PromptLayout | None,
+    total: int,
+    scheme: PositionScheme,
+    rng: random.Random | None = None,
+) -> list[int]:
+    """Ids for ``total`` tokens: the prompt, then answer slots (input tokens of the answer).
+
+    Args:
+        layout: the prompt's layout (needed by ``coupled``; ``None`` for the other kinds).
+        total: prompt length plus the number of answer tokens fed to the model.
+        scheme: the scheme.
+        rng: draws the gap and strides of a training sequence; ``None`` for evaluation.
+    """
+    if scheme.kind == "sequential":
+        return list(range(total))
+    if scheme.kind == "nope":
+        return [0] * total
+    if layout is None:
+        raise QHybridError("coupled positions need the prompt layout")
+    f0, lp = layout.first_flip, layout.length
+    draw = rng if rng is not None else random.Random(EVAL_SEED)
+    gap = rng.randint(0, scheme.gap) if rng is not None else 0
+    ids = list(range(f0))
+    at = f0 + gap
+    for _ in range(lp - f0):
+        ids.append(at)
+        at += draw.randint(1, scheme.stride)
+    # mirrors[j]: the id answer token j mirrors (copy part: the flip section; then onwards)
+    mirrors = ids[f0 : layout.tail]
+    slots = total - lp
+    mirrors += range(at, at + max(0, slots + 1 - len(mirrors)))
+    return ids + mirrors[1 : slots + 1]  # input token j carries the id of answer token j + 1
