@@ -10,10 +10,10 @@ Cells (``task.positions`` kind / random gap / random stride, and ``task.answer``
 - ``sequential``: ids 0, 1, 2, ... ;
 - ``nope``: no position ids (all 0);
 - ``coupled``: answer bits take the ids of the prompt bits they copy, no randomisation;
-- ``coupled+gap``: plus a random gap U{0..512} between header and flips in training;
-- ``coupled+gap+stride``: plus random id strides U{1..4} (the default);
+- ``coupled+gap``: plus a random gap U{0..1024} between header and flips in training;
+- ``coupled+gap+stride``: plus random id steps (per sequence U{1..s}, s ~ U{1..32}; the default);
 
-each with ``marked_p`` (fixed-point p_marked; the default) and ``closed`` (p_marked and p_rest in
+with ``marked_p`` (fixed-point p_marked; the default) and ``closed`` (p_marked and p_rest in
 scientific notation). Results are appended cell by cell to ``--out``; a rerun skips finished cells.
 
     python benchmarks/bench_llm_ablation.py --config configs/llm_sim_ablation.toml
@@ -38,9 +38,9 @@ from quantum.dataset import DatasetSpec, SplitSpec, draw_splits
 POSITIONS = {
     "sequential": PositionScheme("sequential"),
     "nope": PositionScheme("nope"),
-    "coupled": PositionScheme("coupled", gap=0, stride=1),
-    "coupled+gap": PositionScheme("coupled", gap=512, stride=1),
-    "coupled+gap+stride": PositionScheme("coupled", gap=512, stride=4),
+    "coupled": PositionScheme("coupled", gap=0, stride=1, eval_stride=1),
+    "coupled+gap": PositionScheme("coupled", gap=1024, stride=1, eval_stride=1),
+    "coupled+gap+stride": PositionScheme("coupled"),  # the default: gap 1024, strides to 32
 }
 ANSWERS = ("marked_p", "closed")
 

@@ -22,10 +22,15 @@ count bits instead of reading the coupled token (both only when ``rng`` is given
 
 - ``gap``: a random jump of U{0..gap} ids between HEADER and FLIPS (the header's length, which
   grows with the digits of n and k, stops mattering; Ruoss et al. 2023 randomise positions too);
-- ``stride``: consecutive ids in FLIPS and TAIL differ by U{1..stride} instead of 1.
+- ``stride``: each training sequence draws its own largest step s ~ U{1..stride}, then consecutive
+  ids in FLIPS and TAIL differ by U{1..s} instead of 1. A flip section of the 84 tokens training
+  has at most then spans anything from 84 to ~2,700 ids, so the span of a 366-token section at
+  n = 60 (t = 6) with small steps lies inside what training covered, and both dense and sparse ids
+  occur. (Steps of U{1..4} in every sequence, tried first, cover spans up to ~210 ids only:
+  copying broke down past n ~ 20.)
 
-Evaluation uses no gap and strides drawn from a fixed seed (``EVAL_SEED``), the same for every
-problem, so evaluation is deterministic and its distances look like training's.
+Evaluation uses no gap and steps U{1..eval_stride} from a fixed seed (``EVAL_SEED``), the same for
+every problem, so evaluation is deterministic.
 
 The answer layout (``copy_len`` tokens that mirror FLIPS, then the rest) is a function of the
 prompt alone, so the ids of every answer slot are known before generation starts.
@@ -50,16 +55,19 @@ class PositionScheme:
     """How position ids are assigned (see the module docstring)."""
 
     kind: str = "coupled"  # "coupled", "sequential" or "nope"
-    gap: int = 512  # training: random id jump U{0..gap} between the header and the first flip
-    stride: int = 4  # training and evaluation: id steps U{1..stride} inside FLIPS and TAIL
+    gap: int = 1024  # training: random id jump U{0..gap} between the header and the first flip
+    stride: int = 32  # training: per sequence s ~ U{1..stride}, then id steps U{1..s} in FLIPS
+    eval_stride: int = 2  # evaluation: id steps U{1..eval_stride} from a fixed seed
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise QHybridError(f"positions.kind={self.kind!r} is not one of {KINDS}")
         if not isinstance(self.gap, int) or not 0 <= self.gap <= 100_000:
             raise QHybridError(f"positions.gap={self.gap!r} must be an int in [0, 100000]")
-        if not isinstance(self.stride, int) or not 1 <= self.stride <= 64:
-            raise QHybridError(f"positions.stride={self.stride!r} must be an int in [1, 64]")
+        for name in ("stride", "eval_stride"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 64:
+                raise QHybridError(f"positions.{name}={value!r} must be an int in [1, 64]")
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,13 @@ def position_ids(
     f0, lp = layout.first_flip, layout.length
     draw = rng if rng is not None else random.Random(EVAL_SEED)
     gap = rng.randint(0, scheme.gap) if rng is not None else 0
+    # training: each sequence draws its own largest step, so both dense and sparse ids occur
+    stride = rng.randint(1, scheme.stride) if rng is not None else scheme.eval_stride
     ids = list(range(f0))
     at = f0 + gap
     for _ in range(lp - f0):
         ids.append(at)
-        at += draw.randint(1, scheme.stride)
+        at += draw.randint(1, stride)
     # mirrors[j]: the id answer token j mirrors (copy part: the flip section; then onwards)
     mirrors = ids[f0 : layout.tail]
     slots = total - lp

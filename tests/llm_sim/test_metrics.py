@@ -158,6 +158,21 @@ def test_matches_brute_force_expansion():
         assert search_accuracy(pred, marked) == pytest.approx(len(kept & set(marked)) / t)
 
 
+def test_marked_p_answer_fills_in_the_rest_by_normalisation():
+    # n = 3, t = 2, p_marked 0.3: the other 6 states share 0.4
+    pred = parse_answer(" marked 0 1 1 marked 1 0 0 p_marked 0 . 3 0 0 0")
+    assert pred.ok and dict(pred) == {"011": 0.3, "100": 0.3}
+    assert pred.rest_each == pytest.approx(0.4 / 6) and mass_error(pred) < 1e-12
+    # t p_marked > 1: nothing left for the rest (the mass error shows the overshoot)
+    over = parse_answer("marked 0 1 1 marked 1 0 0 p_marked 0 . 9")
+    assert over.rest_each == 0.0 and mass_error(over) == pytest.approx(0.8)
+    # every state named: no rest at all
+    assert parse_answer("marked 0 marked 1 p_marked 0 . 5").rest_each == 0.0
+    # a long answer at 60 qubits, scored without a 2^60 loop
+    big = parse_answer(f"marked {' '.join('1' * 60)} p_marked 1 . 0 0 0 0")
+    assert score(big, problem(60, ["1" * 60]))["set_acc"] == 1.0
+
+
 def test_no_dense_loop_at_forty_qubits():
     marked = ["1" * 40, "0" * 40]
     true = true_distribution(problem(40, marked))
@@ -193,6 +208,15 @@ def test_score_worst_values_on_failure_and_wrong_length():
         ("{'01': 1.5}", "probability_above_one"),
         ("{'01': 0.5, '011': 0.5}", "inconsistent_bit_length"),
         ("{'01': 0.5, '01': 0.5}", "duplicate_state"),
+        # the marked_p token form a model writes
+        ("marked 0 1 p_marked", "truncated_closed_form"),
+        ("marked 0 1 p_marked n a n", "truncated_closed_form"),
+        ("marked 0 1 p_marked 1 e 9 9 9", "bad_number"),
+        ("marked 0 1 p_marked 1 . 5", "probability_above_one"),
+        ("marked 0 1 p_marked - 0 . 5", "negative_probability"),
+        ("marked 0 1 marked 0 1 1 p_marked 0 . 5", "inconsistent_bit_length"),
+        ("marked 0 1 marked 0 1 p_marked 0 . 5", "duplicate_state"),
+        ("marked 0 1 p_marked 0 . 5 p_rest 2", "probability_above_one"),
     ],
 )
 def test_parse_failures_report_reason(text, reason):
