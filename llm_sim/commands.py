@@ -15,7 +15,7 @@ from qhybrid.config import add_config_arguments
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="llm_command", metavar="COMMAND")
     p = sub.add_parser("train", help="train small dense / MoE models from scratch (one per seed)")
-    add_config_arguments(p)
+    add_config_arguments(p, "llm_sim.training:LLMTrainConfig")
     p.add_argument(
         "--resume",
         metavar="RUN",
@@ -25,15 +25,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(func=_train)
     p = sub.add_parser("eval", help="evaluate a training run's models beside the baselines")
-    add_config_arguments(p)
+    add_config_arguments(p, "llm_sim.evaluate:EvalConfig")
     p.set_defaults(func=_eval)
     p = sub.add_parser("finetune", help="fine-tune a local pretrained causal LM (full or LoRA)")
-    add_config_arguments(p)
+    add_config_arguments(p, "llm_sim.finetune:FinetuneConfig")
     p.set_defaults(func=_finetune)
     p = sub.add_parser(
         "export-anchor", help="write problems as GroverGPT-2 records (instruction/input/output)"
     )
-    add_config_arguments(p)
+    add_config_arguments(p, "llm_sim.commands:ExportConfig")
     p.set_defaults(func=_export_anchor)
 
 

@@ -8,8 +8,11 @@ are ordinary ``LlamaForCausalLM`` / ``MixtralForCausalLM`` objects, so ``save_pr
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge, Gt
+
+from qhybrid.config import check_fields
 from qhybrid.errors import QHybridError
 
 __all__ = ["PRESETS", "ModelConfig", "build_model", "count_parameters", "preset"]
@@ -20,19 +23,24 @@ class ModelConfig:
     """Architecture of a from-scratch model."""
 
     arch: str = "llama"  # "llama" (dense) or "mixtral" (MoE)
-    hidden_size: int = 128  # model width d
-    num_layers: int = 4  # decoder blocks
-    num_heads: int = 4  # attention heads (head_dim = hidden_size / num_heads)
-    num_kv_heads: int | None = None  # grouped-query heads; None = num_heads
-    intermediate_size: int = 384  # MLP (per expert) hidden width
-    num_experts: int = 4  # Mixtral: experts per layer
-    experts_per_token: int = 2  # Mixtral: top-k routing
-    router_aux_loss_coef: float = 0.01  # Mixtral: load-balancing loss weight
-    max_position_embeddings: int = 1024  # longest sequence (tokens)
-    rope_theta: float = 10000.0  # RoPE base
+    hidden_size: Annotated[int, Ge(1)] = 128  # model width d
+    num_layers: Annotated[int, Ge(1)] = 4  # decoder blocks
+    num_heads: Annotated[int, Ge(1)] = 4  # attention heads (head_dim = hidden_size / num_heads)
+    num_kv_heads: Annotated[int, Ge(1)] | None = None  # grouped-query heads; None = num_heads
+    intermediate_size: Annotated[int, Ge(1)] = 384  # MLP (per expert) hidden width
+    num_experts: Annotated[int, Ge(1)] = 4  # Mixtral: experts per layer
+    experts_per_token: Annotated[int, Ge(1)] = 2  # Mixtral: top-k routing
+    router_aux_loss_coef: Annotated[float, Ge(0)] = 0.01  # Mixtral: load-balancing loss weight
+    max_position_embeddings: Annotated[int, Ge(8)] = 1024  # longest sequence (tokens)
+    rope_theta: Annotated[float, Gt(0)] = 10000.0  # RoPE base
     tie_word_embeddings: bool = True  # share input and output embeddings (small vocabularies)
 
     def __post_init__(self) -> None:
+        check_fields(self)
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise QHybridError(
+                f"num_heads={self.num_heads} must be divisible by num_kv_heads={self.num_kv_heads}"
+            )
         if self.arch not in ("llama", "mixtral"):
             raise QHybridError(f"arch={self.arch!r} is not supported; use 'llama' or 'mixtral'")
         if self.hidden_size % self.num_heads:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge, Gt
 
 from llm_sim.data import TaskFormat, collate, encode_example
 from llm_sim.evaluate import (
@@ -31,6 +32,7 @@ from llm_sim.evaluate import (
 )
 from llm_sim.model import ModelConfig
 from llm_sim.training import DATA, LLMTrainConfig, train_model, write_splits
+from qhybrid.config import check_fields
 from qhybrid.report import Section
 from qhybrid.runs import Run, atomic_write_json
 
@@ -40,13 +42,16 @@ SPLITS = ("test_id", "test_ood_n", "test_ood_t", "test_ood_k")
 
 @dataclass(frozen=True)
 class StageConfig:
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # sequences per step
-    lr: float = 3e-3  # AdamW peak learning rate
-    hidden_size: int = 64  # model width
-    num_layers: int = 2  # decoder blocks
-    num_experts: int = 4  # experts per layer (top-2 routing)
-    max_test: int = 120  # problems scored per test split
+    steps: Annotated[int, Ge(1)] = 1000  # optimizer steps
+    batch_size: Annotated[int, Ge(1)] = 32  # sequences per step
+    lr: Annotated[float, Gt(0)] = 3e-3  # AdamW peak learning rate
+    hidden_size: Annotated[int, Ge(8)] = 64  # model width
+    num_layers: Annotated[int, Ge(1)] = 2  # decoder blocks
+    num_experts: Annotated[int, Ge(2)] = 4  # experts per layer (top-2 routing)
+    max_test: Annotated[int, Ge(1)] = 120  # problems scored per test split
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def _splits(context: dict[str, Any], seed: int) -> tuple[dict[str, list[Any]], str]:
@@ -123,6 +128,9 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
             )
             + "Single seed: the three-seed targets are in docs/llm_sim.md."
         ),
+    )
+    section.headline = f"{trained.n_params:,} parameters trained in {train_s:.0f} s" + (
+        f"; worst set accuracy at unseen n {min(r['set_acc'] for r in ood):.2f}" if ood else ""
     )
     section.add_table(
         "Training",

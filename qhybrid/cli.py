@@ -4,8 +4,9 @@ Each part adds its own subcommands from ``<part>/commands.py``, a light module (
 functions) with ``register(parser)`` that adds sub-parsers whose ``func(args) -> int`` runs the work.
 Only the part named on the command line is imported, so ``qhybrid --help`` is instant.
 
-User errors (:class:`~qhybrid.errors.QHybridError`) print ``error: <message>`` without a traceback
-and exit with status 2.
+User errors (:class:`~qhybrid.errors.QHybridError`), file-system and decoding errors print one
+``error: <message>`` line without a traceback and exit with status 2; Ctrl-C exits with 130
+(``-vv`` adds the traceback). ``-v`` works before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +46,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from qhybrid.pipeline import reproduce, resolve_reproduce
 
     config = resolve_reproduce(args.preset, args.config, args.overrides)
-    result = reproduce(config, root=args.out)
+    result = reproduce(config, root=args.out, echo=print)
     print(f"report: {result.report}")
     failed = [s.title for s in result.sections if s.status == "failed"]
     if failed:
@@ -53,11 +55,53 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _presets(args: argparse.Namespace) -> int:
+    from qhybrid.config import presets
+
+    for name, text in presets().items():
+        print(f"{name:24s} {text}")
+    return 0
+
+
+def _reproduce_help() -> str:
+    """Stages (with their config keys) and presets, for ``qhybrid reproduce --help``."""
+    from qhybrid.config import config_help
+    from qhybrid.pipeline import STAGES, _stage_module, reproduce_presets
+
+    lines = ["presets (--preset NAME):"]
+    lines += [f"  {name:10s} {text}" for name, text in reproduce_presets().items()]
+    lines.append(
+        '\nstages (--set \'stages=["core", "quantum"]\') and their keys (--set STAGE.KEY=VALUE):'
+    )
+    for name in STAGES:
+        module = _stage_module(name)
+        if module is None:
+            lines.append(f"{name}: not installed")
+            continue
+        lines.append(f"{name}: {module.TITLE}")
+        lines.append(config_help(module.StageConfig, f"{name}."))
+    return "\n".join(lines) + "\n"
+
+
+def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-v`` on ``parser`` and, recursively, on every subcommand (so it works after them too)."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if top else argparse.SUPPRESS,
+        help="more log output (-vv: debug, and tracebacks on errors)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child, top=False)
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qhybrid", description="qhybrid: hybrid quantum-classical simulation toolkit"
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for part, (module, help_text) in PARTS.items():
@@ -76,11 +120,30 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     rep.add_argument("--preset", default="quick", help="named preset (default: quick)")
     add_config_arguments(rep)
     rep.set_defaults(func=_reproduce)
+    plain_help = rep.format_help
+    rep.format_help = lambda: f"{plain_help()}\n{_reproduce_help()}"  # type: ignore[method-assign]
+    pre = sub.add_parser("presets", help="list the config presets shipped with qhybrid")
+    pre.set_defaults(func=_presets)
+    _add_verbose(parser, top=True)
     return parser
+
+
+def _error_line(err: BaseException) -> str:
+    """One line for an error a user can act on (a file, a decoding or a memory problem)."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or err}: '{err.filename}'; check the path and its permissions"
+    if isinstance(err, UnicodeError):
+        return f"a file is not UTF-8 text ({err}); save it as UTF-8"
+    if isinstance(err, MemoryError):
+        return (
+            "out of memory; use a smaller problem, the closed form, or a machine with more memory"
+        )
+    return str(err)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = (
@@ -97,8 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
-    except QHybridError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"error: interrupted (qhybrid {wanted})", file=sys.stderr)
+        return 130
+    except (QHybridError, OSError, UnicodeError, MemoryError) as err:
+        if args.verbose >= 2:
+            traceback.print_exc()
+        print(f"error: {_error_line(err)}", file=sys.stderr)
         return 2
 
 

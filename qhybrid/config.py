@@ -6,6 +6,12 @@ a string) → a frozen dataclass instance → ``config.json`` in the run folder.
 
 Nested dataclasses are TOML tables and dotted keys: ``--set train.lr=1e-3``.
 
+Bounds are part of a field's type, as ``annotated_types`` metadata (the vocabulary pydantic uses):
+``steps: Annotated[int, Ge(1)] = 100``. They are checked when a config is resolved, with the user's
+dotted key in the message, and by :func:`check_fields` in a dataclass's ``__post_init__``. A field's
+trailing ``# comment`` is its help text: :func:`config_help` lists every key with type, default,
+bounds and comment, which is what ``--help`` prints.
+
 Example:
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
@@ -19,12 +25,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import inspect
+import io
+import math
+import re
+import tokenize
 import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import annotated_types as at
 
 from qhybrid.errors import ConfigError
 
@@ -32,32 +48,71 @@ T = TypeVar("T")
 
 __all__ = [
     "add_config_arguments",
+    "check_fields",
     "config_from_args",
+    "config_help",
     "config_to_dict",
     "from_dict",
     "load_toml",
     "parse_overrides",
+    "preset_path",
+    "presets",
     "resolve_config",
 ]
 
 
+def presets() -> dict[str, str]:
+    """``{name: first comment line}`` of the TOML presets shipped inside the package."""
+    out = {}
+    for entry in sorted(resources.files("qhybrid").joinpath("presets").iterdir(), key=str):
+        if entry.name.endswith(".toml"):
+            first = entry.read_text(encoding="utf-8").partition("\n")[0]
+            out[entry.name.removesuffix(".toml")] = first.lstrip("# ").strip()
+    return out
+
+
+def preset_path(name: str) -> Path | None:
+    """The shipped preset ``name`` (``llm_sim_quick`` or ``configs/llm_sim_quick.toml``), if any."""
+    stem = Path(name).name.removesuffix(".toml")
+    entry = resources.files("qhybrid").joinpath("presets", f"{stem}.toml")
+    return Path(str(entry)) if entry.is_file() else None
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file, with an error that names the file and the line when it does not parse."""
+    """Read a TOML file (or a shipped preset by name), with errors that name the file and the fix."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"config file '{path}' is a folder or device, not a TOML file")
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass the path of a TOML file")
+        shipped = preset_path(str(path))
+        if shipped is None:
+            raise ConfigError(
+                f"config file '{path}' does not exist (nor is it a preset); pass the path of a "
+                f"TOML file or one of the presets: {', '.join(presets())}"
+            )
+        path = shipped
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file '{path}' is not UTF-8 text (byte {err.start}); save it as UTF-8 TOML"
+        ) from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"config file '{path}' cannot be read: {err.strerror}") from err
+
+
+# A value taken as a string without quotes: a word or a path, not something that looks like TOML.
+_BARE_WORD = re.compile(r"[A-Za-z_.~/][\w.~/:+-]*")
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", 'name="x"']`` into the nested dict ``{"a": {"b": 1}, "name": "x"}``.
 
-    Each value is parsed as a TOML value; a bare word that is not valid TOML (``--set name=quick``)
-    is taken as a string, since that is what a user typing it means.
+    Each value is parsed as a TOML value; a bare word or path that is not valid TOML
+    (``--set name=quick``, ``--set dataset=data/grover``) is taken as a string, since that is what a
+    user typing it means. Anything else that does not parse (``[1,``, ``3e-``, ``"a``) is an error.
     """
     out: dict[str, Any] = {}
     for item in overrides:
@@ -69,7 +124,12 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             )
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+        except tomllib.TOMLDecodeError as err:
+            if not _BARE_WORD.fullmatch(raw.strip()):
+                raise ConfigError(
+                    f"override '{item}': {raw.strip()!r} is not a TOML value ({err}); quote a "
+                    f"string (--set '{key}=\"text\"'), write lists as [1, 2]"
+                ) from err
             value = raw.strip()
         node = out
         *parents, leaf = key.split(".")
@@ -102,6 +162,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert TOML shapes (list → tuple, int → float)."""
     origin = get_origin(tp)
     if tp is Any:
+        return value
+    if origin is Annotated:
+        inner, *meta = get_args(tp)
+        value = _coerce(value, inner, where)
+        _check_bounds(value, meta, where)
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
@@ -148,6 +213,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"'{where}' must be a float, got {value!r} ({type(value).__name__})")
+        if math.isnan(value):
+            raise ConfigError(f"'{where}' is NaN; give a number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -164,6 +231,127 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _bound_text(meta: Any) -> str:
+    for name, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+        if getattr(meta, name, None) is not None:
+            return f"{op} {getattr(meta, name)}"
+    if isinstance(meta, at.MinLen):
+        return f"at least {meta.min_length} items"
+    if isinstance(meta, at.MaxLen):
+        return f"at most {meta.max_length} items"
+    return str(meta)
+
+
+def _flat_bounds(meta: Sequence[Any]) -> list[Any]:
+    return [m for item in meta for m in (item if isinstance(item, at.GroupedMetadata) else [item])]
+
+
+def _check_bounds(value: Any, meta: Sequence[Any], where: str) -> None:
+    """Check ``value`` against ``annotated_types`` bounds (Gt, Ge, Lt, Le, Interval, MinLen, MaxLen)."""
+    for m in _flat_bounds(meta):
+        ok = True
+        if isinstance(m, at.Gt):
+            ok = value > m.gt
+        elif isinstance(m, at.Ge):
+            ok = value >= m.ge
+        elif isinstance(m, at.Lt):
+            ok = value < m.lt
+        elif isinstance(m, at.Le):
+            ok = value <= m.le
+        elif isinstance(m, at.MinLen):
+            ok = len(value) >= m.min_length
+        elif isinstance(m, at.MaxLen):
+            ok = len(value) <= m.max_length
+        if not ok:
+            raise ConfigError(f"'{where}' = {value!r} must be {_bound_text(m)}")
+
+
+def check_fields(config: Any) -> None:
+    """Check every ``Annotated`` bound of a dataclass instance; call it from ``__post_init__``."""
+    for name, tp in get_type_hints(type(config), include_extras=True).items():
+        value = getattr(config, name, None)
+        if get_origin(tp) in (typing.Union, types.UnionType) and value is not None:
+            tp = next((a for a in get_args(tp) if get_origin(a) is Annotated), tp)
+        if get_origin(tp) is Annotated:
+            _check_bounds(value, get_args(tp)[1:], name)
+
+
+@functools.cache
+def _field_comments(cls: type) -> dict[str, str]:
+    """``{field: trailing comment}`` read from the class source (``x: int = 1  # comment``)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    name = None
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and name is None:
+            name = tok.string
+        elif tok.type == tokenize.COMMENT and name is not None:
+            text = tok.string.replace("fmt: skip", "").strip("# ").strip()
+            if text:
+                comments.setdefault(name, text)
+        elif tok.type == tokenize.NEWLINE:
+            name = None
+    return comments
+
+
+def config_help(config: Any, prefix: str = "") -> str:
+    """One line per config key of a dataclass (type or instance): ``key (type, default): comment``.
+
+    Nested dataclasses are listed with dotted keys; an instance's own values are the defaults shown;
+    bounds from ``Annotated`` types are shown after the default.
+    """
+    cls = config if isinstance(config, type) else type(config)
+    hints = get_type_hints(cls, include_extras=True)
+    comments = _field_comments(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        default = _default_of(f) if isinstance(config, type) else getattr(config, f.name)
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            lines.append(config_help(default, f"{prefix}{f.name}."))
+            continue
+        meta = _flat_bounds(get_args(tp)[1:]) if get_origin(tp) is Annotated else []
+        bounds = "".join(f", {_bound_text(m)}" for m in meta)
+        comment = comments.get(f.name, "")
+        lines.append(
+            f"  {prefix}{f.name} ({_display_type(tp)}, default {json_default(default)}{bounds})"
+            + (f": {comment}" if comment else "")
+        )
+    return "\n".join(lines)
+
+
+def _display_type(tp: Any) -> str:
+    """``tuple[str, ...]`` → ``list of str``, ``int | None`` → ``int or null``, for help text."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _display_type(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _display_type(a) for a in args)
+    if origin is Literal:
+        return "one of " + "/".join(json_default(a) for a in args)
+    if origin in (tuple, list):
+        inner = [a for a in args if a is not Ellipsis]
+        return "list" + (f" of {_display_type(inner[0])}" if len(set(inner)) == 1 else "")
+    if origin is dict:
+        return "table"
+    return _type_name(tp)
+
+
+def json_default(value: Any) -> str:
+    """A default as a user would type it after ``--set key=``."""
+    import json
+
+    try:
+        return json.dumps(_jsonable(value))
+    except TypeError:
+        return repr(value)
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     """Build the frozen dataclass ``cls`` from a (nested) mapping, checking every key and type.
 
@@ -173,7 +361,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     """
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
         raise TypeError(f"{cls!r} is not a dataclass type")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -244,9 +432,18 @@ def resolve_config(
     return from_dict(cls, data)
 
 
-def add_config_arguments(parser: Any) -> None:
-    """Add ``--config FILE.toml``, ``--set key=value`` (repeatable) and ``--out DIR`` to an argparse parser."""
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with config values")
+def add_config_arguments(parser: Any, config: str | type | None = None) -> None:
+    """Add ``--config FILE.toml``, ``--set key=value`` (repeatable) and ``--out DIR`` to a parser.
+
+    ``config`` (a dataclass or ``"module:Class"``, imported only when help is asked for) makes
+    ``--help`` end with every config key, its type, default, bounds and comment.
+    """
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML file with config values, or the name of a preset shipped with qhybrid "
+        "(see 'qhybrid presets')",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -258,6 +455,24 @@ def add_config_arguments(parser: Any) -> None:
     parser.add_argument(
         "--out", default="runs", metavar="DIR", help="folder for run folders (default: runs)"
     )
+    if config is not None:
+        _add_keys_to_help(parser, config)
+
+
+def _add_keys_to_help(parser: Any, config: str | type) -> None:
+    plain_help = parser.format_help
+
+    def format_help() -> str:
+        cls = config
+        if isinstance(cls, str):
+            module, _, name = cls.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+        return (
+            f"{plain_help()}\nconfig keys (--set KEY=VALUE, or the same keys in a TOML file):\n"
+            f"{config_help(cls)}\n"
+        )
+
+    parser.format_help = format_help
 
 
 def config_from_args(cls: type[T], args: Any, *, base: Mapping[str, Any] | None = None) -> T:

@@ -21,17 +21,21 @@ A reproduce config is a TOML file with the top-level keys below and one table pe
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
+import os
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qhybrid.config import config_to_dict, from_dict, load_toml, parse_overrides
+from qhybrid.config import config_to_dict, from_dict, load_toml, parse_overrides, presets
 from qhybrid.errors import ConfigError
 from qhybrid.report import Section, write_report
 from qhybrid.runs import Run, create_run
@@ -39,11 +43,11 @@ from qhybrid.runs import Run, create_run
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PRESETS",
     "STAGES",
     "ReproduceConfig",
     "ReproduceResult",
     "reproduce",
+    "reproduce_presets",
     "resolve_reproduce",
 ]
 
@@ -57,8 +61,14 @@ STAGES: dict[str, str] = {
     "moe": "moe.stage",
 }
 
-# Named presets: overrides applied on top of every stage's defaults (the defaults are "quick").
-PRESETS: dict[str, dict[str, Any]] = {"quick": {}}
+
+def reproduce_presets() -> dict[str, str]:
+    """``{name: description}`` of the reproduce presets (``qhybrid/presets/reproduce_<name>.toml``)."""
+    return {
+        name.removeprefix("reproduce_"): text
+        for name, text in presets().items()
+        if name.startswith("reproduce_")
+    }
 
 
 @dataclass(frozen=True)
@@ -102,10 +112,13 @@ def resolve_reproduce(
     preset: str = "quick", path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> ReproduceConfig:
     """Resolve the preset, an optional TOML file and ``--set`` overrides into a ReproduceConfig."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; valid presets: {sorted(PRESETS)}")
+    if preset not in reproduce_presets():
+        raise ConfigError(
+            f"unknown preset {preset!r}; valid presets: {sorted(reproduce_presets())}"
+        )
     data: dict[str, Any] = {}
-    for source in (PRESETS[preset], load_toml(path) if path else {}, parse_overrides(overrides)):
+    sources = (load_toml(f"reproduce_{preset}"), load_toml(path) if path else {})
+    for source in (*sources, parse_overrides(overrides)):
         for key, value in source.items():
             if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):
                 data[key] = {**data[key], **value}
@@ -135,8 +148,87 @@ def resolve_reproduce(
     )
 
 
-def reproduce(config: ReproduceConfig, *, root: str | Path = "runs") -> ReproduceResult:
-    """Run the configured stages in order into one run folder with one ``report.md``."""
+HEARTBEAT_SECONDS = 15.0  # longest silence of `qhybrid reproduce` while a stage runs
+
+
+class _Heartbeat:
+    """Print ``<stage>: running, <s> s`` every ``every`` seconds while a stage runs (a daemon thread)."""
+
+    def __init__(self, name: str, echo: Callable[[str], None], every: float = 15.0) -> None:
+        self.name, self.echo, self.every = name, echo, every
+        self.t0 = time.perf_counter()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.echo(f"  {self.name}: running, {time.perf_counter() - self.t0:.0f} s")
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def quiet_library_progress() -> None:
+    """Turn off the progress bars of transformers, datasets and the hub (they say nothing here)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():  # our own loops print plain lines there instead
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if importlib.util.find_spec("datasets") is not None:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def _headline(section: Section) -> str:
+    """The stage's own headline, else the first row of its first table."""
+    if section.headline or not section.tables:
+        return section.headline
+    row = section.tables[0][1][0] if section.tables[0][1] else {}
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(row.items())[:4]
+    )
+
+
+def _run_stage(
+    module: Any, name: str, config: ReproduceConfig, run: Run, context: dict[str, Any]
+) -> Section:
+    """One stage; a failure becomes a failed section (with the traceback in ``<name>-error.txt``)."""
+    t0 = time.perf_counter()
+    try:
+        section: Section = module.run_stage(
+            run, config.stage_configs[name], seed=config.seed, context=context
+        )
+    except Exception as err:  # a failing stage is reported; the other stages still run
+        logger.error("stage %s failed: %s", name, err)
+        (run.path / f"{name}-error.txt").write_text(traceback.format_exc())
+        section = Section(
+            getattr(module, "TITLE", name), status="failed", error=f"{type(err).__name__}: {err}"
+        )
+    section.seconds = time.perf_counter() - t0
+    return section
+
+
+def reproduce(
+    config: ReproduceConfig,
+    *,
+    root: str | Path = "runs",
+    echo: Callable[[str], None] | None = None,
+) -> ReproduceResult:
+    """Run the configured stages in order into one run folder with one ``report.md``.
+
+    ``echo`` (``print`` for the command) gets a line when each stage starts and ends, with its time
+    and key result, and one every 15 s while a stage runs. After Ctrl-C the report marks the
+    running stage as interrupted and the ``KeyboardInterrupt`` goes on to the caller.
+    """
+    say = echo or (lambda line: None)
     snapshot = {
         "name": config.name,
         "seed": config.seed,
@@ -144,36 +236,42 @@ def reproduce(config: ReproduceConfig, *, root: str | Path = "runs") -> Reproduc
         **{k: config_to_dict(v) for k, v in config.stage_configs.items()},
     }
     run = create_run(config.name, snapshot, root=root, seed=config.seed)
+    if echo is not None:
+        quiet_library_progress()
+    say(f"run folder: {run.path}")
     sections: list[Section] = []
     context: dict[str, Any] = {}
-    for name in config.stages:
+    preamble = _preamble(config, run)
+    for i, name in enumerate(config.stages, 1):
         module = _stage_module(name)
         if module is None:
             sections.append(
                 Section(name, status="skipped", error=f"part '{STAGES[name]}' not installed")
             )
+            say(f"[{i}/{len(config.stages)}] {name}: skipped (not installed)")
             continue
-        logger.info("stage %s", name)
-        t0 = time.perf_counter()
+        say(f"[{i}/{len(config.stages)}] {name}: {getattr(module, 'TITLE', name)}")
         try:
-            section = module.run_stage(
-                run, config.stage_configs[name], seed=config.seed, context=context
-            )
-            section.seconds = time.perf_counter() - t0
-        except Exception as err:  # a failing stage is reported; the other stages still run
-            logger.error("stage %s failed: %s", name, err)
-            (run.path / f"{name}-error.txt").write_text(traceback.format_exc())
-            section = Section(
-                getattr(module, "TITLE", name),
-                status="failed",
-                error=f"{type(err).__name__}: {err}",
-                seconds=time.perf_counter() - t0,
-            )
+            with (
+                _Heartbeat(name, say, HEARTBEAT_SECONDS)
+                if echo is not None
+                else contextlib.nullcontext()
+            ):
+                section = _run_stage(module, name, config, run, context)
+        except KeyboardInterrupt:
+            sections.append(Section(getattr(module, "TITLE", name), status="interrupted"))
+            write_report(run, "qhybrid reproduce (interrupted)", sections, preamble=preamble)
+            say(f"[{i}/{len(config.stages)}] {name}: interrupted; partial report in {run.path}")
+            raise
         sections.append(section)
+        detail = section.error if section.status == "failed" else _headline(section)
+        say(
+            f"[{i}/{len(config.stages)}] {name}: {section.status} in {section.seconds:.0f} s; {detail}"
+        )
         # Rewrite the report after every stage, so an interrupted run keeps what finished.
-        report = write_report(run, "qhybrid reproduce", sections, preamble=_preamble(config, run))
+        write_report(run, "qhybrid reproduce", sections, preamble=preamble)
         run.log_metrics({"stage": name, "status": section.status, "seconds": section.seconds})
-    report = write_report(run, "qhybrid reproduce", sections, preamble=_preamble(config, run))
+    report = write_report(run, "qhybrid reproduce", sections, preamble=preamble)
     return ReproduceResult(run=run, sections=sections, report=report)
 
 

@@ -21,9 +21,10 @@ class Section:
     text: str = ""  # Markdown paragraphs shown under the title
     tables: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # (caption, rows)
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path in the run)
-    status: Literal["ok", "failed", "skipped"] = "ok"
+    status: Literal["ok", "failed", "skipped", "interrupted"] = "ok"
     error: str | None = None  # the failure message when status == "failed"
     seconds: float | None = None  # wall time of the stage
+    headline: str = ""  # the key result in one line, printed when a reproduce stage ends
 
     def add_table(self, caption: str, rows: Sequence[Mapping[str, Any]]) -> None:
         self.tables.append((caption, [dict(r) for r in rows]))
@@ -74,6 +75,8 @@ def render_report(title: str, sections: Sequence[Section], *, run: Run, preamble
         out.append(f"## {s.title}\n")
         if s.status == "failed":
             out.append(f"**This stage failed:** `{s.error}`\n")
+        elif s.status == "interrupted":
+            out.append("**Interrupted** (Ctrl-C or a kill) before this stage finished.\n")
         elif s.status == "skipped":
             out.append(f"_Skipped: {s.error or 'not run'}._\n")
         if s.text:

@@ -221,12 +221,19 @@ def create_run(
         )
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise QHybridError(f"--out '{root}' is a file; pass a folder for run folders")
     path = root / f"{name}-{stamp}"
     i = 1
     while path.exists():  # two runs in the same second get distinct folders
         i += 1
         path = root / f"{name}-{stamp}-{i}"
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        raise QHybridError(
+            f"cannot create a run folder in '{root}': {err.strerror}; pass --out a writable folder"
+        ) from err
     if config is not None:
         cfg = config if isinstance(config, Mapping) else config_to_dict(config)
         atomic_write_json(path / "config.json", cfg)

@@ -8,11 +8,13 @@ It shows the loop works end to end and gives a reference for the parts' own stag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge, Gt, Lt
 from torch import nn
 
+from qhybrid.config import check_fields
 from qhybrid.report import Section
 from qhybrid.runs import Run
 from qhybrid.train import TrainConfig, make_loader, seed_everything, train
@@ -22,11 +24,16 @@ TITLE = "Core: shared training loop on digits"
 
 @dataclass(frozen=True)
 class StageConfig:
-    hidden: int = 64  # MLP hidden width
-    batch_size: int = 64  # examples per step
-    steps: int = 300  # optimizer steps (about 13 epochs of the 1,437 training images)
-    lr: float = 3e-3  # AdamW peak learning rate
-    test_fraction: float = 0.2  # held-out share of the 1,797 images
+    hidden: Annotated[int, Ge(1)] = 64  # MLP hidden width
+    batch_size: Annotated[int, Ge(1)] = 64  # examples per step
+    steps: Annotated[int, Ge(1)] = (
+        300  # optimizer steps (about 13 epochs of the 1,437 training images)
+    )
+    lr: Annotated[float, Gt(0)] = 3e-3  # AdamW peak learning rate
+    test_fraction: Annotated[float, Gt(0), Lt(1)] = 0.2  # held-out share of the 1,797 images
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def digits_tensors(test_fraction: float, seed: int) -> tuple[torch.utils.data.TensorDataset, ...]:
@@ -116,5 +123,6 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     section.add_figure(
         "Training curves of the core stage", run.save_figure(fig, "figures/core_curves")
     )
+    section.headline = f"test accuracy {result.last_eval['test_acc']:.3f} after {result.step} steps"
     context["core"] = {"test_acc": result.last_eval["test_acc"]}
     return section

@@ -67,6 +67,7 @@ __all__ = [
     "Closure",
     "TrainConfig",
     "TrainResult",
+    "clean_stale_checkpoints",
     "distillation_loss",
     "load_checkpoint",
     "lr_factor",
@@ -320,6 +321,31 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def clean_stale_checkpoints(directory: str | Path) -> list[Path]:
+    """Remove the temporary folders (``.step-*.tmp-<pid>``) of saves killed half-way.
+
+    Only folders of processes that are no longer running are removed; returns what was removed.
+    """
+    removed = []
+    for tmp in Path(directory).glob(".step-*.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,
@@ -440,10 +466,15 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 
 
 PLAIN_PROGRESS_SECONDS = 15.0  # longest silence of the plain progress lines
+PLAIN_PROGRESS_MIN_SECONDS = 2.0  # shortest gap between two of them (fast loops stay readable)
 
 
 class _PlainProgress:
-    """Progress lines on stderr when it is not a terminal (where tqdm stays silent)."""
+    """Progress lines on stderr when it is not a terminal (where tqdm stays silent).
+
+    A line every ``every`` steps, but not more often than every 2 s; at least one every 15 s; and
+    one at the last step.
+    """
 
     def __init__(self, total: int, enabled: bool, every: int) -> None:
         self.total, self.every = total, every
@@ -452,11 +483,11 @@ class _PlainProgress:
 
     def __call__(self, step: int, loss: float) -> None:
         now = time.perf_counter()
-        if not self.enabled or not (
-            step % self.every == 0
-            or step == self.total
-            or now - self.last >= PLAIN_PROGRESS_SECONDS
-        ):
+        since = now - self.last
+        due = (step % self.every == 0 and since >= PLAIN_PROGRESS_MIN_SECONDS) or (
+            since >= PLAIN_PROGRESS_SECONDS
+        )
+        if not self.enabled or not (due or step == self.total):
             return
         self.last = now
         line = f"step {step}/{self.total} loss {loss:.4g} ({now - self.t0:.0f} s)"
@@ -546,6 +577,9 @@ def train(
     best: float | None = None
     bad_evals = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None and rank == 0:
+        for tmp in clean_stale_checkpoints(ckpt_dir):
+            logger.info("removed %s, left by a save that was killed", tmp)
     resume_from: Path | None = None
     if resume:
         resume_from = Path(resume) if not isinstance(resume, bool) else ckpt_dir
@@ -690,17 +724,24 @@ def train(
                         loss, extras = _split_loss(loss_fn(net, batch))
                         (loss if n == 1 else loss / n).backward()
                     loss_sum = loss.detach() if i == 0 else loss_sum + loss.detach()
-                loss_value = loss_sum.item() / n  # one host sync per step, needed by the NaN guard
-                if not math.isfinite(loss_value):
+                params = [p for p in model.parameters() if p.grad is not None]
+                grads = [p.grad for p in params if p.grad is not None]
+                norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+                # One host sync per step for both guards: a non-finite loss or gradient never
+                # reaches the weights.
+                loss_value, norm_value = (torch.stack([loss_sum / n, norm.to(loss_sum)])).tolist()
+                if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                     optimizer.zero_grad(set_to_none=True)
+                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
                     raise NonFiniteLossError(
-                        f"loss is {loss_value} at step {step} (lr={optimizer.param_groups[0]['lr']:.3g}); "
-                        f"the weights were not updated and the last good checkpoint is {last_ckpt}. "
+                        f"{what} is {loss_value if what == 'loss' else norm_value} at step {step} "
+                        f"(lr={optimizer.param_groups[0]['lr']:.3g}); the weights were not updated "
+                        f"and the last good checkpoint is {last_ckpt}. "
                         "Lower the learning rate, enable clip_grad_norm, or check the data."
                     )
                 if config.clip_grad_norm is not None:
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                    extras = {**extras, "grad_norm": float(norm)}
+                    nn.utils.clip_grads_with_norm_(params, config.clip_grad_norm, norm)
+                    extras = {**extras, "grad_norm": norm_value}
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1

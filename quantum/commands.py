@@ -39,9 +39,14 @@ def _generate(args: argparse.Namespace) -> int:
 
     from qhybrid.config import config_from_args
     from qhybrid.runs import create_run
-    from quantum.dataset import DatasetSpec, generate_dataset
+    from quantum.dataset import DatasetSpec, check_output, draw_splits, generate_dataset
 
     spec = config_from_args(DatasetSpec, args)
+    # Check before the run folder exists, so a corrected command is never refused.
+    if args.dataset_dir:
+        check_output(spec, args.dataset_dir)
+    else:
+        draw_splits(spec)
     run = create_run("grover-generate", spec, root=args.out, seed=spec.seed)
     target = Path(args.dataset_dir) if args.dataset_dir else run.artefact("dataset")
     info = generate_dataset(spec, target)
@@ -56,9 +61,12 @@ def _generate(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from qhybrid.errors import QHybridError
     from quantum.simulate import depolarizing_noise, simulate
 
     problem = _problem(args)
+    if args.top < 1:
+        raise QHybridError(f"--top {args.top} must be >= 1 (how many probabilities to print)")
     noise = depolarizing_noise(args.noise) if args.noise else None
     out = simulate(problem, args.backend, shots=args.shots, seed=args.seed, device=args.device,
                    noise=noise)  # fmt: skip
@@ -87,7 +95,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         description="Generate a dataset from a DatasetSpec (quantum.dataset); keys via --set, "
         "e.g. --set seed=1 --set train.count=5000 --set 'renderings=[\"compact\"]'.",
     )
-    add_config_arguments(gen)
+    add_config_arguments(gen, "quantum.dataset:DatasetSpec")
     gen.add_argument(
         "--dataset-dir",
         default=None,

@@ -75,6 +75,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetSpec",
     "SplitSpec",
+    "check_output",
     "draw_splits",
     "generate_dataset",
     "off_optimal_iterations",
@@ -183,6 +184,8 @@ class DatasetSpec:
     parquet: bool = True  # also write Parquet shards (needs the `datasets` package)
 
     def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise GroverProblemError(f"seed={self.seed!r} must be an int >= 0")
         for r in self.renderings:
             inputs = tuple(f for f in FORMATS if not f.startswith("answer"))
             if r not in inputs:
@@ -545,6 +548,21 @@ def _shards(spec: DatasetSpec) -> Iterator[tuple[str, int, int, list[Drawn]]]:
             yield name, shard, start, items[start : start + spec.shard_size]
 
 
+def check_output(spec: DatasetSpec, out_dir: str | Path) -> list[tuple[str, int, int, list[Drawn]]]:
+    """Everything :func:`generate_dataset` checks before it writes: the spec can be drawn, and
+    ``out_dir`` is new, empty, or a folder of the same spec (to resume). Returns the shards."""
+    out = Path(out_dir)
+    shards = list(_shards(spec))  # draws every split: a spec that cannot be drawn fails here
+    if out.exists() and not out.is_dir():
+        raise GroverProblemError(f"dataset folder '{out}' is a file; pass a new folder")
+    spec_path = out / "spec.json"
+    if spec_path.exists() and json.loads(spec_path.read_text()) != config_to_dict(spec):
+        raise GroverProblemError(
+            f"{out} holds a dataset made from a different spec; choose a new folder or delete it"
+        )
+    return shards
+
+
 def generate_dataset(spec: DatasetSpec, out_dir: str | Path) -> DatasetInfo:
     """Generate (or finish) the dataset described by ``spec`` in ``out_dir``.
 
@@ -554,16 +572,9 @@ def generate_dataset(spec: DatasetSpec, out_dir: str | Path) -> DatasetInfo:
     """
     out = Path(out_dir)
     spec_dict = config_to_dict(spec)
-    shards = list(_shards(spec))  # draws every split: a spec that cannot be drawn fails here
+    shards = check_output(spec, out)
     spec_path = out / "spec.json"
-    if spec_path.exists():
-        old = json.loads(spec_path.read_text())
-        if old != spec_dict:
-            raise GroverProblemError(
-                f"{out} holds a dataset made from a different spec; choose a new --out folder "
-                "or delete it"
-            )
-    else:
+    if not spec_path.exists():
         atomic_write_json(spec_path, spec_dict)
     todo, summaries = [], {}
     for split, shard, start, items in shards:

@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from quantum.problem import GroverProblem, GroverProblemError
-from quantum.simulate import TwoLevelDistribution, two_level
+from quantum.simulate import MAX_CIRCUIT_ITERATIONS, TwoLevelDistribution, two_level
 
 __all__ = ["FORMATS", "answer_text", "format_probability", "parse_answer_text", "render"]
 
@@ -230,6 +230,11 @@ def render(problem: GroverProblem, fmt: str) -> str:
         text = str(qasm3.dumps(_qiskit_loop_circuit(problem, oracle_only=True)))
         return text[: text.index("qubit[")]  # definitions only, like the fast path
     if fmt == "qasm3":
+        if problem.iterations > MAX_CIRCUIT_ITERATIONS:
+            raise GroverProblemError(
+                f"iterations={problem.iterations} > {MAX_CIRCUIT_ITERATIONS}: the unrolled 'qasm3' "
+                "text would repeat every gate that often; use fmt='qasm3_loop' (a for loop)"
+            )
         from qiskit import qasm3
 
         from quantum.circuits import build_circuit

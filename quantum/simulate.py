@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,8 @@ __all__ = [
     "MAX_AER_QUBITS",
     "MAX_DENSE_QUBITS",
     "TwoLevelDistribution",
+    "available_memory",
+    "check_resources",
     "depolarizing_noise",
     "exact_distribution",
     "simulate",
@@ -53,6 +56,58 @@ MAX_DENSE_QUBITS = 30  # a dense float64 distribution of 2**30 entries is 8 GiB
 MAX_AER_QUBITS = 28  # Aer's complex128 state of 2**28 entries is 4 GiB (one more for mcp_flag)
 MAX_STATEVECTOR_QUBITS = {"cpu": 30, "cuda": 33}  # float64 state: 8 GiB on CPU, 64 GiB on GPU
 MAX_NOISY_QUBITS = 12  # density matrices are 4**n entries
+# Amplitude updates (k · 2^n) one exact simulation may spend: about a minute of one CPU core, or of
+# a GPU; beyond, the closed form gives the same numbers at once.
+MAX_WORK = {"cpu": 5e10, "cuda": 5e12}
+MAX_CIRCUIT_ITERATIONS = 20_000  # Grover iterations of a circuit Qiskit builds gate by gate
+
+
+def available_memory(device: str = "cpu") -> int:
+    """Bytes the process can still allocate: ``MemAvailable`` on Linux, free memory on a GPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_resources(problem: GroverProblem, backend: str, device: str = "cpu") -> None:
+    """Refuse, before anything is spent, a simulation whose work or memory the machine lacks.
+
+    Work is k · 2^n amplitude updates (statevector and Aer), capped by :data:`MAX_WORK`; Aer and
+    the unrolled renderings also cap k at :data:`MAX_CIRCUIT_ITERATIONS` (Qiskit builds every gate).
+    Memory is the dense arrays a backend holds at once (statevector: state and probabilities,
+    float64; Aer: a complex128 state and its probabilities; analytic: the dense distribution)
+    against :func:`available_memory`. The closed form (``two_level``) needs neither.
+    """
+    n, k = problem.n_qubits, problem.iterations
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if backend in ("statevector", "aer") and k * 2.0**n > MAX_WORK[kind]:
+        raise GroverProblemError(
+            f"k·2^n = {k}·2^{n} = {k * 2.0**n:.2g} amplitude updates exceed this backend's budget "
+            f"({MAX_WORK[kind]:.0g} on {kind}); use backend='analytic' (the exact closed form)"
+            + (" or device='cuda'" if kind == "cpu" and backend == "statevector" else "")
+        )
+    if backend == "aer" and k > MAX_CIRCUIT_ITERATIONS:
+        raise GroverProblemError(
+            f"iterations={k} > {MAX_CIRCUIT_ITERATIONS}: Qiskit would build every gate of the "
+            "circuit; use backend='statevector' or 'analytic'"
+        )
+    per_entry = {"statevector": 16, "aer": 24}.get(backend, 8)
+    need, have = per_entry * 2**n, available_memory(device if backend == "statevector" else "cpu")
+    if need > have:
+        raise GroverProblemError(
+            f"backend={backend!r} at n_qubits={n} needs about {need / 2**30:.1f} GiB; "
+            f"{have / 2**30:.1f} GiB are available. Use two_level(problem) (exact, any n <= 60)"
+            + (", or a GPU" if backend == "statevector" and kind == "cpu" else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -180,6 +235,14 @@ def statevector(problem: GroverProblem, device: str = "cpu") -> Any:
             f"(max {MAX_STATEVECTOR_QUBITS[kind]}); use backend='analytic'"
         )
     if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise GroverProblemError(
+                f"device={device!r} but this torch has no CUDA device; use device='cpu'"
+            )
+    check_resources(problem, "statevector", device)
+    if kind == "cuda":
         return _statevector_torch(problem, device)
     size = 2**n
     idx = np.array(problem.marked_indices, dtype=np.int64)
@@ -302,6 +365,7 @@ def _simulate_aer(
             f"n_qubits={n} is too large for the aer backend here (max {limit}); "
             "use backend='statevector' or 'analytic'"
         )
+    check_resources(problem, "aer")
     if shots is not None:
         sim = AerSimulator(noise_model=noise, seed_simulator=seed)
         qc = aer_circuit(problem, True, noise)
@@ -369,5 +433,6 @@ def simulate(
         return {format(int(i), f"0{n}b"): int(hits[i]) for i in np.flatnonzero(hits)}
     dist = two_level(problem)
     if shots is None:
+        check_resources(problem, "analytic")
         return dist.dense()
     return dist.sample(shots, seed)

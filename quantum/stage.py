@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge, Interval, MinLen
 
+from qhybrid.config import check_fields
 from qhybrid.report import Section
 from qhybrid.runs import Run
 
@@ -28,15 +30,33 @@ TITLE = "Quantum: Grover problems, exact simulation, datasets"
 
 @dataclass(frozen=True)
 class StageConfig:
-    train_count: int = 3000  # train problems (n = 2-6, t = 1-12); records = problems x renderings
-    test_count: int = 120  # problems in test_id, test_ood_t and test_ood_k
-    ood_n_max: int = 20  # largest n in test_ood_n (n = 7..ood_n_max, t = 1-6)
-    ood_n_count: int = 280  # problems in test_ood_n, half at a non-optimal k
-    curve_qubits: tuple[int, ...] = (3, 4, 5, 6)  # n of the success-vs-iterations curves
-    curve_max_iterations: int = 14  # k from 0 to this on the curves
-    noise_p1: float = 0.002  # depolarizing error of the noisy Aer curve (2-qubit: 10x)
+    train_count: Annotated[int, Ge(1)] = (
+        3000  # train problems (n = 2-6, t = 1-12); records = problems x renderings
+    )
+    test_count: Annotated[int, Ge(1)] = 120  # problems in test_id, test_ood_t and test_ood_k
+    ood_n_max: Annotated[int, Interval(ge=7, le=60)] = (
+        20  # largest n in test_ood_n (n = 7..ood_n_max, t = 1-6)
+    )
+    ood_n_count: Annotated[int, Ge(1)] = 280  # problems in test_ood_n, half at a non-optimal k
+    curve_qubits: Annotated[tuple[int, ...], MinLen(1)] = (
+        3,
+        4,
+        5,
+        6,
+    )  # n of the success-vs-iterations curves
+    curve_max_iterations: Annotated[int, Interval(ge=0, le=1000)] = (
+        14  # k from 0 to this on the curves
+    )
+    noise_p1: Annotated[float, Interval(ge=0, le=0.075)] = (
+        0.002  # depolarizing error of the noisy Aer curve (2-qubit: 10x)
+    )
     length_qubits: tuple[int, ...] = (3, 6, 10, 14, 20)  # n of the rendering-length table
-    qasm3_max_n: int = 14  # the unrolled QASM is only exported up to this n (it gets long)
+    qasm3_max_n: Annotated[int, Ge(1)] = (
+        14  # the unrolled QASM is only exported up to this n (it gets long)
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def _dataset_table(manifest: dict[str, Any], spec: Any) -> list[dict[str, Any]]:
@@ -183,6 +203,9 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     section.add_table("Backends against each other (max |p - p_exact|)", _agreement_table())
     section.add_figure(
         "Success probability vs Grover iterations: closed form (lines), Aer (markers)", fig_path
+    )
+    section.headline = (
+        f"{info.records} records in {t_data:.0f} s; closed form vs Aer max |diff| {max_diff:.1e}"
     )
     run.log_metrics({"stage": "quantum", "records": info.records, "aer_max_abs_diff": max_diff})
     context["quantum"] = {"dataset": str(data_dir), "tokenizer": str(tok_dir)}

@@ -46,9 +46,23 @@ _QISKIT_NAMES = tuple(
     for suffix in ("_o",)
 ) + ("_gate_p_", "crz", "crx", "cry", "rccx", "rcccx", "mcx_vchain", "mcx_gray", "gphase", "id")
 _SYMBOLS = tuple(";,.{}[]()@=+-*/:\"'<>!&|~^")
+# Added later, at the end so earlier ids stay put: the exporter's numbered copies (``mcx_0`` reads
+# as ``mcx_`` ``0``) of every gate it may synthesise.
+_RENUMBERED = ("z", "cz", "ccz", "mcz", "x", "cx", "ccx", "mcx", "mcmt", "mcphase", "p", "cp", "h")
+_NUMBERED = tuple(
+    g + "_" for g in (*_RENUMBERED, "rz", "ry", "Oracle", "Diffuser", "unitary", "ucrz")
+)
 VOCAB: tuple[str, ...] = tuple(
     dict.fromkeys(
-        SPECIAL_TOKENS + _DIGITS + _COMPACT + _STYLES + _ANSWER + _QASM + _QISKIT_NAMES + _SYMBOLS
+        SPECIAL_TOKENS
+        + _DIGITS
+        + _COMPACT
+        + _STYLES
+        + _ANSWER
+        + _QASM
+        + _QISKIT_NAMES
+        + _SYMBOLS
+        + _NUMBERED
     )
 )
 

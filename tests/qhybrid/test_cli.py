@@ -75,3 +75,97 @@ def test_each_part_subcommand_answers_help(part):
         [sys.executable, "-m", "qhybrid.cli", part, "--help"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _stage_module(tmp_path, monkeypatch, body: str) -> None:
+    """Stand a stage module with ``run_stage`` = ``body`` in for the 'quantum' stage."""
+    name = f"fake_stage_{tmp_path.name}"  # one module per test: imports are cached
+    (tmp_path / f"{name}.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from qhybrid.report import Section\n"
+        "TITLE = 'Fake'\n"
+        "@dataclass(frozen=True)\nclass StageConfig:\n    x: int = 1\n"
+        f"def run_stage(run, config, *, seed, context):\n    {body}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(pipeline.STAGES, "quantum", name)
+
+
+def test_reproduce_talks_stage_by_stage_with_a_heartbeat(tmp_path, monkeypatch, capsys):
+    body = "import time; time.sleep(0.35); return Section('Fake', headline='x 1')"
+    _stage_module(tmp_path, monkeypatch, body)
+    monkeypatch.setattr(pipeline, "HEARTBEAT_SECONDS", 0.1)
+    code = cli.main(["reproduce", "--set", "stages=['quantum']", "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0].startswith("run folder: ")
+    assert out[1] == "[1/1] quantum: Fake"
+    assert any(line.startswith("  quantum: running, ") for line in out[2:-2])
+    assert out[-2].startswith("[1/1] quantum: ok in 0 s; x 1")
+    assert out[-1].startswith("report: ")
+
+
+def test_ctrl_c_exits_130_with_the_report_marked_interrupted(tmp_path, monkeypatch, capsys):
+    _stage_module(tmp_path, monkeypatch, "raise KeyboardInterrupt")
+    out = tmp_path / "runs"
+    code = cli.main(["reproduce", "--set", "stages=['core', 'quantum']", "--set", "core.steps=5",
+                     "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.strip().splitlines()[-1] == "error: interrupted (qhybrid reproduce)"
+    assert "Traceback" not in err
+    (run,) = out.iterdir()
+    report = (run / "report.md").read_text()
+    assert report.startswith("# qhybrid reproduce (interrupted)")
+    assert "| Fake | interrupted |" in report and "**Interrupted**" in report
+    assert "## Core: shared training loop on digits" in report  # what finished is kept
+
+
+def test_verbose_works_after_the_subcommand(tmp_path, capsys):
+    assert cli.main(["reproduce", "-v", "--set", "stages=[]", "--out", str(tmp_path)]) == 0
+    assert cli.main(["-v", "presets"]) == 0
+    assert "reproduce_quick" in capsys.readouterr().out
+
+
+def test_help_lists_config_keys_stages_and_presets():
+    proc = subprocess.run(
+        [sys.executable, "-m", "qhybrid.cli", "reproduce", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    assert "quick " in proc.stdout and "presets (--preset NAME):" in proc.stdout
+    assert "  core.steps (int, default 300, >= 1): optimizer steps" in proc.stdout
+    for stage in pipeline.STAGES:
+        assert f"\n{stage}: " in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "qhybrid.cli", "grover", "generate", "--help"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert "  train.count (int, default 2000): problems in the split" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["reproduce", "--out", "{file}"], "is a file; pass a folder"),
+        (["reproduce", "--config", "{latin}"], "is not UTF-8 text"),
+        (["reproduce", "--config", "{tmp}"], "is a folder or device"),
+        (["reproduce", "--set", "core.steps=[1,"], "is not a TOML value"),
+        (["reproduce", "--set", "core.steps=0"], "'core.steps' = 0 must be >= 1"),
+        (["reproduce", "--set", "core.lr=nan"], "'core.lr' is NaN"),
+        (["reproduce", "--set", "llm.steps=-3"], "'llm.steps' = -3 must be >= 1"),
+        (["reproduce", "--set", "quantum.ood_n_max=99"], "'quantum.ood_n_max' = 99 must be <= 60"),
+    ],
+)
+def test_bad_reproduce_inputs_are_one_error_line(argv, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "latin.toml").write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    subs = {"{file}": str(tmp_path / "file"), "{latin}": str(tmp_path / "latin.toml"),
+            "{tmp}": str(tmp_path)}  # fmt: skip
+    argv = [subs.get(a, a) for a in argv]
+    out = tmp_path / "runs"
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()  # nothing written

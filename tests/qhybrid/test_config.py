@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
+from annotated_types import Ge, Interval, MinLen
 
-from qhybrid.config import config_to_dict, parse_overrides, resolve_config
+from qhybrid.config import (
+    check_fields,
+    config_help,
+    config_to_dict,
+    load_toml,
+    parse_overrides,
+    preset_path,
+    presets,
+    resolve_config,
+)
 from qhybrid.errors import ConfigError, QHybridError
 
 
@@ -102,3 +113,87 @@ def test_malformed_inputs(tmp_path):
 def test_config_round_trips_through_its_dict():
     cfg = resolve_config(Outer, overrides=["sizes=[7]", "inner.lr=0.25"])
     assert resolve_config(Outer, base=config_to_dict(cfg)) == cfg
+
+
+@dataclass(frozen=True)
+class Bounded:
+    steps: Annotated[int, Ge(1)] = 10  # optimizer steps
+    share: Annotated[float, Interval(gt=0, lt=1)] = 0.5  # a fraction
+    sizes: Annotated[tuple[int, ...], MinLen(1)] = (4,)  # layer sizes
+    inner: Inner = field(default_factory=Inner)  # nested table
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("steps=0", r"'steps' = 0 must be >= 1"),
+        ("steps=-3", r"'steps' = -3 must be >= 1"),
+        ("share=1.0", r"'share' = 1.0 must be < 1"),
+        ("share=0", r"'share' = 0.0 must be > 0"),
+        ("share=nan", r"'share' is NaN"),
+        ("inner.lr=nan", r"'inner.lr' is NaN"),
+        ("sizes=[]", r"'sizes' = \(\) must be at least 1 items"),
+    ],
+)
+def test_bounds_name_the_users_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        resolve_config(Bounded, overrides=[override])
+
+
+def test_bounds_also_hold_for_the_python_api():
+    with pytest.raises(ConfigError, match="'steps' = 0 must be >= 1"):
+        Bounded(steps=0)
+    assert Bounded(steps=3).steps == 3
+
+
+@pytest.mark.parametrize("raw", ["[1,", "3e-", '"open', "{a=1", "1 2", "x y"])
+def test_values_that_look_like_toml_but_do_not_parse_are_errors(raw):
+    with pytest.raises(ConfigError, match="is not a TOML value"):
+        parse_overrides([f"name={raw}"])
+
+
+@pytest.mark.parametrize("raw", ["quick", "data/grover", "./runs/x-1", "~/models/llama", "a.b"])
+def test_bare_words_and_paths_stay_strings(raw):
+    assert parse_overrides([f"name={raw}"]) == {"name": raw}
+
+
+def test_help_lists_every_key_with_type_default_bounds_and_comment():
+    text = config_help(Bounded).splitlines()
+    assert text == [
+        "  steps (int, default 10, >= 1): optimizer steps",
+        "  share (float, default 0.5, > 0, < 1): a fraction",
+        "  sizes (list of int, default [4], at least 1 items): layer sizes",
+        "  inner.lr (float, default 0.001): learning rate",
+        "  inner.steps (int, default 10): optimizer steps",
+    ]
+    # an instance's own values are the defaults shown (Outer's inner has steps=20)
+    assert "  inner.steps (int, default 20): optimizer steps" in config_help(Outer).splitlines()
+    assert "  limit (float or null, default null): optional cap" in config_help(Outer).splitlines()
+
+
+def test_config_files_that_are_not_utf8_or_not_files(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        resolve_config(Outer, latin)
+    with pytest.raises(ConfigError, match="is a folder or device, not a TOML file"):
+        resolve_config(Outer, tmp_path)
+    unreadable = tmp_path / "locked.toml"
+    unreadable.write_text("name = 'x'\n")
+    unreadable.chmod(0)
+    if not os.access(unreadable, os.R_OK):  # root reads anything
+        with pytest.raises(ConfigError, match="cannot be read"):
+            resolve_config(Outer, unreadable)
+
+
+def test_presets_ship_inside_the_package_and_load_by_name():
+    names = presets()
+    assert "reproduce_quick" in names
+    for name in names:
+        assert preset_path(name) is not None
+        assert isinstance(load_toml(name), dict)
+    with pytest.raises(ConfigError, match="nor is it a preset"):
+        load_toml("no_such_preset")

@@ -295,3 +295,100 @@ def test_metrics_file_folder_is_created(tmp_path):
     train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=0.1), cfg(max_steps=2),
           metrics_path=path)  # fmt: skip
     assert [r["step"] for r in read_metrics(path)] == [1, 2]
+
+
+class _InfGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def _inf_grad(x: torch.Tensor) -> torch.Tensor:
+    return _InfGrad.apply(x)
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights():
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    x, y = regression_data()
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)]
+    calls = {"n": 0}
+
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        calls["n"] += 1
+        loss = mse(m, batch)
+        if calls["n"] == 3:  # a finite loss whose gradient is infinite
+            w = m.weight.sum()
+            return loss + _inf_grad(w)
+        return loss
+
+    before = {}
+
+    def on_step(step: int, loss: float) -> None:
+        before.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    with pytest.raises(NonFiniteLossError, match="gradient norm is (nan|inf) at step 2"):
+        train(model, batches, loss_fn, torch.optim.SGD(model.parameters(), lr=0.05),
+              cfg(max_steps=10), on_step=on_step)  # fmt: skip
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and torch.isfinite(v).all()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_clipping_uses_the_same_norm_as_torch(tmp_path):
+    torch.manual_seed(0)
+    a, b = nn.Linear(5, 1), nn.Linear(5, 1)
+    b.load_state_dict(a.state_dict())
+    x, y = regression_data()
+    batches = [(x, y * 100)]  # large gradients: clipping is active
+    train(
+        a,
+        batches,
+        mse,
+        torch.optim.SGD(a.parameters(), lr=0.1),
+        cfg(max_steps=1, clip_grad_norm=0.5),
+    )
+    mse(b, batches[0]).backward()
+    nn.utils.clip_grad_norm_(b.parameters(), 0.5)
+    torch.optim.SGD(b.parameters(), lr=0.1).step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_stale_temporary_checkpoints_are_removed_at_start(tmp_path):
+    from qhybrid.train import clean_stale_checkpoints
+
+    dead = tmp_path / ".step-00000004.tmp-999999999"  # no such process
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"half")
+    alive = tmp_path / f".step-00000004.tmp-{1}"  # pid 1 is always running
+    alive.mkdir()
+    model = nn.Linear(5, 1)
+    x, y = regression_data()
+    train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=0.01), cfg(max_steps=2),
+          checkpoint_dir=tmp_path)  # fmt: skip
+    assert not dead.exists() and alive.exists()
+    assert clean_stale_checkpoints(tmp_path) == []
+    assert (tmp_path / "latest").read_text().strip() == "step-00000002"
+
+
+def test_plain_progress_lines_when_not_a_terminal(monkeypatch, capsys):
+    from qhybrid import train as loop
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(loop.sys.stderr, "isatty", lambda: False, raising=False)
+    progress = loop._PlainProgress(total=100, enabled=True, every=10)
+    for step in range(1, 101):
+        clock["t"] += 0.5 if step <= 50 else 16.0  # fast steps, then one every 16 s
+        progress(step, 1.0)
+    lines = capsys.readouterr().err.splitlines()
+    steps = [int(line.split()[1].split("/")[0]) for line in lines]
+    # fast part: every 10 steps but >= 2 s apart (10 steps = 5 s); slow part: every step (> 15 s)
+    assert steps[:5] == [10, 20, 30, 40, 50]
+    assert steps[5:] == list(range(51, 101))
+    assert lines[0] == "step 10/100 loss 1 (5 s)"

@@ -159,3 +159,36 @@ def test_property_own_statevector_equals_closed_form(n, data, k):
     exact = simulate(p, "analytic")
     assert exact.sum() == pytest.approx(1.0, abs=1e-12)
     np.testing.assert_allclose(simulate(p, "statevector"), exact, atol=1e-12)
+
+
+def test_work_and_memory_are_checked_before_they_are_spent(monkeypatch):
+    import importlib
+
+    from quantum import render
+
+    sim_module = importlib.import_module("quantum.simulate")  # the name 'simulate' is the function
+
+    huge_k = GroverProblem(3, ["011"], 10**12)
+    for backend in ("statevector", "aer"):
+        with pytest.raises(QHybridError, match=r"amplitude updates exceed .*backend='analytic'"):
+            simulate(huge_k, backend)
+    # the closed form needs neither: same problem, answered at once
+    assert simulate(huge_k, "analytic").shape == (8,)
+    with pytest.raises(QHybridError, match="Qiskit would build every gate"):
+        simulate(GroverProblem(3, ["011"], sim_module.MAX_CIRCUIT_ITERATIONS + 1), "aer")
+    with pytest.raises(QHybridError, match="use fmt='qasm3_loop'"):
+        render(GroverProblem(3, ["011"], 10**9), "qasm3")
+    assert "repeat 1 0 0 0 0 0 0 0 0 0" in render(GroverProblem(3, ["011"], 10**9), "compact")
+    # memory: what the backend holds at once against what the machine has
+    monkeypatch.setattr(sim_module, "available_memory", lambda device="cpu": 2**19)
+    problem = GroverProblem(16, ["1" * 16])
+    with pytest.raises(QHybridError, match=r"needs about 0\.0 GiB; 0\.0 GiB are available"):
+        simulate(problem, "statevector")  # state + probabilities: 16 bytes x 2^16 = 1 MiB
+    assert simulate(GroverProblem(12, ["1" * 12]), "statevector").shape == (4096,)
+
+
+def test_available_memory_is_a_plausible_number():
+    from quantum.simulate import available_memory
+
+    have = available_memory()
+    assert 2**26 < have < 2**50

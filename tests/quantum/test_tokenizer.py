@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from quantum import GroverProblem, build_tokenizer, render
@@ -61,3 +65,29 @@ def test_fast_token_count_equals_the_tokenizer(tok):
         for fmt in ("compact", "answer", "qasm3_loop", "qasm3", "qasm3_oracle"):
             text = render(p, fmt) + " weird§tokens\t"
             assert count_tokens(text) == len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    data=st.data(),
+    k=st.integers(0, 2),
+    style=st.sampled_from(["x_mcz_x", "mcp_flag", "phase_oracle", "diagonal"]),
+    fmt=st.sampled_from(
+        ["qasm3", "qasm3_loop", "qasm3_oracle", "compact", "answer", "answer_anchor"]
+    ),
+)
+def test_no_rendering_of_any_style_has_an_unknown_token(n, data, k, style, fmt):
+    states = [format(i, f"0{n}b") for i in range(2**n)]
+    t = data.draw(st.integers(1, max(1, 2**n - 1)))
+    marked = data.draw(st.lists(st.sampled_from(states), min_size=t, max_size=t, unique=True))
+    text = render(GroverProblem(n, marked, k, style), fmt)
+    tok = _tokenizer()
+    ids = tok(text)["input_ids"]
+    unknown = [w for w, i in zip(tok.tokenize(text), ids, strict=True) if i == tok.unk_token_id]
+    assert unknown == [], (style, fmt, unknown)
+
+
+@functools.cache
+def _tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer()  # hypothesis tests cannot take function-scoped fixtures
