@@ -209,12 +209,19 @@ def create_run(
 ) -> Run:
     """Create ``<root>/<name>-<UTC time>/`` with ``config.json`` and ``env.json``.
 
+    Under ``torchrun`` only rank 0 creates the folder; the other ranks get a scratch folder in the
+    system's temporary directory, so there is one run folder and one report per run.
+
     Args:
         name: a short name for the experiment (letters, digits, ``-`` and ``_``).
         config: the resolved config dataclass (or a plain mapping); saved verbatim.
         root: the folder that holds run folders.
         seed: the run's master seed, recorded in ``env.json``.
     """
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 writes into root
+        path = Path(tempfile.mkdtemp(prefix=f"qhybrid-{name}-rank{os.environ['RANK']}-"))
+        logger.info("rank %s: scratch run folder %s", os.environ["RANK"], path)
+        return Run(path)
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         raise QHybridError(
             f"run name {name!r} must be non-empty and use only letters, digits, '-', '_'"

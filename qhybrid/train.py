@@ -191,6 +191,13 @@ def make_loader(
     from torch.utils.data import DataLoader, DistributedSampler
 
     world, rank = _world()
+    size = len(dataset)  # type: ignore[arg-type]
+    if world > 1 and not drop_last and size % world:
+        raise QHybridError(
+            f"under torchrun with {world} ranks, a dataset of {size} examples does not split "
+            f"evenly: DistributedSampler would repeat {-size % world} of them and the run would "
+            f"differ from one process; pass drop_last=True or use a multiple of {world} examples"
+        )
     sampler: DistributedSampler[Any] = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
@@ -222,6 +229,12 @@ def _maybe_init_distributed(device: torch.device) -> bool:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
     return True
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / torch.distributed.get_world_size()
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -750,6 +763,8 @@ def train(
             if on_step is not None:
                 on_step(step, loss_value)
             if step % config.log_every == 0 or step == config.max_steps:
+                if distributed:  # every rank logs at the same steps: log the mean over ranks
+                    loss_value = _mean_over_ranks(loss_value, device)
                 log({"step": step, "epoch": epoch, "loss": loss_value,
                      "lr": optimizer.param_groups[0]["lr"], **extras})  # fmt: skip
                 bar.set_postfix(loss=f"{loss_value:.4g}")

@@ -3,11 +3,13 @@ trained on the same global batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -33,6 +35,13 @@ def test_two_process_ddp_equals_single_process_on_the_global_batch(tmp_path):
         assert torch.equal(rank0[name], rank1[name]), name  # DDP keeps replicas identical
         torch.testing.assert_close(rank0[name], single[name], rtol=1e-5, atol=1e-6)
         assert not torch.equal(single[name], initial[name])  # training actually moved the weights
+    # The logged loss is the mean over ranks (equal halves: the global batch's mean), not rank 0's.
+    names = ("ddp.rank0", "ddp.rank1", "single.rank0")
+    losses = {k: json.loads((tmp_path / f"{k}.losses").read_text()) for k in names}
+    assert losses["ddp.rank0"] == losses["ddp.rank1"] and len(losses["ddp.rank0"]) == 12
+    np.testing.assert_allclose(losses["ddp.rank0"], losses["single.rank0"], rtol=1e-5)
+    # One run folder per run: rank 1 wrote into a scratch folder, not into --out.
+    assert len(list((tmp_path / "ddp.runs").iterdir())) == 1
 
 
 def nn_init() -> dict[str, torch.Tensor]:

@@ -392,3 +392,13 @@ def test_plain_progress_lines_when_not_a_terminal(monkeypatch, capsys):
     assert steps[:5] == [10, 20, 30, 40, 50]
     assert steps[5:] == list(range(51, 101))
     assert lines[0] == "step 10/100 loss 1 (5 s)"
+
+
+def test_an_uneven_dataset_under_torchrun_is_refused_with_the_fix(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    data = torch.utils.data.TensorDataset(torch.zeros(7, 2))
+    with pytest.raises(QHybridError, match="7 examples does not split evenly.*drop_last=True"):
+        make_loader(data, 2)
+    assert len(list(make_loader(data, 2, drop_last=True))) == 1  # 3 of 7 on rank 1, batch 2
+    assert len(list(make_loader(torch.utils.data.TensorDataset(torch.zeros(8, 2)), 2))) == 2
