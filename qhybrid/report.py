@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from qhybrid.runs import Run, atomic_write_text
 
-__all__ = ["Section", "markdown_table", "render_report", "write_report"]
+__all__ = ["Section", "markdown_table", "render_report", "tidy_table", "write_report"]
 
 
 @dataclass
@@ -60,6 +60,40 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def tidy_table(
+    caption: str, rows: Sequence[Mapping[str, Any]], *, min_run: int = 3
+) -> tuple[str, list[dict[str, Any]]]:
+    """A table as a reader wants it: constant columns moved into the caption, and runs of
+    ``min_run`` or more consecutive rows that agree on every column but the first collapsed into
+    one row whose first cell reads ``first–last``.
+
+    Tables of one or two rows are left alone (a constant column is then the content).
+    """
+    rows = [dict(r) for r in rows]
+    if len(rows) < 3:
+        return caption, rows
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    constant = [c for c in columns[1:] if len({repr(r.get(c)) for r in rows}) == 1]
+    if constant:
+        shown = "; ".join(f"{c} {_fmt(rows[0].get(c), '.4g')}" for c in constant)
+        caption = f"{caption} (every row: {shown})"
+        rows = [{k: v for k, v in r.items() if k not in constant} for r in rows]
+    first = columns[0]
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        rest = {k: repr(v) for k, v in rows[i].items() if k != first}
+        while j < len(rows) and {k: repr(v) for k, v in rows[j].items() if k != first} == rest:
+            j += 1
+        if j - i >= min_run:
+            out.append({**rows[i], first: f"{rows[i].get(first)}–{rows[j - 1].get(first)}"})
+        else:
+            out.extend(rows[i:j])
+        i = j
+    return caption, out
+
+
 def render_report(title: str, sections: Sequence[Section], *, run: Run, preamble: str = "") -> str:
     """The Markdown text of a report whose figure links are relative to the run folder."""
     out = [f"# {title}\n"]
@@ -82,6 +116,7 @@ def render_report(title: str, sections: Sequence[Section], *, run: Run, preamble
         if s.text:
             out.append(s.text.rstrip() + "\n")
         for caption, rows in s.tables:
+            caption, rows = tidy_table(caption, rows)
             out.append(f"**{caption}**\n")
             out.append(markdown_table(rows))
         for caption, path in s.figures:
