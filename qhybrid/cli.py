@@ -6,7 +6,8 @@ Only the part named on the command line is imported, so ``qhybrid --help`` is in
 
 User errors (:class:`~qhybrid.errors.QHybridError`), file-system and decoding errors print one
 ``error: <message>`` line without a traceback and exit with status 2; Ctrl-C exits with 130
-(``-vv`` adds the traceback). ``-v`` works before or after the subcommand.
+and SIGTERM with 143, both with the report marked interrupted (``-vv`` adds the traceback).
+``-v`` works before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -128,6 +131,14 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a kill, a job scheduler's stop) handled like Ctrl-C: reports are marked interrupted."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(f"signal {signum}")
+
+
 def _error_line(err: BaseException) -> str:
     """One line for an error a user can act on (a file, a decoding or a memory problem)."""
     if isinstance(err, OSError) and err.filename is not None:
@@ -158,8 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:  # a part's parser with sub-commands but none chosen
         parser.parse_args([*argv, "--help"])
         return 2
+    on_main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return int(func(args) or 0)
+    except Terminated:
+        print(f"error: terminated (qhybrid {wanted})", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"error: interrupted (qhybrid {wanted})", file=sys.stderr)
         return 130
@@ -168,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {_error_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
 
 
 if __name__ == "__main__":

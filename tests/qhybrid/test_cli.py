@@ -169,3 +169,17 @@ def test_bad_reproduce_inputs_are_one_error_line(argv, message, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()  # nothing written
+
+
+def test_sigterm_exits_143_with_the_report_marked_interrupted(tmp_path, monkeypatch, capsys):
+    import signal
+
+    body = "import os, signal, time; os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)"
+    _stage_module(tmp_path, monkeypatch, body)
+    before = signal.getsignal(signal.SIGTERM)
+    code = cli.main(["reproduce", "--set", "stages=['quantum']", "--out", str(tmp_path / "r")])
+    assert code == 143
+    assert capsys.readouterr().err.strip() == "error: terminated (qhybrid reproduce)"
+    (run,) = (tmp_path / "r").iterdir()
+    assert "**Interrupted** (Ctrl-C or a kill)" in (run / "report.md").read_text()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the caller's again
