@@ -16,6 +16,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -165,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.DEBUG
     )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Hub, transformers and datasets progress bars (shards written, files fetched) say nothing
+    # here; our own loops print their progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     func = getattr(args, "func", None)
     if func is None:  # a part's parser with sub-commands but none chosen
         parser.parse_args([*argv, "--help"])

@@ -175,7 +175,7 @@ class _Heartbeat:
 
 def quiet_library_progress() -> None:
     """Turn off the progress bars of transformers, datasets and the hub (they say nothing here)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers loads
     if not sys.stderr.isatty():  # our own loops print plain lines there instead
         os.environ.setdefault("TQDM_DISABLE", "1")
     from transformers.utils import logging as hf_logging

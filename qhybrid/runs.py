@@ -186,9 +186,15 @@ class Run:
         return p
 
     def save_figure(self, fig: Any, name: str) -> Path:
-        """Save a matplotlib figure as ``<name>.png`` atomically, close it, and return the path."""
+        """Save a matplotlib figure as ``<name>.png`` atomically, close it, and return the path.
+
+        A figure without a layout engine gets matplotlib's constrained layout, so the labels of
+        neighbouring panels never overprint each other.
+        """
         import matplotlib.pyplot as plt
 
+        if fig.get_layout_engine() is None:
+            fig.set_layout_engine("constrained")
         target = self.artefact(name if name.endswith(".png") else f"{name}.png")
         with atomic_open(target, "wb") as f:
             fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
