@@ -301,41 +301,46 @@ def plot_vs_n(
     *,
     n_boot: int = 300,
 ) -> Any:
-    """Set accuracy, recall, marked-probability error and TVD against n; training range shaded."""
+    """Set accuracy, recall, marked-probability error and TVD against n; training range shaded.
+
+    One colour per model in every panel, one legend under the panels (it covers no curve), the
+    targets drawn as labelled dotted lines, and the model's "named set" curve dashed on top.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4), layout="constrained")
+    colours = dict(zip(per_model, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for label, seeds in per_model.items():
         for regime in ("optimal", "non-optimal"):
             rows = curve_rows(seeds, regime, n_boot)
             for ax, (m, _, want) in zip(axes, CURVES, strict=True):
                 if not rows or want != regime:
                     continue
-                ns = [r["n"] for r in rows]
-                (line,) = ax.plot(ns, [r[m] for r in rows], "o-", ms=3, label=label)
+                ns, c = [r["n"] for r in rows], colours.get(label)
+                ax.plot(ns, [r[m] for r in rows], "o-", ms=3, c=c, label=label)
                 if m == "set_acc" and label not in BASELINES:  # naming the set, whatever the number
-                    ax.plot(
-                        ns,
-                        [r["named_set"] for r in rows],
-                        "--",
-                        c=line.get_color(),
-                        label=f"{label}: named set",
-                    )
+                    named = [r["named_set"] for r in rows]
+                    ax.plot(ns, named, "--", lw=2, c=c, zorder=5, label=f"{label}: named set")
                 lo = [r.get(f"{m}_lo", r[m]) for r in rows]
-                ax.fill_between(ns, lo, [r.get(f"{m}_hi", r[m]) for r in rows], alpha=0.15)
+                ax.fill_between(ns, lo, [r.get(f"{m}_hi", r[m]) for r in rows], color=c, alpha=0.15)
     for ax, (_, title, _) in zip(axes, CURVES, strict=True):
         ax.axvspan(min(train_n) - 0.5, max(train_n) + 0.5, color="grey", alpha=0.15)
         ax.set(xlabel="qubits n (grey: trained)", title=title)
         ax.title.set_fontsize(9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[:2]:
         ax.set_ylim(-0.05, 1.05)
-        ax.axhline(0.99, ls=":", c="k", lw=0.8)
-    axes[2].axhline(0.05, ls=":", c="k", lw=0.8)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+        ax.axhline(0.99, ls=":", c="k", lw=0.8, label="target 0.99")
+    axes[2].axhline(0.05, ls=":", c="grey", lw=0.8, label="target 0.05")
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(name, h)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=4, fontsize=8)
     return fig
 
 
