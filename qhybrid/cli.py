@@ -13,6 +13,7 @@ and SIGTERM with 143, both with the report marked interrupted (``-vv`` adds the 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import logging
@@ -50,7 +51,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from qhybrid.pipeline import reproduce, resolve_reproduce
 
     config = resolve_reproduce(args.preset, args.config, args.overrides)
-    result = reproduce(config, root=args.out, echo=print)
+    result = reproduce(config, root=args.out, echo=functools.partial(print, flush=True))
     print(f"report: {result.report}")
     failed = [s.title for s in result.sections if s.status == "failed"]
     if failed:
