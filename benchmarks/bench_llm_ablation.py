@@ -16,7 +16,7 @@ Cells (``task.positions`` kind / random gap / random stride, and ``task.answer``
 with ``marked_p`` (fixed-point p_marked; the default) and ``closed`` (p_marked and p_rest in
 scientific notation). Results are appended cell by cell to ``--out``; a rerun skips finished cells.
 
-    python benchmarks/bench_llm_ablation.py --config configs/llm_sim_ablation.toml
+    python benchmarks/bench_llm_ablation.py --config llm_sim_ablation
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def score_cell(records: list[dict[str, Any]], groups: list[str]) -> dict[str, An
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/llm_sim_ablation.toml")
+    ap.add_argument("--config", default="llm_sim_ablation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ns", type=int, nargs="*", default=[8, 12, 20, 40, 60])
     ap.add_argument("--per-n", type=int, default=48)

@@ -11,7 +11,7 @@ beside the baselines (the p = 1/t shortcut, uniform, the parser + closed-form ce
   n, at n = 8 and 12 in particular, beside the shortcut;
 - more marked states than training had (test_ood_t) and non-optimal k in distribution (test_ood_k).
 
-    python benchmarks/bench_llm_targets.py --config configs/llm_sim_quick.toml --seeds 0 1 2
+    python benchmarks/bench_llm_targets.py --config llm_sim_quick --seeds 0 1 2
     python benchmarks/bench_llm_targets.py --run runs/llm-train-<time>      # evaluate an existing run
 """
 
@@ -78,7 +78,7 @@ def summarize(res: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/llm_sim_quick.toml")
+    ap.add_argument("--config", default="llm_sim_quick")
     ap.add_argument("--run", default="", help="evaluate this training run instead of training")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
