@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -579,222 +579,266 @@ def train(
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
     seed_everything(config.seed)
-    model.to(device)
-    # The optimizer may have been built before the move; its state tensors follow the params lazily.
-
+    model.to(device)  # the optimizer's state tensors follow the parameters lazily
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    uses_closure = bool(getattr(optimizer, "requires_closure", False))
 
-    step, epoch, batch_in_epoch = 0, 0, 0
-    best: float | None = None
-    bad_evals = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None and rank == 0:
         for tmp in clean_stale_checkpoints(ckpt_dir):
             logger.info("removed %s, left by a save that was killed", tmp)
-    resume_from: Path | None = None
-    if resume:
-        resume_from = Path(resume) if not isinstance(resume, bool) else ckpt_dir
-        if resume_from is None:
-            raise QHybridError(
-                "resume=True needs checkpoint_dir (or pass the checkpoint path as resume)"
-            )
-        if (
-            not (resume_from / "latest").is_file()
-            and not (resume_from / "model.safetensors").is_file()
-        ):
-            resume_from = None  # nothing saved yet: a fresh start
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer)
-        step, epoch = int(state["step"]), int(state["epoch"])
-        batch_in_epoch = int(state["batch_in_epoch"])
-        best, bad_evals = state.get("best"), int(state.get("bad_evals", 0))
-        logger.info("resumed from %s at step %d", resume_from, step)
-        if metrics_path is not None and rank == 0:
-            kept = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= step]
-            atomic_write_text(
-                metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
-            )
-
+    loop = _Loop(config, rank, ckpt_dir)
+    loop.resume(_resume_from(resume, ckpt_dir), model, optimizer, metrics_path)
     net: nn.Module = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-
-    history: list[dict[str, Any]] = []
-    last_eval: dict[str, float] = {}
-    last_ckpt: Path | None = None
-    stopped_early = False
-    loss_value = float("nan")
-    metrics_file = None
-    if metrics_path is not None and rank == 0:
-        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        metrics_file = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def log(record: dict[str, Any]) -> None:
-        history.append(record)
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
-            metrics_file.flush()
-
-    # The step at which the last eval / checkpoint happened; a fresh run still evaluates at the end.
-    evaluated_at = checkpointed_at = -1
-
-    def checkpoint() -> None:
-        nonlocal last_ckpt, checkpointed_at
-        checkpointed_at = step
-        if ckpt_dir is None or rank != 0:
-            return
-        for p in model.parameters():  # never publish a non-finite model as "good"
-            if not torch.isfinite(p).all():
-                raise NonFiniteLossError(
-                    f"parameters became non-finite by step {step}; last good checkpoint: {last_ckpt}"
-                )
-        last_ckpt = save_checkpoint(
-            ckpt_dir,
-            model,
-            optimizer,
-            state={
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "best": best,
-                "bad_evals": bad_evals,
-                "loss": loss_value,
-            },  # fmt: skip
-            keep=config.keep_checkpoints,
-        )
-
-    def evaluate() -> bool:
-        """Run eval_fn; returns True when early stopping triggers."""
-        nonlocal best, bad_evals, last_eval, evaluated_at
-        evaluated_at = step
-        if eval_fn is None:
-            return False
-        net.eval()
-        with torch.no_grad():
-            last_eval = {k: float(v) for k, v in eval_fn(model).items()}
-        net.train()
-        log({"step": step, "epoch": epoch, **last_eval})
-        key = config.early_stop_metric
-        if key is None:
-            return False
-        if key not in last_eval:
-            raise QHybridError(
-                f"early_stop_metric={key!r} is not among eval_fn's results {sorted(last_eval)}"
-            )
-        value = last_eval[key]
-        sign = 1.0 if config.early_stop_mode == "min" else -1.0
-        if best is None or sign * (best - value) > config.early_stop_min_delta:
-            best, bad_evals = value, 0
-        else:
-            bad_evals += 1
-        return bool(config.early_stop_patience) and bad_evals >= config.early_stop_patience
+    loop.open_metrics(metrics_path)
 
     current_factor: float | None = None
     net.train()
-    bar = _progress(config.max_steps, step, config.progress and rank == 0)
+    bar = _progress(config.max_steps, loop.step, config.progress and rank == 0)
     plain = _PlainProgress(config.max_steps, config.progress and rank == 0, config.log_every)
-    stream = _micro_batches(data, epoch, batch_in_epoch, config.max_epochs)
+    stream = _micro_batches(data, loop.epoch, loop.batch_in_epoch, config.max_epochs)
     try:
-        while step < config.max_steps:
+        while loop.step < config.max_steps:
             micro: list[Batch] = []
             for _ in range(config.grad_accum_steps):
                 item = next(stream, None)
                 if item is None:
                     break
-                epoch, idx, batch = item
-                batch_in_epoch = idx + 1
+                loop.epoch, idx, batch = item
+                loop.batch_in_epoch = idx + 1
                 micro.append(_to_device(batch, device))
             if not micro:  # max_epochs reached
                 break
-            factor = lr_factor(step, config)
+            factor = lr_factor(loop.step, config)
             if factor != current_factor:  # constant stretches of the schedule cost nothing
                 current_factor = factor
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * factor
 
-            extras: Mapping[str, float] = {}
-            if uses_closure:
-                closure = Closure(net, micro, loss_fn)
-                loss_t = optimizer.step(closure)  # type: ignore[arg-type]
-                if loss_t is None:
-                    raise QHybridError("a closure optimizer's step(closure) must return the loss")
-                loss_value = float(loss_t.detach() if torch.is_tensor(loss_t) else loss_t)
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(
-                        f"loss is {loss_value} at step {step}; last good checkpoint: {last_ckpt}"
-                    )
+            if getattr(optimizer, "requires_closure", False):
+                loss_value, norm, extras = _closure_step(net, micro, loss_fn, optimizer)
             else:
-                n = len(micro)
-                loss_sum = torch.zeros(())  # replaced by the first micro-batch's loss
-                for i, batch in enumerate(micro):
-                    # DDP: all-reduce gradients only on the last micro-batch of the step.
-                    sync = not distributed or i == n - 1
-                    with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
-                        loss, extras = _split_loss(loss_fn(net, batch))
-                        (loss if n == 1 else loss / n).backward()
-                    loss_sum = loss.detach() if i == 0 else loss_sum + loss.detach()
-                params = [p for p in model.parameters() if p.grad is not None]
-                grads = [p.grad for p in params if p.grad is not None]
-                norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-                # One host sync per step for both guards: a non-finite loss or gradient never
-                # reaches the weights.
-                loss_value, norm_value = (torch.stack([loss_sum / n, norm.to(loss_sum)])).tolist()
-                if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                    optimizer.zero_grad(set_to_none=True)
-                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-                    raise NonFiniteLossError(
-                        f"{what} is {loss_value if what == 'loss' else norm_value} at step {step} "
-                        f"(lr={optimizer.param_groups[0]['lr']:.3g}); the weights were not updated "
-                        f"and the last good checkpoint is {last_ckpt}. "
-                        "Lower the learning rate, enable clip_grad_norm, or check the data."
-                    )
-                if config.clip_grad_norm is not None:
-                    nn.utils.clip_grads_with_norm_(params, config.clip_grad_norm, norm)
-                    extras = {**extras, "grad_norm": norm_value}
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            step += 1
+                loss_value, norm, extras = _gradient_step(
+                    net, model, micro, loss_fn, optimizer, config
+                )
+            if not (math.isfinite(loss_value) and math.isfinite(norm)):
+                what, value = (
+                    ("loss", loss_value)
+                    if not math.isfinite(loss_value)
+                    else ("gradient norm", norm)
+                )
+                raise NonFiniteLossError(
+                    f"{what} is {value} at step {loop.step} "
+                    f"(lr={optimizer.param_groups[0]['lr']:.3g}); the weights were not updated "
+                    f"and the last good checkpoint is {loop.last_ckpt}. "
+                    "Lower the learning rate, enable clip_grad_norm, or check the data."
+                )
+            loop.step += 1
+            loop.loss = loss_value
             bar.update(1)
-            plain(step, loss_value)
+            plain(loop.step, loss_value)
             if on_step is not None:
-                on_step(step, loss_value)
-            if step % config.log_every == 0 or step == config.max_steps:
+                on_step(loop.step, loss_value)
+            if loop.step % config.log_every == 0 or loop.step == config.max_steps:
                 if distributed:  # every rank logs at the same steps: log the mean over ranks
-                    loss_value = _mean_over_ranks(loss_value, device)
-                log({"step": step, "epoch": epoch, "loss": loss_value,
-                     "lr": optimizer.param_groups[0]["lr"], **extras})  # fmt: skip
-                bar.set_postfix(loss=f"{loss_value:.4g}")
+                    loop.loss = _mean_over_ranks(loss_value, device)
+                lr = optimizer.param_groups[0]["lr"]
+                record = {"step": loop.step, "epoch": loop.epoch, "loss": loop.loss, "lr": lr}
+                loop.log({**record, **extras})
+                bar.set_postfix(loss=f"{loop.loss:.4g}")
             stop = False
-            if config.eval_every and step % config.eval_every == 0:
-                stop = evaluate()
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint()
+            if config.eval_every and loop.step % config.eval_every == 0:
+                stop = loop.evaluate(net, model, eval_fn)
+            if config.checkpoint_every and loop.step % config.checkpoint_every == 0:
+                loop.checkpoint(model, optimizer)
             if stop:
-                stopped_early = True
+                loop.stopped_early = True
                 logger.info(
-                    "early stop at step %d: %s did not improve", step, config.early_stop_metric
+                    "early stop at step %d: %s did not improve", loop.step, config.early_stop_metric
                 )
                 break
-        if evaluated_at != step:
-            evaluate()
-        if checkpointed_at != step:
-            checkpoint()
+        if loop.evaluated_at != loop.step:
+            loop.evaluate(net, model, eval_fn)
+        if loop.checkpointed_at != loop.step:
+            loop.checkpoint(model, optimizer)
     finally:
         bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
+        loop.close()
     return TrainResult(
-        step=step,
-        epoch=epoch,
-        loss=loss_value,
-        history=history,
-        last_eval=last_eval,
-        best_metric=best,
-        stopped_early=stopped_early,
-        checkpoint=last_ckpt,
+        step=loop.step,
+        epoch=loop.epoch,
+        loss=loop.loss,
+        history=loop.history,
+        last_eval=loop.last_eval,
+        best_metric=loop.best,
+        stopped_early=loop.stopped_early,
+        checkpoint=loop.last_ckpt,
         wall_time_s=time.perf_counter() - t0,
     )
+
+
+def _resume_from(resume: bool | str | Path, ckpt_dir: Path | None) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh start (nothing saved yet)."""
+    if not resume:
+        return None
+    path = Path(resume) if not isinstance(resume, bool) else ckpt_dir
+    if path is None:
+        raise QHybridError(
+            "resume=True needs checkpoint_dir (or pass the checkpoint path as resume)"
+        )
+    if (path / "latest").is_file() or (path / "model.safetensors").is_file():
+        return path
+    return None
+
+
+def _closure_step(
+    net: nn.Module, micro: list[Batch], loss_fn: LossFn, optimizer: torch.optim.Optimizer
+) -> tuple[float, float, Mapping[str, float]]:
+    """One step of a closure optimizer (it updates the weights itself): (loss, 0, {})."""
+    loss_t = optimizer.step(Closure(net, micro, loss_fn))  # type: ignore[arg-type]
+    if loss_t is None:
+        raise QHybridError("a closure optimizer's step(closure) must return the loss")
+    return float(loss_t.detach() if torch.is_tensor(loss_t) else loss_t), 0.0, {}
+
+
+def _gradient_step(
+    net: nn.Module,
+    model: nn.Module,
+    micro: list[Batch],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+) -> tuple[float, float, Mapping[str, float]]:
+    """Backward over the micro-batches, clipping and the optimizer step: (loss, grad norm, extras).
+
+    One host sync per step reads both the loss and the gradient norm; when either is not finite
+    the gradients are dropped and the weights are left alone (the loop then raises).
+    """
+    n = len(micro)
+    distributed = net is not model
+    extras: Mapping[str, float] = {}
+    loss_sum = torch.zeros(())  # replaced by the first micro-batch's loss
+    for i, batch in enumerate(micro):
+        # DDP: all-reduce gradients only on the last micro-batch of the step.
+        sync = not distributed or i == n - 1
+        with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+            loss, extras = _split_loss(loss_fn(net, batch))
+            (loss if n == 1 else loss / n).backward()
+        loss_sum = loss.detach() if i == 0 else loss_sum + loss.detach()
+    params = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    loss_value, norm_value = torch.stack([loss_sum / n, norm.to(loss_sum)]).tolist()
+    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value, extras
+    if config.clip_grad_norm is not None:
+        nn.utils.clip_grads_with_norm_(params, config.clip_grad_norm, norm)
+        extras = {**extras, "grad_norm": norm_value}
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value, norm_value, extras
+
+
+class _Loop:
+    """The loop's position and bookkeeping: what a checkpoint saves, what the metrics file gets."""
+
+    def __init__(self, config: TrainConfig, rank: int, ckpt_dir: Path | None) -> None:
+        self.config, self.rank, self.ckpt_dir = config, rank, ckpt_dir
+        self.step = self.epoch = self.batch_in_epoch = self.bad_evals = 0
+        self.best: float | None = None
+        self.loss = float("nan")
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: dict[str, float] = {}
+        self.last_ckpt: Path | None = None
+        self.stopped_early = False
+        # The step of the last eval / checkpoint; a fresh run still evaluates at the end.
+        self.evaluated_at = self.checkpointed_at = -1
+        self.metrics_file: IO[str] | None = None
+
+    def resume(
+        self,
+        path: Path | None,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        metrics_path: str | Path | None,
+    ) -> None:
+        """Load a checkpoint's weights, optimizer, RNG and loop position; trim the metrics file."""
+        if path is None:
+            return
+        state = load_checkpoint(path, model, optimizer)
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.best, self.bad_evals = state.get("best"), int(state.get("bad_evals", 0))
+        logger.info("resumed from %s at step %d", path, self.step)
+        if metrics_path is not None and self.rank == 0:
+            kept = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= self.step]
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+            atomic_write_text(metrics_path, text)
+
+    def open_metrics(self, metrics_path: str | Path | None) -> None:
+        if metrics_path is not None and self.rank == 0:
+            Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def close(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps(record, sort_keys=True) + "\n")
+            self.metrics_file.flush()
+
+    def evaluate(self, net: nn.Module, model: nn.Module, eval_fn: EvalFn | None) -> bool:
+        """Run eval_fn; returns True when early stopping triggers."""
+        self.evaluated_at = self.step
+        if eval_fn is None:
+            return False
+        net.eval()
+        with torch.no_grad():
+            self.last_eval = {k: float(v) for k, v in eval_fn(model).items()}
+        net.train()
+        self.log({"step": self.step, "epoch": self.epoch, **self.last_eval})
+        key, config = self.config.early_stop_metric, self.config
+        if key is None:
+            return False
+        if key not in self.last_eval:
+            raise QHybridError(
+                f"early_stop_metric={key!r} is not among eval_fn's results {sorted(self.last_eval)}"
+            )
+        value = self.last_eval[key]
+        sign = 1.0 if config.early_stop_mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > config.early_stop_min_delta:
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        return bool(config.early_stop_patience) and self.bad_evals >= config.early_stop_patience
+
+    def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Save a resumable checkpoint (rank 0); never publish a non-finite model as "good"."""
+        self.checkpointed_at = self.step
+        if self.ckpt_dir is None or self.rank != 0:
+            return
+        for p in model.parameters():
+            if not torch.isfinite(p).all():
+                raise NonFiniteLossError(
+                    f"parameters became non-finite by step {self.step}; last good checkpoint: "
+                    f"{self.last_ckpt}"
+                )
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "loss": self.loss,
+        }
+        self.last_ckpt = save_checkpoint(
+            self.ckpt_dir, model, optimizer, state=state, keep=self.config.keep_checkpoints
+        )
