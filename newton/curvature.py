@@ -44,7 +44,17 @@ from newton.errors import NewtonError, NonFiniteError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Block", "Curvature", "CurvatureKind", "Structure", "head_of_batch", "make_blocks"]
+__all__ = [
+    "Block",
+    "Curvature",
+    "CurvatureKind",
+    "OutputHessianKind",
+    "Structure",
+    "apply_output_hessian",
+    "head_of_batch",
+    "make_blocks",
+    "output_hessian_kind",
+]
 
 CurvatureKind = Literal["ggn", "fisher", "hessian"]
 Structure = Literal["layer", "block", "full"]
@@ -162,6 +172,64 @@ def _hvp(
     return grad(dot)(x)
 
 
+OutputHessianKind = Literal["cross_entropy", "mse", "autodiff"]
+
+
+def _cross_entropy_hvp(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Mean softmax cross-entropy over the leading dims: ``H u = (p * u - p (p . u)) / B``."""
+    p = torch.softmax(z, dim=-1)
+    rows = z.numel() // z.shape[-1]
+    return (p * u - p * (p * u).sum(-1, keepdim=True)) / rows
+
+
+def _mse_hvp(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all entries: ``H u = 2 u / numel``."""
+    return 2.0 * u / z.numel()
+
+
+_CLOSED_FORMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": _cross_entropy_hvp,
+    "mse": _mse_hvp,
+}
+
+
+def output_hessian_kind(
+    loss_of_out: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, seed: int = 0
+) -> OutputHessianKind:
+    """Which closed form equals ``d^2 L / d z^2`` at ``z``: checked, not assumed.
+
+    One autodiff Hessian-vector product of the loss of the outputs (cheap: it never touches the
+    network) on a random ``u`` is compared with each closed form; the first that agrees to
+    ``1e-5`` relative is used for the whole step, else the autodiff product is.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
+    ref = _hvp(loss_of_out, z, u)
+    scale = float(ref.norm()) + 1e-30
+    for kind, fn in _CLOSED_FORMS.items():
+        if z.ndim >= 1 and float((fn(z, u) - ref).norm()) <= 1e-5 * scale:
+            return kind  # type: ignore[return-value]
+    return "autodiff"
+
+
+@dataclass(frozen=True)
+class _Linearisation:
+    """The network linearised at theta on one batch (see :meth:`Curvature._ggn_linearisation`)."""
+
+    z: torch.Tensor  # outputs at theta
+    pullback: Callable[..., Any]  # u -> (J^T u,)
+    transpose: Callable[..., Any]  # (v,) -> (J v,)
+    loss_of_out: Callable[[torch.Tensor], torch.Tensor]
+    kind: OutputHessianKind
+
+
+def apply_output_hessian(lin: _Linearisation, u: torch.Tensor) -> torch.Tensor:
+    """``(d^2 L / d z^2) u`` in closed form, or by autodiff for other losses."""
+    if lin.kind == "autodiff":
+        return _hvp(lin.loss_of_out, lin.z, u)
+    return _CLOSED_FORMS[lin.kind](lin.z, u)
+
+
 def _apply_out_hessian(
     loss_of_out: Callable[[torch.Tensor], torch.Tensor],
     z: torch.Tensor,
@@ -174,6 +242,9 @@ def _apply_out_hessian(
     For outputs up to ``max_out`` entries the output Hessian is formed once (cheap: the loss is a
     simple function of z) and multiplied; beyond that, vmapped HVPs keep memory linear.
     """
+    kind = output_hessian_kind(loss_of_out, z)
+    if kind != "autodiff":
+        return _CLOSED_FORMS[kind](z, cols)
     m = z.numel()
     if m <= max_out:
         h = torch.func.hessian(loss_of_out)(z).reshape(m, m)
@@ -227,6 +298,8 @@ class Curvature:
         loss_fn: ``loss_fn(model, batch) -> loss | (loss, metrics)``.
         params: the parameters to differentiate (default: all that require grad), in flat order.
         kind: ``"ggn"`` (default, PSD), ``"fisher"`` (empirical Fisher, PSD) or ``"hessian"``.
+        output_hessian: the loss's output Hessian for GGN products, ``"cross_entropy"``,
+            ``"mse"`` or ``"autodiff"``; None (default) checks the closed forms on each batch.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -245,6 +318,7 @@ class Curvature:
         params: Sequence[torch.Tensor] | None = None,
         *,
         kind: CurvatureKind = "ggn",
+        output_hessian: OutputHessianKind | None = None,
     ) -> None:
         if kind not in ("ggn", "fisher", "hessian"):
             raise NewtonError(f"curvature kind={kind!r} must be 'ggn', 'fisher' or 'hessian'")
@@ -275,6 +349,8 @@ class Curvature:
         self.matvecs = 0  # curvature-vector products done (dense blocks count their columns)
         self._fisher_rows: torch.Tensor | None = None
         self._ggn_parts: list[tuple[Callable[..., Any], Callable[..., Any]]] | None = None
+        self._lin: list[_Linearisation] | None = None
+        self.output_hessian = output_hessian  # None: found by output_hessian_kind per batch
 
     # -- the loss as a function of theta --------------------------------------------------------
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -330,14 +406,31 @@ class Curvature:
         self._ggn_parts = parts
         return parts
 
+    def _ggn_linearisation(self) -> list[_Linearisation]:
+        """Per batch, the network linearised once at ``theta`` (cached for the step).
+
+        ``J^T u`` is the pullback of one :func:`torch.func.vjp`; ``J v`` is the pullback of that
+        pullback (it is linear in ``u``, so its transpose is ``v -> J v``): both replay recorded
+        graphs, and no product runs the forward pass again. The output Hessian is the closed form
+        of :func:`output_hessian_kind` when the loss is softmax cross-entropy or MSE.
+        """
+        if self._lin is not None:
+            return self._lin
+        lins = []
+        for out_fn, loss_of_out in self._ggn_setup():
+            z, pullback = vjp(out_fn, self.theta)
+            z = z.detach()
+            _, transpose = vjp(pullback, torch.zeros_like(z))
+            kind = self.output_hessian or output_hessian_kind(loss_of_out, z)
+            lins.append(_Linearisation(z, pullback, transpose, loss_of_out, kind))
+        self._lin = lins
+        return lins
+
     def _ggn_mv(self, v: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(self.theta)
-        for out_fn, loss_of_out in self._ggn_setup():
-            primal_tangent = jvp(out_fn, (self.theta,), (v,))
-            z, jv = primal_tangent[0].detach(), primal_tangent[1]
-            hjv = _hvp(loss_of_out, z, jv)
-            pullback = vjp(out_fn, self.theta)[1]
-            total = total + pullback(hjv)[0]
+        for lin in self._ggn_linearisation():
+            jv = lin.transpose((v,))[0]
+            total = total + lin.pullback(apply_output_hessian(lin, jv))[0]
         return total / len(self.batches)
 
     # -- empirical Fisher ------------------------------------------------------------------------
@@ -461,6 +554,10 @@ class Curvature:
             jb = vmap(lambda e, f=out_fn: jvp(f, (self.theta,), (e,))[1])(basis)
             result.append((jb, _apply_out_hessian(loss_of_out, z, jb)))
         return result
+
+    def output_hessian_kinds(self) -> list[OutputHessianKind]:
+        """The output-Hessian form each batch's GGN products use (after the first product)."""
+        return [lin.kind for lin in self._lin or []]
 
     def batch_size(self) -> int:
         return sum(_batch_len(b) for b in self.batches)

@@ -68,6 +68,9 @@ class CompareConfig:
     min_damping: float = 1e-8  # QNewton LM floor; 0.1 hurt the 8-epoch benchmark (docs)
     kappa_target: float = 0.0  # QNewton kappa-targeted damping; 0 = off
     block_size: int = 512  # QNewton largest curvature block
+    method: str = "auto"  # QNewton: auto | hessian_free | blocks (auto: Hessian-free past 1,000)
+    cg_max_iter: int = 10  # QNewton Hessian-free: CG iterations per step
+    lr: float = 1.0  # QNewton step scale before the line search
     sgd_lr: float = (
         0.3  # SGD learning rate, best of {0.03, 0.1, 0.3} on digits (bench_newton_train)
     )
@@ -98,6 +101,9 @@ def _make_optimizer(name: str, model: nn.Module, cfg: CompareConfig) -> torch.op
             kappa_target=cfg.kappa_target or None,
             block_size=cfg.block_size,
             curvature_batch=cfg.curvature_batch or None,
+            method=cfg.method,  # type: ignore[arg-type]
+            cg_max_iter=cfg.cg_max_iter,
+            lr=cfg.lr,
         )
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.sgd_lr, momentum=cfg.sgd_momentum)

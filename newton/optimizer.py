@@ -29,22 +29,35 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from newton.curvature import Block, Curvature, CurvatureKind, Structure, head_of_batch, make_blocks
+from newton.curvature import (
+    Block,
+    Curvature,
+    CurvatureKind,
+    OutputHessianKind,
+    Structure,
+    head_of_batch,
+    make_blocks,
+)
 from newton.damping import LevenbergMarquardt, combined_damping, reduction_ratio
 from newton.errors import NewtonError, NonFiniteError
 from newton.scheduler import Scheduler
 from newton.sparsify import direction_cosine, sparsify_to_budget
+from newton.solvers import cg_solve
 from newton.spectrum import KAPPA_CAP, estimate_condition_number
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QNewton"]
+__all__ = ["Method", "QNewton"]
+
+Method = Literal["auto", "hessian_free", "blocks"]
+CG_DECAY = 0.95  # warm start: CG begins from this share of the previous direction (Martens 2010)
+EMA_BETA = 0.95  # decay of the squared-gradient average behind the diagonal preconditioner
 
 
 class QNewton(torch.optim.Optimizer):
@@ -107,6 +120,11 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: int | None = None,
         exact_kappa_below: int = 128,
         min_damping: float = 1e-8,
+        method: Method = "auto",
+        hessian_free_above: int = 1000,
+        cg_max_iter: int = 10,
+        cg_tol: float = 1e-4,
+        precondition: bool = True,
     ) -> None:
         if not lr > 0:
             raise NewtonError(f"lr={lr} must be > 0")
@@ -143,6 +161,18 @@ class QNewton(torch.optim.Optimizer):
         self.curvature_batch = curvature_batch
         self.exact_kappa_below = exact_kappa_below
         self.min_damping = min_damping
+        if method not in ("auto", "hessian_free", "blocks"):
+            raise NewtonError(f"method={method!r} must be 'auto', 'hessian_free' or 'blocks'")
+        if method == "hessian_free" and curvature == "hessian":
+            raise NewtonError(
+                "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"
+            )
+        self.method: Method = method
+        self.hessian_free_above = hessian_free_above
+        self.cg_max_iter = cg_max_iter
+        self.cg_tol = cg_tol
+        self.precondition = precondition
+        self._output_hessian: dict[int, OutputHessianKind] = {}
         self.history: list[dict[str, Any]] = []  # one record per step (kappa, delta, backends, ...)
 
     # ------------------------------------------------------------------------------------------
@@ -206,30 +236,30 @@ class QNewton(torch.optim.Optimizer):
         lr, delta_lm = float(group["lr"]), float(group["damping"])
         theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
-        # (2) curvature blocks
+        # (2)-(3) curvature and the damped solve: one CG on the whole GGN, or dense/CG blocks
+        curv_batches = batches
+        if self.curvature_batch is not None:
+            curv_batches = [head_of_batch(b, self.curvature_batch) for b in batches]
         with torch.enable_grad():
-            curv_batches = batches
-            if self.curvature_batch is not None:
-                curv_batches = [head_of_batch(b, self.curvature_batch) for b in batches]
-            curv = Curvature(model, curv_batches, loss_fn, params, kind=self.curvature)
-            blocks = make_blocks(
-                curv.names, curv.numels, structure=self.structure, block_size=self.block_size
+            curv = Curvature(
+                model,
+                curv_batches,
+                loss_fn,
+                params,
+                kind=self.curvature,
+                output_hessian=self._output_hessian.get(id(loss_fn)),
             )
-            dense_blocks = [b for b in blocks if b.size <= self.dense_max]
-            mats = dict(zip(dense_blocks, curv.dense_blocks(dense_blocks), strict=True))
-        t_curv = time.perf_counter() - t_start
-
-        # (3) per-block damping and solve
+        if self._use_hessian_free(curv.size):
+            direction, quad, block_info = self._hessian_free_direction(curv, g_t, delta_lm)
+            kinds = set(curv.output_hessian_kinds())
+            if len(kinds) == 1:  # checked once per loss function, then reused
+                self._output_hessian[id(loss_fn)] = kinds.pop()
+            blocks_n = 1
+            t_curv = 0.0
+        else:
+            direction, quad, block_info, t_curv = self._block_direction(curv, g_t, delta_lm)
+            blocks_n = len(block_info)
         g = g_t.double().cpu().numpy()
-        direction = np.zeros_like(g)
-        quad = 0.0  # p^T (C + delta I) p over blocks
-        block_info: list[dict[str, Any]] = []
-        for blk in blocks:
-            gb = g[blk.slice]
-            rec = self._solve_block(curv, blk, mats.get(blk), gb, delta_lm)
-            direction[blk.slice] = rec.pop("p")
-            quad += rec.pop("pAp")
-            block_info.append(rec)
         t_solve = time.perf_counter() - t_start - t_curv
 
         # (4) safeguards: trust radius, descent check, line search, fallback
@@ -274,7 +304,7 @@ class QNewton(torch.optim.Optimizer):
                 delta=delta_lm, min_delta=self.min_damping
             ).update(rho if accepted else -1.0)
 
-        kappas = [b["kappa"] for b in block_info]
+        kappas = [b["kappa"] for b in block_info if b["kappa"] is not None]
         backends: dict[str, int] = {}
         for b in block_info:
             backends[b["backend"]] = backends.get(b["backend"], 0) + 1
@@ -285,10 +315,15 @@ class QNewton(torch.optim.Optimizer):
             "fallback": fallback,
             "rho": rho,
             "damping": delta_lm,
-            "kappa_max": max(kappas) if kappas else 1.0,
-            "kappa_median": float(np.median(kappas)) if kappas else 1.0,
-            "kappa_undamped_max": max((b["kappa_undamped"] for b in block_info), default=1.0),
-            "blocks": len(blocks),
+            "quad": quad,
+            "kappa_max": max(kappas) if kappas else math.nan,
+            "kappa_median": float(np.median(kappas)) if kappas else math.nan,
+            "kappa_undamped_max": max(
+                (b["kappa_undamped"] for b in block_info if b["kappa"] is not None), default=1.0
+            ),
+            "blocks": blocks_n,
+            "method": "hessian_free" if block_info[0]["backend"] == "hessian_free" else "blocks",
+            "cg_iterations": sum(int(b.get("iterations") or 0) for b in block_info),
             "backends": backends,
             "matvecs": curv.matvecs,
             "curvature_s": t_curv,
@@ -298,6 +333,90 @@ class QNewton(torch.optim.Optimizer):
         }
         self.history.append(info)
         return loss_t
+
+    def _use_hessian_free(self, n_params: int) -> bool:
+        if self.method == "auto":
+            return self.curvature != "hessian" and n_params > self.hessian_free_above
+        return self.method == "hessian_free"
+
+    def _block_direction(
+        self, curv: Curvature, g_t: torch.Tensor, delta_lm: float
+    ) -> tuple[np.ndarray, float, list[dict[str, Any]], float]:
+        """Block-diagonal damped Newton direction; returns (p, p.(C + delta I)p, records, t_curv)."""
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            blocks = make_blocks(
+                curv.names, curv.numels, structure=self.structure, block_size=self.block_size
+            )
+            dense_blocks = [b for b in blocks if b.size <= self.dense_max]
+            mats = dict(zip(dense_blocks, curv.dense_blocks(dense_blocks), strict=True))
+        t_curv = time.perf_counter() - t0
+        g = g_t.double().cpu().numpy()
+        direction = np.zeros_like(g)
+        quad = 0.0
+        block_info: list[dict[str, Any]] = []
+        for blk in blocks:
+            rec = self._solve_block(curv, blk, mats.get(blk), g[blk.slice], delta_lm)
+            direction[blk.slice] = rec.pop("p")
+            quad += rec.pop("pAp")
+            block_info.append(rec)
+        return direction, quad, block_info, t_curv
+
+    def _hessian_free_direction(
+        self, curv: Curvature, g_t: torch.Tensor, delta: float
+    ) -> tuple[np.ndarray, float, list[dict[str, Any]]]:
+        """Truncated preconditioned CG on ``(C + delta I) p = -g`` over all parameters.
+
+        Products ``C v`` replay the step's cached linearisation (:meth:`Curvature.matvec`), so a
+        product costs about one backward pass of the curvature batch. CG starts from
+        ``CG_DECAY`` times the last direction and stops at ``cg_max_iter`` iterations, at
+        ``cg_tol`` relative residual, or when the quadratic model stops improving (Martens 2010).
+        The preconditioner is ``diag(v + delta)^(3/4)`` with ``v`` a running average of squared
+        gradients (Martens uses per-example squares; the running average costs nothing).
+        """
+        state = self.state["hessian_free"]
+        g = g_t.to(curv.theta)
+        sq = state.get("grad_sq")
+        sq = g * g if sq is None else EMA_BETA * sq + (1 - EMA_BETA) * g * g
+        state["grad_sq"] = sq
+        diag = (sq + delta) ** 0.75 if self.precondition else None
+        prev = state.get("direction")
+        x0 = CG_DECAY * prev if prev is not None and prev.shape == g.shape else None
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                return curv.matvec(v).detach() + delta * v
+
+        x, info = cg_solve(
+            matvec,
+            -g,
+            tol=self.cg_tol,
+            maxiter=self.cg_max_iter,
+            x0=x0,
+            precondition=(lambda r: r / diag) if diag is not None else None,
+            truncate=True,
+            progress_tol=5e-4,
+        )
+        if not torch.isfinite(x).all():
+            raise NonFiniteError("the Hessian-free CG returned NaN/inf; raise the damping")
+        state["direction"] = x.detach()
+        # phi = p.A p / 2 + g.p at the returned p, so p.A p = 2 (phi - g.p): no extra product
+        quad = 2.0 * (float(info.extra["phi"]) - float(g @ x))
+        rec = {
+            "block": "theta",
+            "n": curv.size,
+            "kappa": None,
+            "kappa_undamped": None,
+            "kappa_upper": None,
+            "delta": float(delta),
+            "d": curv.size,
+            "cosine": 1.0,
+            "backend": "hessian_free",
+            "residual": info.residual,
+            "iterations": info.iterations,
+            "products": curv.matvecs,
+        }
+        return x.double().cpu().numpy(), quad, [rec]
 
     def _solve_block(
         self, curv: Curvature, blk: Block, mat: torch.Tensor | None, gb: np.ndarray, delta_lm: float

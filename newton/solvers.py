@@ -119,33 +119,72 @@ def cg_solve(
     n: int | None = None,
     tol: float = 1e-8,
     maxiter: int | None = None,
-    x0: np.ndarray | None = None,
-) -> tuple[np.ndarray, SolveInfo]:
-    """Conjugate gradient on an SPD operator (dense or ``v -> A v``), to ``||r|| <= tol ||b||``.
+    x0: Any = None,
+    precondition: Callable[[Any], Any] | None = None,
+    truncate: bool = False,
+    progress_tol: float = 0.0,
+) -> tuple[Any, SolveInfo]:
+    """Preconditioned conjugate gradient on an SPD operator, to ``||r|| <= tol ||b||``.
+
+    The one CG of the package: dense blocks, matrix-free blocks and Hessian-free steps use it.
+    ``b`` may be a numpy array (the operator then maps numpy to numpy) or a torch tensor (torch
+    to torch, no copies to the host); ``x`` comes back in the same type.
+
+    Math (Hestenes-Stiefel with preconditioner ``M``, ``precondition(r) = M^{-1} r``):
+        z = M^{-1} r,  alpha = r.z / p.A p,  x += alpha p,  r -= alpha A p,  p = z + (r.z)'/(r.z) p
+    The quadratic ``phi(x) = x.A x / 2 - b.x = -x.(b + r) / 2`` is tracked for free; with
+    ``progress_tol > 0`` CG also stops when ``phi`` improved by less than ``progress_tol * k`` in
+    relative terms over the last ``k = max(10, i / 10)`` iterations (Martens 2010, section 4.4).
+
+    Args:
+        operator: dense SPD matrix, or a callable ``v -> A v`` (give ``n`` for numpy input).
+        b: right-hand side.
+        tol: relative residual to stop at.
+        maxiter: iteration limit (default ``10 N``).
+        x0: warm start (e.g. the previous Newton direction).
+        precondition: ``r -> M^{-1} r`` for an SPD ``M`` (e.g. a diagonal), or None.
+        truncate: stop at ``maxiter`` and return the iterate (truncated Newton) instead of raising.
+        progress_tol: Martens' relative-progress criterion; 0 = off.
 
     Raises:
         NotPositiveDefiniteError: a search direction with ``p.A p <= 0`` (A is not SPD).
-        NewtonError: no convergence within ``maxiter`` (default ``10 N``).
+        NewtonError: no convergence within ``maxiter`` when ``truncate`` is False.
     """
     t0 = time.perf_counter()
-    op = as_operator(operator if callable(operator) else _as_array(operator), n)
-    b = _check_rhs(_as_array(b), op.n)
-    maxiter = maxiter or 10 * op.n
-    bn = float(np.linalg.norm(b))
-    x = np.zeros(op.n) if x0 is None else np.array(x0, dtype=np.float64)
+    torch_mode = hasattr(b, "detach")
+    if torch_mode:
+        size = int(b.numel())
+        matvec = operator if callable(operator) else (lambda v: operator @ v)
+    else:
+        op = as_operator(operator if callable(operator) else _as_array(operator), n)
+        b = _check_rhs(_as_array(b), op.n)
+        size, matvec = op.n, op.matvec
+    maxiter = maxiter or 10 * size
+    if not (math.isfinite(tol) and tol >= 0):
+        raise NewtonError(f"tol={tol} must be a finite number >= 0 (a relative residual)")
+    if maxiter < 1:
+        raise NewtonError(f"maxiter={maxiter} must be >= 1")
+    bn = float((b @ b) ** 0.5)
     if bn == 0:
-        return np.zeros(op.n), SolveInfo("cg", op.n, residual=0.0, iterations=0)
-    r = b - op.matvec(x) if x0 is not None else b.copy()
-    p = r.copy()
-    rr = float(r @ r)
+        return b * 0.0, SolveInfo("cg", size, residual=0.0, iterations=0)
+    if not math.isfinite(bn):
+        raise NonFiniteError("b (the gradient) has NaN or infinite entries; check the loss and lr")
+    x = b * 0.0 if x0 is None else x0 * 1.0
+    r = b - matvec(x) if x0 is not None else b * 1.0
+    z = precondition(r) if precondition is not None else r
+    p = z * 1.0
+    rz = float(r @ z)
+    phis: list[float] = [float(-(x @ (b + r))) / 2]
     it = 0
-    while math.sqrt(rr) > tol * bn:
+    while float((r @ r) ** 0.5) > tol * bn:
         if it >= maxiter:
+            if truncate:
+                break
             raise NewtonError(
                 f"CG did not reach tol={tol:g} in {maxiter} iterations (residual "
-                f"{math.sqrt(rr) / bn:.3g}); raise the damping or maxiter"
+                f"{float((r @ r) ** 0.5) / bn:.3g}); raise the damping or maxiter"
             )
-        ap = op.matvec(p)
+        ap = matvec(p)
         pap = float(p @ ap)
         if not math.isfinite(pap):
             raise NonFiniteError("the operator returned NaN or infinity during CG")
@@ -154,15 +193,24 @@ def cg_solve(
                 f"CG found p.A p = {pap:.3g} <= 0: the operator is not positive definite; add "
                 "damping or use a PSD curvature ('ggn', 'fisher')"
             )
-        alpha = rr / pap
-        x += alpha * p
-        r -= alpha * ap
-        rr_new = float(r @ r)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
+        alpha = rz / pap
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precondition(r) if precondition is not None else r
+        rz_new = float(r @ z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
         it += 1
+        phis.append(float(-(x @ (b + r))) / 2)
+        k = max(10, it // 10)
+        if progress_tol > 0 and it > k and phis[-1] < 0:
+            if (phis[-1] - phis[-1 - k]) / phis[-1] < progress_tol * k:
+                break
     wall = time.perf_counter() - t0
-    return x, SolveInfo("cg", op.n, wall_s=wall, residual=math.sqrt(rr) / bn, iterations=it)
+    res = float((r @ r) ** 0.5) / bn
+    return x, SolveInfo(
+        "cg", size, wall_s=wall, residual=res, iterations=it, extra={"phi": phis[-1]}
+    )
 
 
 def quantum_model_solve(
