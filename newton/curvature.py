@@ -418,9 +418,9 @@ class Curvature:
             return self._lin
         lins = []
         for out_fn, loss_of_out in self._ggn_setup():
-            z, pullback = vjp(out_fn, self.theta)
-            z = z.detach()
-            _, transpose = vjp(pullback, torch.zeros_like(z))
+            primal = vjp(out_fn, self.theta)
+            z, pullback = primal[0].detach(), primal[1]
+            transpose = vjp(pullback, torch.zeros_like(z))[1]
             kind = self.output_hessian or output_hessian_kind(loss_of_out, z)
             lins.append(_Linearisation(z, pullback, transpose, loss_of_out, kind))
         self._lin = lins

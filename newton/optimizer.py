@@ -47,8 +47,8 @@ from newton.curvature import (
 from newton.damping import LevenbergMarquardt, combined_damping, reduction_ratio
 from newton.errors import NewtonError, NonFiniteError
 from newton.scheduler import Scheduler
-from newton.sparsify import direction_cosine, sparsify_to_budget
 from newton.solvers import cg_solve
+from newton.sparsify import direction_cosine, sparsify_to_budget
 from newton.spectrum import KAPPA_CAP, estimate_condition_number
 
 logger = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ class QNewton(torch.optim.Optimizer):
         The preconditioner is ``diag(v + delta)^(3/4)`` with ``v`` a running average of squared
         gradients (Martens uses per-example squares; the running average costs nothing).
         """
-        state = self.state["hessian_free"]
+        state = self.state[self._params()[0]]  # kept with the optimizer's state_dict
         g = g_t.to(curv.theta)
         sq = state.get("grad_sq")
         sq = g * g if sq is None else EMA_BETA * sq + (1 - EMA_BETA) * g * g

@@ -202,15 +202,20 @@ def cg_solve(
         rz = rz_new
         it += 1
         phis.append(float(-(x @ (b + r))) / 2)
-        k = max(10, it // 10)
-        if progress_tol > 0 and it > k and phis[-1] < 0:
-            if (phis[-1] - phis[-1 - k]) / phis[-1] < progress_tol * k:
-                break
+        if progress_tol > 0 and _stalled(phis, progress_tol):
+            break
     wall = time.perf_counter() - t0
     res = float((r @ r) ** 0.5) / bn
     return x, SolveInfo(
         "cg", size, wall_s=wall, residual=res, iterations=it, extra={"phi": phis[-1]}
     )
+
+
+def _stalled(phis: list[float], progress_tol: float) -> bool:
+    """Martens' test: ``(phi_i - phi_{i-k}) / phi_i < k * tol`` with ``k = max(10, i / 10)``."""
+    it = len(phis) - 1
+    k = max(10, it // 10)
+    return it > k and phis[-1] < 0 and (phis[-1] - phis[-1 - k]) / phis[-1] < progress_tol * k
 
 
 def quantum_model_solve(
