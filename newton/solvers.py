@@ -143,7 +143,8 @@ def cg_solve(
         maxiter: iteration limit (default ``10 N``).
         x0: warm start (e.g. the previous Newton direction).
         precondition: ``r -> M^{-1} r`` for an SPD ``M`` (e.g. a diagonal), or None.
-        truncate: stop at ``maxiter`` and return the iterate (truncated Newton) instead of raising.
+        truncate: stop at ``maxiter`` (or at a direction with ``p.A p <= 0``, which for a damped
+            PSD operator is round-off) and return the iterate (truncated Newton) instead of raising.
         progress_tol: Martens' relative-progress criterion; 0 = off.
 
     Raises:
@@ -176,9 +177,11 @@ def cg_solve(
     rz = float(r @ z)
     phis: list[float] = [float(-(x @ (b + r))) / 2]
     it = 0
+    stopped = "tolerance"
     while float((r @ r) ** 0.5) > tol * bn:
         if it >= maxiter:
             if truncate:
+                stopped = "maxiter"
                 break
             raise NewtonError(
                 f"CG did not reach tol={tol:g} in {maxiter} iterations (residual "
@@ -188,6 +191,9 @@ def cg_solve(
         pap = float(p @ ap)
         if not math.isfinite(pap):
             raise NonFiniteError("the operator returned NaN or infinity during CG")
+        if pap <= 0 and truncate:  # round-off on a near-zero direction: keep the iterate so far
+            stopped = "non-positive curvature"
+            break
         if pap <= 0:
             raise NotPositiveDefiniteError(
                 f"CG found p.A p = {pap:.3g} <= 0: the operator is not positive definite; add "
@@ -203,11 +209,17 @@ def cg_solve(
         it += 1
         phis.append(float(-(x @ (b + r))) / 2)
         if progress_tol > 0 and _stalled(phis, progress_tol):
+            stopped = "no progress"
             break
     wall = time.perf_counter() - t0
     res = float((r @ r) ** 0.5) / bn
     return x, SolveInfo(
-        "cg", size, wall_s=wall, residual=res, iterations=it, extra={"phi": phis[-1]}
+        "cg",
+        size,
+        wall_s=wall,
+        residual=res,
+        iterations=it,
+        extra={"phi": phis[-1], "stopped": stopped},
     )
 
 
