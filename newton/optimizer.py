@@ -422,16 +422,14 @@ class QNewton(torch.optim.Optimizer):
         self, curv: Curvature, blk: Block, mat: torch.Tensor | None, gb: np.ndarray, delta_lm: float
     ) -> dict[str, Any]:
         psd = self.curvature != "hessian"
+        # round-off of the products that formed the block (float32 GGN blocks are ~1e-7 relative)
+        psd_tol = 1e4 * float(torch.finfo(curv.theta.dtype).eps)
+        opts: dict[str, Any] = {"psd": psd, "max_matvecs": self.kappa_matvecs, "require_pd": False}
         if mat is not None:
             a = mat.double().cpu().numpy()
             est = estimate_condition_number(
-                a,
-                psd=psd,
-                max_matvecs=self.kappa_matvecs,
-                exact_below=self.exact_kappa_below,
-                require_pd=False,
+                a, exact_below=self.exact_kappa_below, psd_tol=psd_tol, **opts
             )
-            matvec = None
         else:
 
             def matvec_undamped(v: np.ndarray) -> np.ndarray:
@@ -441,19 +439,21 @@ class QNewton(torch.optim.Optimizer):
                 return out.double().cpu().numpy()
 
             a = None
-            est = estimate_condition_number(
-                matvec_undamped,
-                n=blk.size,
-                psd=psd,
-                max_matvecs=self.kappa_matvecs,
-                require_pd=False,
-            )
+            est = estimate_condition_number(matvec_undamped, n=blk.size, psd_tol=psd_tol, **opts)
         lmin = max(est.lambda_min, 0.0) if psd else est.lambda_min
-        lmax = est.lambda_max_upper
-        delta = combined_damping(delta_lm, lmax, lmin, self.kappa_target)
+        low0, up0 = est.lambda_min_lower, est.lambda_max_upper  # proven (damping 0), or +-inf
+        # kappa_target is met for sure when the proven lambda_max bound sets the damping
+        lmax_t = up0 if math.isfinite(up0) else est.lambda_max
+        delta = combined_damping(delta_lm, lmax_t, max(lmin, low0), self.kappa_target)
         if not psd and lmin + delta <= 0:  # indefinite Hessian: shift past its lowest eigenvalue
             delta = -lmin + delta_lm
         kappa = min(KAPPA_CAP, (est.lambda_max + delta) / (lmin + delta))
+        bound: float | None = None
+        lam: tuple[float, float] | None = None
+        if math.isfinite(up0) and low0 + delta > 0:
+            lam = (low0 + delta, up0 + delta)  # contains the damped block's spectrum: proven
+            bound = min(KAPPA_CAP, max(kappa, lam[1] / lam[0]))
+        proof = est.proof
         d, cos = blk.size, 1.0
         if a is not None:
             a_damped = a + delta * np.eye(blk.size)
@@ -461,14 +461,15 @@ class QNewton(torch.optim.Optimizer):
                 res = sparsify_to_budget(a_damped)
                 cos = direction_cosine(a_damped, res.matrix, gb)
                 a_damped, d = res.matrix, res.d
-                kappa = min(kappa, res.kappa_bound) if res.weyl_ok else kappa
+                # the pruned block has its own spectrum: prove its bounds again (no PSD premise)
+                est2 = estimate_condition_number(
+                    a_damped, psd=False, require_pd=False, exact_below=self.dense_max
+                )
+                kappa, proof = est2.kappa, est2.proof
+                bound = est2.upper_bound if est2.certified else None
+                lam = (est2.lambda_min_lower, est2.lambda_max_upper) if est2.certified else None
             x, info = self.scheduler.solve(
-                a_damped,
-                gb,
-                kappa=kappa,
-                d=d,
-                lambda_bounds=(lmin + delta, lmax + delta),
-                tag=blk.name,
+                a_damped, gb, kappa=kappa, kappa_bound=bound, d=d, lambda_bounds=lam, tag=blk.name
             )
             p_ap = float(x @ (a_damped @ x))
         else:
@@ -476,7 +477,9 @@ class QNewton(torch.optim.Optimizer):
             def matvec(v: np.ndarray) -> np.ndarray:
                 return matvec_undamped(v) + delta * v
 
-            x, info = self.scheduler.solve(None, gb, kappa=kappa, d=d, matvec=matvec, tag=blk.name)
+            x, info = self.scheduler.solve(
+                None, gb, kappa=kappa, kappa_bound=bound, d=d, matvec=matvec, tag=blk.name
+            )
             p_ap = float(x @ matvec(x))
         if not np.isfinite(x).all():
             raise NonFiniteError(f"the {info.backend} solve of block {blk.name} returned NaN/inf")
@@ -487,8 +490,8 @@ class QNewton(torch.optim.Optimizer):
             "kappa_undamped": float(
                 min(KAPPA_CAP, est.lambda_max / max(lmin, est.lambda_max / KAPPA_CAP, 1e-300))
             ),
-            # certified for PSD curvature: (lambda_max_upper + delta) / delta
-            "kappa_upper": float(min(KAPPA_CAP, (lmax + delta) / delta)) if psd else float(kappa),
+            "kappa_upper": bound,  # proven upper bound of the solved block, None when unproven
+            "proof": proof,
             "delta": float(delta),
             "d": int(d),
             "cosine": float(cos),

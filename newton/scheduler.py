@@ -52,6 +52,10 @@ class SchedulerConfig:
     clock_qubits: int = 6  # HHL phase-estimation qubits
     hhl_shots: int | None = None  # None = Aer statevector read-out; else shots per circuit
     cg_tol: float = 1e-8  # CG stopping tolerance (relative residual)
+    # "proven": decide on the proven kappa bound; a solve without one never goes to the quantum
+    # solver in auto mode (logged). "estimate": decide on the estimate (risk: it can be below
+    # the true kappa; logged with every decision).
+    kappa_policy: Literal["proven", "estimate"] = "proven"
     seed: int = 0  # seeds HHL shots and the modelled solver's error direction
 
     def __post_init__(self) -> None:
@@ -59,6 +63,8 @@ class SchedulerConfig:
             raise NewtonError(f"mode={self.mode!r} must be auto, cholesky, cg or quantum")
         if not 0 < self.epsilon < 1:
             raise NewtonError(f"epsilon={self.epsilon} must lie in (0, 1)")
+        if self.kappa_policy not in ("proven", "estimate"):
+            raise NewtonError(f"kappa_policy={self.kappa_policy!r} must be 'proven' or 'estimate'")
         if not 1 <= self.hhl_max_n <= 16:
             raise NewtonError(f"hhl_max_n={self.hhl_max_n} must lie in 1..16 (state-vector HHL)")
 
@@ -107,6 +113,7 @@ class Scheduler:
         b: np.ndarray,
         *,
         kappa: float,
+        kappa_bound: float | None = None,
         d: int | None = None,
         matvec: Callable[[np.ndarray], np.ndarray] | None = None,
         lambda_bounds: tuple[float, float] | None = None,
@@ -119,6 +126,7 @@ class Scheduler:
                 quantum solver with a densified fallback are possible: CG is used).
             b: right-hand side.
             kappa: condition number of the block (an estimate).
+            kappa_bound: a proven upper bound on it, or None; see ``SchedulerConfig.kappa_policy``.
             d: row sparsity; counted from ``a`` when None (N for matrix-free).
             matvec: ``v -> a v`` for matrix-free blocks.
             lambda_bounds: eigenvalue bounds handed to HHL (its scaling constants).
@@ -128,13 +136,24 @@ class Scheduler:
         dense = a is not None
         if d is None:
             d = int((a != 0).sum(axis=1).max()) if a is not None else n
-        if not math.isfinite(kappa):
-            raise NewtonError(f"kappa={kappa} must be finite; use estimate_condition_number")
-        predicted = self.predict(n=n, kappa=kappa, d=d, dense=dense)
+        if not math.isfinite(kappa) or kappa < 1:
+            raise NewtonError(
+                f"kappa={kappa} must be finite and >= 1; use estimate_condition_number"
+            )
+        if kappa_bound is not None and not (math.isfinite(kappa_bound) and kappa_bound >= 1):
+            raise NewtonError(f"kappa_bound={kappa_bound} must be finite and >= 1, or None")
+        cfg = self.config
+        proven = cfg.kappa_policy == "proven" and kappa_bound is not None
+        kappa_used = max(kappa, kappa_bound) if proven and kappa_bound is not None else kappa
+        predicted = self.predict(n=n, kappa=kappa_used, d=d, dense=dense)
         choice = self.choose(predicted)
+        risk = "proven kappa bound" if proven else "kappa estimate (may be below the true kappa)"
+        if cfg.kappa_policy == "proven" and kappa_bound is None and cfg.mode == "auto":
+            classical = {k: v for k, v in predicted.items() if k != "quantum"}
+            choice = self.choose(classical) if classical else "cg"
+            risk = "no proven kappa: quantum excluded"
         if choice == "cholesky" and not dense:
             choice = "cg"
-        cfg = self.config
         seed = cfg.seed + self._calls
         self._calls += 1
         t0 = time.perf_counter()
@@ -160,13 +179,16 @@ class Scheduler:
         else:
             x, info = cg_solve(a if matvec is None else matvec, b, n=n, tol=cfg.cg_tol)
         wall = time.perf_counter() - t0
-        info.kappa, info.d, info.epsilon = kappa, d, cfg.epsilon
+        info.kappa, info.d, info.epsilon = kappa_used, d, cfg.epsilon
         info.predicted_s = dict(predicted)
         record = {
             "solve": len(self.log),
             "tag": tag,
             "n": n,
             "kappa": kappa,
+            "kappa_bound": kappa_bound,
+            "kappa_used": kappa_used,
+            "kappa_basis": risk,
             "d": d,
             "epsilon": cfg.epsilon,
             **{f"pred_{k}": v for k, v in predicted.items()},
