@@ -6,7 +6,9 @@ from qhybrid.errors import QHybridError
 
 __all__ = [
     "NewtonError",
+    "BoundsError",
     "NonFiniteError",
+    "NotRealError",
     "NotPositiveDefiniteError",
     "NotSquareError",
     "NotSymmetricError",
@@ -36,3 +38,11 @@ class TooLargeForHHLError(NewtonError):
 
 class NonFiniteError(NewtonError):
     """NaN or infinity in a matrix, a right-hand side, a gradient or a loss."""
+
+
+class NotRealError(NewtonError):
+    """Complex input where a real symmetric system is required (it is refused, never cast)."""
+
+
+class BoundsError(NewtonError):
+    """Eigenvalue bounds that do not contain the spectrum they claim to bound."""

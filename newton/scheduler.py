@@ -49,7 +49,10 @@ class SchedulerConfig:
     paper_mode: bool = False  # Q-Newton's unit-cost rule d kappa log(N kappa/eps) vs N^2.373
     hhl_max_n: int = 16  # quantum choices up to this N run real HHL on Aer
     simulate_hhl: bool = True  # False: every quantum choice uses the modelled solver
-    clock_qubits: int = 6  # HHL phase-estimation qubits
+    clock_qubits: int = 6  # HHL phase-estimation qubits (the minimum; see max_clock_qubits)
+    # a solve whose kappa the clock cannot resolve (newton.hhl.resolvable_kappa) gets more clock
+    # qubits, up to this many; beyond that it goes to Cholesky, logged as a classical route
+    max_clock_qubits: int = 10
     hhl_shots: int | None = None  # None = Aer statevector read-out; else shots per circuit
     cg_tol: float = 1e-8  # CG stopping tolerance (relative residual)
     # "proven": decide on the proven kappa bound; a solve without one never goes to the quantum
@@ -65,6 +68,11 @@ class SchedulerConfig:
             raise NewtonError(f"epsilon={self.epsilon} must lie in (0, 1)")
         if self.kappa_policy not in ("proven", "estimate"):
             raise NewtonError(f"kappa_policy={self.kappa_policy!r} must be 'proven' or 'estimate'")
+        if not 1 <= self.clock_qubits <= self.max_clock_qubits <= 12:
+            raise NewtonError(
+                f"clock_qubits={self.clock_qubits}, max_clock_qubits={self.max_clock_qubits}: "
+                "need 1 <= clock_qubits <= max_clock_qubits <= 12"
+            )
         if not 1 <= self.hhl_max_n <= 16:
             raise NewtonError(f"hhl_max_n={self.hhl_max_n} must lie in 1..16 (state-vector HHL)")
 
@@ -157,6 +165,18 @@ class Scheduler:
         seed = cfg.seed + self._calls
         self._calls += 1
         t0 = time.perf_counter()
+        route = ""
+        clock = cfg.clock_qubits
+        if choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl:
+            from newton.hhl import resolvable_kappa
+
+            while clock < cfg.max_clock_qubits and resolvable_kappa(clock) < kappa_used:
+                clock += 1
+            if resolvable_kappa(clock) < kappa_used:  # beyond the clock's reach: classical
+                choice = "cholesky"
+                route = (f"kappa {kappa_used:.3g} > {resolvable_kappa(clock):.3g} resolvable "
+                         f"with {clock} clock qubits: classical route")  # fmt: skip
+                logger.info("solve %s: %s", tag, route)
         if choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl:
             from newton.hhl import hhl_solve
 
@@ -164,7 +184,7 @@ class Scheduler:
             x, info = hhl_solve(
                 a,
                 b,
-                clock_qubits=cfg.clock_qubits,
+                clock_qubits=clock,
                 shots=cfg.hhl_shots,
                 seed=seed,
                 lambda_bounds=lambda_bounds,
@@ -197,7 +217,12 @@ class Scheduler:
             "wall_s": wall,
             "residual": info.residual,
             "p_success": info.p_success,
+            "route": route,
         }
+        if info.backend == "hhl_aer":
+            record["clock_qubits"] = clock
+            for key in ("p_success_amplified", "aa_rounds", "aa_circuit_uses", "kappa_resolvable"):
+                record[key] = info.extra[key]
         if info.backend in ("hhl_aer", "quantum_model") and a is not None and n <= 512:
             # accuracy of the quantum answer against the classical one (not used by the step)
             exact = np.linalg.solve(a, b)

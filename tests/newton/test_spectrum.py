@@ -133,7 +133,9 @@ def test_bound_survives_a_spectrum_built_to_defeat_the_lanczos_start(seed):
 
 SPECTRA = {
     "clustered_at_zero": lambda n: np.concatenate([[1.0], np.full(n - 1, 1e-9)]),
-    "rank_deficient": lambda n: np.concatenate([np.geomspace(1, 1e-4, n // 4), np.zeros(n - n // 4)]),
+    "rank_deficient": lambda n: np.concatenate(
+        [np.geomspace(1, 1e-4, n // 4), np.zeros(n - n // 4)]
+    ),
     "wide": lambda n: np.geomspace(1e-12, 1e6, n),
     "two_clusters": lambda n: np.concatenate([np.full(n // 2, 1e3), np.full(n - n // 2, 1e-3)]),
     "single_spike": lambda n: np.concatenate([[1e8], np.ones(n - 1)]),
