@@ -31,6 +31,17 @@ class SolveConfig:
     epsilon: float = 1e-2  # target precision (quantum model and scheduler)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from newton.errors import check_choice, check_int, check_number
+
+        check_int("n", self.n, high=100_000)
+        check_number("kappa", self.kappa, low=1)
+        check_choice("backend", self.backend, ("auto", "cholesky", "cg", "hhl", "quantum_model"))
+        check_int("clock_qubits", self.clock_qubits, high=12)
+        check_int("shots", self.shots, low=0)
+        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
+        check_int("seed", self.seed, low=0)
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="newton_command", metavar="EXPERIMENT")

@@ -27,6 +27,7 @@ from torch import nn
 
 from newton.cost import ClassicalCostModel, QuantumCostModel, crossover_size, paper_mode_costs
 from newton.data import digits_datasets, load_mnist
+from newton.errors import BadValueError, check_choice, check_int, check_number
 from newton.optimizer import QNewton
 from newton.scheduler import Scheduler, SchedulerConfig
 from qhybrid.train import TrainConfig, make_loader, seed_everything, train
@@ -81,6 +82,30 @@ class CompareConfig:
     test_fraction: float = 0.2  # digits: held-out share
     optimizers: tuple[str, ...] = ("qnewton", "sgd", "adam")  # which to run
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, ("digits", "mnist"))
+        for name in ("hidden", "epochs", "batch_size", "cg_max_iter", "block_size"):
+            check_int(name, getattr(self, name))
+        for name in ("max_train", "qnewton_batch_size", "curvature_batch", "seed"):
+            check_int(name, getattr(self, name), low=0)
+        for name in ("damping", "lr", "sgd_lr", "adam_lr"):
+            check_number(name, getattr(self, name), low=0, open_low=True)
+        check_number("min_damping", self.min_damping, low=0)
+        check_number("sgd_momentum", self.sgd_momentum, low=0, high=1, open_high=True)
+        check_number("target_loss", self.target_loss, low=0)
+        check_number(
+            "test_fraction", self.test_fraction, low=0, high=1, open_low=True, open_high=True
+        )
+        if self.kappa_target != 0:
+            check_number("kappa_target", self.kappa_target, low=1, open_low=True)
+        check_choice("method", self.method, ("auto", "hessian_free", "blocks"))
+        if not self.optimizers:
+            raise BadValueError("optimizers=() must name at least one of qnewton, sgd, adam")
+        for name in self.optimizers:
+            check_choice("optimizers entry", name, ("qnewton", "sgd", "adam"))
+        if self.dataset == "mnist" and not self.mnist_dir:
+            raise BadValueError('dataset="mnist" needs mnist_dir="..." (a folder of IDX files)')
 
 
 def _datasets(cfg: CompareConfig) -> tuple[Any, Any]:
@@ -219,6 +244,23 @@ class HHLLoopConfig:
     shots: int = 0  # 0 = Aer statevector read-out; else shots per circuit
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if len(set(self.classes)) < 2 or any(not 0 <= c <= 9 for c in self.classes):
+            raise BadValueError(f"classes={self.classes!r} must be >= 2 distinct digits 0..9")
+        check_int("features", self.features, high=64)
+        if (self.features + 1) * len(self.classes) > 16:
+            raise BadValueError(
+                f"(features + 1) * classes = {(self.features + 1) * len(self.classes)} > 16 "
+                "parameters: HHL simulation takes N <= 16; lower features"
+            )
+        check_int("steps", self.steps)
+        check_number("damping", self.damping, low=0, open_low=True)
+        check_int("clock_qubits", self.clock_qubits, high=12)
+        if self.kappa_target != 0:
+            check_number("kappa_target", self.kappa_target, low=1, open_low=True)
+        check_int("shots", self.shots, low=0)
+        check_int("seed", self.seed, low=0)
+
 
 def hhl_in_the_loop(cfg: HHLLoopConfig) -> dict[str, Any]:
     """Exact Newton vs HHL Newton from the same start; per-step losses and per-solve accuracy.
@@ -227,13 +269,8 @@ def hhl_in_the_loop(cfg: HHLLoopConfig) -> dict[str, Any]:
     :func:`newton.hhl.resolvable_kappa`), so the comparison is of the same damped Newton method;
     each solve's relative error is reported beside the final loss gap.
     """
-    from newton.errors import NewtonError
 
-    n_params = (cfg.features + 1) * len(cfg.classes)
-    if n_params > 16:
-        raise NewtonError(
-            f"(features + 1) * classes = {n_params} > 16 parameters: HHL simulation takes N <= 16"
-        )
+    n_params = (cfg.features + 1) * len(cfg.classes)  # <= 16, checked by the config
     from newton.hhl import resolvable_kappa
 
     kappa_target = cfg.kappa_target or resolvable_kappa(cfg.clock_qubits)
@@ -309,6 +346,22 @@ class CrossoverConfig:
     flops: float = 0.0  # classical FLOP/s; 0 = measure this machine
     n_max: float = 1e15  # search limit for N
 
+    def __post_init__(self) -> None:
+        if not self.kappas or not self.gate_times_s or not self.query_models:
+            raise BadValueError("kappas, gate_times_s and query_models must not be empty")
+        for k in self.kappas:
+            check_number("kappas entry", k, low=1)
+        for tg in self.gate_times_s:
+            check_number("gate_times_s entry", tg, low=0, open_low=True)
+        from newton.cost import QUERY_MODELS
+
+        for m in self.query_models:
+            check_choice("query_models entry", m, QUERY_MODELS)
+        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
+        check_int("d", self.d)
+        check_number("flops", self.flops, low=0)
+        check_number("n_max", self.n_max, low=1, open_low=True)
+
 
 def crossover_curves(cfg: CrossoverConfig) -> dict[str, Any]:
     """Crossover N*(kappa) per gate time, query model, I/O and classical baseline; paper-mode rule."""
@@ -364,6 +417,17 @@ class NoiseConfig:
     damping: float = 1e-2
     target_loss: float = 0.5  # the train loss whose first crossing gives "steps to target"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.epsilons:
+            raise BadValueError("epsilons=() must list at least one solve error (0 = exact)")
+        for e in self.epsilons:
+            check_number("epsilons entry", e, low=0, high=1, open_high=True)
+        for name in ("hidden", "steps", "batch_size", "curvature_batch"):
+            check_int(name, getattr(self, name))
+        check_number("damping", self.damping, low=0, open_low=True)
+        check_number("target_loss", self.target_loss, low=0)
+        check_int("seed", self.seed, low=0)
 
 
 def noise_robustness(cfg: NoiseConfig) -> dict[str, Any]:

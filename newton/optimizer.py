@@ -45,7 +45,14 @@ from newton.curvature import (
     make_blocks,
 )
 from newton.damping import LevenbergMarquardt, combined_damping, reduction_ratio
-from newton.errors import NewtonError, NonFiniteError
+from newton.errors import (
+    BadValueError,
+    NewtonError,
+    NonFiniteError,
+    check_choice,
+    check_int,
+    check_number,
+)
 from newton.scheduler import Scheduler
 from newton.solvers import cg_solve
 from newton.sparsify import direction_cosine, sparsify_to_budget
@@ -58,6 +65,35 @@ __all__ = ["Method", "QNewton"]
 Method = Literal["auto", "hessian_free", "blocks"]
 CG_DECAY = 0.95  # warm start: CG begins from this share of the previous direction (Martens 2010)
 EMA_BETA = 0.95  # decay of the squared-gradient average behind the diagonal preconditioner
+
+
+def _check_settings(s: dict[str, Any]) -> None:
+    """Every QNewton setting, before anything is built (each error names its value)."""
+    check_number("lr", s["lr"], low=0, open_low=True)
+    check_number("damping", s["damping"], low=0, open_low=True)
+    check_number("min_damping", s["min_damping"], low=0)
+    if s["kappa_target"] is not None:
+        check_number("kappa_target", s["kappa_target"], low=1, open_low=True)
+    check_choice("curvature", s["curvature"], ("ggn", "fisher", "hessian"))
+    check_choice("structure", s["structure"], ("layer", "block", "full"))
+    check_choice("method", s["method"], ("auto", "hessian_free", "blocks"))
+    check_int("block_size", s["block_size"])
+    check_int("max_backtracks", s["max_backtracks"], low=0)
+    check_number("armijo", s["armijo"], low=0, high=1, open_low=True, open_high=True)
+    if s["max_step_norm"] is not None:
+        check_number("max_step_norm", s["max_step_norm"], low=0, open_low=True)
+    check_number("fallback_lr", s["fallback_lr"], low=0)
+    check_int("dense_max", s["dense_max"])
+    check_int("kappa_matvecs", s["kappa_matvecs"])
+    if s["curvature_batch"] is not None:
+        check_int("curvature_batch", s["curvature_batch"])
+    check_int("exact_kappa_below", s["exact_kappa_below"], low=0)
+    check_int("hessian_free_above", s["hessian_free_above"], low=0)
+    check_int("cg_max_iter", s["cg_max_iter"])
+    check_number("cg_tol", s["cg_tol"], low=0)
+    for flag in ("adapt_damping", "line_search", "sparsify", "precondition"):
+        if not isinstance(s[flag], bool):
+            raise BadValueError(f"{flag}={s[flag]!r} must be True or False")
 
 
 class QNewton(torch.optim.Optimizer):
@@ -126,16 +162,7 @@ class QNewton(torch.optim.Optimizer):
         cg_tol: float = 1e-4,
         precondition: bool = True,
     ) -> None:
-        if not lr > 0:
-            raise NewtonError(f"lr={lr} must be > 0")
-        if not damping > 0:
-            raise NewtonError(
-                f"damping={damping} must be > 0 (it keeps the system positive definite)"
-            )
-        if kappa_target is not None and not kappa_target > 1:
-            raise NewtonError(f"kappa_target={kappa_target} must be > 1 or None")
-        if curvature not in ("ggn", "fisher", "hessian"):
-            raise NewtonError(f"curvature={curvature!r} must be 'ggn', 'fisher' or 'hessian'")
+        _check_settings(locals())
         defaults = {"lr": lr, "damping": damping}
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
@@ -156,13 +183,9 @@ class QNewton(torch.optim.Optimizer):
         self.sparsify = sparsify
         self.dense_max = dense_max
         self.kappa_matvecs = kappa_matvecs
-        if curvature_batch is not None and curvature_batch < 1:
-            raise NewtonError(f"curvature_batch={curvature_batch} must be >= 1 or None")
         self.curvature_batch = curvature_batch
         self.exact_kappa_below = exact_kappa_below
         self.min_damping = min_damping
-        if method not in ("auto", "hessian_free", "blocks"):
-            raise NewtonError(f"method={method!r} must be 'auto', 'hessian_free' or 'blocks'")
         if method == "hessian_free" and curvature == "hessian":
             raise NewtonError(
                 "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"

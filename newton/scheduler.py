@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from newton.cost import ClassicalCostModel, QuantumCostModel, paper_mode_costs
-from newton.errors import NewtonError
+from newton.errors import NewtonError, check_choice, check_int, check_number
 from newton.solvers import SolveInfo, cg_solve, cholesky_solve, quantum_model_solve
 
 logger = logging.getLogger(__name__)
@@ -62,19 +62,20 @@ class SchedulerConfig:
     seed: int = 0  # seeds HHL shots and the modelled solver's error direction
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "cholesky", "cg", "quantum"):
-            raise NewtonError(f"mode={self.mode!r} must be auto, cholesky, cg or quantum")
-        if not 0 < self.epsilon < 1:
-            raise NewtonError(f"epsilon={self.epsilon} must lie in (0, 1)")
-        if self.kappa_policy not in ("proven", "estimate"):
-            raise NewtonError(f"kappa_policy={self.kappa_policy!r} must be 'proven' or 'estimate'")
-        if not 1 <= self.clock_qubits <= self.max_clock_qubits <= 12:
-            raise NewtonError(
-                f"clock_qubits={self.clock_qubits}, max_clock_qubits={self.max_clock_qubits}: "
-                "need 1 <= clock_qubits <= max_clock_qubits <= 12"
-            )
-        if not 1 <= self.hhl_max_n <= 16:
-            raise NewtonError(f"hhl_max_n={self.hhl_max_n} must lie in 1..16 (state-vector HHL)")
+        from newton.cost import QUERY_MODELS
+
+        check_choice("mode", self.mode, ("auto", "cholesky", "cg", "quantum"))
+        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
+        check_choice("query_model", self.query_model, QUERY_MODELS)
+        check_number("gate_time_s", self.gate_time_s, low=0, open_low=True)
+        check_choice("kappa_policy", self.kappa_policy, ("proven", "estimate"))
+        check_int("clock_qubits", self.clock_qubits, high=12)
+        check_int("max_clock_qubits", self.max_clock_qubits, low=self.clock_qubits, high=12)
+        check_int("hhl_max_n", self.hhl_max_n, high=16)
+        if self.hhl_shots is not None:
+            check_int("hhl_shots", self.hhl_shots)
+        check_number("cg_tol", self.cg_tol, low=0)
+        check_int("seed", self.seed, low=0)
 
 
 class Scheduler:

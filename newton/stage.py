@@ -30,6 +30,14 @@ class StageConfig:
     noise_steps: int = 12  # steps per injected-error run
     noise_hidden: int = 8  # MLP width for the injected-error runs
 
+    def __post_init__(self) -> None:
+        from newton.errors import check_int, check_number
+
+        for name in ("hidden", "epochs", "hhl_steps", "noise_steps", "noise_hidden"):
+            check_int(name, getattr(self, name))
+        check_int("clock_qubits", self.clock_qubits, high=12)
+        check_number("target_loss", self.target_loss, low=0)
+
 
 def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, Any]) -> Section:
     import matplotlib
