@@ -56,7 +56,7 @@ from newton.errors import (
     NotSquareError,
     TooLargeForHHLError,
 )
-from newton.solvers import SolveInfo, check_spd
+from newton.systems import SolveInfo, check_spd
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from newton.cost import ClassicalCostModel, QuantumCostModel, paper_mode_costs
 from newton.errors import NewtonError, check_choice, check_int, check_number
-from newton.solvers import SolveInfo, cg_solve, cholesky_solve, quantum_model_solve
+from newton.solvers import cg_solve, cholesky_solve, quantum_model_solve
+from newton.systems import SolveInfo
 
 logger = logging.getLogger(__name__)
 

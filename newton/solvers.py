@@ -20,22 +20,21 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
 
-from newton.errors import NewtonError, NonFiniteError, NotPositiveDefiniteError, NotSquareError
-from newton.spectrum import as_operator, check_symmetric
+from newton.errors import NewtonError, NonFiniteError, NotPositiveDefiniteError
+from newton.hhl import hhl_solve
+from newton.spectrum import as_operator
+from newton.systems import SolveInfo, as_array, check_rhs, check_spd
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
-    "SolveInfo",
     "cg_solve",
-    "check_spd",
     "cholesky_solve",
     "quantum_model_solve",
     "solve",
@@ -45,65 +44,12 @@ Backend = Literal["cholesky", "cg", "hhl", "quantum_model"]
 BACKENDS: tuple[str, ...] = ("cholesky", "cg", "hhl", "quantum_model")
 
 
-@dataclass
-class SolveInfo:
-    """What one solve did: backend, problem size and conditioning, time, accuracy."""
-
-    backend: str  # "cholesky", "cg", "hhl_aer", "quantum_model"
-    n: int  # system size N
-    wall_s: float = 0.0  # measured wall time of the solve (simulation time for hhl_aer)
-    residual: float | None = None  # ||A x - b|| / ||b||
-    kappa: float | None = None  # condition number used (estimate or exact)
-    lambda_min: float | None = None
-    lambda_max: float | None = None
-    d: int | None = None  # row sparsity of the matrix
-    epsilon: float | None = None  # target precision
-    iterations: int | None = None  # CG iterations / matvecs
-    p_success: float | None = None  # HHL post-selection probability
-    predicted_s: dict[str, float] = field(default_factory=dict)  # modelled time of each backend
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_record(self) -> dict[str, Any]:
-        rec = {k: v for k, v in self.__dict__.items() if k not in ("extra", "predicted_s")}
-        rec.update({f"pred_{k}_s": v for k, v in self.predicted_s.items()})
-        rec.update({k: v for k, v in self.extra.items() if isinstance(v, int | float | str)})
-        return rec
-
-
-def _as_array(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
-def check_spd(a: np.ndarray, *, name: str = "A") -> np.ndarray:
-    """Raise unless ``a`` is finite, square, symmetric and positive definite; returns its Cholesky factor."""
-    check_symmetric(a, name=name)
-    try:
-        return np.asarray(scipy.linalg.cholesky(a, lower=True))
-    except np.linalg.LinAlgError as err:
-        lmin = float(np.linalg.eigvalsh(a)[0])
-        raise NotPositiveDefiniteError(
-            f"{name} is not positive definite (smallest eigenvalue {lmin:.3g}); add damping "
-            f"delta > {max(0.0, -lmin):.3g} (A + delta I) or use a PSD curvature ('ggn', 'fisher')"
-        ) from err
-
-
-def _check_rhs(b: np.ndarray, n: int) -> np.ndarray:
-    b = np.asarray(b, dtype=np.float64).reshape(-1) if b.ndim <= 1 else b
-    if b.shape != (n,):
-        raise NotSquareError(f"b has shape {b.shape} but A is {n}x{n}; b must have length {n}")
-    if not np.isfinite(b).all():
-        raise NonFiniteError("b (the gradient) has NaN or infinite entries; check the loss and lr")
-    return b
-
-
 def cholesky_solve(a: Any, b: Any) -> tuple[np.ndarray, SolveInfo]:
     """Dense SPD solve by Cholesky factorisation."""
     t0 = time.perf_counter()
-    a, b = _as_array(a), _as_array(b)
+    a, b = as_array(a), as_array(b)
     factor = check_spd(a)
-    b = _check_rhs(b, a.shape[0])
+    b = check_rhs(b, a.shape[0])
     x = scipy.linalg.cho_solve((factor, True), b)
     wall = time.perf_counter() - t0
     bn = float(np.linalg.norm(b)) or 1.0
@@ -157,8 +103,8 @@ def cg_solve(
         size = int(b.numel())
         matvec = operator if callable(operator) else (lambda v: operator @ v)
     else:
-        op = as_operator(operator if callable(operator) else _as_array(operator), n)
-        b = _check_rhs(_as_array(b), op.n)
+        op = as_operator(operator if callable(operator) else as_array(operator), n)
+        b = check_rhs(as_array(b), op.n)
         size, matvec = op.n, op.matvec
     maxiter = maxiter or 10 * size
     if not (math.isfinite(tol) and tol >= 0):
@@ -255,7 +201,7 @@ def quantum_model_solve(
         raise NewtonError(f"epsilon={epsilon} must lie in [0, 1)")
     t0 = time.perf_counter()
     x, _ = cholesky_solve(a, b)
-    a_arr = _as_array(a)
+    a_arr = as_array(a)
     rng = np.random.default_rng(seed)
     u = rng.standard_normal(x.shape)
     u /= np.linalg.norm(u)
@@ -271,7 +217,7 @@ def quantum_model_solve(
         "quantum_model",
         a_arr.shape[0],
         wall_s=time.perf_counter() - t0,
-        residual=float(np.linalg.norm(a_arr @ x_noisy - _as_array(b)) / bn),
+        residual=float(np.linalg.norm(a_arr @ x_noisy - as_array(b)) / bn),
         kappa=kappa,
         d=d,
         epsilon=epsilon,
@@ -289,9 +235,7 @@ def solve(
         "quantum_model": quantum_model_solve,
     }
     if backend == "hhl":
-        from newton.hhl import hhl_solve
-
-        return hhl_solve(_as_array(a), _as_array(b), **options)
+        return hhl_solve(as_array(a), as_array(b), **options)
     if backend not in solvers:
         raise NewtonError(f"solver backend={backend!r} is not one of {list(BACKENDS)}")
     return solvers[backend](a, b, **options)
