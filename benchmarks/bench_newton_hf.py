@@ -19,8 +19,10 @@ QNewton (Hessian-free, full batch): initial damping x curvature batch, by the sa
 Selection is on the test split, for all three alike (digits has no separate validation split here).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_newton_hf.py [--epochs 20] [--seeds 5]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_newton_hf.py --hidden 1540 --seeds 3
 
-Writes benchmarks/results/newton_hf.json.
+Writes benchmarks/results/newton_hf.json (64-32-10) or newton_hf_h<hidden>.json (the bigger task:
+64-1540-10 has 115,510 parameters).
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
-def _run(seed: int, epochs: int, name: str, **kw: Any) -> list[dict[str, float]]:
-    cfg = CompareConfig(hidden=32, epochs=epochs, optimizers=(name,), seed=seed, **kw)
+def _run(seed: int, epochs: int, hidden: int, name: str, **kw: Any) -> list[dict[str, float]]:
+    cfg = CompareConfig(hidden=hidden, epochs=epochs, optimizers=(name,), seed=seed, **kw)
     return compare_optimizers(cfg)["curves"][name]
 
 
@@ -72,12 +74,13 @@ def hf_step_cost(
     batch_size: int,
     cg_max_iter: int = 10,
     steps: int = 20,
+    hidden: int = 32,
 ) -> dict[str, float]:
     """Median CPU time of one QNewton step over that of one gradient evaluation, same batch."""
     torch.manual_seed(seed)
     train_ds, _ = digits_datasets(0.2, seed)
     batch = tuple(t[:batch_size] for t in train_ds.tensors)
-    model = _mlp(64, 32, 10)
+    model = _mlp(64, hidden, 10)
     opt = QNewton(model.parameters(), damping=damping, method="hessian_free",
                   curvature_batch=curvature_batch or None, cg_max_iter=cg_max_iter)  # fmt: skip
     closure = Closure(model, [batch], _ce)
@@ -110,12 +113,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--hidden", type=int, default=32, help="1540 gives 115,510 parameters")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = list(range(args.seeds))
     t_all = time.perf_counter()
 
-    sgd = {lr: {s: _run(s, args.epochs, "sgd", sgd_lr=lr) for s in seeds} for lr in SGD_LRS}
+    sgd = {
+        lr: {s: _run(s, args.epochs, args.hidden, "sgd", sgd_lr=lr) for s in seeds}
+        for lr in SGD_LRS
+    }
     sgd_final = {lr: _median([runs[s][-1]["test_acc"] for s in seeds]) for lr, runs in sgd.items()}
     sgd_lr = max(sgd_final, key=sgd_final.__getitem__)
     print("SGD lr -> median final test acc", sgd_final, "chosen", sgd_lr, flush=True)
@@ -130,7 +137,10 @@ def main() -> None:
         epochs = [h["epoch"] if h else math.inf for h in hits]
         return _median(walls), _median(epochs), hits
 
-    adam = {lr: {s: _run(s, args.epochs, "adam", adam_lr=lr) for s in seeds} for lr in ADAM_LRS}
+    adam = {
+        lr: {s: _run(s, args.epochs, args.hidden, "adam", adam_lr=lr) for s in seeds}
+        for lr in ADAM_LRS
+    }
     adam_wall = {lr: wall_to_target(runs)[0] for lr, runs in adam.items()}
     adam_lr = min(adam_wall, key=adam_wall.__getitem__)
     print("Adam lr -> median wall to target", adam_wall, "chosen", adam_lr, flush=True)
@@ -142,6 +152,7 @@ def main() -> None:
             s: _run(
                 s,
                 args.epochs,
+                args.hidden,
                 "qnewton",
                 damping=damping,
                 curvature_batch=cb,
@@ -154,10 +165,12 @@ def main() -> None:
               "median wall to target", wall_to_target(qn[key])[0], flush=True)  # fmt: skip
     qn_wall = {k: wall_to_target(runs)[0] for k, runs in qn.items()}
     qn_best = min(qn_wall, key=qn_wall.__getitem__)
-    cost = hf_step_cost(0, *qn_best)
+    cost = hf_step_cost(0, *qn_best, hidden=args.hidden)
     print("HF step cost", cost, flush=True)
     # what fewer CG iterations would cost (the epochs above are for cg_max_iter = 10)
-    cost_vs_iters = [hf_step_cost(0, *qn_best, cg_max_iter=k) for k in (2, 4, 6)] + [cost]
+    cost_vs_iters = [
+        hf_step_cost(0, *qn_best, cg_max_iter=k, hidden=args.hidden) for k in (2, 4, 6)
+    ] + [cost]
 
     sgd_row = {"sgd_epochs": _median(list(sgd_epochs.values()))}
     sgd_row["sgd_cpu_s"] = _median([_reach(sgd[sgd_lr][s], target[s])["cpu_s"] for s in seeds])  # type: ignore[index]
@@ -210,7 +223,8 @@ def main() -> None:
         }
         for s in seeds
     ]
-    out = Path(__file__).parent / "results" / "newton_hf.json"
+    name = "newton_hf.json" if args.hidden == 32 else f"newton_hf_h{args.hidden}.json"
+    out = Path(__file__).parent / "results" / name
     atomic_write_json(
         out,
         {
@@ -231,6 +245,7 @@ def main() -> None:
                 "qnewton": qn[qn_best],
             },
             "args": vars(args),
+            "parameters": 64 * args.hidden + args.hidden + 10 * args.hidden + 10,
             "total_s": time.perf_counter() - t_all,
             "env": environment_info(0),
         },

@@ -4,8 +4,11 @@ One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
 
 1. ``loss = closure()``: gradients on the step's micro-batches; a NaN/inf loss or gradient raises
    :class:`~newton.errors.NonFiniteError` before any weight changes.
-2. Curvature ``C`` (GGN by default) on the same batches, by blocks (:mod:`newton.curvature`).
-3. Per block: eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
+2. Curvature ``C`` (GGN by default) on the same batches (:mod:`newton.curvature`).
+3. Hessian-free (``method="hessian_free"``, the default past ``hessian_free_above`` parameters):
+   one truncated, preconditioned CG on ``(C + delta I) p = -g`` over all parameters, warm-started
+   from the last direction, each product replaying the step's cached linearisation (Martens 2010).
+   Blocks (``method="blocks"``, small models, HHL): per block, eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
    ``delta = max(delta_LM, delta_kappa)`` (:mod:`newton.damping`), optional symmetric
    sparsification (:mod:`newton.sparsify`), then ``(C_b + delta I) p_b = -g_b`` through the
    :class:`~newton.scheduler.Scheduler`.
@@ -16,7 +19,7 @@ One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
    param group (``"damping"``) so it is checkpointed with the optimizer state.
 
 Math:
-    p = -(C + delta I)^{-1} g  (block-diagonal),   theta <- theta + t p,
+    p = -(C + delta I)^{-1} g  (whole, by truncated CG; or block-diagonal),   theta <- theta + t p,
     t = lr * 2^-k, the first k with L(theta + t p) <= L(theta) + c t g.p   (Armijo)
 
 References:
@@ -123,6 +126,13 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
             None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
             smaller curvature batch is the usual speed knob (Martens 2010).
+        method: ``"auto"`` (Hessian-free past ``hessian_free_above`` parameters, blocks below),
+            ``"hessian_free"`` or ``"blocks"`` (where the scheduler, HHL and sparsification act).
+        hessian_free_above: parameter count above which ``"auto"`` takes Hessian-free steps.
+        cg_max_iter: Hessian-free CG iterations per step (each one GGN product).
+        cg_tol: Hessian-free CG relative residual to stop at.
+        precondition: Hessian-free diagonal preconditioner ``(v + delta)^(3/4)``, ``v`` a running
+            average of squared gradients.
 
     Example:
         >>> model = torch.nn.Linear(3, 1)
