@@ -126,8 +126,9 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
             None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
             smaller curvature batch is the usual speed knob (Martens 2010).
-        method: ``"auto"`` (Hessian-free past ``hessian_free_above`` parameters, blocks below),
-            ``"hessian_free"`` or ``"blocks"`` (where the scheduler, HHL and sparsification act).
+        method: ``"auto"`` (Hessian-free past ``hessian_free_above`` parameters, blocks below or
+            when a ``scheduler``, ``kappa_target`` or ``sparsify`` is given), ``"hessian_free"``
+            or ``"blocks"`` (where the scheduler, HHL, kappa targets and sparsification act).
         hessian_free_above: parameter count above which ``"auto"`` takes Hessian-free steps.
         cg_max_iter: Hessian-free CG iterations per step (each one GGN product).
         cg_tol: Hessian-free CG relative residual to stop at.
@@ -179,6 +180,7 @@ class QNewton(torch.optim.Optimizer):
             raise NewtonError(
                 "QNewton takes one param group (its curvature couples all parameters)"
             )
+        self._scheduler_given = scheduler is not None
         self.scheduler = scheduler or Scheduler()
         self.curvature: CurvatureKind = curvature
         self.structure: Structure = structure
@@ -196,6 +198,11 @@ class QNewton(torch.optim.Optimizer):
         self.curvature_batch = curvature_batch
         self.exact_kappa_below = exact_kappa_below
         self.min_damping = min_damping
+        if method == "hessian_free" and (sparsify or kappa_target is not None):
+            raise BadValueError(
+                "sparsify and kappa_target act on the block solves; use method='blocks' (or "
+                "'auto', which picks blocks when they are set)"
+            )
         if method == "hessian_free" and curvature == "hessian":
             raise NewtonError(
                 "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"
@@ -368,8 +375,15 @@ class QNewton(torch.optim.Optimizer):
         return loss_t
 
     def _use_hessian_free(self, n_params: int) -> bool:
+        """``auto``: Hessian-free past ``hessian_free_above`` parameters, unless a block-only
+        feature was asked for (a scheduler, kappa_target, sparsify) or the curvature is indefinite."""
         if self.method == "auto":
-            return self.curvature != "hessian" and n_params > self.hessian_free_above
+            block_only = self._scheduler_given or self.kappa_target is not None or self.sparsify
+            return (
+                not block_only
+                and self.curvature != "hessian"
+                and n_params > self.hessian_free_above
+            )
         return self.method == "hessian_free"
 
     def _block_direction(

@@ -67,6 +67,7 @@ CASES = [
     (_qnewton, {"cg_tol": -1e-3}, "cg_tol=-0.001"),
     (_qnewton, {"line_search": "yes"}, "line_search='yes'"),
     (_qnewton, {"method": "hessian_free", "curvature": "hessian"}, "PSD"),
+    (_qnewton, {"method": "hessian_free", "kappa_target": 10.0}, "method='blocks'"),
     # condition numbers, damping, CG, modelled quantum solver
     (_kappa, {"damping": -1.0}, "damping=-1.0"),
     (_kappa, {"damping": INF}, "damping=inf"),

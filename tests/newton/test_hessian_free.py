@@ -10,6 +10,7 @@ from torch import nn
 
 from newton.curvature import Curvature, output_hessian_kind
 from newton.optimizer import QNewton
+from newton.scheduler import Scheduler
 from newton.solvers import cg_solve
 from qhybrid.train import Closure
 
@@ -167,3 +168,8 @@ def test_auto_method_switches_on_parameter_count():
         opt = QNewton(model.parameters(), damping=0.1)
         opt.step(Closure(model, [batch], ce))
         assert opt.history[-1]["method"] == method
+    # block-only features keep a big model on blocks, where they act
+    for kw in ({"kappa_target": 100.0}, {"sparsify": True}, {"scheduler": Scheduler()}):
+        opt = QNewton(big.parameters(), damping=0.1, **kw)
+        opt.step(Closure(big, [(torch.randn(16, 30).double(), torch.randint(0, 2, (16,)))], ce))
+        assert opt.history[-1]["method"] == "blocks"
