@@ -51,6 +51,7 @@ from newton.errors import (
     NewtonError,
     NonFiniteError,
     NotPositiveDefiniteError,
+    NotRealError,
     NotSquareError,
     NotSymmetricError,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "check_symmetric",
     "estimate_condition_number",
     "lanczos",
+    "to_real_array",
 ]
 
 KAPPA_CAP = 1.0 / np.finfo(np.float64).eps  # ~4.5e15: reported for singular blocks instead of inf
@@ -130,21 +132,34 @@ def as_operator(operator: Any, n: int | None = None) -> LinearOperator:
             )
 
         def mv(v: np.ndarray) -> np.ndarray:
-            out = np.asarray(_to_numpy(operator(v)), dtype=np.float64).reshape(-1)
+            out = to_real_array(operator(v), name="the operator's output").reshape(-1)
             if out.shape != (n,):
                 raise NotSquareError(f"the operator returned shape {out.shape} for a vector of {n}")
             return out
 
         return LinearOperator(n, mv)
-    a = np.asarray(_to_numpy(operator), dtype=np.float64)
+    a = to_real_array(operator)
     check_symmetric(a)
     return LinearOperator(a.shape[0], lambda v: a @ v, a)
 
 
-def _to_numpy(x: Any) -> Any:
+def to_real_array(x: Any, *, name: str = "A") -> np.ndarray:
+    """``x`` (numpy, torch or nested lists) as a float64 array; complex input is refused, not cast."""
     if hasattr(x, "detach"):  # torch tensor
-        return x.detach().cpu().double().numpy()
-    return x
+        if x.is_complex():
+            raise NotRealError(
+                f"{name} is complex ({x.dtype}); newton solves real symmetric systems"
+            )
+        return np.asarray(x.detach().cpu().double().numpy())
+    if np.iscomplexobj(x):
+        raise NotRealError(
+            f"{name} is complex; newton solves real symmetric systems (write a Hermitian one in "
+            "real form [[Re, -Im], [Im, Re]])"
+        )
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise NewtonError(f"{name} must be a real numeric array, got {type(x).__name__}") from err
 
 
 def lanczos(op: LinearOperator, steps: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:

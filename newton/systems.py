@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg
 
 from newton.errors import NonFiniteError, NotPositiveDefiniteError, NotSquareError
-from newton.spectrum import check_symmetric
+from newton.spectrum import check_symmetric, to_real_array
 
 __all__ = ["SolveInfo", "as_array", "check_rhs", "check_spd"]
 
@@ -45,9 +45,8 @@ class SolveInfo:
 
 
 def as_array(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
+    """A float64 numpy array of ``a`` (complex input raises NotRealError)."""
+    return to_real_array(a)
 
 
 def check_spd(a: np.ndarray, *, name: str = "A") -> np.ndarray:
