@@ -175,7 +175,7 @@ def _solve(args: argparse.Namespace) -> int:
         est = estimate_condition_number(a)
         x, info = Scheduler(
             SchedulerConfig(epsilon=cfg.epsilon, clock_qubits=cfg.clock_qubits)
-        ).solve(a, b, kappa=est.kappa)
+        ).solve(a, b, kappa=est.kappa, kappa_bound=est.upper_bound if est.certified else None)
     else:
         opts: dict[str, Any] = {}
         if cfg.backend == "hhl":
