@@ -147,7 +147,7 @@ def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
     x_te, y_te = test_ds.tensors
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     curves: dict[str, list[dict[str, float]]] = {}
-    kappa: list[dict[str, float]] = []
+    kappa: list[dict[str, Any]] = []
     for name in cfg.optimizers:
         seed_everything(cfg.seed)
         model = _mlp(x_tr.shape[1], cfg.hidden, n_classes)
@@ -202,9 +202,11 @@ def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
                 kappa.append(
                     {
                         "step": i + 1,
-                        "kappa_max": h["kappa_max"],
-                        "kappa_median": h["kappa_median"],
-                        "kappa_undamped_max": h["kappa_undamped_max"],
+                        # None (valid JSON) for Hessian-free steps, which solve no blocks
+                        **{
+                            k: h[k] if math.isfinite(h[k]) else None
+                            for k in ("kappa_max", "kappa_median", "kappa_undamped_max")
+                        },
                         "damping": h["damping"],
                         "cg_iterations": h["cg_iterations"],
                         "fallback": float(h["fallback"]),
@@ -506,7 +508,7 @@ def plot_compare(result: dict[str, Any]) -> Any:
     ax[1].set(xlabel="training wall time (s)", ylabel="train loss", yscale="log")
     ax[2].set(xlabel="training wall time (s)", ylabel="test accuracy", ylim=(0.8, 1.0))
     ax[0].legend()
-    k = [r for r in result["kappa"] if math.isfinite(r["kappa_max"])]
+    k = [r for r in result["kappa"] if r["kappa_max"] is not None]
     if k:
         ax[3].plot(
             [r["step"] for r in k], [r["kappa_undamped_max"] for r in k], label="max undamped"
