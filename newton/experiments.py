@@ -391,7 +391,8 @@ def crossover_curves(cfg: CrossoverConfig) -> dict[str, Any]:
                                 "query_model": model,
                                 "gate_time_s": tg,
                                 "kappa": kappa,
-                                "n_star": n_star,
+                                # None (valid JSON): no crossover up to n_max
+                                "n_star": n_star if math.isfinite(n_star) else None,
                             }
                         )
     paper = []
@@ -551,7 +552,7 @@ def plot_crossover(result: dict[str, Any]) -> Any:
         for tg in sorted({r["gate_time_s"] for r in result["rows"]}):
             pts = [r for r in result["rows"] if r["io"] == io and r["against"] == against
                    and r["gate_time_s"] == tg and r["query_model"] == model]  # fmt: skip
-            a.plot([r["kappa"] for r in pts], [r["n_star"] if math.isfinite(r["n_star"]) else np.nan
+            a.plot([r["kappa"] for r in pts], [np.nan if r["n_star"] is None else r["n_star"]
                                                for r in pts], "o-", label=f"t_gate={tg:g}s")  # fmt: skip
         a.set(
             xscale="log",

@@ -128,7 +128,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     )
     io_rows = [r for r in cross["rows"] if r["io"] and r["against"] == "best"]
     io_total = len(io_rows)
-    io_won = [r for r in io_rows if r["n_star"] != float("inf")]
+    io_won = [r for r in io_rows if r["n_star"] is not None]
     io_wins = len(io_won)
     min_gate = max((r["gate_time_s"] for r in io_won), default=0.0)
     q = next(r for r in cmp["summary"] if r["optimizer"] == "qnewton")
