@@ -11,7 +11,10 @@ The old ``quantum-linear-solvers`` HHL cannot be imported on Qiskit 2.x; the res
 measurements in a legacy environment (0.23 / 0.55 / 6.0 s per solve at N = 2 / 4 / 8) are quoted.
 
 p_success depends on b: it is ``C^2 ||A^-1 b||^2 / ||b||^2`` >= (0.9 / kappa)^2, so it is reported
-for random b and for a b spread over the spectrum (weight ~ 1/lambda per eigenvector).
+for random b and for a b spread over the spectrum (weight ~ 1/lambda per eigenvector), and for
+random b after amplitude amplification (the exact model of newton.hhl.amplitude_amplification:
+``sin^2((2k+1) theta)`` at ``2k+1`` circuit uses; target issue 12: >= 0.5 at kappa <= 10). The
+clock state's CX count (Grover-Rudolph UCRY circuit against a generic unitary) is reported too.
 
     .venv/bin/python benchmarks/bench_newton_hhl.py [--instances 5]
 
@@ -43,6 +46,29 @@ def fidelity(x: np.ndarray, y: np.ndarray) -> float:
     return float((x @ y) ** 2 / (x @ x) / (y @ y))
 
 
+def clock_cost() -> list[dict[str, int]]:
+    """CX counts of the sine clock state: Grover-Rudolph UCRY circuit vs a generic unitary."""
+    from qiskit import QuantumCircuit, transpile
+    from qiskit.circuit.library import UnitaryGate
+
+    from newton.hhl import sine_window, state_preparation
+
+    rows = []
+    for t in (4, 6, 8):
+        w = sine_window(t)
+        v = np.eye(2**t)[0] - w
+        generic = QuantumCircuit(t)
+        generic.append(UnitaryGate(np.eye(2**t) - 2 * np.outer(v, v) / (v @ v)), range(t))
+        count = {}
+        for name, qc in (("ucry", state_preparation(w)), ("generic_unitary", generic)):
+            tqc = transpile(qc, basis_gates=["cx", "u"], optimization_level=1)
+            count[name] = int(tqc.count_ops().get("cx", 0))
+        rows.append(
+            {"clock_qubits": t, "cx_ucry": count["ucry"], "cx_generic": count["generic_unitary"]}
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--instances", type=int, default=5)
@@ -52,8 +78,9 @@ def main() -> None:
     rows = []
     cells = [(n, k, 6) for n in (2, 4, 8) for k in (2.0, 5.0, 10.0)] + [(4, 50.0, 8), (16, 10.0, 6)]
     for n, kappa, t in cells:
-        worst = {"fidelity": 1.0, "rel_err": 0.0, "p_random_b": 1.0, "p_spread_b": 1.0, "solve_s": 0.0,
-                 "numpy_s": 0.0, "fidelity_uniform_clock": 1.0}  # fmt: skip
+        worst = {"fidelity": 1.0, "rel_err": 0.0, "p_random_b": 1.0, "p_random_b_amplified": 1.0,
+                 "aa_circuit_uses": 0, "p_spread_b": 1.0, "solve_s": 0.0, "numpy_s": 0.0,
+                 "fidelity_uniform_clock": 1.0}  # fmt: skip
         for _ in range(args.instances):
             a = spd(n, kappa, rng)
             b = rng.standard_normal(n)
@@ -75,6 +102,10 @@ def main() -> None:
                 worst["rel_err"], float(np.linalg.norm(x - exact) / np.linalg.norm(exact))
             )
             worst["p_random_b"] = min(worst["p_random_b"], float(info.p_success))
+            worst["p_random_b_amplified"] = min(
+                worst["p_random_b_amplified"], info.extra["p_success_amplified"]
+            )
+            worst["aa_circuit_uses"] = max(worst["aa_circuit_uses"], info.extra["aa_circuit_uses"])
             worst["p_spread_b"] = min(worst["p_spread_b"], float(info_s.p_success))
             worst["solve_s"] = max(worst["solve_s"], dt)
             worst["numpy_s"] = max(worst["numpy_s"], dn)
@@ -82,6 +113,7 @@ def main() -> None:
                "legacy_qls_s": LEGACY_S.get(n) if t == 6 else None}  # fmt: skip
         row["target_met"] = bool(
             row["fidelity"] >= 0.9999
+            and (kappa > 10 or row["p_random_b_amplified"] >= 0.5)
             and (
                 t == 8
                 or (row["rel_err"] <= 3e-2 and row["solve_s"] <= 0.5 and row["p_spread_b"] >= 0.2)
@@ -89,8 +121,11 @@ def main() -> None:
         )
         rows.append(row)
         print({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    clock = clock_cost()
+    print(clock)
     out = Path(__file__).parent / "results" / "newton_hhl.json"
-    atomic_write_json(out, {"rows": rows, "instances": args.instances, "env": environment_info(0)})
+    atomic_write_json(out, {"rows": rows, "clock_state_cx": clock, "instances": args.instances,
+                            "env": environment_info(0)})  # fmt: skip
     print(f"wrote {out}")
 
 

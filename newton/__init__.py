@@ -52,7 +52,7 @@ _WHERE = {
     "QNewton": "newton.optimizer",
     "Scheduler": "newton.scheduler",
     "SchedulerConfig": "newton.scheduler",
-    "SolveInfo": "newton.solvers",
+    "SolveInfo": "newton.systems",
     "cg_solve": "newton.solvers",
     "cholesky_solve": "newton.solvers",
     "quantum_model_solve": "newton.solvers",

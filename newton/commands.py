@@ -31,6 +31,17 @@ class SolveConfig:
     epsilon: float = 1e-2  # target precision (quantum model and scheduler)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from newton.errors import check_choice, check_int, check_number
+
+        check_int("n", self.n, high=100_000)
+        check_number("kappa", self.kappa, low=1)
+        check_choice("backend", self.backend, ("auto", "cholesky", "cg", "hhl", "quantum_model"))
+        check_int("clock_qubits", self.clock_qubits, high=12)
+        check_int("shots", self.shots, low=0)
+        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
+        check_int("seed", self.seed, low=0)
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="newton_command", metavar="EXPERIMENT")
@@ -93,7 +104,9 @@ def _hhl_loop(args: argparse.Namespace) -> int:
     atomic_write_json(run.artefact("hhl_loop.json"), res)
     for rec in res["runs"]["quantum"]["solves"]:
         run.log_metrics(rec)
-    row = {k: res[k] for k in ("n_params", "relative_gap", "min_fidelity", "mean_p_success")}
+    keys = ("n_params", "relative_gap", "max_rel_error", "kappa_target", "hhl_solves",
+            "classical_routes", "min_fidelity", "mean_p_success", "min_p_success_amplified")  # fmt: skip
+    row = {k: res[k] for k in keys}
     row.update({f"final_loss_{m}": res["runs"][m]["final_loss"] for m in res["runs"]})
     sec = Section("HHL in the loop")
     sec.add_table("Exact Newton vs HHL Newton", [row])
@@ -162,7 +175,7 @@ def _solve(args: argparse.Namespace) -> int:
         est = estimate_condition_number(a)
         x, info = Scheduler(
             SchedulerConfig(epsilon=cfg.epsilon, clock_qubits=cfg.clock_qubits)
-        ).solve(a, b, kappa=est.kappa)
+        ).solve(a, b, kappa=est.kappa, kappa_bound=est.upper_bound if est.certified else None)
     else:
         opts: dict[str, Any] = {}
         if cfg.backend == "hhl":

@@ -38,13 +38,23 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 from newton.errors import NewtonError, NonFiniteError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Block", "Curvature", "CurvatureKind", "Structure", "head_of_batch", "make_blocks"]
+__all__ = [
+    "Block",
+    "Curvature",
+    "CurvatureKind",
+    "OutputHessianKind",
+    "Structure",
+    "apply_output_hessian",
+    "head_of_batch",
+    "make_blocks",
+    "output_hessian_kind",
+]
 
 CurvatureKind = Literal["ggn", "fisher", "hessian"]
 Structure = Literal["layer", "block", "full"]
@@ -123,10 +133,12 @@ class _Recorder(_FunctionalModel):
     def __init__(self, model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
         super().__init__(model, params)
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.outputs: list[Any] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((args, kwargs))
-        return super().__call__(*args, **kwargs)
+        self.outputs.append(super().__call__(*args, **kwargs))
+        return self.outputs[-1]
 
 
 class _FixedOutput:
@@ -162,6 +174,85 @@ def _hvp(
     return grad(dot)(x)
 
 
+OutputHessianKind = Literal["cross_entropy", "mse", "autodiff"]
+
+
+def _cross_entropy_hvp(
+    z: torch.Tensor, u: torch.Tensor, p: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean softmax cross-entropy over the leading dims: ``H u = (p * u - p (p . u)) / B``.
+
+    ``p = softmax(z)`` may be passed in (it is the same for every product of a step).
+    """
+    p = torch.softmax(z, dim=-1) if p is None else p
+    rows = z.numel() // z.shape[-1]
+    return (p * u - p * (p * u).sum(-1, keepdim=True)) / rows
+
+
+def _mse_hvp(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all entries: ``H u = 2 u / numel``."""
+    return 2.0 * u / z.numel()
+
+
+_CLOSED_FORMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": _cross_entropy_hvp,
+    "mse": _mse_hvp,
+}
+
+
+def output_hessian_kind(
+    loss_of_out: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, seed: int = 0
+) -> OutputHessianKind:
+    """Which closed form equals ``d^2 L / d z^2`` at ``z``: checked, not assumed.
+
+    One autodiff Hessian-vector product of the loss of the outputs (cheap: it never touches the
+    network) on a random ``u`` is compared with each closed form; the first that agrees to
+    ``1e-5`` relative is used for the whole step, else the autodiff product is.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    u = torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
+    ref = _hvp(loss_of_out, z, u)
+    scale = float(ref.norm()) + 1e-30
+    for kind, fn in _CLOSED_FORMS.items():
+        if z.ndim >= 1 and float((fn(z, u) - ref).norm()) <= 1e-5 * scale:
+            return kind  # type: ignore[return-value]
+    return "autodiff"
+
+
+@dataclass(frozen=True)
+class _Linearisation:
+    """The network linearised at theta on one batch (see :meth:`Curvature._ggn_linearisation`)."""
+
+    z: torch.Tensor  # outputs at theta
+    pullback: Callable[[torch.Tensor], torch.Tensor]  # u -> J^T u
+    transpose: Callable[[torch.Tensor], torch.Tensor]  # v -> J v
+    loss_of_out: Callable[[torch.Tensor], torch.Tensor]
+    kind: OutputHessianKind
+    softmax: torch.Tensor | None = None  # softmax(z), cached for cross-entropy products
+
+
+class _Replay:
+    """``w -> d(out . w) / d inp``: one backward pass over a recorded graph, kept for reuse."""
+
+    def __init__(self, out: torch.Tensor, inp: torch.Tensor) -> None:
+        self.out = out
+        self.inp = inp
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(
+            self.out, self.inp, w, retain_graph=True, allow_unused=True, materialize_grads=True
+        )[0]
+
+
+def apply_output_hessian(lin: _Linearisation, u: torch.Tensor) -> torch.Tensor:
+    """``(d^2 L / d z^2) u`` in closed form, or by autodiff for other losses."""
+    if lin.kind == "autodiff":
+        return _hvp(lin.loss_of_out, lin.z, u)
+    if lin.kind == "cross_entropy":
+        return _cross_entropy_hvp(lin.z, u, lin.softmax)
+    return _CLOSED_FORMS[lin.kind](lin.z, u)
+
+
 def _apply_out_hessian(
     loss_of_out: Callable[[torch.Tensor], torch.Tensor],
     z: torch.Tensor,
@@ -174,6 +265,9 @@ def _apply_out_hessian(
     For outputs up to ``max_out`` entries the output Hessian is formed once (cheap: the loss is a
     simple function of z) and multiplied; beyond that, vmapped HVPs keep memory linear.
     """
+    kind = output_hessian_kind(loss_of_out, z)
+    if kind != "autodiff":
+        return _CLOSED_FORMS[kind](z, cols)
     m = z.numel()
     if m <= max_out:
         h = torch.func.hessian(loss_of_out)(z).reshape(m, m)
@@ -227,6 +321,8 @@ class Curvature:
         loss_fn: ``loss_fn(model, batch) -> loss | (loss, metrics)``.
         params: the parameters to differentiate (default: all that require grad), in flat order.
         kind: ``"ggn"`` (default, PSD), ``"fisher"`` (empirical Fisher, PSD) or ``"hessian"``.
+        output_hessian: the loss's output Hessian for GGN products, ``"cross_entropy"``,
+            ``"mse"`` or ``"autodiff"``; None (default) checks the closed forms on each batch.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -245,6 +341,7 @@ class Curvature:
         params: Sequence[torch.Tensor] | None = None,
         *,
         kind: CurvatureKind = "ggn",
+        output_hessian: OutputHessianKind | None = None,
     ) -> None:
         if kind not in ("ggn", "fisher", "hessian"):
             raise NewtonError(f"curvature kind={kind!r} must be 'ggn', 'fisher' or 'hessian'")
@@ -275,6 +372,8 @@ class Curvature:
         self.matvecs = 0  # curvature-vector products done (dense blocks count their columns)
         self._fisher_rows: torch.Tensor | None = None
         self._ggn_parts: list[tuple[Callable[..., Any], Callable[..., Any]]] | None = None
+        self._lin: list[_Linearisation] | None = None
+        self.output_hessian = output_hessian  # None: found by output_hessian_kind per batch
 
     # -- the loss as a function of theta --------------------------------------------------------
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -298,46 +397,79 @@ class Curvature:
         return g
 
     # -- GGN -------------------------------------------------------------------------------------
+    def _record(self, batch: Any, theta: torch.Tensor) -> tuple[Any, Any, torch.Tensor]:
+        """Run ``loss_fn`` once on ``batch`` at ``theta``: the model call's (args, kwargs, output)."""
+        rec = _Recorder(self.model, self.unflatten(theta))
+        self.loss_fn(rec, batch)
+        if len(rec.calls) != 1:
+            raise NewtonError(
+                f"the GGN needs loss_fn to call the model exactly once per batch, but it called "
+                f"it {len(rec.calls)} times; use curvature='fisher' or 'hessian'"
+            )
+        out = rec.outputs[0]
+        if not isinstance(out, torch.Tensor):
+            raise NewtonError(
+                f"the GGN needs the model to return a tensor, got {type(out).__name__}; "
+                "use curvature='fisher' or 'hessian'"
+            )
+        return rec.calls[0][0], rec.calls[0][1], out
+
+    def _loss_of_out(self, batch: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        def loss_of_out(z: torch.Tensor, batch: Any = batch) -> torch.Tensor:
+            return _loss_only(self.loss_fn(_FixedOutput(z, self.model), batch))
+
+        return loss_of_out
+
     def _ggn_setup(self) -> list[tuple[Callable[..., Any], Callable[..., Any]]]:
         """Per batch: (theta -> output, output -> loss)."""
         if self._ggn_parts is not None:
             return self._ggn_parts
         parts = []
         for batch in self.batches:
-            rec = _Recorder(self.model, self.unflatten(self.theta))
             with torch.no_grad():
-                self.loss_fn(rec, batch)
-            if len(rec.calls) != 1:
-                raise NewtonError(
-                    f"the GGN needs loss_fn to call the model exactly once per batch, but it called "
-                    f"it {len(rec.calls)} times; use curvature='fisher' or 'hessian'"
-                )
-            args, kwargs = rec.calls[0]
+                args, kwargs, _ = self._record(batch, self.theta)
 
             def out_fn(theta: torch.Tensor, args: Any = args, kwargs: Any = kwargs) -> Any:
-                out = functional_call(self.model, self.unflatten(theta), args, kwargs)
-                if not isinstance(out, torch.Tensor):
-                    raise NewtonError(
-                        f"the GGN needs the model to return a tensor, got {type(out).__name__}; "
-                        "use curvature='fisher' or 'hessian'"
-                    )
-                return out
+                return functional_call(self.model, self.unflatten(theta), args, kwargs)
 
-            def loss_of_out(z: torch.Tensor, batch: Any = batch) -> torch.Tensor:
-                return _loss_only(self.loss_fn(_FixedOutput(z, self.model), batch))
-
-            parts.append((out_fn, loss_of_out))
+            parts.append((out_fn, self._loss_of_out(batch)))
         self._ggn_parts = parts
         return parts
 
+    def _ggn_linearisation(self) -> list[_Linearisation]:
+        """Per batch, the network linearised once at ``theta`` (cached for the step).
+
+        One forward pass records ``z = f(theta)``; ``J^T u`` replays its backward graph, and
+        ``J v`` is the backward of that backward (``u -> J^T u`` is linear, its transpose is
+        ``v -> J v``; the "double-vjp" form of a Jacobian-vector product). No product runs the
+        forward pass again. The output Hessian is the closed form of :func:`output_hessian_kind`
+        when the loss is softmax cross-entropy or MSE.
+        """
+        if self._lin is not None:
+            return self._lin
+        lins = []
+        theta = self.theta.detach().requires_grad_(True)
+        for batch in self.batches:
+            with torch.enable_grad():
+                _, _, z = self._record(batch, theta)
+                u0 = torch.zeros_like(z, requires_grad=True)
+                jt_u0 = torch.autograd.grad(
+                    z, theta, u0, create_graph=True, allow_unused=True, materialize_grads=True
+                )[0]
+            loss_of_out = self._loss_of_out(batch)
+            zd = z.detach()
+            kind = self.output_hessian or output_hessian_kind(loss_of_out, zd)
+            probs = torch.softmax(zd, dim=-1) if kind == "cross_entropy" else None
+            lins.append(_Linearisation(zd, _Replay(z, theta), _Replay(jt_u0, u0), loss_of_out,
+                                       kind, probs))  # fmt: skip
+        self._lin = lins
+        return lins
+
     def _ggn_mv(self, v: torch.Tensor) -> torch.Tensor:
         total = torch.zeros_like(self.theta)
-        for out_fn, loss_of_out in self._ggn_setup():
-            primal_tangent = jvp(out_fn, (self.theta,), (v,))
-            z, jv = primal_tangent[0].detach(), primal_tangent[1]
-            hjv = _hvp(loss_of_out, z, jv)
-            pullback = vjp(out_fn, self.theta)[1]
-            total = total + pullback(hjv)[0]
+        for lin in self._ggn_linearisation():
+            jv = lin.transpose(v)
+            total = total + lin.pullback(apply_output_hessian(lin, jv))
         return total / len(self.batches)
 
     # -- empirical Fisher ------------------------------------------------------------------------
@@ -461,6 +593,10 @@ class Curvature:
             jb = vmap(lambda e, f=out_fn: jvp(f, (self.theta,), (e,))[1])(basis)
             result.append((jb, _apply_out_hessian(loss_of_out, z, jb)))
         return result
+
+    def output_hessian_kinds(self) -> list[OutputHessianKind]:
+        """The output-Hessian form each batch's GGN products use (after the first product)."""
+        return [lin.kind for lin in self._lin or []]
 
     def batch_size(self) -> int:
         return sum(_batch_len(b) for b in self.batches)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from newton.errors import NewtonError
+from newton.errors import NewtonError, check_number
 
 __all__ = ["LevenbergMarquardt", "combined_damping", "kappa_target_damping"]
 
@@ -56,10 +56,11 @@ class LevenbergMarquardt:
     max_delta: float = 1e8
 
     def __post_init__(self) -> None:
-        if not self.delta > 0:
-            raise NewtonError(f"initial damping delta={self.delta} must be > 0")
-        if self.increase <= 1 or self.decrease <= 1:
-            raise NewtonError("increase and decrease factors must be > 1")
+        check_number("delta", self.delta, low=0, open_low=True)
+        check_number("increase", self.increase, low=1, open_low=True)
+        check_number("decrease", self.decrease, low=1, open_low=True)
+        check_number("min_delta", self.min_delta, low=0)
+        check_number("max_delta", self.max_delta, low=self.min_delta, open_low=True)
         if not 0 <= self.low < self.high:
             raise NewtonError(f"need 0 <= low < high, got low={self.low}, high={self.high}")
 

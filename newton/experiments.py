@@ -27,6 +27,7 @@ from torch import nn
 
 from newton.cost import ClassicalCostModel, QuantumCostModel, crossover_size, paper_mode_costs
 from newton.data import digits_datasets, load_mnist
+from newton.errors import BadValueError, check_choice, check_int, check_number
 from newton.optimizer import QNewton
 from newton.scheduler import Scheduler, SchedulerConfig
 from qhybrid.train import TrainConfig, make_loader, seed_everything, train
@@ -62,21 +63,49 @@ class CompareConfig:
     max_train: int = 0  # MNIST: use only this many training images (0 = all)
     hidden: int = 32  # MLP hidden width
     epochs: int = 6  # passes over the training set
-    batch_size: int = 256  # examples per step (all optimizers)
-    curvature_batch: int = 64  # examples per step used for QNewton's GGN
-    damping: float = 1e-2  # QNewton initial Levenberg-Marquardt damping
+    batch_size: int = 256  # examples per step (SGD and Adam; QNewton too unless set below)
+    qnewton_batch_size: int = 512  # examples per QNewton step; 0 = batch_size (bench_newton_hf)
+    curvature_batch: int = 512  # examples per step used for QNewton's GGN (0 = all)
+    damping: float = 0.3  # QNewton initial Levenberg-Marquardt damping (grid in bench_newton_hf)
     min_damping: float = 1e-8  # QNewton LM floor; 0.1 hurt the 8-epoch benchmark (docs)
     kappa_target: float = 0.0  # QNewton kappa-targeted damping; 0 = off
     block_size: int = 512  # QNewton largest curvature block
-    sgd_lr: float = (
-        0.3  # SGD learning rate, best of {0.03, 0.1, 0.3} on digits (bench_newton_train)
-    )
+    method: str = "auto"  # QNewton: auto | hessian_free | blocks (auto: Hessian-free past 1,000)
+    cg_max_iter: int = 10  # QNewton Hessian-free: CG iterations per step
+    lr: float = 1.0  # QNewton step scale before the line search
+    sgd_lr: float = 1.0  # best final test accuracy of {0.03, ..., 3} on digits (bench_newton_hf)
     sgd_momentum: float = 0.9
-    adam_lr: float = 3e-2  # Adam learning rate, best of {1e-3, 3e-3, 1e-2, 3e-2} on digits
+    adam_lr: float = (
+        0.1  # fastest to SGD's accuracy of {3e-3, ..., 0.3} on digits (bench_newton_hf)
+    )
     target_loss: float = 0.3  # train loss whose first crossing gives "wall time to target"
     test_fraction: float = 0.2  # digits: held-out share
     optimizers: tuple[str, ...] = ("qnewton", "sgd", "adam")  # which to run
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, ("digits", "mnist"))
+        for name in ("hidden", "epochs", "batch_size", "cg_max_iter", "block_size"):
+            check_int(name, getattr(self, name))
+        for name in ("max_train", "qnewton_batch_size", "curvature_batch", "seed"):
+            check_int(name, getattr(self, name), low=0)
+        for name in ("damping", "lr", "sgd_lr", "adam_lr"):
+            check_number(name, getattr(self, name), low=0, open_low=True)
+        check_number("min_damping", self.min_damping, low=0)
+        check_number("sgd_momentum", self.sgd_momentum, low=0, high=1, open_high=True)
+        check_number("target_loss", self.target_loss, low=0)
+        check_number(
+            "test_fraction", self.test_fraction, low=0, high=1, open_low=True, open_high=True
+        )
+        if self.kappa_target != 0:
+            check_number("kappa_target", self.kappa_target, low=1, open_low=True)
+        check_choice("method", self.method, ("auto", "hessian_free", "blocks"))
+        if not self.optimizers:
+            raise BadValueError("optimizers=() must name at least one of qnewton, sgd, adam")
+        for name in self.optimizers:
+            check_choice("optimizers entry", name, ("qnewton", "sgd", "adam"))
+        if self.dataset == "mnist" and not self.mnist_dir:
+            raise BadValueError('dataset="mnist" needs mnist_dir="..." (a folder of IDX files)')
 
 
 def _datasets(cfg: CompareConfig) -> tuple[Any, Any]:
@@ -98,6 +127,9 @@ def _make_optimizer(name: str, model: nn.Module, cfg: CompareConfig) -> torch.op
             kappa_target=cfg.kappa_target or None,
             block_size=cfg.block_size,
             curvature_batch=cfg.curvature_batch or None,
+            method=cfg.method,  # type: ignore[arg-type]
+            cg_max_iter=cfg.cg_max_iter,
+            lr=cfg.lr,
         )
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.sgd_lr, momentum=cfg.sgd_momentum)
@@ -114,20 +146,24 @@ def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
     x_tr, y_tr = train_ds.tensors
     x_te, y_te = test_ds.tensors
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
     curves: dict[str, list[dict[str, float]]] = {}
-    kappa: list[dict[str, float]] = []
+    kappa: list[dict[str, Any]] = []
     for name in cfg.optimizers:
         seed_everything(cfg.seed)
         model = _mlp(x_tr.shape[1], cfg.hidden, n_classes)
         opt = _make_optimizer(name, model, cfg)
+        batch_size = cfg.batch_size
+        if name == "qnewton" and cfg.qnewton_batch_size:
+            batch_size = cfg.qnewton_batch_size
+        steps_per_epoch = math.ceil(len(train_ds) / batch_size)
         clock = {"start": time.perf_counter(), "eval_s": 0.0}
+        cpu = {"start": time.process_time(), "eval_s": 0.0}
         rows: list[dict[str, float]] = []
 
         def eval_fn(
-            m: nn.Module, rows: list[dict[str, float]] = rows, clock: Any = clock
+            m: nn.Module, rows: list[dict[str, float]] = rows, clock: Any = clock, cpu: Any = cpu
         ) -> dict[str, float]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             lt, le = m(x_tr), m(x_te)
             rec = {
                 "train_loss": float(nn.functional.cross_entropy(lt, y_tr)),
@@ -135,14 +171,17 @@ def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
                 "test_acc": float((le.argmax(-1) == y_te).float().mean()),
             }
             rec["wall_s"] = t - clock["start"] - clock["eval_s"]  # training time only
+            # CPU time of this process: the fairer clock on a shared machine (one torch thread)
+            rec["cpu_s"] = c - cpu["start"] - cpu["eval_s"]
             rec["epoch"] = len(rows) + 1
             rows.append(rec)
             clock["eval_s"] += time.perf_counter() - t
+            cpu["eval_s"] += time.process_time() - c
             return rec
 
         train(
             model,
-            make_loader(train_ds, cfg.batch_size, seed=cfg.seed),
+            make_loader(train_ds, batch_size, seed=cfg.seed),
             _ce,
             opt,
             TrainConfig(
@@ -163,10 +202,13 @@ def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
                 kappa.append(
                     {
                         "step": i + 1,
-                        "kappa_max": h["kappa_max"],
-                        "kappa_median": h["kappa_median"],
-                        "kappa_undamped_max": h["kappa_undamped_max"],
+                        # None (valid JSON) for Hessian-free steps, which solve no blocks
+                        **{
+                            k: h[k] if math.isfinite(h[k]) else None
+                            for k in ("kappa_max", "kappa_median", "kappa_undamped_max")
+                        },
                         "damping": h["damping"],
+                        "cg_iterations": h["cg_iterations"],
                         "fallback": float(h["fallback"]),
                     }
                 )
@@ -181,6 +223,7 @@ def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
                 "final_test_acc": rows[-1]["test_acc"],
                 "final_train_loss": rows[-1]["train_loss"],
                 "epochs_to_sgd_final_acc": reach[0]["epoch"] if reach else None,
+                "wall_s_to_sgd_final_acc": reach[0]["wall_s"] if reach else None,
                 f"wall_s_to_loss_{cfg.target_loss:g}": hit[0]["wall_s"] if hit else None,
                 "epochs_to_target_loss": hit[0]["epoch"] if hit else None,
                 "train_wall_s": rows[-1]["wall_s"],
@@ -198,19 +241,41 @@ class HHLLoopConfig:
     steps: int = 8  # full-batch Newton steps
     damping: float = 1e-3  # initial LM damping
     clock_qubits: int = 6  # HHL phase-estimation qubits
+    # damping keeps kappa <= this in both runs (exact and HHL alike); 0 = what the clock resolves
+    kappa_target: float = 0.0
     shots: int = 0  # 0 = Aer statevector read-out; else shots per circuit
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if len(set(self.classes)) < 2 or any(not 0 <= c <= 9 for c in self.classes):
+            raise BadValueError(f"classes={self.classes!r} must be >= 2 distinct digits 0..9")
+        check_int("features", self.features, high=64)
+        if (self.features + 1) * len(self.classes) > 16:
+            raise BadValueError(
+                f"(features + 1) * classes = {(self.features + 1) * len(self.classes)} > 16 "
+                "parameters: HHL simulation takes N <= 16; lower features"
+            )
+        check_int("steps", self.steps)
+        check_number("damping", self.damping, low=0, open_low=True)
+        check_int("clock_qubits", self.clock_qubits, high=12)
+        if self.kappa_target != 0:
+            check_number("kappa_target", self.kappa_target, low=1, open_low=True)
+        check_int("shots", self.shots, low=0)
+        check_int("seed", self.seed, low=0)
+
 
 def hhl_in_the_loop(cfg: HHLLoopConfig) -> dict[str, Any]:
-    """Exact Newton vs HHL Newton from the same start; per-step losses and per-solve accuracy."""
-    from newton.errors import NewtonError
+    """Exact Newton vs HHL Newton from the same start; per-step losses and per-solve accuracy.
 
-    n_params = (cfg.features + 1) * len(cfg.classes)
-    if n_params > 16:
-        raise NewtonError(
-            f"(features + 1) * classes = {n_params} > 16 parameters: HHL simulation takes N <= 16"
-        )
+    Both runs damp every solve to ``kappa <= kappa_target`` (by default what the clock resolves,
+    :func:`newton.hhl.resolvable_kappa`), so the comparison is of the same damped Newton method;
+    each solve's relative error is reported beside the final loss gap.
+    """
+
+    n_params = (cfg.features + 1) * len(cfg.classes)  # <= 16, checked by the config
+    from newton.hhl import resolvable_kappa
+
+    kappa_target = cfg.kappa_target or resolvable_kappa(cfg.clock_qubits)
     train_ds, test_ds = digits_datasets(0.2, cfg.seed, classes=cfg.classes, pca=cfg.features)
     batch = train_ds.tensors
     x_te, y_te = test_ds.tensors
@@ -226,7 +291,8 @@ def hhl_in_the_loop(cfg: HHLLoopConfig) -> dict[str, Any]:
                 seed=cfg.seed,
             )
         )
-        opt = QNewton(model.parameters(), damping=cfg.damping, structure="full", scheduler=sched)
+        opt = QNewton(model.parameters(), damping=cfg.damping, structure="full", scheduler=sched,
+                      kappa_target=kappa_target)  # fmt: skip
         t0 = time.perf_counter()
         result = train(
             model,
@@ -257,9 +323,16 @@ def hhl_in_the_loop(cfg: HHLLoopConfig) -> dict[str, Any]:
     out["relative_gap"] = abs(quantum - exact) / exact
     fids = [r.get("fidelity", math.nan) for r in out["runs"]["quantum"]["solves"]]
     out["min_fidelity"] = float(np.nanmin(fids)) if fids else math.nan
-    out["mean_p_success"] = float(
-        np.mean([r["p_success"] for r in out["runs"]["quantum"]["solves"]])
-    )
+    solves = out["runs"]["quantum"]["solves"]
+    hhl = [r for r in solves if r["backend"] == "hhl_aer"]
+    out["kappa_target"] = kappa_target
+    out["hhl_solves"] = len(hhl)
+    out["classical_routes"] = len(solves) - len(hhl)
+    out["max_rel_error"] = max((r["rel_error"] for r in hhl), default=math.nan)
+    out["max_kappa_bound"] = max((r["kappa_bound"] or math.nan for r in solves), default=math.nan)
+    out["mean_p_success"] = float(np.mean([r["p_success"] for r in hhl])) if hhl else math.nan
+    out["min_p_success_amplified"] = min((r["p_success_amplified"] for r in hhl), default=math.nan)
+    out["max_aa_circuit_uses"] = max((r["aa_circuit_uses"] for r in hhl), default=0)
     return out
 
 
@@ -274,6 +347,22 @@ class CrossoverConfig:
     d: int = 32  # row sparsity of the (sparsified) block
     flops: float = 0.0  # classical FLOP/s; 0 = measure this machine
     n_max: float = 1e15  # search limit for N
+
+    def __post_init__(self) -> None:
+        if not self.kappas or not self.gate_times_s or not self.query_models:
+            raise BadValueError("kappas, gate_times_s and query_models must not be empty")
+        for k in self.kappas:
+            check_number("kappas entry", k, low=1)
+        for tg in self.gate_times_s:
+            check_number("gate_times_s entry", tg, low=0, open_low=True)
+        from newton.cost import QUERY_MODELS
+
+        for m in self.query_models:
+            check_choice("query_models entry", m, QUERY_MODELS)
+        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
+        check_int("d", self.d)
+        check_number("flops", self.flops, low=0)
+        check_number("n_max", self.n_max, low=1, open_low=True)
 
 
 def crossover_curves(cfg: CrossoverConfig) -> dict[str, Any]:
@@ -302,7 +391,8 @@ def crossover_curves(cfg: CrossoverConfig) -> dict[str, Any]:
                                 "query_model": model,
                                 "gate_time_s": tg,
                                 "kappa": kappa,
-                                "n_star": n_star,
+                                # None (valid JSON): no crossover up to n_max
+                                "n_star": n_star if math.isfinite(n_star) else None,
                             }
                         )
     paper = []
@@ -331,6 +421,17 @@ class NoiseConfig:
     target_loss: float = 0.5  # the train loss whose first crossing gives "steps to target"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.epsilons:
+            raise BadValueError("epsilons=() must list at least one solve error (0 = exact)")
+        for e in self.epsilons:
+            check_number("epsilons entry", e, low=0, high=1, open_high=True)
+        for name in ("hidden", "steps", "batch_size", "curvature_batch"):
+            check_int(name, getattr(self, name))
+        check_number("damping", self.damping, low=0, open_low=True)
+        check_number("target_loss", self.target_loss, low=0)
+        check_int("seed", self.seed, low=0)
+
 
 def noise_robustness(cfg: NoiseConfig) -> dict[str, Any]:
     """Steps to a target loss and final loss per injected error size; slowdown vs exact solves."""
@@ -350,6 +451,7 @@ def noise_robustness(cfg: NoiseConfig) -> dict[str, Any]:
             damping=cfg.damping,
             scheduler=Scheduler(sched_cfg),
             curvature_batch=cfg.curvature_batch,
+            method="blocks",  # the errors are injected into the scheduler's block solves
         )
         losses: list[float] = []
 
@@ -394,26 +496,33 @@ def noise_robustness(cfg: NoiseConfig) -> dict[str, Any]:
 
 
 def plot_compare(result: dict[str, Any]) -> Any:
+    """Loss and accuracy against epochs and against training time (CPU and wall); kappa or CG."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 4, figsize=(16, 3.4))
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.4))
     for name, rows in result["curves"].items():
         ep = [r["epoch"] for r in rows]
-        ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label=name)
-        ax[1].plot(ep, [r["test_acc"] for r in rows], "o-", label=name)
-        ax[2].plot([r["wall_s"] for r in rows], [r["train_loss"] for r in rows], "o-", label=name)
-    ax[0].set(xlabel="epoch", ylabel="train loss", yscale="log")
-    ax[1].set(xlabel="epoch", ylabel="test accuracy")
-    ax[2].set(xlabel="training wall time (s)", ylabel="train loss", yscale="log")
+        ax[0].plot(ep, [r["test_acc"] for r in rows], "o-", label=name)
+        ax[1].plot([r["wall_s"] for r in rows], [r["train_loss"] for r in rows], "o-", label=name)
+        ax[2].plot([r["wall_s"] for r in rows], [r["test_acc"] for r in rows], "o-", label=name)
+    ax[0].set(xlabel="epoch", ylabel="test accuracy")
+    ax[1].set(xlabel="training wall time (s)", ylabel="train loss", yscale="log")
+    ax[2].set(xlabel="training wall time (s)", ylabel="test accuracy", ylim=(0.8, 1.0))
     ax[0].legend()
-    if result["kappa"]:
-        k = result["kappa"]
+    k = [r for r in result["kappa"] if r["kappa_max"] is not None]
+    if k:
         ax[3].plot(
             [r["step"] for r in k], [r["kappa_undamped_max"] for r in k], label="max undamped"
         )
         ax[3].plot([r["step"] for r in k], [r["kappa_max"] for r in k], label="max damped")
         ax[3].plot([r["step"] for r in k], [r["kappa_median"] for r in k], label="median damped")
         ax[3].set(xlabel="QNewton step", ylabel="block condition number", yscale="log")
+        ax[3].legend()
+    elif result["kappa"]:  # Hessian-free steps: CG iterations and damping instead
+        rows = result["kappa"]
+        ax[3].plot([r["step"] for r in rows], [r["cg_iterations"] for r in rows], label="CG iters")
+        ax[3].plot([r["step"] for r in rows], [r["damping"] for r in rows], label="LM damping")
+        ax[3].set(xlabel="QNewton step (Hessian-free)", yscale="log")
         ax[3].legend()
     fig.tight_layout()
     return fig
@@ -443,7 +552,7 @@ def plot_crossover(result: dict[str, Any]) -> Any:
         for tg in sorted({r["gate_time_s"] for r in result["rows"]}):
             pts = [r for r in result["rows"] if r["io"] == io and r["against"] == against
                    and r["gate_time_s"] == tg and r["query_model"] == model]  # fmt: skip
-            a.plot([r["kappa"] for r in pts], [r["n_star"] if math.isfinite(r["n_star"]) else np.nan
+            a.plot([r["kappa"] for r in pts], [np.nan if r["n_star"] is None else r["n_star"]
                                                for r in pts], "o-", label=f"t_gate={tg:g}s")  # fmt: skip
         a.set(
             xscale="log",

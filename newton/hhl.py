@@ -48,12 +48,28 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from newton.errors import NewtonError, NonFiniteError, NotSquareError, TooLargeForHHLError
-from newton.solvers import SolveInfo, check_spd
+from newton.errors import (
+    BoundsError,
+    NewtonError,
+    NonFiniteError,
+    NotRealError,
+    NotSquareError,
+    TooLargeForHHLError,
+)
+from newton.systems import SolveInfo, check_spd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HHL_MAX_N", "HHLCircuit", "build_hhl_circuit", "hhl_solve", "sine_window"]
+__all__ = [
+    "HHL_MAX_N",
+    "HHLCircuit",
+    "amplitude_amplification",
+    "build_hhl_circuit",
+    "hhl_solve",
+    "resolvable_kappa",
+    "sine_window",
+    "state_preparation",
+]
 
 HHL_MAX_N = 16  # largest system the state-vector simulation supports (4 system qubits)
 CLOCK_MARGIN = 2  # grid steps kept free above lambda_max (see build_hhl_circuit)
@@ -92,16 +108,37 @@ def _backend(seed: int | None) -> tuple[Any, Any]:
     return sim, generate_preset_pass_manager(optimization_level=0, backend=sim)
 
 
-def _householder(w: np.ndarray) -> np.ndarray:
-    """A real orthogonal reflection whose first column is the unit vector ``w``."""
-    e0 = np.zeros_like(w)
-    e0[0] = 1.0
-    v = e0 - w
-    nv = float(np.linalg.norm(v))
-    if nv < 1e-15:
-        return np.eye(len(w))
-    v /= nv
-    return np.eye(len(w)) - 2.0 * np.outer(v, v)
+def state_preparation(amplitudes: np.ndarray) -> Any:
+    """A circuit taking ``|0...0>`` to ``sum_i a_i |i>`` for real ``a_i >= 0`` (Grover-Rudolph).
+
+    Level k rotates qubit ``t-1-k`` (most significant first) by
+    ``2 arccos sqrt(mass(prefix, bit 0) / mass(prefix))``, uniformly controlled on the k qubits
+    above it (one ``UCRYGate`` per level): ``2^t - 1`` rotations and ``2^t - 2`` CX in all, 62 at
+    t = 6, where a generic unitary on the clock transpiles to about 1,800 (Grover & Rudolph,
+    arXiv quant-ph/0208112; Mottonen et al., quant-ph/0407010).
+    """
+    from qiskit import QuantumCircuit
+    from qiskit.circuit.library import UCRYGate
+
+    amps = np.asarray(amplitudes, dtype=np.float64)
+    t = int(round(math.log2(len(amps))))
+    if len(amps) != 2**t or (amps < 0).any() or not math.isclose(float(amps @ amps), 1.0):
+        raise NewtonError("state_preparation needs 2^t non-negative amplitudes of unit norm")
+    qc = QuantumCircuit(t, name="sine clock")
+    probs = amps**2
+    for level in range(t):
+        blocks = probs.reshape(2**level, 2, -1)  # (prefix of `level` high bits, bit, rest)
+        zero, total = blocks[:, 0, :].sum(axis=1), blocks.sum(axis=(1, 2))
+        angles = [
+            2 * math.acos(math.sqrt(min(1.0, z / m))) if m > 0 else 0.0
+            for z, m in zip(zero, total, strict=True)
+        ]
+        target = t - 1 - level
+        if level == 0:
+            qc.ry(angles[0], target)
+        else:  # the control state's integer (controls little-endian) is the prefix
+            qc.append(UCRYGate(angles), [target, *range(t - level, t)])
+    return qc
 
 
 def _controlled(u: np.ndarray) -> np.ndarray:
@@ -155,10 +192,10 @@ def build_hhl_circuit(
     # The clock starts in the sine state of HHL's paper, sqrt(2/T) sum_tau sin(pi (tau + 1/2) / T),
     # not the uniform one: its estimation kernel decays as 1/delta^4 instead of 1/delta^2, which
     # lifts the worst-case fidelity at 6 clock qubits from ~0.997 to > 0.9999.
-    # (A Householder reflection that maps |0> to the window: exact, self-inverse, and run natively by
-    # Aer; StatePreparation's multiplexers crash Aer 0.18 when inverted for the uncompute.)
+    # (Grover-Rudolph rotations: 62 CX at t = 6 where a generic unitary needs ~1,800; qiskit's
+    # StatePreparation multiplexers crash Aer 0.18 when inverted for the uncompute, UCRY does not.)
     if clock_state == "sine":
-        qpe.append(UnitaryGate(_householder(sine_window(t)), label="sine clock"), c)
+        qpe.compose(state_preparation(sine_window(t)), c, inplace=True)
     else:
         qpe.h(c)
     for k in range(t):
@@ -215,6 +252,67 @@ def _signs_from_pairs(mag: np.ndarray, plus: list[np.ndarray], n: int) -> np.nda
     return sign
 
 
+def resolvable_kappa(clock_qubits: int) -> float:
+    """The largest kappa a clock of t qubits resolves: lambda_min at least 4 grid steps up.
+
+    The grid step is ``lambda_max / (2^t - 1 - margin)`` (see :func:`build_hhl_circuit`); with
+    lambda_min four steps up the phase-estimation kernel keeps the reciprocal's relative error
+    near 1 % (measured: at t = 6 kappa <= 15 gives relative errors <= 2e-2, kappa = 1e5 gave 0.49).
+    """
+    m = 2**clock_qubits
+    return (m - 1 - min(CLOCK_MARGIN, m // 4)) / 4.0
+
+
+def check_lambda_bounds(
+    lambda_bounds: tuple[float, float] | None, eig: np.ndarray
+) -> tuple[float, float]:
+    """Validate ``(lambda_min_lower, lambda_max_upper)`` against the exact spectrum ``eig``.
+
+    None gives the exact range. Bounds that exclude part of the spectrum make HHL wrong
+    silently (a clipped rotation, or a phase that wraps around), so they raise.
+    """
+    if lambda_bounds is None:
+        return float(eig[0]), float(eig[-1])
+    try:
+        lo, hi = (float(v) for v in lambda_bounds)
+    except (TypeError, ValueError) as err:
+        raise BoundsError(f"lambda_bounds={lambda_bounds!r} must be a pair of numbers") from err
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise BoundsError(f"lambda_bounds=({lo:g}, {hi:g}) must be finite with 0 < low <= high")
+    slack = 1e-12 * max(abs(float(eig[-1])), 1e-300)  # eigvalsh round-off
+    if lo > float(eig[0]) + slack or hi < float(eig[-1]) - slack:
+        raise BoundsError(
+            f"lambda_bounds=({lo:.6g}, {hi:.6g}) do not contain the spectrum "
+            f"[{eig[0]:.6g}, {eig[-1]:.6g}]; pass proven bounds (estimate_condition_number's "
+            "lambda_min_lower and lambda_max_upper + damping) or None for the exact range"
+        )
+    return lo, hi
+
+
+def amplitude_amplification(p_success: float) -> dict[str, float]:
+    """Exact effect and cost of amplitude amplification on a success probability ``p``.
+
+    With ``theta = arcsin sqrt(p)``, k rounds give ``sin^2((2k + 1) theta)`` exactly (Brassard,
+    Hoyer, Mosca, Tapp, quant-ph/0005055) at ``2k + 1`` uses of the HHL circuit (each round runs
+    it forward and backward once, plus two reflections). k is the best integer near
+    ``pi / (4 theta) - 1/2``, so the amplified probability is at least ``cos^2 theta >= 1/2`` when
+    ``p <= 1/2``. Modelled, not simulated: the formula is exact for any circuit, given p.
+    """
+    if not 0 <= p_success <= 1:
+        raise NewtonError(f"p_success={p_success} must lie in [0, 1]")
+    if p_success == 0:
+        return {"rounds": 0, "p_amplified": 0.0, "circuit_uses": 1}
+    theta = math.asin(math.sqrt(p_success))
+    ideal = math.pi / (4 * theta) - 0.5
+    best = max({max(0, math.floor(ideal)), max(0, math.ceil(ideal))},
+               key=lambda k: math.sin((2 * k + 1) * theta) ** 2)  # fmt: skip
+    return {
+        "rounds": best,
+        "p_amplified": math.sin((2 * best + 1) * theta) ** 2,
+        "circuit_uses": 2 * best + 1,
+    }
+
+
 def hhl_solve(
     a: np.ndarray,
     b: np.ndarray,
@@ -235,12 +333,18 @@ def hhl_solve(
         shots: ``None`` for the exact Aer state vector; a number of shots for a measurement-only
             read-out (uses ``n + 1`` circuits of ``shots`` each).
         seed: Aer's simulator seed (shots mode).
-        lambda_bounds: ``(lambda_min_lower, lambda_max_upper)``; default: exact ``eigvalsh`` (the
-            classical kappa estimator's answer for blocks this small).
+        lambda_bounds: ``(lambda_min_lower, lambda_max_upper)``, checked to contain the
+            spectrum (:func:`check_lambda_bounds`); default: exact ``eigvalsh``.
         clock_state: ``"sine"`` (default) or ``"uniform"`` (see :func:`build_hhl_circuit`).
+
+    Returns ``info.extra`` with ``rel_error`` (against ``numpy.linalg.solve``), the clock's
+    ``kappa_resolvable``, and the exact amplitude-amplification model (``aa_rounds``,
+    ``p_success_amplified``, ``aa_circuit_uses``).
 
     Raises:
         TooLargeForHHLError: ``N > 16``.
+        NotRealError: complex A or b (refused, never cast).
+        BoundsError: ``lambda_bounds`` that do not contain the spectrum.
         NotSquareError, NotSymmetricError, NotPositiveDefiniteError, NonFiniteError: bad input.
 
     Example:
@@ -249,6 +353,11 @@ def hhl_solve(
         (True, 'hhl_aer')
     """
     t_start = time.perf_counter()
+    if np.iscomplexobj(a) or np.iscomplexobj(b):
+        raise NotRealError(
+            "hhl_solve takes a real symmetric A and a real b, got complex input; write a Hermitian "
+            "system in real form [[Re A, -Im A], [Im A, Re A]] [Re x; Im x] = [Re b; Im b]"
+        )
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64).reshape(-1)
     if a.ndim == 2 and a.shape[0] == a.shape[1] and a.shape[0] > HHL_MAX_N:
@@ -261,18 +370,18 @@ def hhl_solve(
         raise NotSquareError(f"b has shape {b.shape} but A is {a.shape}; b must have length N")
     if not np.isfinite(b).all():
         raise NonFiniteError("b has NaN or infinite entries")
+    if isinstance(clock_qubits, bool) or not isinstance(clock_qubits, int):
+        raise NewtonError(f"clock_qubits={clock_qubits!r} must be an integer in 1..12")
     if not 1 <= clock_qubits <= 12:
         raise TooLargeForHHLError(f"clock_qubits={clock_qubits} must lie in 1..12")
-    if shots is not None and shots < 1:
-        raise TooLargeForHHLError(f"shots={shots} must be >= 1 or None (state vector)")
+    if shots is not None and (not isinstance(shots, int) or shots < 1):
+        raise NewtonError(f"shots={shots!r} must be an integer >= 1 or None (state vector)")
     n_orig = a.shape[0]
     bnorm = float(np.linalg.norm(b))
     if bnorm == 0:
         return np.zeros(n_orig), SolveInfo(backend="hhl_aer", n=n_orig, wall_s=0.0, residual=0.0)
-    if lambda_bounds is None:
-        eig = np.linalg.eigvalsh(a)
-        lambda_bounds = (float(eig[0]), float(eig[-1]))
-    lmin, lmax = lambda_bounds
+    eig = np.linalg.eigvalsh(a)  # N <= 16: the check costs microseconds
+    lmin, lmax = check_lambda_bounds(lambda_bounds, eig)
     ap, bp = _pad(a, b, lmin)  # padded eigenvalue inside [lmin, lmax]; b is 0 there
     hc = build_hhl_circuit(
         ap, bp, clock_qubits=clock_qubits, lambda_min=lmin, lambda_max=lmax, clock_state=clock_state
@@ -339,6 +448,9 @@ def hhl_solve(
     x = x[:n_orig]
     wall = time.perf_counter() - t_start
     residual = float(np.linalg.norm(a @ x - b) / bnorm)
+    exact = np.linalg.solve(a, b)  # the check every solve reports (N <= 16)
+    rel_error = float(np.linalg.norm(x - exact) / np.linalg.norm(exact))
+    amp = amplitude_amplification(min(1.0, max(0.0, p_succ)))
     return x, SolveInfo(
         backend="hhl_aer",
         n=n_orig,
@@ -357,5 +469,11 @@ def hhl_solve(
             "circuits": circuits,
             "transpile_s": transpile_s,
             "simulate_s": simulate_s,
+            "rel_error": rel_error,
+            "kappa_resolvable": resolvable_kappa(t),
+            "kappa_bounds": lmax / lmin,
+            "aa_rounds": amp["rounds"],
+            "p_success_amplified": amp["p_amplified"],
+            "aa_circuit_uses": amp["circuit_uses"],
         },
     )

@@ -4,8 +4,11 @@ One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
 
 1. ``loss = closure()``: gradients on the step's micro-batches; a NaN/inf loss or gradient raises
    :class:`~newton.errors.NonFiniteError` before any weight changes.
-2. Curvature ``C`` (GGN by default) on the same batches, by blocks (:mod:`newton.curvature`).
-3. Per block: eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
+2. Curvature ``C`` (GGN by default) on the same batches (:mod:`newton.curvature`).
+3. Hessian-free (``method="hessian_free"``, the default past ``hessian_free_above`` parameters):
+   one truncated, preconditioned CG on ``(C + delta I) p = -g`` over all parameters, warm-started
+   from the last direction, each product replaying the step's cached linearisation (Martens 2010).
+   Blocks (``method="blocks"``, small models, HHL): per block, eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
    ``delta = max(delta_LM, delta_kappa)`` (:mod:`newton.damping`), optional symmetric
    sparsification (:mod:`newton.sparsify`), then ``(C_b + delta I) p_b = -g_b`` through the
    :class:`~newton.scheduler.Scheduler`.
@@ -16,7 +19,7 @@ One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
    param group (``"damping"``) so it is checkpointed with the optimizer state.
 
 Math:
-    p = -(C + delta I)^{-1} g  (block-diagonal),   theta <- theta + t p,
+    p = -(C + delta I)^{-1} g  (whole, by truncated CG; or block-diagonal),   theta <- theta + t p,
     t = lr * 2^-k, the first k with L(theta + t p) <= L(theta) + c t g.p   (Armijo)
 
 References:
@@ -29,22 +32,71 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from newton.curvature import Block, Curvature, CurvatureKind, Structure, head_of_batch, make_blocks
+from newton.curvature import (
+    Block,
+    Curvature,
+    CurvatureKind,
+    OutputHessianKind,
+    Structure,
+    head_of_batch,
+    make_blocks,
+)
 from newton.damping import LevenbergMarquardt, combined_damping, reduction_ratio
-from newton.errors import NewtonError, NonFiniteError
+from newton.errors import (
+    BadValueError,
+    NewtonError,
+    NonFiniteError,
+    check_choice,
+    check_int,
+    check_number,
+)
 from newton.scheduler import Scheduler
+from newton.solvers import cg_solve
 from newton.sparsify import direction_cosine, sparsify_to_budget
 from newton.spectrum import KAPPA_CAP, estimate_condition_number
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QNewton"]
+__all__ = ["Method", "QNewton"]
+
+Method = Literal["auto", "hessian_free", "blocks"]
+CG_DECAY = 0.95  # warm start: CG begins from this share of the previous direction (Martens 2010)
+EMA_BETA = 0.95  # decay of the squared-gradient average behind the diagonal preconditioner
+
+
+def _check_settings(s: dict[str, Any]) -> None:
+    """Every QNewton setting, before anything is built (each error names its value)."""
+    check_number("lr", s["lr"], low=0, open_low=True)
+    check_number("damping", s["damping"], low=0, open_low=True)
+    check_number("min_damping", s["min_damping"], low=0)
+    if s["kappa_target"] is not None:
+        check_number("kappa_target", s["kappa_target"], low=1, open_low=True)
+    check_choice("curvature", s["curvature"], ("ggn", "fisher", "hessian"))
+    check_choice("structure", s["structure"], ("layer", "block", "full"))
+    check_choice("method", s["method"], ("auto", "hessian_free", "blocks"))
+    check_int("block_size", s["block_size"])
+    check_int("max_backtracks", s["max_backtracks"], low=0)
+    check_number("armijo", s["armijo"], low=0, high=1, open_low=True, open_high=True)
+    if s["max_step_norm"] is not None:
+        check_number("max_step_norm", s["max_step_norm"], low=0, open_low=True)
+    check_number("fallback_lr", s["fallback_lr"], low=0)
+    check_int("dense_max", s["dense_max"])
+    check_int("kappa_matvecs", s["kappa_matvecs"])
+    if s["curvature_batch"] is not None:
+        check_int("curvature_batch", s["curvature_batch"])
+    check_int("exact_kappa_below", s["exact_kappa_below"], low=0)
+    check_int("hessian_free_above", s["hessian_free_above"], low=0)
+    check_int("cg_max_iter", s["cg_max_iter"])
+    check_number("cg_tol", s["cg_tol"], low=0)
+    for flag in ("adapt_damping", "line_search", "sparsify", "precondition"):
+        if not isinstance(s[flag], bool):
+            raise BadValueError(f"{flag}={s[flag]!r} must be True or False")
 
 
 class QNewton(torch.optim.Optimizer):
@@ -74,6 +126,14 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
             None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
             smaller curvature batch is the usual speed knob (Martens 2010).
+        method: ``"auto"`` (Hessian-free past ``hessian_free_above`` parameters, blocks below or
+            when a ``scheduler``, ``kappa_target`` or ``sparsify`` is given), ``"hessian_free"``
+            or ``"blocks"`` (where the scheduler, HHL, kappa targets and sparsification act).
+        hessian_free_above: parameter count above which ``"auto"`` takes Hessian-free steps.
+        cg_max_iter: Hessian-free CG iterations per step (each one GGN product).
+        cg_tol: Hessian-free CG relative residual to stop at.
+        precondition: Hessian-free diagonal preconditioner ``(v + delta)^(3/4)``, ``v`` a running
+            average of squared gradients.
 
     Example:
         >>> model = torch.nn.Linear(3, 1)
@@ -107,23 +167,20 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: int | None = None,
         exact_kappa_below: int = 128,
         min_damping: float = 1e-8,
+        method: Method = "auto",
+        hessian_free_above: int = 1000,
+        cg_max_iter: int = 10,
+        cg_tol: float = 1e-4,
+        precondition: bool = True,
     ) -> None:
-        if not lr > 0:
-            raise NewtonError(f"lr={lr} must be > 0")
-        if not damping > 0:
-            raise NewtonError(
-                f"damping={damping} must be > 0 (it keeps the system positive definite)"
-            )
-        if kappa_target is not None and not kappa_target > 1:
-            raise NewtonError(f"kappa_target={kappa_target} must be > 1 or None")
-        if curvature not in ("ggn", "fisher", "hessian"):
-            raise NewtonError(f"curvature={curvature!r} must be 'ggn', 'fisher' or 'hessian'")
+        _check_settings(locals())
         defaults = {"lr": lr, "damping": damping}
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise NewtonError(
                 "QNewton takes one param group (its curvature couples all parameters)"
             )
+        self._scheduler_given = scheduler is not None
         self.scheduler = scheduler or Scheduler()
         self.curvature: CurvatureKind = curvature
         self.structure: Structure = structure
@@ -138,11 +195,24 @@ class QNewton(torch.optim.Optimizer):
         self.sparsify = sparsify
         self.dense_max = dense_max
         self.kappa_matvecs = kappa_matvecs
-        if curvature_batch is not None and curvature_batch < 1:
-            raise NewtonError(f"curvature_batch={curvature_batch} must be >= 1 or None")
         self.curvature_batch = curvature_batch
         self.exact_kappa_below = exact_kappa_below
         self.min_damping = min_damping
+        if method == "hessian_free" and (sparsify or kappa_target is not None):
+            raise BadValueError(
+                "sparsify and kappa_target act on the block solves; use method='blocks' (or "
+                "'auto', which picks blocks when they are set)"
+            )
+        if method == "hessian_free" and curvature == "hessian":
+            raise NewtonError(
+                "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"
+            )
+        self.method: Method = method
+        self.hessian_free_above = hessian_free_above
+        self.cg_max_iter = cg_max_iter
+        self.cg_tol = cg_tol
+        self.precondition = precondition
+        self._output_hessian: dict[int, OutputHessianKind] = {}
         self.history: list[dict[str, Any]] = []  # one record per step (kappa, delta, backends, ...)
 
     # ------------------------------------------------------------------------------------------
@@ -206,30 +276,30 @@ class QNewton(torch.optim.Optimizer):
         lr, delta_lm = float(group["lr"]), float(group["damping"])
         theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
-        # (2) curvature blocks
+        # (2)-(3) curvature and the damped solve: one CG on the whole GGN, or dense/CG blocks
+        curv_batches = batches
+        if self.curvature_batch is not None:
+            curv_batches = [head_of_batch(b, self.curvature_batch) for b in batches]
         with torch.enable_grad():
-            curv_batches = batches
-            if self.curvature_batch is not None:
-                curv_batches = [head_of_batch(b, self.curvature_batch) for b in batches]
-            curv = Curvature(model, curv_batches, loss_fn, params, kind=self.curvature)
-            blocks = make_blocks(
-                curv.names, curv.numels, structure=self.structure, block_size=self.block_size
+            curv = Curvature(
+                model,
+                curv_batches,
+                loss_fn,
+                params,
+                kind=self.curvature,
+                output_hessian=self._output_hessian.get(id(loss_fn)),
             )
-            dense_blocks = [b for b in blocks if b.size <= self.dense_max]
-            mats = dict(zip(dense_blocks, curv.dense_blocks(dense_blocks), strict=True))
-        t_curv = time.perf_counter() - t_start
-
-        # (3) per-block damping and solve
+        if self._use_hessian_free(curv.size):
+            direction, quad, block_info = self._hessian_free_direction(curv, g_t, delta_lm)
+            kinds = set(curv.output_hessian_kinds())
+            if len(kinds) == 1:  # checked once per loss function, then reused
+                self._output_hessian[id(loss_fn)] = kinds.pop()
+            blocks_n = 1
+            t_curv = 0.0
+        else:
+            direction, quad, block_info, t_curv = self._block_direction(curv, g_t, delta_lm)
+            blocks_n = len(block_info)
         g = g_t.double().cpu().numpy()
-        direction = np.zeros_like(g)
-        quad = 0.0  # p^T (C + delta I) p over blocks
-        block_info: list[dict[str, Any]] = []
-        for blk in blocks:
-            gb = g[blk.slice]
-            rec = self._solve_block(curv, blk, mats.get(blk), gb, delta_lm)
-            direction[blk.slice] = rec.pop("p")
-            quad += rec.pop("pAp")
-            block_info.append(rec)
         t_solve = time.perf_counter() - t_start - t_curv
 
         # (4) safeguards: trust radius, descent check, line search, fallback
@@ -274,7 +344,7 @@ class QNewton(torch.optim.Optimizer):
                 delta=delta_lm, min_delta=self.min_damping
             ).update(rho if accepted else -1.0)
 
-        kappas = [b["kappa"] for b in block_info]
+        kappas = [b["kappa"] for b in block_info if b["kappa"] is not None]
         backends: dict[str, int] = {}
         for b in block_info:
             backends[b["backend"]] = backends.get(b["backend"], 0) + 1
@@ -285,10 +355,15 @@ class QNewton(torch.optim.Optimizer):
             "fallback": fallback,
             "rho": rho,
             "damping": delta_lm,
-            "kappa_max": max(kappas) if kappas else 1.0,
-            "kappa_median": float(np.median(kappas)) if kappas else 1.0,
-            "kappa_undamped_max": max((b["kappa_undamped"] for b in block_info), default=1.0),
-            "blocks": len(blocks),
+            "quad": quad,
+            "kappa_max": max(kappas) if kappas else math.nan,
+            "kappa_median": float(np.median(kappas)) if kappas else math.nan,
+            "kappa_undamped_max": max(
+                (b["kappa_undamped"] for b in block_info if b["kappa"] is not None), default=1.0
+            ),
+            "blocks": blocks_n,
+            "method": "hessian_free" if block_info[0]["backend"] == "hessian_free" else "blocks",
+            "cg_iterations": sum(int(b.get("iterations") or 0) for b in block_info),
             "backends": backends,
             "matvecs": curv.matvecs,
             "curvature_s": t_curv,
@@ -299,20 +374,109 @@ class QNewton(torch.optim.Optimizer):
         self.history.append(info)
         return loss_t
 
+    def _use_hessian_free(self, n_params: int) -> bool:
+        """``auto``: Hessian-free past ``hessian_free_above`` parameters, unless a block-only
+        feature was asked for (a scheduler, kappa_target, sparsify) or the curvature is indefinite."""
+        if self.method == "auto":
+            block_only = self._scheduler_given or self.kappa_target is not None or self.sparsify
+            return (
+                not block_only
+                and self.curvature != "hessian"
+                and n_params > self.hessian_free_above
+            )
+        return self.method == "hessian_free"
+
+    def _block_direction(
+        self, curv: Curvature, g_t: torch.Tensor, delta_lm: float
+    ) -> tuple[np.ndarray, float, list[dict[str, Any]], float]:
+        """Block-diagonal damped Newton direction; returns (p, p.(C + delta I)p, records, t_curv)."""
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            blocks = make_blocks(
+                curv.names, curv.numels, structure=self.structure, block_size=self.block_size
+            )
+            dense_blocks = [b for b in blocks if b.size <= self.dense_max]
+            mats = dict(zip(dense_blocks, curv.dense_blocks(dense_blocks), strict=True))
+        t_curv = time.perf_counter() - t0
+        g = g_t.double().cpu().numpy()
+        direction = np.zeros_like(g)
+        quad = 0.0
+        block_info: list[dict[str, Any]] = []
+        for blk in blocks:
+            rec = self._solve_block(curv, blk, mats.get(blk), g[blk.slice], delta_lm)
+            direction[blk.slice] = rec.pop("p")
+            quad += rec.pop("pAp")
+            block_info.append(rec)
+        return direction, quad, block_info, t_curv
+
+    def _hessian_free_direction(
+        self, curv: Curvature, g_t: torch.Tensor, delta: float
+    ) -> tuple[np.ndarray, float, list[dict[str, Any]]]:
+        """Truncated preconditioned CG on ``(C + delta I) p = -g`` over all parameters.
+
+        Products ``C v`` replay the step's cached linearisation (:meth:`Curvature.matvec`), so a
+        product costs about one backward pass of the curvature batch. CG starts from
+        ``CG_DECAY`` times the last direction and stops at ``cg_max_iter`` iterations, at
+        ``cg_tol`` relative residual, or when the quadratic model stops improving (Martens 2010).
+        The preconditioner is ``diag(v + delta)^(3/4)`` with ``v`` a running average of squared
+        gradients (Martens uses per-example squares; the running average costs nothing).
+        """
+        state = self.state[self._params()[0]]  # kept with the optimizer's state_dict
+        g = g_t.to(curv.theta)
+        sq = state.get("grad_sq")
+        sq = g * g if sq is None else EMA_BETA * sq + (1 - EMA_BETA) * g * g
+        state["grad_sq"] = sq
+        diag = (sq + delta) ** 0.75 if self.precondition else None
+        prev = state.get("direction")
+        x0 = CG_DECAY * prev if prev is not None and prev.shape == g.shape else None
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                return curv.matvec(v).detach() + delta * v
+
+        x, info = cg_solve(
+            matvec,
+            -g,
+            tol=self.cg_tol,
+            maxiter=self.cg_max_iter,
+            x0=x0,
+            precondition=(lambda r: r / diag) if diag is not None else None,
+            truncate=True,
+            progress_tol=5e-4,
+        )
+        if not torch.isfinite(x).all():
+            raise NonFiniteError("the Hessian-free CG returned NaN/inf; raise the damping")
+        state["direction"] = x.detach()
+        # phi = p.A p / 2 + g.p at the returned p, so p.A p = 2 (phi - g.p): no extra product
+        quad = 2.0 * (float(info.extra["phi"]) - float(g @ x))
+        rec = {
+            "block": "theta",
+            "n": curv.size,
+            "kappa": None,
+            "kappa_undamped": None,
+            "kappa_upper": None,
+            "delta": float(delta),
+            "d": curv.size,
+            "cosine": 1.0,
+            "backend": "hessian_free",
+            "residual": info.residual,
+            "iterations": info.iterations,
+            "products": curv.matvecs,
+        }
+        return x.double().cpu().numpy(), quad, [rec]
+
     def _solve_block(
         self, curv: Curvature, blk: Block, mat: torch.Tensor | None, gb: np.ndarray, delta_lm: float
     ) -> dict[str, Any]:
         psd = self.curvature != "hessian"
+        # round-off of the products that formed the block (float32 GGN blocks are ~1e-7 relative)
+        psd_tol = 1e4 * float(torch.finfo(curv.theta.dtype).eps)
+        opts: dict[str, Any] = {"psd": psd, "max_matvecs": self.kappa_matvecs, "require_pd": False}
         if mat is not None:
             a = mat.double().cpu().numpy()
             est = estimate_condition_number(
-                a,
-                psd=psd,
-                max_matvecs=self.kappa_matvecs,
-                exact_below=self.exact_kappa_below,
-                require_pd=False,
+                a, exact_below=self.exact_kappa_below, psd_tol=psd_tol, **opts
             )
-            matvec = None
         else:
 
             def matvec_undamped(v: np.ndarray) -> np.ndarray:
@@ -322,19 +486,21 @@ class QNewton(torch.optim.Optimizer):
                 return out.double().cpu().numpy()
 
             a = None
-            est = estimate_condition_number(
-                matvec_undamped,
-                n=blk.size,
-                psd=psd,
-                max_matvecs=self.kappa_matvecs,
-                require_pd=False,
-            )
+            est = estimate_condition_number(matvec_undamped, n=blk.size, psd_tol=psd_tol, **opts)
         lmin = max(est.lambda_min, 0.0) if psd else est.lambda_min
-        lmax = est.lambda_max_upper
-        delta = combined_damping(delta_lm, lmax, lmin, self.kappa_target)
+        low0, up0 = est.lambda_min_lower, est.lambda_max_upper  # proven (damping 0), or +-inf
+        # kappa_target is met for sure when the proven lambda_max bound sets the damping
+        lmax_t = up0 if math.isfinite(up0) else est.lambda_max
+        delta = combined_damping(delta_lm, lmax_t, max(lmin, low0), self.kappa_target)
         if not psd and lmin + delta <= 0:  # indefinite Hessian: shift past its lowest eigenvalue
             delta = -lmin + delta_lm
         kappa = min(KAPPA_CAP, (est.lambda_max + delta) / (lmin + delta))
+        bound: float | None = None
+        lam: tuple[float, float] | None = None
+        if math.isfinite(up0) and low0 + delta > 0:
+            lam = (low0 + delta, up0 + delta)  # contains the damped block's spectrum: proven
+            bound = min(KAPPA_CAP, max(kappa, lam[1] / lam[0]))
+        proof = est.proof
         d, cos = blk.size, 1.0
         if a is not None:
             a_damped = a + delta * np.eye(blk.size)
@@ -342,14 +508,15 @@ class QNewton(torch.optim.Optimizer):
                 res = sparsify_to_budget(a_damped)
                 cos = direction_cosine(a_damped, res.matrix, gb)
                 a_damped, d = res.matrix, res.d
-                kappa = min(kappa, res.kappa_bound) if res.weyl_ok else kappa
+                # the pruned block has its own spectrum: prove its bounds again (no PSD premise)
+                est2 = estimate_condition_number(
+                    a_damped, psd=False, require_pd=False, exact_below=self.dense_max
+                )
+                kappa, proof = est2.kappa, est2.proof
+                bound = est2.upper_bound if est2.certified else None
+                lam = (est2.lambda_min_lower, est2.lambda_max_upper) if est2.certified else None
             x, info = self.scheduler.solve(
-                a_damped,
-                gb,
-                kappa=kappa,
-                d=d,
-                lambda_bounds=(lmin + delta, lmax + delta),
-                tag=blk.name,
+                a_damped, gb, kappa=kappa, kappa_bound=bound, d=d, lambda_bounds=lam, tag=blk.name
             )
             p_ap = float(x @ (a_damped @ x))
         else:
@@ -357,7 +524,9 @@ class QNewton(torch.optim.Optimizer):
             def matvec(v: np.ndarray) -> np.ndarray:
                 return matvec_undamped(v) + delta * v
 
-            x, info = self.scheduler.solve(None, gb, kappa=kappa, d=d, matvec=matvec, tag=blk.name)
+            x, info = self.scheduler.solve(
+                None, gb, kappa=kappa, kappa_bound=bound, d=d, matvec=matvec, tag=blk.name
+            )
             p_ap = float(x @ matvec(x))
         if not np.isfinite(x).all():
             raise NonFiniteError(f"the {info.backend} solve of block {blk.name} returned NaN/inf")
@@ -368,8 +537,8 @@ class QNewton(torch.optim.Optimizer):
             "kappa_undamped": float(
                 min(KAPPA_CAP, est.lambda_max / max(lmin, est.lambda_max / KAPPA_CAP, 1e-300))
             ),
-            # certified for PSD curvature: (lambda_max_upper + delta) / delta
-            "kappa_upper": float(min(KAPPA_CAP, (lmax + delta) / delta)) if psd else float(kappa),
+            "kappa_upper": bound,  # proven upper bound of the solved block, None when unproven
+            "proof": proof,
             "delta": float(delta),
             "d": int(d),
             "cosine": float(cos),

@@ -29,8 +29,9 @@ from typing import Any, Literal
 import numpy as np
 
 from newton.cost import ClassicalCostModel, QuantumCostModel, paper_mode_costs
-from newton.errors import NewtonError
-from newton.solvers import SolveInfo, cg_solve, cholesky_solve, quantum_model_solve
+from newton.errors import NewtonError, check_choice, check_int, check_number
+from newton.solvers import cg_solve, cholesky_solve, quantum_model_solve
+from newton.systems import SolveInfo
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,33 @@ class SchedulerConfig:
     paper_mode: bool = False  # Q-Newton's unit-cost rule d kappa log(N kappa/eps) vs N^2.373
     hhl_max_n: int = 16  # quantum choices up to this N run real HHL on Aer
     simulate_hhl: bool = True  # False: every quantum choice uses the modelled solver
-    clock_qubits: int = 6  # HHL phase-estimation qubits
+    clock_qubits: int = 6  # HHL phase-estimation qubits (the minimum; see max_clock_qubits)
+    # a solve whose kappa the clock cannot resolve (newton.hhl.resolvable_kappa) gets more clock
+    # qubits, up to this many; beyond that it goes to Cholesky, logged as a classical route
+    max_clock_qubits: int = 10
     hhl_shots: int | None = None  # None = Aer statevector read-out; else shots per circuit
     cg_tol: float = 1e-8  # CG stopping tolerance (relative residual)
+    # "proven": decide on the proven kappa bound; a solve without one never goes to the quantum
+    # solver in auto mode (logged). "estimate": decide on the estimate (risk: it can be below
+    # the true kappa; logged with every decision).
+    kappa_policy: Literal["proven", "estimate"] = "proven"
     seed: int = 0  # seeds HHL shots and the modelled solver's error direction
 
     def __post_init__(self) -> None:
-        if self.mode not in ("auto", "cholesky", "cg", "quantum"):
-            raise NewtonError(f"mode={self.mode!r} must be auto, cholesky, cg or quantum")
-        if not 0 < self.epsilon < 1:
-            raise NewtonError(f"epsilon={self.epsilon} must lie in (0, 1)")
-        if not 1 <= self.hhl_max_n <= 16:
-            raise NewtonError(f"hhl_max_n={self.hhl_max_n} must lie in 1..16 (state-vector HHL)")
+        from newton.cost import QUERY_MODELS
+
+        check_choice("mode", self.mode, ("auto", "cholesky", "cg", "quantum"))
+        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
+        check_choice("query_model", self.query_model, QUERY_MODELS)
+        check_number("gate_time_s", self.gate_time_s, low=0, open_low=True)
+        check_choice("kappa_policy", self.kappa_policy, ("proven", "estimate"))
+        check_int("clock_qubits", self.clock_qubits, high=12)
+        check_int("max_clock_qubits", self.max_clock_qubits, low=self.clock_qubits, high=12)
+        check_int("hhl_max_n", self.hhl_max_n, high=16)
+        if self.hhl_shots is not None:
+            check_int("hhl_shots", self.hhl_shots)
+        check_number("cg_tol", self.cg_tol, low=0)
+        check_int("seed", self.seed, low=0)
 
 
 class Scheduler:
@@ -107,6 +123,7 @@ class Scheduler:
         b: np.ndarray,
         *,
         kappa: float,
+        kappa_bound: float | None = None,
         d: int | None = None,
         matvec: Callable[[np.ndarray], np.ndarray] | None = None,
         lambda_bounds: tuple[float, float] | None = None,
@@ -119,6 +136,7 @@ class Scheduler:
                 quantum solver with a densified fallback are possible: CG is used).
             b: right-hand side.
             kappa: condition number of the block (an estimate).
+            kappa_bound: a proven upper bound on it, or None; see ``SchedulerConfig.kappa_policy``.
             d: row sparsity; counted from ``a`` when None (N for matrix-free).
             matvec: ``v -> a v`` for matrix-free blocks.
             lambda_bounds: eigenvalue bounds handed to HHL (its scaling constants).
@@ -128,16 +146,39 @@ class Scheduler:
         dense = a is not None
         if d is None:
             d = int((a != 0).sum(axis=1).max()) if a is not None else n
-        if not math.isfinite(kappa):
-            raise NewtonError(f"kappa={kappa} must be finite; use estimate_condition_number")
-        predicted = self.predict(n=n, kappa=kappa, d=d, dense=dense)
+        if not math.isfinite(kappa) or kappa < 1:
+            raise NewtonError(
+                f"kappa={kappa} must be finite and >= 1; use estimate_condition_number"
+            )
+        if kappa_bound is not None and not (math.isfinite(kappa_bound) and kappa_bound >= 1):
+            raise NewtonError(f"kappa_bound={kappa_bound} must be finite and >= 1, or None")
+        cfg = self.config
+        proven = cfg.kappa_policy == "proven" and kappa_bound is not None
+        kappa_used = max(kappa, kappa_bound) if proven and kappa_bound is not None else kappa
+        predicted = self.predict(n=n, kappa=kappa_used, d=d, dense=dense)
         choice = self.choose(predicted)
+        risk = "proven kappa bound" if proven else "kappa estimate (may be below the true kappa)"
+        if cfg.kappa_policy == "proven" and kappa_bound is None and cfg.mode == "auto":
+            classical = {k: v for k, v in predicted.items() if k != "quantum"}
+            choice = self.choose(classical) if classical else "cg"
+            risk = "no proven kappa: quantum excluded"
         if choice == "cholesky" and not dense:
             choice = "cg"
-        cfg = self.config
         seed = cfg.seed + self._calls
         self._calls += 1
         t0 = time.perf_counter()
+        route = ""
+        clock = cfg.clock_qubits
+        if choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl:
+            from newton.hhl import resolvable_kappa
+
+            while clock < cfg.max_clock_qubits and resolvable_kappa(clock) < kappa_used:
+                clock += 1
+            if resolvable_kappa(clock) < kappa_used:  # beyond the clock's reach: classical
+                choice = "cholesky"
+                route = (f"kappa {kappa_used:.3g} > {resolvable_kappa(clock):.3g} resolvable "
+                         f"with {clock} clock qubits: classical route")  # fmt: skip
+                logger.info("solve %s: %s", tag, route)
         if choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl:
             from newton.hhl import hhl_solve
 
@@ -145,7 +186,7 @@ class Scheduler:
             x, info = hhl_solve(
                 a,
                 b,
-                clock_qubits=cfg.clock_qubits,
+                clock_qubits=clock,
                 shots=cfg.hhl_shots,
                 seed=seed,
                 lambda_bounds=lambda_bounds,
@@ -160,13 +201,16 @@ class Scheduler:
         else:
             x, info = cg_solve(a if matvec is None else matvec, b, n=n, tol=cfg.cg_tol)
         wall = time.perf_counter() - t0
-        info.kappa, info.d, info.epsilon = kappa, d, cfg.epsilon
+        info.kappa, info.d, info.epsilon = kappa_used, d, cfg.epsilon
         info.predicted_s = dict(predicted)
         record = {
             "solve": len(self.log),
             "tag": tag,
             "n": n,
             "kappa": kappa,
+            "kappa_bound": kappa_bound,
+            "kappa_used": kappa_used,
+            "kappa_basis": risk,
             "d": d,
             "epsilon": cfg.epsilon,
             **{f"pred_{k}": v for k, v in predicted.items()},
@@ -175,7 +219,12 @@ class Scheduler:
             "wall_s": wall,
             "residual": info.residual,
             "p_success": info.p_success,
+            "route": route,
         }
+        if info.backend == "hhl_aer":
+            record["clock_qubits"] = clock
+            for key in ("p_success_amplified", "aa_rounds", "aa_circuit_uses", "kappa_resolvable"):
+                record[key] = info.extra[key]
         if info.backend in ("hhl_aer", "quantum_model") and a is not None and n <= 512:
             # accuracy of the quantum answer against the classical one (not used by the step)
             exact = np.linalg.solve(a, b)

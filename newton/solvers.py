@@ -20,22 +20,21 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
 
-from newton.errors import NewtonError, NonFiniteError, NotPositiveDefiniteError, NotSquareError
-from newton.spectrum import as_operator, check_symmetric
+from newton.errors import NewtonError, NonFiniteError, NotPositiveDefiniteError
+from newton.hhl import hhl_solve
+from newton.spectrum import as_operator
+from newton.systems import SolveInfo, as_array, check_rhs, check_spd
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
-    "SolveInfo",
     "cg_solve",
-    "check_spd",
     "cholesky_solve",
     "quantum_model_solve",
     "solve",
@@ -45,65 +44,12 @@ Backend = Literal["cholesky", "cg", "hhl", "quantum_model"]
 BACKENDS: tuple[str, ...] = ("cholesky", "cg", "hhl", "quantum_model")
 
 
-@dataclass
-class SolveInfo:
-    """What one solve did: backend, problem size and conditioning, time, accuracy."""
-
-    backend: str  # "cholesky", "cg", "hhl_aer", "quantum_model"
-    n: int  # system size N
-    wall_s: float = 0.0  # measured wall time of the solve (simulation time for hhl_aer)
-    residual: float | None = None  # ||A x - b|| / ||b||
-    kappa: float | None = None  # condition number used (estimate or exact)
-    lambda_min: float | None = None
-    lambda_max: float | None = None
-    d: int | None = None  # row sparsity of the matrix
-    epsilon: float | None = None  # target precision
-    iterations: int | None = None  # CG iterations / matvecs
-    p_success: float | None = None  # HHL post-selection probability
-    predicted_s: dict[str, float] = field(default_factory=dict)  # modelled time of each backend
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_record(self) -> dict[str, Any]:
-        rec = {k: v for k, v in self.__dict__.items() if k not in ("extra", "predicted_s")}
-        rec.update({f"pred_{k}_s": v for k, v in self.predicted_s.items()})
-        rec.update({k: v for k, v in self.extra.items() if isinstance(v, int | float | str)})
-        return rec
-
-
-def _as_array(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
-def check_spd(a: np.ndarray, *, name: str = "A") -> np.ndarray:
-    """Raise unless ``a`` is finite, square, symmetric and positive definite; returns its Cholesky factor."""
-    check_symmetric(a, name=name)
-    try:
-        return np.asarray(scipy.linalg.cholesky(a, lower=True))
-    except np.linalg.LinAlgError as err:
-        lmin = float(np.linalg.eigvalsh(a)[0])
-        raise NotPositiveDefiniteError(
-            f"{name} is not positive definite (smallest eigenvalue {lmin:.3g}); add damping "
-            f"delta > {max(0.0, -lmin):.3g} (A + delta I) or use a PSD curvature ('ggn', 'fisher')"
-        ) from err
-
-
-def _check_rhs(b: np.ndarray, n: int) -> np.ndarray:
-    b = np.asarray(b, dtype=np.float64).reshape(-1) if b.ndim <= 1 else b
-    if b.shape != (n,):
-        raise NotSquareError(f"b has shape {b.shape} but A is {n}x{n}; b must have length {n}")
-    if not np.isfinite(b).all():
-        raise NonFiniteError("b (the gradient) has NaN or infinite entries; check the loss and lr")
-    return b
-
-
 def cholesky_solve(a: Any, b: Any) -> tuple[np.ndarray, SolveInfo]:
     """Dense SPD solve by Cholesky factorisation."""
     t0 = time.perf_counter()
-    a, b = _as_array(a), _as_array(b)
+    a, b = as_array(a), as_array(b)
     factor = check_spd(a)
-    b = _check_rhs(b, a.shape[0])
+    b = check_rhs(b, a.shape[0])
     x = scipy.linalg.cho_solve((factor, True), b)
     wall = time.perf_counter() - t0
     bn = float(np.linalg.norm(b)) or 1.0
@@ -119,50 +65,115 @@ def cg_solve(
     n: int | None = None,
     tol: float = 1e-8,
     maxiter: int | None = None,
-    x0: np.ndarray | None = None,
-) -> tuple[np.ndarray, SolveInfo]:
-    """Conjugate gradient on an SPD operator (dense or ``v -> A v``), to ``||r|| <= tol ||b||``.
+    x0: Any = None,
+    precondition: Callable[[Any], Any] | None = None,
+    truncate: bool = False,
+    progress_tol: float = 0.0,
+) -> tuple[Any, SolveInfo]:
+    """Preconditioned conjugate gradient on an SPD operator, to ``||r|| <= tol ||b||``.
+
+    The one CG of the package: dense blocks, matrix-free blocks and Hessian-free steps use it.
+    ``b`` may be a numpy array (the operator then maps numpy to numpy) or a torch tensor (torch
+    to torch, no copies to the host); ``x`` comes back in the same type.
+
+    Math (Hestenes-Stiefel with preconditioner ``M``, ``precondition(r) = M^{-1} r``):
+        z = M^{-1} r,  alpha = r.z / p.A p,  x += alpha p,  r -= alpha A p,  p = z + (r.z)'/(r.z) p
+    The quadratic ``phi(x) = x.A x / 2 - b.x = -x.(b + r) / 2`` is tracked for free; with
+    ``progress_tol > 0`` CG also stops when ``phi`` improved by less than ``progress_tol * k`` in
+    relative terms over the last ``k = max(10, i / 10)`` iterations (Martens 2010, section 4.4).
+
+    Args:
+        operator: dense SPD matrix, or a callable ``v -> A v`` (give ``n`` for numpy input).
+        b: right-hand side.
+        tol: relative residual to stop at.
+        maxiter: iteration limit (default ``10 N``).
+        x0: warm start (e.g. the previous Newton direction).
+        precondition: ``r -> M^{-1} r`` for an SPD ``M`` (e.g. a diagonal), or None.
+        truncate: stop at ``maxiter`` (or at a direction with ``p.A p <= 0``, which for a damped
+            PSD operator is round-off) and return the iterate (truncated Newton) instead of raising.
+        progress_tol: Martens' relative-progress criterion; 0 = off.
 
     Raises:
         NotPositiveDefiniteError: a search direction with ``p.A p <= 0`` (A is not SPD).
-        NewtonError: no convergence within ``maxiter`` (default ``10 N``).
+        NewtonError: no convergence within ``maxiter`` when ``truncate`` is False.
     """
     t0 = time.perf_counter()
-    op = as_operator(operator if callable(operator) else _as_array(operator), n)
-    b = _check_rhs(_as_array(b), op.n)
-    maxiter = maxiter or 10 * op.n
-    bn = float(np.linalg.norm(b))
-    x = np.zeros(op.n) if x0 is None else np.array(x0, dtype=np.float64)
+    torch_mode = hasattr(b, "detach")
+    if torch_mode:
+        size = int(b.numel())
+        matvec = operator if callable(operator) else (lambda v: operator @ v)
+    else:
+        op = as_operator(operator if callable(operator) else as_array(operator), n)
+        b = check_rhs(as_array(b), op.n)
+        size, matvec = op.n, op.matvec
+    maxiter = maxiter or 10 * size
+    if not (math.isfinite(tol) and tol >= 0):
+        raise NewtonError(f"tol={tol} must be a finite number >= 0 (a relative residual)")
+    if maxiter < 1:
+        raise NewtonError(f"maxiter={maxiter} must be >= 1")
+    bn = float((b @ b) ** 0.5)
     if bn == 0:
-        return np.zeros(op.n), SolveInfo("cg", op.n, residual=0.0, iterations=0)
-    r = b - op.matvec(x) if x0 is not None else b.copy()
-    p = r.copy()
-    rr = float(r @ r)
+        return b * 0.0, SolveInfo("cg", size, residual=0.0, iterations=0)
+    if not math.isfinite(bn):
+        raise NonFiniteError("b (the gradient) has NaN or infinite entries; check the loss and lr")
+    x = b * 0.0 if x0 is None else x0 * 1.0
+    r = b - matvec(x) if x0 is not None else b * 1.0
+    z = precondition(r) if precondition is not None else r
+    p = z * 1.0
+    rz = float(r @ z)
+    phis: list[float] = [float(-(x @ (b + r))) / 2]
     it = 0
-    while math.sqrt(rr) > tol * bn:
+    stopped = "tolerance"
+    while float((r @ r) ** 0.5) > tol * bn:
         if it >= maxiter:
+            if truncate:
+                stopped = "maxiter"
+                break
             raise NewtonError(
                 f"CG did not reach tol={tol:g} in {maxiter} iterations (residual "
-                f"{math.sqrt(rr) / bn:.3g}); raise the damping or maxiter"
+                f"{float((r @ r) ** 0.5) / bn:.3g}); raise the damping or maxiter"
             )
-        ap = op.matvec(p)
+        ap = matvec(p)
         pap = float(p @ ap)
         if not math.isfinite(pap):
             raise NonFiniteError("the operator returned NaN or infinity during CG")
+        if pap <= 0 and truncate:  # round-off on a near-zero direction: keep the iterate so far
+            stopped = "non-positive curvature"
+            break
         if pap <= 0:
             raise NotPositiveDefiniteError(
                 f"CG found p.A p = {pap:.3g} <= 0: the operator is not positive definite; add "
                 "damping or use a PSD curvature ('ggn', 'fisher')"
             )
-        alpha = rr / pap
-        x += alpha * p
-        r -= alpha * ap
-        rr_new = float(r @ r)
-        p = r + (rr_new / rr) * p
-        rr = rr_new
+        alpha = rz / pap
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precondition(r) if precondition is not None else r
+        rz_new = float(r @ z)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
         it += 1
+        phis.append(float(-(x @ (b + r))) / 2)
+        if progress_tol > 0 and _stalled(phis, progress_tol):
+            stopped = "no progress"
+            break
     wall = time.perf_counter() - t0
-    return x, SolveInfo("cg", op.n, wall_s=wall, residual=math.sqrt(rr) / bn, iterations=it)
+    res = float((r @ r) ** 0.5) / bn
+    return x, SolveInfo(
+        "cg",
+        size,
+        wall_s=wall,
+        residual=res,
+        iterations=it,
+        extra={"phi": phis[-1], "stopped": stopped},
+    )
+
+
+def _stalled(phis: list[float], progress_tol: float) -> bool:
+    """Martens' test: ``(phi_i - phi_{i-k}) / phi_i < k * tol`` with ``k = max(10, i / 10)``."""
+    it = len(phis) - 1
+    k = max(10, it // 10)
+    return it > k and phis[-1] < 0 and (phis[-1] - phis[-1 - k]) / phis[-1] < progress_tol * k
 
 
 def quantum_model_solve(
@@ -190,7 +201,7 @@ def quantum_model_solve(
         raise NewtonError(f"epsilon={epsilon} must lie in [0, 1)")
     t0 = time.perf_counter()
     x, _ = cholesky_solve(a, b)
-    a_arr = _as_array(a)
+    a_arr = as_array(a)
     rng = np.random.default_rng(seed)
     u = rng.standard_normal(x.shape)
     u /= np.linalg.norm(u)
@@ -206,7 +217,7 @@ def quantum_model_solve(
         "quantum_model",
         a_arr.shape[0],
         wall_s=time.perf_counter() - t0,
-        residual=float(np.linalg.norm(a_arr @ x_noisy - _as_array(b)) / bn),
+        residual=float(np.linalg.norm(a_arr @ x_noisy - as_array(b)) / bn),
         kappa=kappa,
         d=d,
         epsilon=epsilon,
@@ -224,9 +235,7 @@ def solve(
         "quantum_model": quantum_model_solve,
     }
     if backend == "hhl":
-        from newton.hhl import hhl_solve
-
-        return hhl_solve(_as_array(a), _as_array(b), **options)
+        return hhl_solve(as_array(a), as_array(b), **options)
     if backend not in solvers:
         raise NewtonError(f"solver backend={backend!r} is not one of {list(BACKENDS)}")
     return solvers[backend](a, b, **options)

@@ -1,37 +1,60 @@
-"""Condition numbers of (damped) curvature blocks: Lanczos estimates and a certified bound.
+"""Condition numbers of (damped) curvature blocks: an estimate and, beside it, a proven bound.
 
-The quantum solver's cost grows with the condition number kappa of the damped block ``H + delta I``,
-so the scheduler needs kappa at every solve, cheaply, and never as NaN or infinity.
+The quantum solver's cost grows with the condition number kappa of the damped block ``A + delta I``,
+so the scheduler needs kappa at every solve, cheaply, and never as NaN or infinity; and it needs to
+know which number it may rely on.
 
 Math:
-    kappa(H + delta I) = (lambda_max + delta) / (lambda_min + delta)
-    For PSD H (GGN, Fisher):  kappa(H + delta I) <= (lambda_max + delta) / delta      (certified)
+    kappa(A + delta I) = (lambda_max + delta) / (lambda_min + delta)
 
-``lambda_max`` comes from Lanczos with full reorthogonalisation on the operator (about 20-40
-matrix-vector products, Ritz values are inner bounds of the spectrum); the certified bound uses the
-Ritz value plus its residual norm, ``theta_max + ||A y - theta_max y||``, which bounds an eigenvalue
-from above, and for dense input also the Gershgorin row-sum bound. Blocks up to ``exact_below`` are
-solved exactly with ``eigvalsh`` (also the test oracle).
+The **estimate** (``kappa``): exact ``eigvalsh`` for dense blocks up to ``exact_below``, else
+Lanczos with full reorthogonalisation (<= ``max_matvecs`` products). Ritz values lie inside the
+spectrum, so the top Ritz value underestimates lambda_max and the bottom one overestimates
+lambda_min; for PSD operators the bottom end uses ``max(0, theta_min - r_min)`` (the lower end of
+the residual interval of the bottom Ritz pair), which is exact when that pair has converged and
+falls back to 0, the rank-deficient case of a GGN, when it has not.
+
+The **bound** (``upper_bound``, ``certified=True`` only when it is a proof):
+    lambda_max <= min(Gershgorin max_i sum_j |a_ij|,  eigvalsh max + 2 n eps ||A||_F)     (dense)
+    lambda_max <= lambda_max_bound                                                       (given)
+    lambda_min(A + delta I) >= eigvalsh min - 2 n eps ||A||_F + delta                    (dense)
+    lambda_min(A + delta I) >= delta - psd_tol lambda_max_upper    (psd=True premise, no eigvalsh)
+(``2 n eps ||A||_F`` bounds the backward error of a symmetric eigensolver, Golub & Van Loan
+8.1/8.4; the Gershgorin sum is inflated by ``(1 + 2 n eps)`` for its own rounding.) Krylov methods
+alone cannot bound lambda_max: a matrix-free operator without ``lambda_max_bound`` gets
+``certified=False`` (an adversary can hide the top eigenvector from any fixed start vector; the
+tests build such spectra). ``psd=True`` contradicted by the data (an eigenvalue, or a Ritz value,
+which is a convex combination of eigenvalues, below ``-psd_tol ||A||``) raises
+:class:`~newton.errors.NotPositiveDefiniteError`.
 
 Q-Newton's released code estimates kappa from the determinant and the Frobenius norm
 (``compute_condition_number_upper_bound``); it returns NaN for [[1, 2], [3, 4]] and overflows from
 N = 8 on. Nothing here uses determinants.
 
 References:
-    Lanczos 1950; Golub & Van Loan, "Matrix Computations", 4th ed., section 10.1.
+    Lanczos 1950; Golub & Van Loan, "Matrix Computations", 4th ed., sections 8.1, 10.1.
+    Kuczynski & Wozniakowski, SIAM J. Matrix Anal. Appl. 13 (1992) (why Lanczos gives no proof).
     Q-Newton, arXiv 2405.00252.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from newton.errors import NewtonError, NonFiniteError, NotSquareError, NotSymmetricError
+from newton.errors import (
+    NewtonError,
+    NonFiniteError,
+    NotPositiveDefiniteError,
+    NotRealError,
+    NotSquareError,
+    NotSymmetricError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +66,7 @@ __all__ = [
     "check_symmetric",
     "estimate_condition_number",
     "lanczos",
+    "to_real_array",
 ]
 
 KAPPA_CAP = 1.0 / np.finfo(np.float64).eps  # ~4.5e15: reported for singular blocks instead of inf
@@ -59,22 +83,25 @@ class LinearOperator:
 
 @dataclass(frozen=True)
 class KappaEstimate:
-    """A condition-number estimate of ``A + damping I``.
+    """A condition-number estimate of ``A + damping I`` and, beside it, what can be proven.
 
-    ``kappa`` is the estimate, ``upper_bound`` a bound that is never below the true value when
-    ``certified`` is true (PSD operator, positive damping or exact eigenvalues); both are finite
-    (singular blocks report :data:`KAPPA_CAP`). The eigenvalues are those of the undamped ``A``.
+    ``kappa`` is the estimate. ``upper_bound`` is never below the true value when ``certified``
+    is true, and ``proof`` names what it rests on; otherwise it is :data:`KAPPA_CAP` or an
+    unproven number. Both are finite (singular blocks report :data:`KAPPA_CAP`). The eigenvalues
+    are those of the undamped ``A``; ``lambda_min_lower`` bounds ``lambda_min(A + damping I)``.
     """
 
     kappa: float
     lambda_max: float  # estimated largest eigenvalue of A (undamped)
     lambda_min: float  # estimated smallest eigenvalue of A (undamped)
-    upper_bound: float  # certified upper bound on kappa(A + damping I) when certified
+    upper_bound: float  # proven upper bound on kappa(A + damping I) when certified
     matvecs: int  # operator products used (0 for exact eigvalsh on a dense matrix)
     method: str  # "eigvalsh" or "lanczos"
     damping: float
     certified: bool
-    lambda_max_upper: float  # upper bound on lambda_max used by upper_bound
+    lambda_max_upper: float  # proven upper bound on lambda_max(A); inf when none
+    lambda_min_lower: float = -math.inf  # proven lower bound on lambda_min(A + damping I)
+    proof: str = ""  # what the certificate rests on, or why there is none
 
 
 def check_symmetric(a: np.ndarray, *, name: str = "A", rtol: float = 1e-8) -> None:
@@ -105,21 +132,34 @@ def as_operator(operator: Any, n: int | None = None) -> LinearOperator:
             )
 
         def mv(v: np.ndarray) -> np.ndarray:
-            out = np.asarray(_to_numpy(operator(v)), dtype=np.float64).reshape(-1)
+            out = to_real_array(operator(v), name="the operator's output").reshape(-1)
             if out.shape != (n,):
                 raise NotSquareError(f"the operator returned shape {out.shape} for a vector of {n}")
             return out
 
         return LinearOperator(n, mv)
-    a = np.asarray(_to_numpy(operator), dtype=np.float64)
+    a = to_real_array(operator)
     check_symmetric(a)
     return LinearOperator(a.shape[0], lambda v: a @ v, a)
 
 
-def _to_numpy(x: Any) -> Any:
+def to_real_array(x: Any, *, name: str = "A") -> np.ndarray:
+    """``x`` (numpy, torch or nested lists) as a float64 array; complex input is refused, not cast."""
     if hasattr(x, "detach"):  # torch tensor
-        return x.detach().cpu().double().numpy()
-    return x
+        if x.is_complex():
+            raise NotRealError(
+                f"{name} is complex ({x.dtype}); newton solves real symmetric systems"
+            )
+        return np.asarray(x.detach().cpu().double().numpy())
+    if np.iscomplexobj(x):
+        raise NotRealError(
+            f"{name} is complex; newton solves real symmetric systems (write a Hermitian one in "
+            "real form [[Re, -Im], [Im, Re]])"
+        )
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise NewtonError(f"{name} must be a real numeric array, got {type(x).__name__}") from err
 
 
 def lanczos(op: LinearOperator, steps: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
@@ -162,6 +202,30 @@ def lanczos(op: LinearOperator, steps: int, *, seed: int = 0) -> tuple[np.ndarra
     return theta, residuals, matvecs
 
 
+def _check_options(damping: float, max_matvecs: int, exact_below: int, psd_tol: float) -> None:
+    if not isinstance(damping, int | float) or not math.isfinite(damping) or damping < 0:
+        raise NewtonError(f"damping={damping!r} must be a finite number >= 0")
+    if not isinstance(max_matvecs, int) or max_matvecs < 1:
+        raise NewtonError(f"max_matvecs={max_matvecs!r} must be an integer >= 1")
+    if not isinstance(exact_below, int) or exact_below < 0:
+        raise NewtonError(f"exact_below={exact_below!r} must be an integer >= 0")
+    if not math.isfinite(psd_tol) or psd_tol < 0:
+        raise NewtonError(f"psd_tol={psd_tol!r} must be a finite number >= 0")
+
+
+def _dense_bounds(a: np.ndarray, eig: np.ndarray | None) -> tuple[float, float | None, str]:
+    """Proven ``(lambda_max upper, lambda_min lower or None, proof)`` of a dense symmetric ``a``."""
+    n = a.shape[0]
+    eps = float(np.finfo(np.float64).eps)
+    rows = np.abs(a).sum(axis=1)  # Gershgorin: lambda_max <= max_i (a_ii + sum_j!=i |a_ij|)
+    gersh = float((np.diag(a) + rows - np.abs(np.diag(a))).max()) * (1 + 2 * n * eps)
+    gersh += 2 * n * eps * float(rows.max())  # rounding of the sum itself
+    if eig is None:
+        return gersh, None, "Gershgorin"
+    slack = 2 * n * eps * float(np.linalg.norm(a))  # backward error of eigvalsh
+    return min(gersh, float(eig[-1]) + slack), float(eig[0]) - slack, "eigvalsh + backward error"
+
+
 def estimate_condition_number(
     operator: Any,
     *,
@@ -172,21 +236,27 @@ def estimate_condition_number(
     exact_below: int = 512,
     seed: int = 0,
     require_pd: bool = True,
+    lambda_max_bound: float | None = None,
+    psd_tol: float = 1e-6,
 ) -> KappaEstimate:
-    """Estimate ``kappa(A + damping I)`` for a symmetric ``A``.
+    """Estimate ``kappa(A + damping I)`` for a symmetric ``A``, with a proven bound when possible.
 
     Args:
         operator: a dense symmetric numpy array or torch tensor, a callable ``v -> A v`` (give
             ``n``), or a :class:`LinearOperator`.
         damping: ``delta >= 0`` added to the diagonal.
-        psd: whether ``A`` is known to be positive semi-definite (GGN, Fisher): then
-            ``lambda_min(A) >= 0`` and ``(lambda_max + delta) / delta`` bounds kappa.
+        psd: whether ``A`` is positive semi-definite by construction (GGN, Fisher). It is the
+            premise of the ``lambda_min(A + delta I) >= delta`` bound and it is checked against
+            the data: an eigenvalue or Ritz value below ``-psd_tol ||A||`` raises.
         n: size of a matrix-free operator.
         max_matvecs: Lanczos steps (products) for operators without an exact path.
         exact_below: dense matrices up to this size use exact ``eigvalsh``.
         seed: the Lanczos start vector's seed (estimates are deterministic given it).
         require_pd: raise when ``A + damping I`` is not positive definite (``psd=False`` only);
             when False such a block reports ``kappa = KAPPA_CAP`` and its eigenvalue range.
+        lambda_max_bound: a proven upper bound on ``lambda_max(A)`` known to the caller (e.g.
+            from the structure of the operator); it certifies matrix-free operators.
+        psd_tol: relative tolerance of the PSD check (round-off of the caller's products).
 
     Returns:
         A :class:`KappaEstimate`; ``kappa`` and ``upper_bound`` are finite, capped at
@@ -194,48 +264,61 @@ def estimate_condition_number(
 
     Raises:
         NotSquareError, NotSymmetricError, NonFiniteError: bad input.
-        NewtonError: a negative damping, or a damped block that is not positive definite when
-            ``psd`` is false and the smallest eigenvalue is <= -damping.
+        NotPositiveDefiniteError: ``psd=True`` but the data show a negative eigenvalue.
+        NewtonError: a bad option, or a damped block that is not positive definite when ``psd``
+            is false and the smallest eigenvalue is <= -damping.
     """
-    if not np.isfinite(damping) or damping < 0:
-        raise NewtonError(f"damping={damping} must be a finite number >= 0")
+    _check_options(damping, max_matvecs, exact_below, psd_tol)
+    if lambda_max_bound is not None and not math.isfinite(lambda_max_bound):
+        raise NewtonError(f"lambda_max_bound={lambda_max_bound!r} must be finite or None")
     op = as_operator(operator, n)
     if op.dense is not None and op.n <= exact_below:
         eig = np.linalg.eigvalsh(op.dense)
-        lmax, lmin = float(eig[-1]), float(eig[0])
-        lmax_up, matvecs, method = lmax, 0, "eigvalsh"
+        lmax, lmin, lmin_est = float(eig[-1]), float(eig[0]), float(eig[0])
+        matvecs, method = 0, "eigvalsh"
+        lmax_up, lmin_low, proof = _dense_bounds(op.dense, eig)
+        scale = float(np.linalg.norm(op.dense))
     else:
         theta, res, matvecs = lanczos(op, max_matvecs, seed=seed)
         lmax, lmin = float(theta[-1]), float(theta[0])
-        lmax_up = lmax + float(res[-1]) + 1e-10 * abs(lmax)  # + round-off slack
-        if op.dense is not None:  # Gershgorin: lambda_max <= max_i sum_j |a_ij|
-            lmax_up = min(lmax_up, float(np.abs(op.dense).sum(axis=1).max()))
+        gap = float(theta[1] - theta[0]) if len(theta) > 1 else math.inf
+        # Kato-Temple form theta - r^2 / gap: exact once the bottom pair converged, 0 before
+        lmin_est = max(0.0, lmin - float(res[0]) ** 2 / max(gap, 1e-300)) if psd else lmin
         method = "lanczos"
-    # round-off can make a PSD block's smallest eigenvalue slightly negative
-    lmin_eff = max(lmin, 0.0) if psd else lmin
+        lmax_up, lmin_low, proof = math.inf, None, "none: Krylov values cannot bound lambda_max"
+        if op.dense is not None:
+            lmax_up, lmin_low, proof = _dense_bounds(op.dense, None)
+        scale = float(np.abs(theta).max())
+    if lambda_max_bound is not None and lambda_max_bound < lmax_up:
+        lmax_up, proof = float(lambda_max_bound), "caller's lambda_max_bound"
+    if psd and lmin < -psd_tol * max(scale, 1e-300):
+        raise NotPositiveDefiniteError(
+            f"psd=True but the {'smallest eigenvalue' if method == 'eigvalsh' else 'lowest Ritz value'} "
+            f"is {lmin:.3g} < -{psd_tol:g} * ||A|| (a proof that A has a negative eigenvalue); "
+            "pass psd=False or check the curvature"
+        )
+    # proven lower bound on lambda_min(A + delta I): the data's (eigvalsh), else the PSD premise
+    # up to round-off, lambda_min(A) >= -psd_tol * lambda_max_upper (checked above on the data)
+    low = -math.inf if lmin_low is None else lmin_low + damping
+    if lmin_low is None and psd and math.isfinite(lmax_up):
+        low = damping - psd_tol * max(lmax_up, 0.0)
+        proof += f" + psd premise (lambda_min >= -{psd_tol:g} lambda_max_upper)"
+    lmin_eff = max(lmin_est, 0.0) if psd else lmin_est
     top = max(abs(lmax), abs(lmin)) + damping
     floor = top / KAPPA_CAP  # the smallest denominator we report instead of dividing by ~0
     if not psd and lmin_eff + damping <= 0 and not require_pd:
-        return KappaEstimate(
-            KAPPA_CAP, lmax, lmin, KAPPA_CAP, matvecs, method, float(damping), False, lmax_up
-        )
+        return KappaEstimate(KAPPA_CAP, lmax, lmin, KAPPA_CAP, matvecs, method, float(damping),
+                             False, lmax_up, low, "not positive definite")  # fmt: skip
     if not psd and lmin_eff + damping <= 0:
         raise NewtonError(
             f"A + {damping:g} I is not positive definite (smallest eigenvalue estimate "
             f"{lmin_eff + damping:.3g}); raise the damping above {-lmin_eff:.3g} or use a PSD "
             "curvature (curvature='ggn' or 'fisher')"
         )
-    kappa = min(KAPPA_CAP, (lmax + damping) / max(lmin_eff + damping, floor))
-    certified = psd and (damping > 0 or method == "eigvalsh")
-    if method == "eigvalsh":
-        upper = kappa if not psd else min(KAPPA_CAP, (lmax_up + damping) / max(damping, floor))
-        upper = max(upper, kappa)
-    else:
-        upper = min(
-            KAPPA_CAP, (lmax_up + damping) / max(damping if psd else lmin_eff + damping, floor)
-        )
-    kappa = max(1.0, kappa)
-    upper = max(1.0, upper)
+    kappa = max(1.0, min(KAPPA_CAP, (lmax + damping) / max(lmin_eff + damping, floor)))
+    raw = (lmax_up + damping) / low if math.isfinite(lmax_up) and low > 0 else math.inf
+    certified = raw <= KAPPA_CAP  # a bound capped below its value would not be one
+    upper = max(raw, kappa) if certified else KAPPA_CAP
     return KappaEstimate(
         kappa=float(kappa),
         lambda_max=lmax,
@@ -246,4 +329,6 @@ def estimate_condition_number(
         damping=float(damping),
         certified=bool(certified),
         lambda_max_upper=float(lmax_up),
+        lambda_min_lower=float(low),
+        proof=proof if certified else f"uncertified ({proof})",
     )

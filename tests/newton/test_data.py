@@ -71,3 +71,19 @@ def test_compare_runs_on_local_mnist_idx_files(tmp_path):
     res = compare_optimizers(cfg)
     assert {r["optimizer"] for r in res["summary"]} == {"qnewton", "sgd"}
     assert all(np.isfinite(r["final_train_loss"]) for r in res["summary"])
+
+
+def test_the_100k_parameter_mnist_setting_takes_hessian_free_steps(tmp_path):
+    # configs/newton_mnist.toml's model (784-128-10, 101,770 parameters) on tiny IDX files
+    from newton.experiments import CompareConfig, compare_optimizers
+
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 32), ("t10k", 8)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    cfg = CompareConfig(dataset="mnist", mnist_dir=str(tmp_path), hidden=128, epochs=2,
+                        qnewton_batch_size=32, curvature_batch=16, optimizers=("qnewton",))  # fmt: skip
+    res = compare_optimizers(cfg)
+    rows = res["curves"]["qnewton"]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] or rows[0]["train_loss"] < 1e-3
+    assert all(k["cg_iterations"] >= 1 for k in res["kappa"])  # Hessian-free steps were taken

@@ -92,3 +92,95 @@ def test_bad_input():
         hhl_solve(np.eye(2), np.array([1.0, np.nan]))
     with pytest.raises(NotSquareError):
         hhl_solve(np.eye(2), np.ones(3))
+
+
+BAD_HHL_INPUT = [
+    # (what, kwargs for hhl_solve on A = diag(1, 4), b = (1, 1), error, text in the message)
+    ("bounds above lambda_min", {"lambda_bounds": (2.0, 4.0)}, "BoundsError", "do not contain"),
+    ("bounds below lambda_max", {"lambda_bounds": (1.0, 3.0)}, "BoundsError", "do not contain"),
+    ("zero lower bound", {"lambda_bounds": (0.0, 4.0)}, "BoundsError", "0 < low"),
+    ("inverted bounds", {"lambda_bounds": (4.0, 1.0)}, "BoundsError", "0 < low"),
+    ("infinite bound", {"lambda_bounds": (1.0, float("inf"))}, "BoundsError", "finite"),
+    ("not a pair", {"lambda_bounds": (1.0,)}, "BoundsError", "pair"),
+    ("complex A", {"a": np.diag([1.0, 4.0]) + 0j}, "NotRealError", "complex"),
+    ("complex b", {"b": np.array([1.0, 1j])}, "NotRealError", "complex"),
+    (
+        "non-symmetric A",
+        {"a": np.array([[1.0, 0.5], [0.0, 4.0]])},
+        "NotSymmetricError",
+        "symmetric",
+    ),
+    ("clock qubits 0", {"clock_qubits": 0}, "TooLargeForHHLError", "clock_qubits=0"),
+    ("clock qubits float", {"clock_qubits": 6.0}, "NewtonError", "clock_qubits=6.0"),
+    ("shots 0", {"shots": 0}, "NewtonError", "shots=0"),
+]
+
+
+@pytest.mark.parametrize("what,kwargs,error,text", BAD_HHL_INPUT, ids=[c[0] for c in BAD_HHL_INPUT])
+def test_hhl_input_checks(what, kwargs, error, text):
+    import newton.errors as errors
+
+    args = {"a": np.diag([1.0, 4.0]), "b": np.ones(2), **kwargs}
+    with pytest.raises(getattr(errors, error), match=text):
+        hhl_solve(args.pop("a"), args.pop("b"), **args)
+
+
+def test_bounds_that_contain_the_spectrum_are_accepted_and_each_solve_reports_its_error():
+    a, b = spd(4, 5.0, 3), np.ones(4)
+    eig = np.linalg.eigvalsh(a)
+    x, info = hhl_solve(a, b, lambda_bounds=(0.9 * eig[0], 1.1 * eig[-1]))
+    exact = np.linalg.solve(a, b)
+    assert info.extra["rel_error"] == pytest.approx(
+        np.linalg.norm(x - exact) / np.linalg.norm(exact), rel=1e-12
+    )
+    assert info.extra["rel_error"] <= 0.05
+
+
+def test_sine_clock_circuit_is_exact_and_cheap():
+    from qiskit import QuantumCircuit, transpile
+    from qiskit.circuit.library import UnitaryGate
+    from qiskit.quantum_info import Statevector
+
+    from newton.hhl import sine_window, state_preparation
+
+    for t in (1, 3, 6):
+        qc = state_preparation(sine_window(t))
+        np.testing.assert_allclose(Statevector(qc).data.real, sine_window(t), atol=1e-12)
+    qc = state_preparation(sine_window(6))
+    cx = transpile(qc, basis_gates=["cx", "u"]).count_ops().get("cx", 0)
+    # a generic unitary taking |0> to the window (what the clock used before)
+    w = sine_window(6)
+    v = np.eye(64)[0] - w
+    generic = QuantumCircuit(6)
+    generic.append(UnitaryGate(np.eye(64) - 2 * np.outer(v, v) / (v @ v)), range(6))
+    cx_generic = transpile(generic, basis_gates=["cx", "u"]).count_ops().get("cx", 0)
+    assert cx <= 2**6 and cx * 10 < cx_generic
+
+
+def test_amplitude_amplification_model_matches_a_simulated_grover_iterate():
+    from newton.hhl import amplitude_amplification
+
+    rng = np.random.default_rng(0)
+    u = np.linalg.qr(rng.standard_normal((16, 16)))[0]  # any state-preparing circuit
+    good = np.zeros(16)
+    good[:1] = 1.0  # the "ancilla = 1, clock = 0" subspace: here basis state 0
+    psi = u[:, 0]
+    p = float(psi[0] ** 2)
+    model = amplitude_amplification(p)
+    s_good = np.eye(16) - 2 * np.diag(good)
+    s_zero = np.eye(16) - 2 * np.outer(np.eye(16)[0], np.eye(16)[0])
+    grover = -u @ s_zero @ u.T @ s_good
+    state = psi
+    for _ in range(model["rounds"]):
+        state = grover @ state
+    assert state[0] ** 2 == pytest.approx(model["p_amplified"], abs=1e-12)
+    assert model["p_amplified"] >= 0.5 and model["circuit_uses"] == 2 * model["rounds"] + 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_b_success_probability_at_least_half_after_amplification(seed):
+    rng = np.random.default_rng(seed)
+    a, b = spd(8, 10.0, seed), rng.standard_normal(8)
+    _, info = hhl_solve(a, b)
+    assert info.extra["p_success_amplified"] >= 0.5
+    assert info.extra["aa_circuit_uses"] == 2 * info.extra["aa_rounds"] + 1

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from newton.errors import NewtonError, NonFiniteError
+from newton.hhl import resolvable_kappa
 from newton.optimizer import QNewton
 from newton.scheduler import Scheduler, SchedulerConfig
 from qhybrid.train import Closure, TrainConfig, train
@@ -103,13 +104,35 @@ def test_hhl_in_the_loop_matches_exact_newton_within_1_percent():
         model = nn.Linear(3, 2).double()
         batch = _data(48)
         sched = Scheduler(SchedulerConfig(mode=mode, clock_qubits=6))
-        opt = QNewton(model.parameters(), damping=1e-2, structure="full", scheduler=sched)
+        # kappa capped by damping at what 6 clock qubits resolve, in both runs alike
+        opt = QNewton(model.parameters(), damping=1e-2, structure="full", scheduler=sched,
+                      kappa_target=resolvable_kappa(6))  # fmt: skip
         for _ in range(6):
             opt.step(Closure(model, [batch], _ce))
         finals[mode] = float(_ce(model, batch).detach())
         if mode == "quantum":
             assert {r["backend"] for r in sched.log} == {"hhl_aer"}
+            assert max(r["rel_error"] for r in sched.log) <= 0.05
+            assert all(r["kappa_bound"] <= resolvable_kappa(6) * (1 + 1e-9) for r in sched.log)
     assert abs(finals["quantum"] - finals["cholesky"]) <= 0.01 * finals["cholesky"]
+
+
+def test_kappa_beyond_the_clock_gets_more_clock_qubits_or_the_classical_route():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    batch = _data(48)
+    sched = Scheduler(SchedulerConfig(mode="quantum", clock_qubits=4, max_clock_qubits=6))
+    opt = QNewton(model.parameters(), damping=1e-6, structure="full", scheduler=sched,
+                  adapt_damping=False)  # fmt: skip
+    for _ in range(3):
+        opt.step(Closure(model, [batch], _ce))
+    for rec in sched.log:
+        if rec["backend"] == "hhl_aer":  # more clock qubits when they suffice
+            assert resolvable_kappa(rec["clock_qubits"]) >= rec["kappa_used"]
+            assert rec["clock_qubits"] <= 6
+        else:
+            assert rec["kappa_used"] > resolvable_kappa(6) and "classical route" in rec["route"]
+    assert any(r["backend"] == "cholesky" for r in sched.log)
 
 
 def test_fisher_and_hessian_curvatures_step():

@@ -72,3 +72,25 @@ def test_matrix_free_uses_cg_and_bad_config():
         SchedulerConfig(mode="lu")  # type: ignore[arg-type]
     with pytest.raises(NewtonError):
         SchedulerConfig(hhl_max_n=32)
+
+
+def test_decides_on_the_proven_bound_and_logs_its_basis():
+    # Attosecond gates without I/O make quantum the cheapest choice for a large block
+    cfg = SchedulerConfig(gate_time_s=1e-18, include_io=False, simulate_hhl=False)
+    a, b = _spd(64), np.ones(64)
+    sched = Scheduler(cfg, classical=FIXED)
+    sched.solve(a, b, kappa=2.0, kappa_bound=50.0)
+    rec = sched.log[-1]
+    assert rec["kappa_used"] == 50.0 and rec["kappa_basis"] == "proven kappa bound"
+    assert rec["pred_quantum"] == sched.predict(n=64, kappa=50.0, d=64)["quantum"]
+    # no proof: quantum is excluded in auto mode, and the log says why
+    sched.solve(a, b, kappa=2.0)
+    rec = sched.log[-1]
+    assert rec["choice"] != "quantum" and rec["kappa_basis"] == "no proven kappa: quantum excluded"
+    # the estimate policy takes the risk and says so
+    risky = Scheduler(SchedulerConfig(gate_time_s=1e-18, include_io=False, simulate_hhl=False,
+                                      kappa_policy="estimate"), classical=FIXED)  # fmt: skip
+    risky.solve(a, b, kappa=2.0, kappa_bound=50.0)
+    assert risky.log[-1]["kappa_used"] == 2.0 and "may be below" in risky.log[-1]["kappa_basis"]
+    with pytest.raises(NewtonError, match="kappa_bound"):
+        sched.solve(a, b, kappa=2.0, kappa_bound=float("nan"))
