@@ -382,7 +382,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, prefix: str = "") -> T:
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid {cls.__name__} config: {err}") from err
+        where = f"'{prefix.rstrip('.')}' settings" if prefix else f"{cls.__name__} config"
+        raise ConfigError(f"invalid {where}: {err}") from err
 
 
 def _default_of(field: dataclasses.Field[Any]) -> Any:

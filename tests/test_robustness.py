@@ -95,6 +95,15 @@ ROWS: list[tuple[str, str]] = [
     ("llm finetune --set base=adir", "is not a local model folder"),
     ("llm export-anchor --set split='nope'", "split='nope' has no problems"),
     ("llm export-anchor --set input='nope'", "input='nope'"),
+    # newton
+    ("newton compare --set epochs=0", "epochs=0"),
+    ("newton compare --set lr=nan", "is NaN"),
+    ("newton solve --set n=0", "n=0"),
+    ("newton solve --set kappa=0.5", "kappa=0.5"),
+    ("newton hhl-loop --set clock_qubits=0", "clock_qubits=0"),
+    ("newton noise --set epsilons=[-1.0]", "-1.0"),
+    ("newton crossover --set unknown=1", "unknown config key 'unknown'"),
+    ("reproduce --set newton.hidden=0", "invalid 'newton' settings: hidden=0"),
 ]
 
 
@@ -133,4 +142,4 @@ def test_bad_input_is_one_error_line(line, message, tmp_path, monkeypatch, capsy
 def test_the_table_is_big_enough_and_covers_every_part():
     assert len(ROWS) >= 60
     commands = {line.split()[0] for line, _ in ROWS}
-    assert {"reproduce", "grover", "llm"} <= commands
+    assert {"reproduce", "grover", "llm", "newton"} <= commands
