@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pqc_fl.attacks import RUN_ATTACKS
+from pqc_fl.attacks import BYZANTINE_ATTACKS, RUN_ATTACKS
 from pqc_fl.envelope import MODES
 from pqc_fl.schemes import get_scheme
 from qhybrid.errors import QHybridError
@@ -13,6 +13,7 @@ from qhybrid.errors import QHybridError
 __all__ = ["MODELS", "FLConfig", "LocalTrainConfig"]
 
 MODELS = ("mlp", "cnn", "mlp-10m")
+STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class FLConfig:
     attack: str = "none"  # run-time attack by one client (pqc_fl.attacks.RUN_ATTACKS)
     attacker: int = 1  # index of the attacking client
     engine: Literal["inprocess", "flower"] = "inprocess"  # who runs the rounds
+    strategy: str = "fedavg"  # Flower strategy inside the verifier (pqc_fl.strategy.STRATEGIES)
+    min_accepted: float = 0.5  # quorum: fraction of replies that must verify, else no update
+    byzantine: str = "none"  # insider attack of the Byzantine clients (BYZANTINE_ATTACKS)
+    num_byzantine: int = 0  # Byzantine clients (the last indices); Krum/Bulyan assume this many
     seed: int = 0  # data split, initial weights and local shuffling
 
     def __post_init__(self) -> None:
@@ -58,3 +63,13 @@ class FLConfig:
         if self.attack not in RUN_ATTACKS:
             raise QHybridError(f"attack={self.attack!r} is not one of {RUN_ATTACKS}")
         get_scheme(self.scheme)  # fails early with an install hint
+        if self.strategy not in STRATEGIES:
+            raise QHybridError(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
+        if self.byzantine not in BYZANTINE_ATTACKS:
+            raise QHybridError(f"byzantine={self.byzantine!r} is not one of {BYZANTINE_ATTACKS}")
+        if not 0 <= self.num_byzantine < self.num_clients:
+            raise QHybridError(
+                f"num_byzantine={self.num_byzantine} must lie in [0, num_clients={self.num_clients})"
+            )
+        if not 0.0 < self.min_accepted <= 1.0:
+            raise QHybridError(f"min_accepted={self.min_accepted} must lie in (0, 1]")

@@ -67,7 +67,11 @@ __all__ = [
     "MuHasher",
     "SchemeError",
     "SignatureScheme",
+    "CLASSICAL_SCHEMES",
+    "POST_QUANTUM_SCHEMES",
+    "SCHEME_NAMES",
     "available_schemes",
+    "canonical_name",
     "find_liboqs",
     "get_scheme",
     "scheme_backends",
@@ -583,6 +587,10 @@ _BACKENDS: dict[str, tuple[str, ...]] = {
     "rsa-3072": ("cryptography",),
 }
 
+CLASSICAL_SCHEMES = frozenset({"ed25519", "ecdsa-p256", "rsa-3072"})
+SCHEME_NAMES = frozenset(_BACKENDS)  # every scheme name this module knows, installed or not
+POST_QUANTUM_SCHEMES = SCHEME_NAMES - CLASSICAL_SCHEMES
+
 _MODULE = {"cryptography": "cryptography", "pqcrypto": "pqcrypto", "py-fn-dsa": "py_fn_dsa"}
 
 
@@ -654,6 +662,11 @@ def get_scheme(name: str, backend: str | None = None) -> SignatureScheme:
 _ALIASES = {"falcon512": "falcon-512", "falcon1024": "falcon-1024", "fn-dsa-512": "falcon-512",
             "fn-dsa-1024": "falcon-1024", "rsa-3072-pss": "rsa-3072", "ecdsa-p-256": "ecdsa-p256",
             "mldsa44": "ml-dsa-44", "mldsa65": "ml-dsa-65", "mldsa87": "ml-dsa-87"}  # fmt: skip
+
+
+def canonical_name(name: str) -> str:
+    """The canonical spelling of a scheme name or alias (``"Dilithium2"`` -> ``"ml-dsa-44"``)."""
+    return _canonical(name)
 
 
 def _canonical(name: str) -> str:
