@@ -665,7 +665,7 @@ _ALIASES = {"falcon512": "falcon-512", "falcon1024": "falcon-1024", "fn-dsa-512"
 
 
 def canonical_name(name: str) -> str:
-    """The canonical spelling of a scheme name or alias (``"Dilithium2"`` -> ``"ml-dsa-44"``)."""
+    """The canonical spelling of a scheme name or alias (``"FN-DSA-512"`` -> ``"falcon-512"``)."""
     return _canonical(name)
 
 

@@ -78,9 +78,13 @@ def make_strategy(
         return FedMedian(**common)
     if name == "fedtrimmedavg":
         return FedTrimmedAvg(beta=beta, **common)
-    if name in ("krum", "multikrum", "bulyan"):
-        cls = {"krum": Krum, "multikrum": MultiKrum, "bulyan": Bulyan}[name]
-        return cls(num_malicious_nodes=num_malicious, **common)  # type: ignore[no-any-return]
+    if name == "krum":
+        return Krum(num_malicious_nodes=num_malicious, **common)
+    if name == "multikrum":  # average the n - f best-scored updates (Blanchard et al., Sec. 5)
+        return MultiKrum(num_malicious_nodes=num_malicious,
+                         num_nodes_to_select=num_clients - num_malicious, **common)  # fmt: skip
+    if name == "bulyan":
+        return Bulyan(num_malicious_nodes=num_malicious, **common)
     raise QHybridError(f"strategy={name!r} is not one of {STRATEGIES}")
 
 

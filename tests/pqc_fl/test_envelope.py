@@ -180,3 +180,29 @@ def test_expected_reasons_cover_every_code_the_suite_claims() -> None:
     codes |= set(STATEFUL.values())
     # every refusal code has a case (UNSIGNED exists only on Flower replies: test_flower_app.py)
     assert codes == set(Reason) - {Reason.OK, Reason.UNSIGNED}
+
+
+@pytest.mark.parametrize("mode", ["digest", "full"])
+def test_header_and_signature_are_checked_before_any_record_is_parsed(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pqc_fl.envelope as envelope
+    from pqc_fl.attacks import garbage_record_blob
+    from pqc_fl.policy import ServerPolicy
+
+    w = make_world("ml-dsa-44", mode)
+    blob = garbage_record_blob(w.honest(), 40_000)  # 1.2 MB of empty records, garbled signature
+    assert len(blob) > 1_000_000
+
+    def parse(*_: object, **__: object) -> None:
+        raise AssertionError("a tensor record was parsed before the signature verified")
+
+    monkeypatch.setattr(envelope, "parse_tensor_stream", parse)
+    roomy = ServerPolicy.only("ml-dsa-44", max_records=10**6)  # past the count cap: signature
+    v = verify_update(blob, registry=w.registry, run_id="run-attack-suite", round=5,
+                      guard=ReplayGuard(), schema=None, policy=roomy, node="node-a")  # fmt: skip
+    assert v.reason == Reason.BAD_SIGNATURE
+    assert w.verify(blob) == Reason.TOO_LARGE  # the default cap stops it even earlier
+    monkeypatch.undo()
+    # the same header with a valid signature and real tensors parses (the parser is only deferred)
+    assert w.verify(w.honest().to_bytes()) == Reason.OK
