@@ -91,7 +91,7 @@ def run_inprocess(
     ``config.num_byzantine``) sign what :func:`~pqc_fl.attacks.byzantine_state` makes of their
     update, with their own valid keys.
     """
-    from pqc_fl.strategy import aggregate_updates, make_strategy
+    from pqc_fl.strategy import aggregate_updates, make_strategy, quiet_flwr
 
     torch.set_num_threads(1)  # fair timings; clients are meant to be separate machines
     x_tr, y_tr, x_te, y_te = digits(config.seed)
@@ -108,9 +108,10 @@ def run_inprocess(
         registry, f"inprocess-{secrets.token_hex(8)}", schema_of(global_state),
         ServerPolicy.only(config.scheme), min_accepted=config.min_accepted,
     )  # fmt: skip
-    strategy = make_strategy(
-        config.strategy, config.num_clients, num_malicious=config.num_byzantine
-    )
+    with quiet_flwr():  # Flower warns that client-side evaluation is off: it is, by design
+        strategy = make_strategy(
+            config.strategy, config.num_clients, num_malicious=config.num_byzantine
+        )
     byzantine = set(range(config.num_clients - config.num_byzantine, config.num_clients))
     result = FLResult()
     previous: dict[int, SignedUpdate] = {}

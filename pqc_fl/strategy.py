@@ -14,9 +14,10 @@ El Mhamdi et al., arXiv 1802.07927) bound what a validly signed but malicious up
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -247,6 +248,19 @@ def _unsigned_in_order(replies: list[Message]) -> list[Message]:
     return out
 
 
+@contextlib.contextmanager
+def quiet_flwr() -> Iterator[None]:
+    """Silence Flower's per-call INFO/WARNING lines while the in-process engine drives a strategy
+    directly (there is no Flower run to report on); errors still show."""
+    log = logging.getLogger("flwr")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def aggregate_updates(
     strategy: Strategy, server_round: int, updates: list[tuple[str, dict[str, np.ndarray], int]]
 ) -> ArrayRecord | None:
@@ -265,5 +279,6 @@ def aggregate_updates(
         )
         # a reply as the SuperLink delivers it (metadata= is Flower's internal constructor path)
         replies.append(Message(content=content, metadata=meta))  # type: ignore[call-overload]
-    arrays, _ = strategy.aggregate_train(server_round, replies)
+    with quiet_flwr():
+        arrays, _ = strategy.aggregate_train(server_round, replies)
     return arrays
