@@ -208,6 +208,7 @@ ATTACKS: dict[str, tuple[Attack, Reason, Reason]] = {
         lambda w: _env(w.honest(), mode="full" if w.mode == "digest" else "digest", digest=""),
         Reason.MODE_NOT_ALLOWED, Reason.MODE_NOT_ALLOWED,  # the policy allows the run's mode only
     ),
+    "hash_swap": (lambda w: _env(w.honest(), hash="blake3"), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
     "wrong_context": (_wrong_context, Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
     "truncated_signature": (lambda w: _sig(u := w.honest(), u.signature[:-1]), Reason.BAD_SIGNATURE_LENGTH, Reason.BAD_SIGNATURE_LENGTH),
     "garbled_signature": (lambda w: _sig(u := w.honest(), _garble(u.signature)), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),

@@ -183,6 +183,7 @@ def round_cost_table(
     *,
     scheme: str = "ml-dsa-44",
     mode: str = "digest",
+    hash: str = "sha256",
     local_steps: int = 20,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
@@ -221,7 +222,7 @@ def round_cost_table(
                 mine[smallest] = tensors[smallest] + np.float32(i)
                 u = sign_update(
                     mine, scheme=scheme, secret_key=k.secret_key, key_id=k.key_id, client_id=k.client_id,
-                    run_id="bench", round=1, num_examples=n, mode=mode,
+                    run_id="bench", round=1, num_examples=n, mode=mode, hash=hash,
                 )  # fmt: skip
                 digest_s.append(u.timings["digest"])
                 sign_s.append(u.timings["sign"])
@@ -254,7 +255,7 @@ def round_cost_table(
             round_s = client_s + server_s
             rows.append({
                 "model": model_name, "params": update_bytes // 4, "update_MB": update_bytes / 1e6,
-                "clients": n_clients, "scheme": scheme, "mode": mode,
+                "clients": n_clients, "scheme": scheme, "mode": mode, "hash": hash if mode == "digest" else "",
                 "client_train_s": train_s, "client_digest_s": client_digest, "client_sign_s": client_sign,
                 "server_parse_s": parse_s, "server_verify_s": verify_s, "server_hash_s": hash_s,
                 "server_aggregate_s": agg_s, "round_s": round_s,

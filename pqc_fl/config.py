@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pqc_fl.attacks import BYZANTINE_ATTACKS, RUN_ATTACKS
-from pqc_fl.envelope import MODES
+from pqc_fl.envelope import HASHES, MODES
 from pqc_fl.schemes import get_scheme
 from qhybrid.errors import QHybridError
 
@@ -38,6 +38,7 @@ class FLConfig:
     sign: bool = True  # sign and verify updates (False = plain FedAvg, the baseline)
     scheme: str = "ml-dsa-44"  # signature scheme of every client
     mode: str = "digest"  # "digest", "full" or "mu" (see pqc_fl.envelope)
+    hash: str = "sha256"  # digest hash in mode "digest": "sha256" or "blake3"
     attack: str = "none"  # run-time attack by one client (pqc_fl.attacks.RUN_ATTACKS)
     attacker: int = 1  # index of the attacking client
     engine: Literal["inprocess", "flower"] = "inprocess"  # who runs the rounds
@@ -58,6 +59,8 @@ class FLConfig:
             )
         if self.attack != "none" and not self.sign:
             raise QHybridError("an attack run needs sign=true (otherwise nothing is checked)")
+        if self.hash not in HASHES:
+            raise QHybridError(f"hash={self.hash!r} is not one of {HASHES}")
         if self.mode not in MODES:
             raise QHybridError(f"mode={self.mode!r} is not one of {MODES}")
         if self.attack not in RUN_ATTACKS:

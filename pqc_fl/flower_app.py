@@ -139,6 +139,7 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
             client_id=key.client_id, run_id=flower_run_id(context),
             round=_server_round(msg),
             num_examples=n, metrics=metrics, mode=cfg.mode, node=str(context.node_id),
+            hash=cfg.hash,
         )  # fmt: skip
         extra = {"digest_s": u.timings["digest"], "sign_s": u.timings["sign"],
                  "total_sign_s": time.perf_counter() - t0}  # fmt: skip

@@ -41,6 +41,7 @@ class ServerPolicy:
         allowed_schemes: scheme names accepted; by default every post-quantum scheme and no
             classical one (a registered Ed25519 key is refused with ``scheme_not_allowed``).
         allowed_modes: signing modes accepted (``digest``, ``full``, ``mu``).
+        allowed_hashes: digest hashes accepted (``sha256``, ``blake3``; both 256-bit).
         max_records: tensor records per update (read from the 4-byte count before any record).
         max_update_bytes: bytes of the tensor stream (checked before the signature).
         max_abs: largest accepted ``|value|`` of a floating-point weight; ``None`` = only finiteness.
@@ -49,6 +50,7 @@ class ServerPolicy:
 
     allowed_schemes: frozenset[str] = POST_QUANTUM_SCHEMES
     allowed_modes: frozenset[str] = frozenset({"digest", "full", "mu"})
+    allowed_hashes: frozenset[str] = frozenset({"sha256", "blake3"})
     max_records: int = MAX_RECORDS
     max_update_bytes: int = 1 << 31
     max_abs: float | None = 1e6
@@ -62,6 +64,10 @@ class ServerPolicy:
         names = frozenset(canonical_name(n) for n in self.allowed_schemes)  # SchemeError if unknown
         object.__setattr__(self, "allowed_schemes", names)
         object.__setattr__(self, "allowed_modes", frozenset(self.allowed_modes))
+        object.__setattr__(self, "allowed_hashes", frozenset(self.allowed_hashes))
+        if not self.allowed_hashes or not self.allowed_hashes <= {"sha256", "blake3"}:
+            raise QHybridError(f"allowed_hashes {sorted(self.allowed_hashes)} must be a non-empty "
+                               "subset of sha256/blake3")  # fmt: skip
         if not set(self.allowed_modes) <= {"digest", "full", "mu"} or not self.allowed_modes:
             raise QHybridError(f"allowed_modes {sorted(self.allowed_modes)} must be non-empty "
                                "and within digest/full/mu")  # fmt: skip
@@ -103,10 +109,10 @@ def value_problem(tensors: Iterable[tuple[str, np.ndarray]], max_abs: float | No
     for _, a in tensors:
         if a.dtype.kind != "f" or a.size == 0:
             continue
-        m = float(np.max(np.abs(a)))  # NaN propagates; inf stays inf
-        if not np.isfinite(m):
+        lo, hi = float(a.min()), float(a.max())  # NaN propagates; no temporary array
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             return "non_finite"
-        worst = max(worst, m)
+        worst = max(worst, -lo, hi)
     if max_abs is not None and worst > max_abs:
         return "out_of_range"
     return None

@@ -187,7 +187,7 @@ def _client_updates(
         return sign_update(
             st, scheme=config.scheme, secret_key=key.secret_key, key_id=key.key_id,
             client_id=key.client_id, run_id=run_id, round=rnd, num_examples=n_claim,
-            metrics=metrics, mode=config.mode, node=f"node-{i}",
+            metrics=metrics, mode=config.mode, node=f"node-{i}", hash=config.hash,
         )  # fmt: skip
 
     if kind == "inflate_examples":

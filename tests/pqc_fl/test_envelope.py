@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import numpy as np
 import pytest
@@ -206,3 +207,23 @@ def test_header_and_signature_are_checked_before_any_record_is_parsed(
     monkeypatch.undo()
     # the same header with a valid signature and real tensors parses (the parser is only deferred)
     assert w.verify(w.honest().to_bytes()) == Reason.OK
+
+
+def test_blake3_digest_is_the_independent_blake3_of_the_stream_and_is_signed() -> None:
+    from blake3 import blake3
+
+    from pqc_fl.envelope import tensor_stream
+    from pqc_fl.policy import ServerPolicy
+
+    s = sample_state(2)
+    stream = b"".join(bytes(c) for c in tensor_stream(dict(sorted(s.items()))))
+    assert state_digest(s, "blake3") == blake3(b"qhybrid-fl/v1/state" + stream).digest()
+    assert state_digest(s) == hashlib.sha256(b"qhybrid-fl/v1/state" + stream).digest()
+    u = WORLD.honest(hash="blake3")
+    assert u.envelope.hash == "blake3" and WORLD.verify(u.to_bytes()) == Reason.OK
+    sha_only = ServerPolicy.only("ml-dsa-44", allowed_hashes=frozenset({"sha256"}))
+    v = verify_update(u, registry=WORLD.registry, run_id="run-attack-suite", round=5,
+                      guard=ReplayGuard(), schema=None, policy=sha_only, node="node-a")  # fmt: skip
+    assert v.reason == Reason.MODE_NOT_ALLOWED
+    with pytest.raises(ValueError, match="hash='md5'"):
+        WORLD.honest(hash="md5")
