@@ -8,6 +8,7 @@ bench`` and the reproduce stage turn into JSON and Markdown tables.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import platform
@@ -157,10 +158,15 @@ def primitive_markdown_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
 def _client_update(
     model_name: str, steps: int, seed: int
 ) -> tuple[dict[str, np.ndarray], int, float]:
-    """One real local training round on digits; returns (state, num_examples, train seconds)."""
+    """One real local training round on digits; returns (state, num_examples, train seconds).
+
+    Cached: every table of a process (e.g. SHA-256 and BLAKE3 digests) uses the same measured
+    training time, so their shares differ only by what they measure.
+    """
     import torch
 
     from pqc_fl.config import LocalTrainConfig

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pqc_fl.attacks import INTEGRITY_ATTACKS
 from pqc_fl.config import FLConfig
 from qhybrid.config import add_config_arguments, config_from_args
 
@@ -98,13 +99,15 @@ def _run(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"signed": signed["rounds"], "rejections": signed["rejections"]}
     if cfg.compare_unsigned and cfg.sign:
         plain = run_experiment(
-            _base_config(cfg, sign=False, attack="none"), run.artefact("keys-unsigned"),
+            _base_config(cfg, sign=False, attack="none",
+                         byzantine="none" if cfg.byzantine in INTEGRITY_ATTACKS else cfg.byzantine),
+            run.artefact("keys-unsigned"),
             run.artefact("flower-unsigned.json"),
         )  # fmt: skip
         for row, p in zip(rows, plain["rounds"], strict=True):
             row["unsigned test acc"] = p["test_acc"]
         summary["unsigned"] = plain["rounds"]
-        if cfg.attack == "none":
+        if cfg.attack == "none" and cfg.byzantine == "none":
             same = [r["test_acc"] for r in signed["rounds"]] == [
                 r["test_acc"] for r in plain["rounds"]
             ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pqc_fl.attacks import BYZANTINE_ATTACKS, RUN_ATTACKS
+from pqc_fl.attacks import BYZANTINE_ATTACKS, INTEGRITY_ATTACKS, RUN_ATTACKS
 from pqc_fl.envelope import HASHES, MODES
 from pqc_fl.schemes import get_scheme
 from qhybrid.errors import QHybridError
@@ -57,8 +57,11 @@ class FLConfig:
             raise QHybridError(
                 f"attacker={self.attacker} is not a client index < {self.num_clients}"
             )
-        if self.attack != "none" and not self.sign:
-            raise QHybridError("an attack run needs sign=true (otherwise nothing is checked)")
+        if (self.attack != "none" or self.byzantine in INTEGRITY_ATTACKS) and not self.sign:
+            raise QHybridError(
+                "an attack run (attack, or an integrity byzantine attack) needs sign=true "
+                "(otherwise nothing is checked)"
+            )
         if self.hash not in HASHES:
             raise QHybridError(f"hash={self.hash!r} is not one of {HASHES}")
         if self.mode not in MODES:

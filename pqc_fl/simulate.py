@@ -127,6 +127,8 @@ def run_inprocess(
                 model, x_tr[idx], y, config.local, seed=client_seed(config.seed, rnd, i)
             )
             t = {"train": time.perf_counter() - t0, "digest": 0.0, "sign": 0.0}
+            kind = config.byzantine if i in byzantine else "none"
+            state = byzantine_state(kind, state, global_state)  # scale / sign_flip hit both paths
             t2 = time.perf_counter()
             if not config.sign:
                 blob = np.int64(n).tobytes() + b"".join(
@@ -135,9 +137,8 @@ def run_inprocess(
                 t["serialize"] = time.perf_counter() - t2
                 blobs.append((i, blob, t))
                 continue
-            kind = config.byzantine if i in byzantine else "none"
-            signed = _client_updates(config, keys[i], i, rnd, verifier.run_id, kind,
-                                     byzantine_state(kind, state, global_state), n, metrics)  # fmt: skip
+            signed = _client_updates(config, keys[i], i, rnd, verifier.run_id, kind, state, n,
+                                     metrics)  # fmt: skip
             t.update(signed[0].timings)
             if config.attack != "none" and i == config.attacker:
                 honest = signed[0]
