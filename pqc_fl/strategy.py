@@ -1,7 +1,8 @@
 """Verification around any Flower strategy, and the strategies the experiments use.
 
 :class:`VerifyingStrategy` wraps a Flower ``Strategy`` (FedAvg, FedMedian, Krum / MultiKrum,
-FedTrimmedAvg, Bulyan, the DP wrappers, ...). Flower has no server-side mods, so the wrapper
+FedTrimmedAvg, Bulyan, ...; Flower's DP wrappers expect a reply from every sampled node, so with
+rejected replies they skip the round). Flower has no server-side mods, so the wrapper
 implements the Strategy interface by delegation and filters the replies of ``aggregate_train``:
 each reply is rebuilt into the signed update from exactly the records the inner strategy would
 aggregate (arrays, ``num-examples`` and metrics), a whole round is verified by a
