@@ -77,5 +77,11 @@ class FLConfig:
             raise QHybridError(
                 f"num_byzantine={self.num_byzantine} must lie in [0, num_clients={self.num_clients})"
             )
+        if self.byzantine == "double_submission" and self.engine == "flower":
+            raise QHybridError(
+                "byzantine='double_submission' needs engine='inprocess' (a Flower node sends one "
+                "reply per instruction; two nodes claiming one client are tested in "
+                "tests/pqc_fl/test_flower_app.py)"
+            )
         if not 0.0 < self.min_accepted <= 1.0:
             raise QHybridError(f"min_accepted={self.min_accepted} must lie in (0, 1]")

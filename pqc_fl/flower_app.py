@@ -43,7 +43,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from pqc_fl.attacks import tamper
+from pqc_fl.attacks import byzantine_state, tamper
 from pqc_fl.envelope import SignedUpdate, sign_update
 from pqc_fl.keys import load_client_key, load_server_registry
 from pqc_fl.policy import ServerPolicy, schema_of
@@ -178,10 +178,16 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
             y_tr, cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
         )[pid]
         model = build_model(cfg.model, cfg.seed)
-        load_state(model, {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()})
+        global_ = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+        load_state(model, global_)
+        # a Byzantine node (the last num_byzantine partitions) signs malicious content validly
+        kind = cfg.byzantine if pid >= cfg.num_clients - cfg.num_byzantine else "none"
+        y = 9 - y_tr[idx] if kind == "label_flip" else y_tr[idx]
         state, n, metrics = local_train(
-            model, x_tr[idx], y_tr[idx], cfg.local, seed=client_seed(cfg.seed, rnd, pid)
+            model, x_tr[idx], y, cfg.local, seed=client_seed(cfg.seed, rnd, pid)
         )
+        state = byzantine_state(kind, state, global_)
+        n = 2**53 if kind == "inflate_examples" else n
         content = RecordDict(
             {
                 "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),

@@ -93,15 +93,20 @@ def test_quorum_skips_or_aborts_a_round_with_too_few_accepted_updates(
         s.aggregate_train(5, [_reply(bad, 1), _reply(good, 2)])  # type: ignore[attr-defined]
 
 
-FLOWER_CASES = [("fedavg", "tensor_bitflip"), ("fedmedian", "none"), ("krum", "none")]
+# (strategy, outsider attack by client 1, Byzantine attack by client 2 with its valid key)
+FLOWER_CASES = [("fedavg", "tensor_bitflip", "none"), ("fedmedian", "none", "sign_flip"),
+                ("krum", "none", "non_finite")]  # fmt: skip
 
 
-@pytest.mark.parametrize(("strategy", "attack"), FLOWER_CASES)
-def test_flower_simulation_wraps_the_strategy(tmp_path: Path, strategy: str, attack: str) -> None:
+@pytest.mark.parametrize(("strategy", "attack", "byzantine"), FLOWER_CASES)
+def test_flower_simulation_wraps_the_strategy(
+    tmp_path: Path, strategy: str, attack: str, byzantine: str
+) -> None:
     # Prepare: keys provisioned out of band; for FedAvg client 1 flips a weight bit after signing
     cfg = FLConfig(
         num_clients=3, rounds=2, local=LocalTrainConfig(steps=5), attack=attack, attacker=1,
-        partition="dirichlet", alpha=1.0, strategy=strategy,
+        partition="dirichlet", alpha=1.0, strategy=strategy, byzantine=byzantine,
+        num_byzantine=int(byzantine != "none"),
     )  # fmt: skip
     provision_keys(tmp_path / "keys", cfg.num_clients, cfg.scheme, max_examples=10_000)
     from pqc_fl.flower_app import run_flower_simulation
@@ -110,7 +115,11 @@ def test_flower_simulation_wraps_the_strategy(tmp_path: Path, strategy: str, att
     summary = run_flower_simulation(cfg, tmp_path / "keys", tmp_path / "out.json")
 
     # Assert: the forged reply is rejected in both rounds with its reason, the others aggregated
-    if attack == "none":
+    if byzantine == "non_finite":  # client 2 signs NaN weights with its own key: refused
+        assert [(r["round"], r["client"], r["reason"]) for r in summary["rejections"]] == [
+            (1, "client-2", "non_finite"), (2, "client-2", "non_finite"),
+        ]  # fmt: skip
+    elif attack == "none":  # sign-flipped but well-formed: accepted, the median absorbs it
         assert summary["rejections"] == []
         assert [(r["accepted"], r["rejected"]) for r in summary["rounds"]] == [(3, 0), (3, 0)]
     else:
