@@ -44,6 +44,7 @@ from pqc_fl.envelope import (
     _metrics_tuple,
     canonical_tensors,
 )
+from pqc_fl.policy import MAX_RECORDS
 from pqc_fl.server import RoundVerifier
 from qhybrid.errors import QHybridError
 
@@ -107,17 +108,27 @@ def update_to_content(u: SignedUpdate, extra: Mapping[str, float] | None = None)
     )
 
 
-def content_to_update(content: RecordDict) -> SignedUpdate:
+def content_to_update(content: RecordDict, *, max_records: int = MAX_RECORDS) -> SignedUpdate:
     """Rebuild the signed update from what FedAvg would aggregate; raises MalformedUpdateError.
 
     The envelope's ``num_examples`` and ``metrics`` are taken from the ``MetricRecord`` (the values
     FedAvg weights by), not from the transmitted envelope, so a changed metric fails the signature.
+    More than ``max_records`` arrays are refused before any is converted.
     """
     if PQC not in content.config_records:
         raise _Unsigned()
-    if set(content) != {"arrays", "metrics", PQC}:
+    if (
+        set(content) != {"arrays", "metrics", PQC}
+        or "arrays" not in content.array_records
+        or "metrics" not in content.metric_records
+    ):
         raise MalformedUpdateError(
-            f"reply records {sorted(content)} != ['arrays', 'metrics', 'pqc']"
+            f"reply records {sorted(content)} are not ArrayRecord 'arrays', MetricRecord "
+            "'metrics' and ConfigRecord 'pqc'"
+        )
+    if len(content.array_records["arrays"]) > max_records:
+        raise MalformedUpdateError(
+            f"{len(content.array_records['arrays'])} arrays exceed the cap of {max_records}"
         )
     pqc = content.config_records[PQC]
     env_bytes, sig = pqc.get("envelope"), pqc.get("signature")
@@ -213,7 +224,8 @@ class VerifyingStrategy(Strategy):
         early: dict[int, Verdict] = {}
         for i, msg in enumerate(good):
             try:
-                items.append((str(msg.metadata.src_node_id), content_to_update(msg.content)))
+                u = content_to_update(msg.content, max_records=self.verifier.policy.max_records)
+                items.append((str(msg.metadata.src_node_id), u))
             except _Unsigned as err:
                 early[i] = Verdict(False, Reason.UNSIGNED, str(err))
                 items.append((str(msg.metadata.src_node_id), b""))

@@ -34,7 +34,7 @@ def _strategy(w: object, **kw: object) -> object:
 
 
 def test_wrapper_rejects_unsigned_malformed_and_relabelled_replies_with_their_reason() -> None:
-    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
     from pqc_fl.strategy import update_to_content
 
@@ -49,13 +49,18 @@ def test_wrapper_rejects_unsigned_malformed_and_relabelled_replies_with_their_re
     inflated["metrics"] = MetricRecord({**dict(inflated["metrics"]), "num-examples": 10**6})
     garbled = update_to_content(w.honest())
     garbled["pqc"] = ConfigRecord({"envelope": b"{", "signature": b""})
+    retyped = update_to_content(w.honest())
+    retyped["arrays"] = MetricRecord({"x": 1.0})  # right name, wrong record type
+    many = update_to_content(w.honest())
+    many["arrays"] = ArrayRecord({f"t{i}": Array(np.zeros(1, np.float32)) for i in range(5000)})
     s = _strategy(w, min_accepted=1)
     replies = [_reply(c, n) for c, n in
-               [(good_b, 7), (unsigned, 8), (extra, 9), (inflated, 10), (garbled, 11)]]  # fmt: skip
+               [(good_b, 7), (unsigned, 8), (extra, 9), (inflated, 10), (garbled, 11),
+                (retyped, 12), (many, 13)]]  # fmt: skip
     arrays, _ = s.aggregate_train(5, replies)  # type: ignore[attr-defined]
     got = [(r["node"], r["reason"]) for r in s.rejections]  # type: ignore[attr-defined]
     assert got == [("8", "unsigned"), ("9", "malformed"), ("10", "bad_signature"),
-                   ("11", "malformed")]  # fmt: skip
+                   ("11", "malformed"), ("12", "malformed"), ("13", "malformed")]  # fmt: skip
     # the aggregate is exactly b's verified weights (the only accepted reply)
     for k, v in b_state.items():
         np.testing.assert_array_equal(arrays[k].numpy(), v)
