@@ -95,7 +95,9 @@ def _run(args: argparse.Namespace) -> int:
         f"{cfg.scheme} ({cfg.mode}), engine {cfg.engine}"
     )
     rows = [{"round": r["round"], "signed test acc": r["test_acc"], "accepted": r["accepted"],
-             "rejected": r["rejected"]} for r in signed["rounds"]]  # fmt: skip
+             "rejected": r["rejected"], "quorum met": r.get("quorum_met", True)}
+            for r in signed["rounds"]]  # fmt: skip
+    missed = [r["round"] for r in rows if not r["quorum met"]]
     summary: dict[str, Any] = {"signed": signed["rounds"], "rejections": signed["rejections"]}
     if cfg.compare_unsigned and cfg.sign:
         plain = run_experiment(
@@ -119,6 +121,11 @@ def _run(args: argparse.Namespace) -> int:
             summary["signing_changes_nothing"] = same
             how = "bitwise-identical weights" if weights else "identical accuracy every round"
             section.text = f"Accuracy with signing equals accuracy without: **{f'yes ({how})' if same else 'NO'}**."
+    if missed:
+        section.text += (
+            f"\n\n**Quorum not met in rounds {missed}**: fewer verified updates than "
+            f"min_accepted={cfg.min_accepted} of the replies; the global model was not updated."
+        )
     section.add_table("Test accuracy per round", rows)
     if signed["rejections"]:
         section.add_table("Rejected updates", signed["rejections"])

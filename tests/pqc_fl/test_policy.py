@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,24 @@ def test_a_robust_strategy_resists_a_sign_flipping_insider_that_ruins_fedavg() -
     assert avg.rejections == med.rejections == []  # valid keys, well-formed: only aggregation helps
     assert med.final_accuracy > avg.final_accuracy + 0.1
     assert med.final_accuracy > clean.final_accuracy - 0.1
+
+
+def test_a_round_below_quorum_leaves_the_model_unchanged_and_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pqc_fl.task import build_model
+    from qhybrid.cli import main
+
+    cfg = dict(num_clients=3, rounds=1, local=LocalTrainConfig(steps=2), byzantine="non_finite",
+               num_byzantine=2, min_accepted=0.5)  # fmt: skip
+    r = run_inprocess(FLConfig(**cfg))  # type: ignore[arg-type]
+    assert r.rounds[0]["quorum_met"] is False and r.rounds[0]["accepted"] == 1
+    assert "below the quorum of 2" in caplog.text
+    init = {k: v.detach().numpy() for k, v in build_model("mlp", 0).state_dict().items()}
+    assert all(np.array_equal(r.state[k], init[k]) for k in init)
+    out = str(tmp_path)
+    assert main(["fl", "run", "--out", out, "--set", "rounds=1", "--set", "local.steps=2",
+                 "--set", "num_clients=3", "--set", 'byzantine="non_finite"',
+                 "--set", "num_byzantine=2"]) == 0  # fmt: skip
+    (report,) = tmp_path.glob("*/report.md")
+    assert "Quorum not met in rounds [1]" in report.read_text()
