@@ -43,7 +43,7 @@ class FLConfig:
     attacker: int = 1  # index of the attacking client
     engine: Literal["inprocess", "flower"] = "inprocess"  # who runs the rounds
     strategy: str = "fedavg"  # Flower strategy inside the verifier (pqc_fl.strategy.STRATEGIES)
-    min_accepted: float = 0.5  # quorum: fraction of replies that must verify, else no update
+    min_accepted: float = 0.5  # quorum: fraction of replies that must verify (1 = all)
     byzantine: str = "none"  # insider attack of the Byzantine clients (BYZANTINE_ATTACKS)
     num_byzantine: int = 0  # Byzantine clients (the last indices); Krum/Bulyan assume this many
     seed: int = 0  # data split, initial weights and local shuffling

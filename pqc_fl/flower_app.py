@@ -224,7 +224,7 @@ def make_server_app(
         model = build_model(cfg.model, cfg.seed)
         verifier = RoundVerifier(
             registry, flower_run_id(context), schema_of(model.state_dict()),
-            ServerPolicy.only(cfg.scheme), min_accepted=cfg.min_accepted,
+            ServerPolicy.only(cfg.scheme), min_accepted=float(cfg.min_accepted),
         )  # fmt: skip
         inner = make_strategy(cfg.strategy, cfg.num_clients, num_malicious=cfg.num_byzantine)
         strategy = VerifyingStrategy(inner, verifier, require_signatures=cfg.sign)

@@ -106,7 +106,7 @@ def run_inprocess(
     global_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     verifier = RoundVerifier(
         registry, f"inprocess-{secrets.token_hex(8)}", schema_of(global_state),
-        ServerPolicy.only(config.scheme), min_accepted=config.min_accepted,
+        ServerPolicy.only(config.scheme), min_accepted=float(config.min_accepted),  # a fraction
     )  # fmt: skip
     with quiet_flwr():  # Flower warns that client-side evaluation is off: it is, by design
         strategy = make_strategy(
