@@ -32,7 +32,7 @@ TITLE = "PQC-signed federated learning (ML-DSA / Falcon / SLH-DSA)"
 class StageConfig:
     schemes: tuple[str, ...] = (
         "ml-dsa-44", "ml-dsa-65", "ml-dsa-87", "falcon-512", "falcon-1024", "slh-dsa-sha2-128f",
-        "slh-dsa-shake-128f", "ed25519", "ecdsa-p256", "rsa-3072",
+        "slh-dsa-shake-128f", "ed25519", "ecdsa-p256", "rsa-3072", "ed25519+ml-dsa-44",
     )  # fmt: skip  # primitive-table schemes (the slow SLH-DSA "s" sets are in the benchmark)
     budget_s: float = 0.05  # seconds per primitive-table cell (at least 3 calls)
     fl_rounds: int = 5  # federated rounds of the accuracy runs

@@ -98,7 +98,7 @@ def test_mu_mode_needs_mldsa_on_cryptography() -> None:
 @pytest.mark.parametrize(
     ("scheme", "mode"),
     [("ml-dsa-44", "digest"), ("ml-dsa-44", "full"), ("ml-dsa-44", "mu"), ("falcon-512", "digest"),
-     ("ed25519", "digest"), ("ecdsa-p256", "full")],
+     ("ed25519", "digest"), ("ecdsa-p256", "full"), ("ed25519+ml-dsa-44", "digest")],
 )  # fmt: skip
 def test_attack_suite_rejects_every_case_with_its_reason(scheme: str, mode: str) -> None:
     result = run_attack_suite(scheme, mode, honest=40)
