@@ -7,7 +7,7 @@
    Multi-Krum (told the Byzantine count), each inside VerifyingStrategy (in-process engine, the
    Flower strategies' own aggregate_train).
 
-    .venv/bin/python benchmarks/bench_pqc_fl_byzantine.py [--seeds 0 1]
+    .venv/bin/python benchmarks/bench_pqc_fl_byzantine.py [--seeds 0 1 2]
 
 Writes benchmarks/results/pqc_fl_byzantine.json and docs/figures/pqc_fl_byzantine.png.
 Target: at 20% Byzantine (scaled or sign-flipped), the robust wrapper within 2 points of the
@@ -57,7 +57,7 @@ def figure(rows: list[dict], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=DEFAULT_BASE.rounds)
     args = parser.parse_args()
     base = dataclasses.replace(DEFAULT_BASE, rounds=args.rounds)
