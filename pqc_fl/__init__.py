@@ -25,6 +25,7 @@ from pqc_fl.keys import (
     load_client_key,
     save_client_key,
 )
+from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import SchemeError, SignatureScheme, available_schemes, get_scheme
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "Envelope",
     "KeyRegistry",
     "MalformedUpdateError",
+    "ReplayGuard",
+    "ServerPolicy",
     "Reason",
     "SchemeError",
     "SignatureScheme",
@@ -43,6 +46,7 @@ __all__ = [
     "get_scheme",
     "load_client_key",
     "save_client_key",
+    "schema_of",
     "sign_update",
     "state_digest",
     "verify_update",

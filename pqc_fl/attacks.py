@@ -1,7 +1,9 @@
 """The attack suite: forged, replayed and tampered updates, each with the reason code it must get.
 
 Every case starts from an honest update signed by client ``a`` and changes what an attacker on the
-wire (or a malicious client) could change. :func:`run_attack_suite` checks that each case is
+wire (or a malicious client) could change. The ``insider_*`` cases are signed validly with ``a``'s
+registered key: only the server policy (schema, value range, registered example cap, sending node,
+one update per round) stands between them and the global model. :func:`run_attack_suite` checks that each case is
 rejected with its expected :class:`~pqc_fl.envelope.Reason` and that honest updates are all
 accepted. The Flower integration test and the benchmark reuse these cases.
 """
@@ -10,20 +12,39 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pqc_fl.envelope import CONTEXT, Reason, SignedUpdate, sign_update, verify_update
+from pqc_fl.envelope import (
+    CONTEXT,
+    Reason,
+    SignedUpdate,
+    sign_update,
+    tensor_stream,
+    verify_update,
+)
 from pqc_fl.keys import ClientKey, KeyRegistry, generate_client_key
+from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import get_scheme
 
-__all__ = ["ATTACKS", "AttackWorld", "make_world", "run_attack_suite", "sample_state"]
+__all__ = [
+    "ATTACKS",
+    "BYZANTINE_ATTACKS",
+    "AttackWorld",
+    "byzantine_state",
+    "make_world",
+    "run_attack_suite",
+    "sample_state",
+]
 
 RUN_ID = "run-attack-suite"
 ROUND = 5  # the round the server is in
+NODE = "node-a"  # the transport node client "a" sends from
+MAX_EXAMPLES = 1000  # what every world client registered
 
 
 @dataclass
@@ -40,7 +61,7 @@ class AttackWorld:
     unknown: ClientKey  # never registered
     classical: ClientKey  # a registered key of a weaker scheme outside the policy (downgrade)
     state: dict[str, np.ndarray]
-    allowed_schemes: frozenset[str]  # the server's policy: only the run's scheme
+    policy: ServerPolicy  # the server's policy: only the run's scheme
 
     def honest(self, **kw: Any) -> SignedUpdate:
         key = kw.pop("key", self.a)
@@ -48,15 +69,19 @@ class AttackWorld:
         args: dict[str, Any] = dict(
             scheme=key.scheme, secret_key=key.secret_key, key_id=key.key_id,
             client_id=key.client_id, run_id=RUN_ID, round=ROUND, num_examples=128,
-            metrics={"train_loss": 0.25, "train_acc": 0.9}, mode=self.mode,
+            metrics={"train_loss": 0.25, "train_acc": 0.9}, mode=self.mode, node=NODE,
         )  # fmt: skip
         args.update(kw)
         return sign_update(state, **args)
 
-    def verify(self, u: SignedUpdate | bytes, seen: set[str] | None = None) -> Reason:
+    def verify(
+        self, u: SignedUpdate | bytes, guard: ReplayGuard | None = None, *, round: int = ROUND,
+        node: str = NODE,
+    ) -> Reason:  # fmt: skip
+        """The verdict of a server in ``round`` receiving ``u`` from ``node`` (fresh guard: None)."""
         return verify_update(
-            u, registry=self.registry, run_id=RUN_ID, round=ROUND,
-            allowed_schemes=self.allowed_schemes, seen_nonces=seen,
+            u, registry=self.registry, run_id=RUN_ID, round=round, guard=guard or ReplayGuard(),
+            schema=schema_of(self.state), policy=self.policy, node=node,
         ).reason  # fmt: skip
 
 
@@ -75,13 +100,13 @@ def make_world(scheme: str = "ml-dsa-44", mode: str = "digest", seed: int = 0) -
     a, b, rev, old = (generate_client_key(c, scheme) for c in ("a", "b", "c", "d"))
     classical = generate_client_key("e", "ed25519" if scheme != "ed25519" else "ecdsa-p256")
     for k in (a, b, rev, old, classical):
-        reg.register_client_key(k)
+        reg.register_client_key(k, max_examples=MAX_EXAMPLES)
     reg.revoke(rev.key_id)
     new = generate_client_key("d", scheme)
     reg.rotate(client_id="d", key_id=new.key_id, public_key=new.public_key, round=2, grace_rounds=1)
     return AttackWorld(
         scheme, mode, reg, a, b, rev, old, generate_client_key("a", scheme), classical,
-        sample_state(seed), frozenset([get_scheme(scheme).name]),
+        sample_state(seed), ServerPolicy.only(scheme, allowed_modes=frozenset({mode})),
     )  # fmt: skip
 
 
@@ -128,6 +153,33 @@ def _downgrade_by_policy(w: AttackWorld) -> SignedUpdate:
     return w.honest(key=w.classical, mode="digest")
 
 
+def _with(w: AttackWorld, name: str, value: Any) -> SignedUpdate:
+    """Client a's validly signed update with tensor ``name`` replaced (or added) by ``value``."""
+    return w.honest(state={**w.state, name: value})
+
+
+def _poke(w: AttackWorld, value: float) -> SignedUpdate:
+    t = w.state["0.weight"].copy()
+    t.reshape(-1)[::7] = value
+    return _with(w, "0.weight", t)
+
+
+def _many_records(w: AttackWorld) -> bytes:
+    """40,000 empty tensor records (1.2 MB) behind a valid header and a garbage signature."""
+    return garbage_record_blob(w.honest(), 40_000)
+
+
+def garbage_record_blob(u: SignedUpdate, records: int) -> bytes:
+    """``u``'s header with a garbled signature, followed by ``records`` empty tensor records."""
+    head = u.to_bytes()[: len(u.to_bytes()) - sum(len(bytes(c)) for c in tensor_stream(u.tensors))]
+    head = head[: -len(u.signature)] + _garble(u.signature)
+    recs = [
+        struct.pack(">H", 9) + f"t{i:08d}".encode() + b"\x03<f4\x01" + struct.pack(">QQ", 0, 0)
+        for i in range(records)
+    ]  # fmt: skip
+    return head + struct.pack(">I", records) + b"".join(recs)
+
+
 # name -> (attack(world) -> update or bytes, expected reason in digest mode, in full/mu mode)
 Attack = Callable[[AttackWorld], SignedUpdate | bytes]
 ATTACKS: dict[str, tuple[Attack, Reason, Reason]] = {
@@ -154,8 +206,9 @@ ATTACKS: dict[str, tuple[Attack, Reason, Reason]] = {
     "scheme_downgrade_classical_key": (_downgrade_by_policy, Reason.SCHEME_NOT_ALLOWED, Reason.SCHEME_NOT_ALLOWED),
     "mode_switch": (
         lambda w: _env(w.honest(), mode="full" if w.mode == "digest" else "digest", digest=""),
-        Reason.BAD_SIGNATURE, Reason.MALFORMED,
+        Reason.MODE_NOT_ALLOWED, Reason.MODE_NOT_ALLOWED,  # the policy allows the run's mode only
     ),
+    "hash_swap": (lambda w: _env(w.honest(), hash="blake3"), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
     "wrong_context": (_wrong_context, Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
     "truncated_signature": (lambda w: _sig(u := w.honest(), u.signature[:-1]), Reason.BAD_SIGNATURE_LENGTH, Reason.BAD_SIGNATURE_LENGTH),
     "garbled_signature": (lambda w: _sig(u := w.honest(), _garble(u.signature)), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
@@ -163,10 +216,54 @@ ATTACKS: dict[str, tuple[Attack, Reason, Reason]] = {
     "unknown_key": (lambda w: w.honest(key=w.unknown), Reason.UNKNOWN_KEY, Reason.UNKNOWN_KEY),
     "revoked_key": (lambda w: w.honest(key=w.revoked), Reason.REVOKED_KEY, Reason.REVOKED_KEY),
     "expired_rotated_key": (lambda w: w.honest(key=w.rotated_old), Reason.EXPIRED_KEY, Reason.EXPIRED_KEY),
-    "malformed_truncated_bytes": (lambda w: w.honest().to_bytes()[:-3], Reason.MALFORMED, Reason.MALFORMED),
+    # the digest / signature is checked before any record is parsed, so a cut stream fails there
+    "truncated_bytes": (lambda w: w.honest().to_bytes()[:-3], Reason.DIGEST_MISMATCH, Reason.BAD_SIGNATURE),
     "malformed_garbage": (lambda w: secrets.token_bytes(200), Reason.MALFORMED, Reason.MALFORMED),
     "malformed_empty": (lambda w: b"", Reason.MALFORMED, Reason.MALFORMED),
+    "old_envelope_version": (lambda w: _env(w.honest(), version=1), Reason.UNSUPPORTED_VERSION, Reason.UNSUPPORTED_VERSION),
+    "mode_outside_policy": (
+        lambda w: w.honest(mode="full" if w.mode == "digest" else "digest"), Reason.MODE_NOT_ALLOWED, Reason.MODE_NOT_ALLOWED,
+    ),
+    "too_many_records_garbage_signature": (_many_records, Reason.TOO_LARGE, Reason.TOO_LARGE),
+    "relayed_by_another_node": (lambda w: w.honest(node="node-evil"), Reason.NODE_MISMATCH, Reason.NODE_MISMATCH),
+    # insiders: signed validly with a's own key
+    "insider_nan": (lambda w: _poke(w, float("nan")), Reason.NON_FINITE, Reason.NON_FINITE),
+    "insider_inf": (lambda w: _poke(w, float("-inf")), Reason.NON_FINITE, Reason.NON_FINITE),
+    "insider_huge_3e38": (lambda w: _poke(w, 3e38), Reason.OUT_OF_RANGE, Reason.OUT_OF_RANGE),
+    "insider_inflate_examples": (lambda w: w.honest(num_examples=2**53), Reason.EXAMPLES_OVER_CAP, Reason.EXAMPLES_OVER_CAP),
+    "insider_extra_tensor": (lambda w: _with(w, "extra", np.zeros(3, np.float32)), Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH),
+    "insider_missing_tensor": (
+        lambda w: w.honest(state={k: v for k, v in w.state.items() if k != "0.bias"}),
+        Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH,
+    ),
+    "insider_dtype_change": (lambda w: _with(w, "0.bias", w.state["0.bias"].astype(np.float64)), Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH),
+    "insider_shape_change": (lambda w: _with(w, "0.bias", w.state["0.bias"].reshape(1, -1)), Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH),
 }  # fmt: skip
+
+
+def _stateful_row(name: str, w: AttackWorld) -> dict[str, Any]:
+    """Attacks that need the server's memory: the first update is accepted, the second must not be."""
+    guard = ReplayGuard()
+    first = w.honest()
+    second: SignedUpdate | bytes
+    if name == "replay_same_round":  # the accepted update again, byte for byte
+        second, node = first.to_bytes(), NODE
+    elif name == "double_submission":  # a second, different, validly signed update of a
+        second, node = w.honest(state=sample_state(99)), NODE
+    else:  # "node_switch": next round, a's key used from another node (signed for that node)
+        second, node = w.honest(round=ROUND + 1, node="node-evil"), "node-evil"
+    ok = w.verify(first, guard)
+    got = w.verify(second, guard, round=ROUND + (name == "node_switch"), node=node)
+    want = STATEFUL[name]
+    return {"attack": name, "expected": str(want), "got": str(got),
+            "rejected": got != Reason.OK and ok == Reason.OK, "as_expected": got == want}  # fmt: skip
+
+
+STATEFUL = {
+    "replay_same_round": Reason.REPLAY,
+    "double_submission": Reason.DUPLICATE_SUBMISSION,
+    "node_switch": Reason.NODE_MISMATCH,
+}
 
 
 def expected_reason(name: str, mode: str) -> Reason:
@@ -181,7 +278,8 @@ def run_attack_suite(
 
     Returns:
         ``{"cases": [{"attack", "expected", "got", "rejected", "as_expected"}], "honest": n,
-        "false_rejections": k, "rejection_rate": r}``.
+        "false_rejections": k, "rejection_rate": r}``; ``rejection_rate`` counts only cases
+        rejected with their expected reason.
     """
     w = make_world(scheme, mode, seed)
     rows: list[dict[str, Any]] = []
@@ -196,21 +294,15 @@ def run_attack_suite(
             {"attack": name, "expected": str(want), "got": str(got),
              "rejected": got != Reason.OK, "as_expected": got == want}
         )  # fmt: skip
-    # a replay of an accepted update within the same round is caught by the nonce set
-    seen: set[str] = set()
-    u = w.honest()
-    first, again = w.verify(u, seen), w.verify(u.to_bytes(), seen)
-    rows.append(
-        {"attack": "replay_same_round", "expected": str(Reason.REPLAY), "got": str(again),
-         "rejected": again != Reason.OK and first == Reason.OK, "as_expected": again == Reason.REPLAY}
-    )  # fmt: skip
+    rows += [_stateful_row(name, w) for name in STATEFUL]
     false_rejections = 0
-    seen = set()
-    for i in range(honest):
-        u = w.honest(state=sample_state(seed + 1 + i % 50), num_examples=1 + i)
-        if w.verify(u.to_bytes() if i % 2 else u, seen) != Reason.OK:
+    guard = ReplayGuard()
+    for i in range(honest):  # one update per round of client a, as in a real run
+        u = w.honest(state=sample_state(seed + 1 + i % 50), num_examples=1 + i % MAX_EXAMPLES,
+                     round=ROUND + i)  # fmt: skip
+        if w.verify(u.to_bytes() if i % 2 else u, guard, round=ROUND + i) != Reason.OK:
             false_rejections += 1
-    rejected = sum(bool(r["rejected"]) for r in rows)
+    rejected = sum(bool(r["rejected"]) and bool(r["as_expected"]) for r in rows)
     return {
         "scheme": scheme, "mode": mode, "cases": rows, "honest": honest,
         "false_rejections": false_rejections, "rejection_rate": rejected / len(rows),
@@ -249,3 +341,44 @@ def tamper(
     if kind == "strip_signature":
         return _sig(u, b"")
     raise ValueError(f"attack {kind!r} is not one of {RUN_ATTACKS}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Byzantine clients: valid keys, malicious content (in-process engine)
+# ------------------------------------------------------------------------------------------------
+
+BYZANTINE_ATTACKS = (
+    "none", "double_submission", "non_finite", "huge_values", "inflate_examples", "extra_tensor",
+    "scale", "sign_flip", "label_flip",
+)  # fmt: skip
+INTEGRITY_ATTACKS = BYZANTINE_ATTACKS[1:6]  # the verifier must reject these (with a reason)
+SCALE = 10.0  # "scale": the update w - g is multiplied by this
+FLIP = 4.0  # "sign_flip": the update is replaced by -FLIP (w - g)
+
+
+def byzantine_state(
+    kind: str, local: dict[str, np.ndarray], global_: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """What a Byzantine client signs instead of its trained weights ``local``.
+
+    * ``scale``: ``g + SCALE (w - g)`` (a boosted update, as in model replacement);
+    * ``sign_flip``: ``g - FLIP (w - g)`` (gradient ascent on the federated objective);
+    * ``non_finite``: NaN in every 7th weight; ``huge_values``: 3e38 there;
+    * ``extra_tensor``: an additional tensor, and one tensor in float64;
+    * others (label_flip, inflate_examples, double_submission): the trained weights unchanged
+      (their attack is in the data, the claimed example count or the number of submissions).
+    """
+    if kind == "scale":
+        return {k: global_[k] + np.float32(SCALE) * (local[k] - global_[k]) for k in local}
+    if kind == "sign_flip":
+        return {k: global_[k] - np.float32(FLIP) * (local[k] - global_[k]) for k in local}
+    if kind in ("non_finite", "huge_values"):
+        out = {k: v.copy() for k, v in local.items()}
+        for v in out.values():
+            if v.dtype.kind == "f":
+                v.reshape(-1)[::7] = np.nan if kind == "non_finite" else 3e38
+        return out
+    if kind == "extra_tensor":
+        first = sorted(local)[0]
+        return {**local, first: local[first].astype(np.float64), "backdoor": np.ones(4, np.float32)}
+    return dict(local)

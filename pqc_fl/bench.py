@@ -8,6 +8,7 @@ bench`` and the reproduce stage turn into JSON and Markdown tables.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import platform
@@ -20,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from pqc_fl.envelope import (
-    SignedUpdate,
     canonical_tensors,
     sign_update,
     state_digest,
@@ -28,6 +28,7 @@ from pqc_fl.envelope import (
     verify_update,
 )
 from pqc_fl.keys import KeyRegistry, generate_client_key
+from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import SchemeError, available_schemes, get_scheme, scheme_backends
 
 __all__ = [
@@ -157,10 +158,15 @@ def primitive_markdown_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
 def _client_update(
     model_name: str, steps: int, seed: int
 ) -> tuple[dict[str, np.ndarray], int, float]:
-    """One real local training round on digits; returns (state, num_examples, train seconds)."""
+    """One real local training round on digits; returns (state, num_examples, train seconds).
+
+    Cached: every table of a process (e.g. SHA-256 and BLAKE3 digests) uses the same measured
+    training time, so their shares differ only by what they measure.
+    """
     import torch
 
     from pqc_fl.config import LocalTrainConfig
@@ -183,6 +189,7 @@ def round_cost_table(
     *,
     scheme: str = "ml-dsa-44",
     mode: str = "digest",
+    hash: str = "sha256",
     local_steps: int = 20,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
@@ -191,8 +198,9 @@ def round_cost_table(
     Model of a round (clients are separate machines working in parallel; one server):
 
     * client time = local training (real, ``local_steps`` AdamW steps on digits) + digest + sign;
-    * server time = for each of the N updates: parse bytes + verify signature + recompute digest
-      + add into the weighted average (all measured on N real, distinct signed updates);
+    * server time = for each of the N updates: verify signature + recompute digest + parse bytes
+      and check schema / values (``server_parse_s``) + add into the weighted average (all
+      measured on N real, distinct signed updates);
     * round time = client time + server time (communication excluded: it is deployment-specific).
 
     Signing and verification are reported apart from hashing (digest on both sides), because the
@@ -208,7 +216,9 @@ def round_cost_table(
             reg = KeyRegistry()
             keys = [generate_client_key(f"c{i}", scheme) for i in range(n_clients)]
             for k in keys:
-                reg.register_client_key(k)
+                reg.register_client_key(k, max_examples=n)
+            schema = schema_of(tensors)
+            guard = ReplayGuard()
             digest_s, sign_s = [], []
             parse_s = verify_s = hash_s = agg_s = 0.0
             acc: dict[str, np.ndarray] = {}
@@ -218,17 +228,20 @@ def round_cost_table(
                 mine[smallest] = tensors[smallest] + np.float32(i)
                 u = sign_update(
                     mine, scheme=scheme, secret_key=k.secret_key, key_id=k.key_id, client_id=k.client_id,
-                    run_id="bench", round=1, num_examples=n, mode=mode,
+                    run_id="bench", round=1, num_examples=n, mode=mode, hash=hash,
                 )  # fmt: skip
                 digest_s.append(u.timings["digest"])
                 sign_s.append(u.timings["sign"])
                 blob = u.to_bytes()
-                t0 = time.perf_counter()
-                back = SignedUpdate.from_bytes(blob)
-                t1 = time.perf_counter()
-                v = verify_update(back, registry=reg, run_id="bench", round=1)
-                assert v.ok, v
+                t0 = time.perf_counter()  # the server gets bytes: header, signature, hash, parse
+                v = verify_update(
+                    blob, registry=reg, run_id="bench", round=1, guard=guard, schema=schema,
+                    policy=ServerPolicy.only(scheme),
+                )  # fmt: skip
+                assert v.ok and v.update is not None, v
+                back = v.update
                 t2 = time.perf_counter()
+                t1 = t0 + (t2 - t0 - v.verify_seconds - v.hash_seconds)  # parse + checks
                 w = np.float32(1.0 / n_clients)
                 for name, arr in back.tensors.items():
                     if name in acc:
@@ -248,7 +261,7 @@ def round_cost_table(
             round_s = client_s + server_s
             rows.append({
                 "model": model_name, "params": update_bytes // 4, "update_MB": update_bytes / 1e6,
-                "clients": n_clients, "scheme": scheme, "mode": mode,
+                "clients": n_clients, "scheme": scheme, "mode": mode, "hash": hash if mode == "digest" else "",
                 "client_train_s": train_s, "client_digest_s": client_digest, "client_sign_s": client_sign,
                 "server_parse_s": parse_s, "server_verify_s": verify_s, "server_hash_s": hash_s,
                 "server_aggregate_s": agg_s, "round_s": round_s,
@@ -267,23 +280,19 @@ def round_cost_table(
 _WORKER_REGISTRY: KeyRegistry | None = None
 
 
-def _init_worker(registry_json: dict[str, Any]) -> None:
+def _init_worker(registry: KeyRegistry) -> None:
     global _WORKER_REGISTRY
-    import json
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:  # reuse the strict loader
-        p = os.path.join(d, "r.json")
-        with open(p, "w", encoding="utf-8") as f:
-            json.dump(registry_json, f)
-        _WORKER_REGISTRY = KeyRegistry.load(p)
+    _WORKER_REGISTRY = registry
 
 
 def _verify_chunk(blobs: list[bytes]) -> int:
+    """Verified updates in ``blobs`` (a fresh replay guard each: many updates share a client)."""
     assert _WORKER_REGISTRY is not None
     return sum(
-        verify_update(b, registry=_WORKER_REGISTRY, run_id="bench", round=1).ok for b in blobs
-    )
+        verify_update(b, registry=_WORKER_REGISTRY, run_id="bench", round=1, guard=ReplayGuard(),
+                      schema=None, policy=ServerPolicy.only(_WORKER_REGISTRY.records()[0].scheme)).ok
+        for b in blobs
+    )  # fmt: skip
 
 
 def _noop(_: int) -> int:
@@ -311,7 +320,7 @@ def verify_throughput(
     keys = [generate_client_key(f"c{i}", scheme) for i in range(n_keys)]
     reg = KeyRegistry()
     for k in keys:
-        reg.register_client_key(k)
+        reg.register_client_key(k, max_examples=0)
     rng = np.random.default_rng(0)
     blobs = []
     for i in range(n_updates):
@@ -323,9 +332,7 @@ def verify_throughput(
         )  # fmt: skip
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     pools = {
-        w: ProcessPoolExecutor(
-            w, mp_context=ctx, initializer=_init_worker, initargs=(reg.to_json(),)
-        )
+        w: ProcessPoolExecutor(w, mp_context=ctx, initializer=_init_worker, initargs=(reg,))
         for w in workers
     }
     rates: dict[int, list[float]] = {w: [] for w in workers}

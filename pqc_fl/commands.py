@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pqc_fl.attacks import INTEGRITY_ATTACKS
 from pqc_fl.config import FLConfig
 from qhybrid.config import add_config_arguments, config_from_args
 
@@ -56,11 +57,16 @@ def _base_config(cfg: FLRunConfig, **changes: Any) -> FLConfig:
 def run_experiment(cfg: FLConfig, key_dir: Any, out: Any) -> dict[str, Any]:
     """Run one FLConfig on its engine; returns ``{"rounds", "rejections", "state"}``."""
     if cfg.engine == "flower":
+        import numpy as np
+
         from pqc_fl.flower_app import run_flower_simulation
         from pqc_fl.keys import provision_keys
+        from pqc_fl.task import digits, partition
 
-        provision_keys(key_dir, cfg.num_clients, cfg.scheme)
-        import numpy as np
+        y = digits(cfg.seed)[1]
+        sizes = [len(p) for p in partition(y, cfg.num_clients, scheme=cfg.partition,
+                                           alpha=cfg.alpha, seed=cfg.seed)]  # fmt: skip
+        provision_keys(key_dir, cfg.num_clients, cfg.scheme, max_examples=sizes)
 
         s = run_flower_simulation(cfg, key_dir, out)
         res = {"rounds": s["rounds"], "rejections": s["rejections"]}
@@ -89,17 +95,21 @@ def _run(args: argparse.Namespace) -> int:
         f"{cfg.scheme} ({cfg.mode}), engine {cfg.engine}"
     )
     rows = [{"round": r["round"], "signed test acc": r["test_acc"], "accepted": r["accepted"],
-             "rejected": r["rejected"]} for r in signed["rounds"]]  # fmt: skip
+             "rejected": r["rejected"], "quorum met": r.get("quorum_met", True)}
+            for r in signed["rounds"]]  # fmt: skip
+    missed = [r["round"] for r in rows if not r["quorum met"]]
     summary: dict[str, Any] = {"signed": signed["rounds"], "rejections": signed["rejections"]}
     if cfg.compare_unsigned and cfg.sign:
         plain = run_experiment(
-            _base_config(cfg, sign=False, attack="none"), run.artefact("keys-unsigned"),
+            _base_config(cfg, sign=False, attack="none",
+                         byzantine="none" if cfg.byzantine in INTEGRITY_ATTACKS else cfg.byzantine),
+            run.artefact("keys-unsigned"),
             run.artefact("flower-unsigned.json"),
         )  # fmt: skip
         for row, p in zip(rows, plain["rounds"], strict=True):
             row["unsigned test acc"] = p["test_acc"]
         summary["unsigned"] = plain["rounds"]
-        if cfg.attack == "none":
+        if cfg.attack == "none" and cfg.byzantine == "none":
             same = [r["test_acc"] for r in signed["rounds"]] == [
                 r["test_acc"] for r in plain["rounds"]
             ]
@@ -111,6 +121,11 @@ def _run(args: argparse.Namespace) -> int:
             summary["signing_changes_nothing"] = same
             how = "bitwise-identical weights" if weights else "identical accuracy every round"
             section.text = f"Accuracy with signing equals accuracy without: **{f'yes ({how})' if same else 'NO'}**."
+    if missed:
+        section.text += (
+            f"\n\n**Quorum not met in rounds {missed}**: fewer verified updates than "
+            f"min_accepted={cfg.min_accepted} of the replies; the global model was not updated."
+        )
     section.add_table("Test accuracy per round", rows)
     if signed["rejections"]:
         section.add_table("Rejected updates", signed["rejections"])
@@ -166,11 +181,13 @@ def _bench(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     from pqc_fl.keys import provision_keys
 
-    reg = provision_keys(args.dir, args.clients, args.scheme)
+    reg = provision_keys(args.dir, args.clients, args.scheme, max_examples=args.max_examples)
     for r in reg.records():
-        print(f"{r.client_id}: key {r.key_id} ({r.scheme}, {len(r.public_key)} B public key)")
+        print(f"{r.client_id}: key {r.key_id} ({r.scheme}, {len(r.public_key)} B public key, "
+              f"at most {r.max_examples} examples)")  # fmt: skip
     print(
-        f"registry: {args.dir}/registry.json (give it to the server); client-<i>.json to client i"
+        f"registry: {args.dir}/registry.json, signed with the server key {args.dir}/server.json "
+        "(both stay with the server); client-<i>.json to client i"
     )
     return 0
 
@@ -194,6 +211,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", required=True, help="folder for client-<i>.json and registry.json")
     p.add_argument("--clients", type=int, default=3, help="number of clients (default 3)")
     p.add_argument("--scheme", default="ml-dsa-44", help="signature scheme (default ml-dsa-44)")
+    p.add_argument("--max-examples", type=int, required=True,
+                   help="largest num_examples a client's update may claim (its data-set size)")  # fmt: skip
     p.set_defaults(func=_keys)
     p = sub.add_parser("run", help="a federated run with signed updates (+ unsigned baseline)")
     add_config_arguments(p)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pqc_fl.attacks import RUN_ATTACKS
-from pqc_fl.envelope import MODES
+from pqc_fl.attacks import BYZANTINE_ATTACKS, INTEGRITY_ATTACKS, RUN_ATTACKS
+from pqc_fl.envelope import HASHES, MODES
 from pqc_fl.schemes import get_scheme
 from qhybrid.errors import QHybridError
 
 __all__ = ["MODELS", "FLConfig", "LocalTrainConfig"]
 
 MODELS = ("mlp", "cnn", "mlp-10m")
+STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,14 @@ class FLConfig:
     sign: bool = True  # sign and verify updates (False = plain FedAvg, the baseline)
     scheme: str = "ml-dsa-44"  # signature scheme of every client
     mode: str = "digest"  # "digest", "full" or "mu" (see pqc_fl.envelope)
+    hash: str = "sha256"  # digest hash in mode "digest": "sha256" or "blake3"
     attack: str = "none"  # run-time attack by one client (pqc_fl.attacks.RUN_ATTACKS)
     attacker: int = 1  # index of the attacking client
     engine: Literal["inprocess", "flower"] = "inprocess"  # who runs the rounds
+    strategy: str = "fedavg"  # Flower strategy inside the verifier (pqc_fl.strategy.STRATEGIES)
+    min_accepted: float = 0.5  # quorum: fraction of replies that must verify (1 = all)
+    byzantine: str = "none"  # insider attack of the Byzantine clients (BYZANTINE_ATTACKS)
+    num_byzantine: int = 0  # Byzantine clients (the last indices); Krum/Bulyan assume this many
     seed: int = 0  # data split, initial weights and local shuffling
 
     def __post_init__(self) -> None:
@@ -51,10 +57,31 @@ class FLConfig:
             raise QHybridError(
                 f"attacker={self.attacker} is not a client index < {self.num_clients}"
             )
-        if self.attack != "none" and not self.sign:
-            raise QHybridError("an attack run needs sign=true (otherwise nothing is checked)")
+        if (self.attack != "none" or self.byzantine in INTEGRITY_ATTACKS) and not self.sign:
+            raise QHybridError(
+                "an attack run (attack, or an integrity byzantine attack) needs sign=true "
+                "(otherwise nothing is checked)"
+            )
+        if self.hash not in HASHES:
+            raise QHybridError(f"hash={self.hash!r} is not one of {HASHES}")
         if self.mode not in MODES:
             raise QHybridError(f"mode={self.mode!r} is not one of {MODES}")
         if self.attack not in RUN_ATTACKS:
             raise QHybridError(f"attack={self.attack!r} is not one of {RUN_ATTACKS}")
         get_scheme(self.scheme)  # fails early with an install hint
+        if self.strategy not in STRATEGIES:
+            raise QHybridError(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
+        if self.byzantine not in BYZANTINE_ATTACKS:
+            raise QHybridError(f"byzantine={self.byzantine!r} is not one of {BYZANTINE_ATTACKS}")
+        if not 0 <= self.num_byzantine < self.num_clients:
+            raise QHybridError(
+                f"num_byzantine={self.num_byzantine} must lie in [0, num_clients={self.num_clients})"
+            )
+        if self.byzantine == "double_submission" and self.engine == "flower":
+            raise QHybridError(
+                "byzantine='double_submission' needs engine='inprocess' (a Flower node sends one "
+                "reply per instruction; two nodes claiming one client are tested in "
+                "tests/pqc_fl/test_flower_app.py)"
+            )
+        if not 0.0 < self.min_accepted <= 1.0:
+            raise QHybridError(f"min_accepted={self.min_accepted} must lie in (0, 1]")

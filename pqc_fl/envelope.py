@@ -51,31 +51,44 @@ from typing import Any
 
 import numpy as np
 
-from pqc_fl.keys import KeyRegistry
+from pqc_fl.keys import KeyRecord, KeyRegistry
+from pqc_fl.policy import (
+    ReplayGuard,
+    Schema,
+    ServerPolicy,
+    schema_difference,
+    value_problem,
+)
 from pqc_fl.schemes import SignatureScheme, get_scheme
 from qhybrid.errors import QHybridError
 
 __all__ = [
     "CONTEXT",
     "ENVELOPE_VERSION",
+    "HASHES",
     "MODES",
     "Envelope",
     "MalformedUpdateError",
+    "DEFAULT_POLICY",
     "Reason",
     "SignedUpdate",
     "Verdict",
     "canonical_tensors",
     "sign_update",
     "signed_message",
+    "split_wire",
     "parse_tensor_stream",
     "state_digest",
+    "state_hasher",
     "tensor_stream",
     "verify_update",
 ]
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2  # 2: the envelope names the transport node (Flower node id) it is sent from
 CONTEXT = b"qhybrid-fl/v1/update"  # FIPS 204/205 context string: signatures are only valid here
 MODES = ("digest", "full", "mu")
+HASHES = ("sha256", "blake3")  # state-digest hashes (mode "digest")
+DEFAULT_POLICY = ServerPolicy()
 _MAGIC = b"QHFL"
 _WIRE_VERSION = 1
 _STATE_DOMAIN = b"qhybrid-fl/v1/state"
@@ -89,7 +102,7 @@ _DTYPES = frozenset(
 )
 _ENVELOPE_KEYS = frozenset(
     ["v", "alg", "mode", "run_id", "round", "client_id", "key_id", "nonce", "digest",
-     "num_examples", "metrics"]
+     "num_examples", "metrics", "node", "hash"]
 )  # fmt: skip
 
 
@@ -117,6 +130,16 @@ class Reason(StrEnum):
     BAD_SIGNATURE_LENGTH = "bad_signature_length"  # truncated, padded or empty signature
     BAD_SIGNATURE = "bad_signature"  # does not verify (tampered envelope, wrong context, garbled)
     DIGEST_MISMATCH = "digest_mismatch"  # tensors differ from the signed digest
+    TOO_LARGE = "too_large"  # more tensor records or bytes than the policy allows
+    # insider checks: a valid signature from a registered key, but an update the server refuses
+    NODE_MISMATCH = (
+        "node_mismatch"  # sent by another node than the one signed / bound to the client
+    )
+    DUPLICATE_SUBMISSION = "duplicate_submission"  # a second update of one client in one round
+    EXAMPLES_OVER_CAP = "examples_over_cap"  # num_examples above what the client registered
+    SCHEMA_MISMATCH = "schema_mismatch"  # tensor names, dtypes or shapes differ from the model's
+    NON_FINITE = "non_finite"  # NaN or infinity in a weight
+    OUT_OF_RANGE = "out_of_range"  # a finite weight beyond the policy's max_abs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,13 +193,33 @@ def tensor_stream(tensors: Mapping[str, np.ndarray]) -> Iterator[bytes | memoryv
         yield memoryview(a.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
-def state_digest(state: Mapping[str, Any]) -> bytes:
-    """SHA-256 over the domain tag and the canonical tensor stream (names, dtypes, shapes, bytes)."""
+def state_hasher(hash: str = "sha256") -> Any:
+    """A fresh hash object (``update``/``digest``) over the state domain tag.
+
+    ``"sha256"`` (FIPS 180-4, hashlib) or ``"blake3"`` (256-bit output, the ``blake3`` package:
+    the same 128-bit collision security, several times faster on SIMD CPUs; see
+    docs/pqc_fl.md#hashing). Raises QHybridError for another name.
+    """
+    if hash == "sha256":
+        return hashlib.sha256(_STATE_DOMAIN)
+    if hash == "blake3":
+        try:
+            from blake3 import blake3
+        except ImportError:
+            raise QHybridError(
+                "hash='blake3' needs the blake3 package: pip install 'qhybrid[fl]'"
+            ) from None
+        return blake3(_STATE_DOMAIN)
+    raise QHybridError(f"hash={hash!r} is not one of {HASHES}")
+
+
+def state_digest(state: Mapping[str, Any], hash: str = "sha256") -> bytes:
+    """``hash`` over the domain tag and the canonical tensor stream (names, dtypes, shapes, bytes)."""
     tensors = state if _is_canonical(state) else canonical_tensors(state)
-    h = hashlib.sha256(_STATE_DOMAIN)
+    h = state_hasher(hash)
     for chunk in tensor_stream(tensors):
         h.update(chunk)
-    return h.digest()
+    return bytes(h.digest())
 
 
 def _is_canonical(state: Mapping[str, Any]) -> bool:
@@ -205,6 +248,8 @@ class Envelope:
     digest: str  # 64 hex characters of state_digest in "digest" mode, "" otherwise
     num_examples: int
     metrics: tuple[tuple[str, float], ...] = ()  # sorted by name
+    node: str = ""  # the transport node that delivers the update (Flower node id), "" if none
+    hash: str = "sha256"  # the digest's hash (HASHES); signed, so it cannot be swapped
     version: int = ENVELOPE_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -212,7 +257,7 @@ class Envelope:
             "v": self.version, "alg": self.scheme, "mode": self.mode, "run_id": self.run_id,
             "round": self.round, "client_id": self.client_id, "key_id": self.key_id,
             "nonce": self.nonce, "digest": self.digest, "num_examples": self.num_examples,
-            "metrics": {k: float(v).hex() for k, v in self.metrics},
+            "metrics": {k: float(v).hex() for k, v in self.metrics}, "node": self.node, "hash": self.hash,
         }  # fmt: skip
 
     def to_bytes(self) -> bytes:
@@ -258,6 +303,7 @@ class Envelope:
             client_id=field_("client_id", str, 1), key_id=field_("key_id", str, 1),
             nonce=field_("nonce", str, 32, 32), digest=field_("digest", str, 0, 64),
             num_examples=field_("num_examples", int, 0, 2**53), metrics=parsed,
+            node=field_("node", str, 0), hash=field_("hash", str, 1, 16),
             version=field_("v", int, 0, 255),
         )  # fmt: skip
         if env.to_bytes() != data:
@@ -310,28 +356,50 @@ class SignedUpdate:
         return head + b"".join(bytes(c) for c in tensor_stream(self.tensors))
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> SignedUpdate:
+    def from_bytes(
+        cls, data: bytes | bytearray | memoryview, *, max_records: int | None = None
+    ) -> SignedUpdate:
         """Parse :meth:`to_bytes` output; raises :class:`MalformedUpdateError` on anything else."""
-        r = _Reader(data)
-        if bytes(r.take(4, "magic")) != _MAGIC:
-            raise MalformedUpdateError("not a signed update (bad magic; expected b'QHFL')")
-        (wire,) = r.unpack(">B", "wire version")
-        if wire != _WIRE_VERSION:
-            raise MalformedUpdateError(f"wire version {wire} is not supported (expected 1)")
-        (n_env,) = r.unpack(">I", "envelope length")
-        if n_env > _MAX_ENVELOPE:
-            raise MalformedUpdateError(f"envelope length {n_env} exceeds {_MAX_ENVELOPE}")
-        env = Envelope.from_bytes(bytes(r.take(n_env, "envelope")))
-        (n_sig,) = r.unpack(">H", "signature length")
-        sig = bytes(r.take(n_sig, "signature"))
-        return cls(env, sig, r.tensors())
+        env, sig, stream = split_wire(data)
+        return cls(env, sig, parse_tensor_stream(stream, max_records=max_records))
+
+
+def split_wire(data: bytes | bytearray | memoryview) -> tuple[Envelope, bytes, memoryview]:
+    """``(envelope, signature, raw tensor stream)``: the header only, no tensor record parsed.
+
+    The verifier checks the envelope and the signature (over the raw stream in modes full/mu)
+    before :func:`parse_tensor_stream` touches a record, so a forged blob costs the same whatever
+    its record count. Raises :class:`MalformedUpdateError`.
+    """
+    r = _Reader(data)
+    if bytes(r.take(4, "magic")) != _MAGIC:
+        raise MalformedUpdateError("not a signed update (bad magic; expected b'QHFL')")
+    (wire,) = r.unpack(">B", "wire version")
+    if wire != _WIRE_VERSION:
+        raise MalformedUpdateError(f"wire version {wire} is not supported (expected 1)")
+    (n_env,) = r.unpack(">I", "envelope length")
+    if n_env > _MAX_ENVELOPE:
+        raise MalformedUpdateError(f"envelope length {n_env} exceeds {_MAX_ENVELOPE}")
+    env = Envelope.from_bytes(bytes(r.take(n_env, "envelope")))
+    (n_sig,) = r.unpack(">H", "signature length")
+    sig = bytes(r.take(n_sig, "signature"))
+    return env, sig, r.buf[r.pos :]
+
+
+def stream_record_count(stream: bytes | memoryview) -> int:
+    """The tensor count at the head of a raw tensor stream (4 bytes; no record is read)."""
+    if len(stream) < 4:
+        raise MalformedUpdateError("truncated update: no tensor count")
+    return int(struct.unpack(">I", stream[:4])[0])
 
 
 class _Reader:
     """Bounds-checked reading of the wire format."""
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self.buf = memoryview(bytes(data))  # bytes(b) is b itself: no copy for bytes input
+        # bytes(b) is b itself: no copy for bytes input; a read-only memoryview is kept as is
+        ro = isinstance(data, memoryview) and data.readonly and data.c_contiguous
+        self.buf = data.cast("B") if ro else memoryview(bytes(data))  # type: ignore[union-attr]
         self.pos = 0
 
     def take(self, n: int, what: str) -> memoryview:
@@ -346,9 +414,11 @@ class _Reader:
     def unpack(self, fmt: str, what: str) -> tuple[int, ...]:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
 
-    def tensors(self) -> dict[str, np.ndarray]:
+    def tensors(self, max_records: int | None = None) -> dict[str, np.ndarray]:
         """The canonical tensor stream up to the end of the buffer (read-only zero-copy arrays)."""
         (count,) = self.unpack(">I", "tensor count")
+        if max_records is not None and count > max_records:
+            raise MalformedUpdateError(f"{count} tensor records exceed the cap of {max_records}")
         tensors: dict[str, np.ndarray] = {}
         last = None
         for i in range(count):
@@ -385,9 +455,11 @@ class _Reader:
         return tensors
 
 
-def parse_tensor_stream(data: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
-    """Parse the output of :func:`tensor_stream` (an unsigned update; the baseline's wire format)."""
-    return _Reader(data).tensors()
+def parse_tensor_stream(
+    data: bytes | bytearray | memoryview, *, max_records: int | None = None
+) -> dict[str, np.ndarray]:
+    """Parse the output of :func:`tensor_stream` (zero-copy arrays); at most ``max_records``."""
+    return _Reader(data).tensors(max_records)
 
 
 def signed_message(
@@ -424,6 +496,8 @@ def sign_update(
     mode: str = "digest",
     nonce: bytes | None = None,
     public_key: bytes | None = None,
+    node: str = "",
+    hash: str = "sha256",
 ) -> SignedUpdate:
     """Sign a model update (a state dict of torch tensors or numpy arrays).
 
@@ -437,6 +511,9 @@ def sign_update(
         mode: ``"digest"`` (default), ``"full"`` or ``"mu"`` (ML-DSA ExternalMu); see module doc.
         nonce: 16 bytes; random by default. Fixed nonces make signing deterministic input-wise.
         public_key: only used by ``"mu"`` on backends that cannot derive it from the secret key.
+        node: the transport node that will deliver the update (on Flower: ``context.node_id``);
+            a server that knows the sender rejects the update from any other node.
+        hash: the digest's hash in mode ``"digest"``: ``"sha256"`` (default) or ``"blake3"``.
 
     Returns:
         The :class:`SignedUpdate` (serialise with ``to_bytes()``).
@@ -458,12 +535,14 @@ def sign_update(
         raise QHybridError(f"nonce has {len(nonce)} bytes; it must have 16")
     tensors = canonical_tensors(state_dict)
     t0 = time.perf_counter()
-    digest = state_digest(tensors).hex() if mode == "digest" else ""
+    if hash not in HASHES:
+        raise QHybridError(f"hash={hash!r} is not one of {HASHES}")
+    digest = state_digest(tensors, hash).hex() if mode == "digest" else ""
     t1 = time.perf_counter()
     env = Envelope(
         scheme=s.name, mode=mode, run_id=run_id, round=round, client_id=client_id, key_id=key_id,
         nonce=nonce.hex(), digest=digest, num_examples=num_examples,
-        metrics=_metrics_tuple(metrics),
+        metrics=_metrics_tuple(metrics), node=node, hash=hash,
     )  # fmt: skip
     try:
         env = Envelope.from_bytes(env.to_bytes())  # enforce the same limits a verifier applies
@@ -492,90 +571,172 @@ class Verdict:
     round: int | None = None
     hash_seconds: float = 0.0  # recomputing the state digest
     verify_seconds: float = 0.0  # the signature check itself (including "full"/"mu" hashing)
+    update: SignedUpdate | None = field(default=None, repr=False, compare=False)  # when ok
+    nonce: str | None = None
 
 
 def verify_update(
-    update: SignedUpdate | bytes,
+    update: SignedUpdate | bytes | bytearray | memoryview,
     *,
     registry: KeyRegistry,
     run_id: str,
     round: int,
-    allowed_schemes: frozenset[str] | set[str] | None = None,
-    allowed_modes: frozenset[str] | set[str] | None = None,
-    seen_nonces: set[str] | None = None,
+    guard: ReplayGuard,
+    schema: Schema | None,
+    policy: ServerPolicy = DEFAULT_POLICY,
+    node: str | None = None,
+    commit: bool = True,
 ) -> Verdict:
     """Decide whether the server may aggregate ``update``. Never raises on attacker-controlled input.
 
-    Checks, cheapest first: envelope version, run id, round, key (known, not revoked, in its
-    validity window, owned by the named client, of the named scheme), scheme/mode policy,
-    signature length, signature, tensor digest, and finally the nonce against ``seen_nonces``
-    (which is updated only when everything else passed, so rejected updates cannot burn nonces).
+    Order (cheapest first; nothing is parsed past the header before the signature verifies):
+
+    1. header: wire format, envelope version, run id, round, sending node (``node``, when the
+       transport knows it, must equal the signed ``envelope.node``);
+    2. key: known, not revoked, in its validity window, owned by the named client, of the named
+       scheme (:meth:`KeyRegistry.check`); scheme and mode inside ``policy``;
+    3. caps: tensor-record count (the stream's 4-byte head) and stream bytes;
+    4. signature (in modes full/mu over the raw tensor stream), then the digest of the raw stream;
+    5. only now the tensor records are parsed: schema equal to ``schema`` (the global model's;
+       ``None`` skips this check), ``num_examples`` within the key's registered cap, every float
+       finite and within ``policy.max_abs``;
+    6. ``guard``: fresh nonce, first update of this client in this round, client and node bound
+       to each other. With ``commit`` the accepted update is recorded in ``guard``; a rejected one
+       never is, so a forgery cannot burn an honest client's slot.
+
+    Returns:
+        A :class:`Verdict`; on success ``verdict.update`` holds the parsed :class:`SignedUpdate`.
     """
-    if not isinstance(update, SignedUpdate):
+    if isinstance(update, SignedUpdate):
+        e, sig, stream = update.envelope, update.signature, None
+    else:
         try:
-            update = SignedUpdate.from_bytes(update)
+            e, sig, stream = split_wire(update)
         except MalformedUpdateError as err:
             return Verdict(False, Reason.MALFORMED, str(err))
-    e = update.envelope
+    v = _check_header(e, sig, stream, update, registry, run_id, round, policy, node)
+    if isinstance(v, Verdict):
+        return v
+    rec, s = v
+
+    def no(reason: Reason, detail: str = "", hash_s: float = 0.0, ver_s: float = 0.0) -> Verdict:
+        return Verdict(False, reason, detail, e.client_id, e.key_id, e.round, hash_s, ver_s)
+
+    chunks = [stream] if stream is not None else None
+    t0 = time.perf_counter()
+    good = _signature_ok(s, rec.public_key, e, sig, update, chunks)
+    t1 = time.perf_counter()
+    if not good:
+        return no(Reason.BAD_SIGNATURE, "", 0.0, t1 - t0)
+    hash_s = 0.0
+    if e.mode == "digest":
+        h = state_hasher(e.hash)
+        for c in chunks or tensor_stream(update.tensors):  # type: ignore[union-attr]
+            h.update(c)
+        hash_s = time.perf_counter() - t1
+        if h.hexdigest() != e.digest:
+            return no(
+                Reason.DIGEST_MISMATCH, "tensors differ from the signed digest", hash_s, t1 - t0
+            )
+    if stream is not None:
+        try:
+            update = SignedUpdate(
+                e, sig, parse_tensor_stream(stream, max_records=policy.max_records)
+            )
+        except MalformedUpdateError as err:
+            return no(Reason.MALFORMED, str(err), hash_s, t1 - t0)
+    u: SignedUpdate = update  # type: ignore[assignment]
+    bad = _content_problem(u, schema, rec.max_examples, policy)
+    if bad is not None:
+        return no(bad[0], bad[1], hash_s, t1 - t0)
+    code = guard.check(run_id, round, e.client_id, e.nonce, node)
+    if code != "ok":
+        return no(Reason(code), f"client {e.client_id!r}, node {node!r}", hash_s, t1 - t0)
+    if commit:
+        guard.admit(run_id, round, e.client_id, e.nonce, node)
+    return Verdict(True, Reason.OK, "", e.client_id, e.key_id, e.round, hash_s, t1 - t0, u, e.nonce)
+
+
+def _check_header(
+    e: Envelope, sig: bytes, stream: memoryview | None, update: Any, registry: KeyRegistry,
+    run_id: str, round: int, policy: ServerPolicy, node: str | None,
+) -> Verdict | tuple[KeyRecord, SignatureScheme]:  # fmt: skip
+    """Steps 1-3 of :func:`verify_update`: a rejecting Verdict, or the key record and scheme."""
 
     def no(reason: Reason, detail: str = "") -> Verdict:
         return Verdict(False, reason, detail, e.client_id, e.key_id, e.round)
 
     if e.version != ENVELOPE_VERSION:
         return no(Reason.UNSUPPORTED_VERSION, f"envelope version {e.version}")
-    if e.mode not in MODES:
-        return no(Reason.MALFORMED, f"unknown mode {e.mode!r}")
+    if e.mode not in MODES or e.hash not in HASHES:
+        return no(Reason.MALFORMED, f"unknown mode {e.mode!r} or hash {e.hash!r}")
     if e.run_id != run_id:
         return no(Reason.RUN_MISMATCH, f"signed for run {e.run_id!r}, this is {run_id!r}")
     if e.round != round:
         return no(Reason.ROUND_MISMATCH, f"signed for round {e.round}, this is round {round}")
+    if node is not None and e.node != node:
+        return no(Reason.NODE_MISMATCH, f"signed for node {e.node!r}, sent by node {node!r}")
     rec, code = registry.check(e.key_id, client_id=e.client_id, scheme=e.scheme, round=round)
     if code != "ok" or rec is None:
         return no(Reason(code))
-    if allowed_schemes is not None and e.scheme not in allowed_schemes:
+    if e.scheme not in policy.allowed_schemes:
         return no(Reason.SCHEME_NOT_ALLOWED, e.scheme)
-    if allowed_modes is not None and e.mode not in allowed_modes:
+    if e.mode not in policy.allowed_modes:
         return no(Reason.MODE_NOT_ALLOWED, e.mode)
+    if e.hash not in policy.allowed_hashes:
+        return no(Reason.MODE_NOT_ALLOWED, f"digest hash {e.hash!r} is outside the policy")
     try:
         s = get_scheme(rec.scheme)
     except QHybridError as err:
         return no(Reason.SCHEME_NOT_ALLOWED, str(err))
-    if len(update.signature) != s.signature_size:
-        return no(Reason.BAD_SIGNATURE_LENGTH, f"{len(update.signature)} != {s.signature_size}")
+    if len(sig) != s.signature_size:
+        return no(Reason.BAD_SIGNATURE_LENGTH, f"{len(sig)} != {s.signature_size}")
     if (e.mode == "digest") != bool(e.digest):
         return no(Reason.MALFORMED, "digest must be set in mode 'digest' and only there")
     if e.mode == "mu" and not s.supports_mu:
         return no(Reason.MODE_NOT_ALLOWED, f"{s.name} ({s.backend}) cannot verify mode 'mu'")
-
-    t0 = time.perf_counter()
-    if e.mode == "mu":
-        h = s.mu_hasher(rec.public_key, CONTEXT)
-        for chunk in signed_message(e, update.tensors):
-            h.update(chunk)
-        good = s.verify_mu(rec.public_key, h.finalize(), update.signature)
-    else:
-        msg = b"".join(signed_message(e, update.tensors))
-        good = s.verify(rec.public_key, msg, update.signature, CONTEXT)
-    t1 = time.perf_counter()
-    if not good:
-        return Verdict(
-            False, Reason.BAD_SIGNATURE, "", e.client_id, e.key_id, e.round, 0.0, t1 - t0
-        )
-    hash_s = 0.0
-    if e.mode == "digest":
+    if stream is not None:
         try:
-            digest = state_digest(update.tensors).hex()
-        except QHybridError as err:
+            count = stream_record_count(stream)
+        except MalformedUpdateError as err:
             return no(Reason.MALFORMED, str(err))
-        hash_s = time.perf_counter() - t1
-        if digest != e.digest:
-            return Verdict(
-                False, Reason.DIGEST_MISMATCH, "tensors differ from the signed digest",
-                e.client_id, e.key_id, e.round, hash_s, t1 - t0,
-            )  # fmt: skip
-    if seen_nonces is not None:
-        tag = f"{e.run_id}/{e.round}/{e.nonce}"
-        if tag in seen_nonces:
-            return no(Reason.REPLAY, f"nonce {e.nonce} already accepted in round {e.round}")
-        seen_nonces.add(tag)
-    return Verdict(True, Reason.OK, "", e.client_id, e.key_id, e.round, hash_s, t1 - t0)
+        n_bytes = len(stream)
+    else:
+        count = len(update.tensors)
+        n_bytes = sum(a.nbytes for a in update.tensors.values())
+    if count > policy.max_records or n_bytes > policy.max_update_bytes:
+        return no(Reason.TOO_LARGE, f"{count} records / {n_bytes} bytes exceed the policy's "
+                  f"{policy.max_records} / {policy.max_update_bytes}")  # fmt: skip
+    return rec, s
+
+
+def _signature_ok(
+    s: SignatureScheme, pk: bytes, e: Envelope, sig: bytes, update: Any, chunks: list[Any] | None
+) -> bool:
+    """The signature over the envelope (and, in modes full/mu, the raw tensor stream)."""
+
+    def message() -> Iterator[bytes | memoryview]:
+        yield e.to_bytes()
+        if e.mode != "digest":
+            yield from chunks if chunks is not None else tensor_stream(update.tensors)
+
+    if e.mode == "mu":
+        h = s.mu_hasher(pk, CONTEXT)
+        for chunk in message():
+            h.update(chunk)
+        return s.verify_mu(pk, h.finalize(), sig)
+    return s.verify(pk, b"".join(message()), sig, CONTEXT)
+
+
+def _content_problem(
+    u: SignedUpdate, schema: Schema | None, max_examples: int | None, policy: ServerPolicy
+) -> tuple[Reason, str] | None:
+    """Step 5 of :func:`verify_update` on the parsed tensors: the first problem, or None."""
+    if schema is not None and (diff := schema_difference(schema, u.tensors)):
+        return Reason.SCHEMA_MISMATCH, diff
+    n = u.envelope.num_examples
+    if max_examples is not None and n > max_examples:
+        return Reason.EXAMPLES_OVER_CAP, f"num_examples={n} > registered {max_examples}"
+    if (bad := value_problem(u.tensors.items(), policy.max_abs)) is not None:
+        return Reason(bad), f"max_abs={policy.max_abs}"
+    return None

@@ -1,20 +1,18 @@
-"""The Flower app: a ClientApp whose mod signs every training reply, and a FedAvg that verifies them.
+"""The Flower app: a ClientApp whose mod signs every training reply, and a verifying ServerApp.
 
 Hook points (Flower 1.41 Message API):
 
-* client: ``signing_mod`` (built by :func:`make_client_app`) is a ClientApp *mod*. It runs after the ``@app.train()`` function,
-  reads the reply's ``ArrayRecord`` and ``MetricRecord``, signs them with the node's key
-  (:func:`~pqc_fl.envelope.sign_update`) and adds a ``ConfigRecord`` ``"pqc"`` holding the
-  canonical envelope and the signature. Weights travel unchanged in the ``ArrayRecord``.
-* server: Flower has no server-side mods, so :class:`VerifyingFedAvg` overrides
-  ``aggregate_train``. For every reply it rebuilds the signed update from exactly the records
-  FedAvg would aggregate (arrays, ``num-examples`` and metrics), verifies it, and passes on only
-  verified replies whose content it has *replaced* by the verified tensors and metrics, so nothing
-  unverified (an extra record, a changed weight) can reach the average. Every rejection is recorded
-  with its :class:`~pqc_fl.envelope.Reason` code.
+* client: ``signing_mod`` (built by :func:`make_client_app`) is a ClientApp *mod*. It runs after
+  the ``@app.train()`` function, reads the reply's ``ArrayRecord`` and ``MetricRecord``, signs them
+  with the node's key (:func:`~pqc_fl.envelope.sign_update`, binding the update to this node's
+  Flower node id) and adds a ``ConfigRecord`` ``"pqc"`` holding the canonical envelope and the
+  signature. Weights travel unchanged in the ``ArrayRecord``.
+* server: :class:`~pqc_fl.strategy.VerifyingStrategy` wraps the configured Flower strategy
+  (``FLConfig.strategy``: FedAvg, FedMedian, Krum...) and passes on only verified replies.
 
-Keys are provisioned out of band: ``qhybrid fl keys --out KEYDIR --clients N`` writes one 0600
-key file per client (``client-<partition-id>.json``) and the server's ``registry.json``.
+Keys are provisioned out of band: ``qhybrid fl keys --dir KEYDIR --clients N --max-examples M``
+writes one 0600 key file per client (``client-<partition-id>.json``), the server's own key
+``server.json`` and the ``registry.json`` it signs.
 
 The same module serves both Flower engines:
 
@@ -29,11 +27,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -46,42 +42,34 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
-from pqc_fl.attacks import tamper
-from pqc_fl.envelope import (
-    Envelope,
-    MalformedUpdateError,
-    Reason,
-    SignedUpdate,
-    Verdict,
-    _metrics_tuple,
-    canonical_tensors,
-    sign_update,
-    verify_update,
-)
-from pqc_fl.keys import KeyRegistry, load_client_key
+from pqc_fl.attacks import byzantine_state, tamper
+from pqc_fl.envelope import SignedUpdate, sign_update
+from pqc_fl.keys import load_client_key, load_server_registry
+from pqc_fl.policy import ServerPolicy, schema_of
+from pqc_fl.server import RoundVerifier
 from pqc_fl.simulate import FLConfig, client_seed
+from pqc_fl.strategy import (
+    NODE,
+    NUM_EXAMPLES,
+    VerifyingStrategy,
+    content_to_update,
+    make_strategy,
+    update_to_content,
+)
 from pqc_fl.task import build_model, digits, evaluate, load_state, local_train, partition
 from qhybrid.errors import QHybridError
 from qhybrid.runs import atomic_write_json
 
 __all__ = [
-    "VerifyingFedAvg",
     "client_app",
-    "content_to_update",
     "make_client_app",
     "make_server_app",
     "run_flower_simulation",
     "server_app",
-    "update_to_content",
 ]
 
 logger = logging.getLogger(__name__)
-
-PQC = "pqc"  # RecordDict key of the ConfigRecord with envelope and signature
-NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
-NODE = "node"  # ConfigRecord with the client id on unsigned replies (aggregation order only)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,59 +112,6 @@ def flower_run_id(context: Context) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def update_to_content(u: SignedUpdate, extra: Mapping[str, float] | None = None) -> RecordDict:
-    """The reply content for a signed update: arrays, metrics (with num-examples) and "pqc"."""
-    metrics: dict[str, Any] = {k: v for k, v in u.envelope.metrics}
-    metrics[NUM_EXAMPLES] = u.envelope.num_examples
-    pqc: dict[str, Any] = {"envelope": u.envelope.to_bytes(), "signature": u.signature}
-    pqc.update({k: float(v) for k, v in (extra or {}).items()})
-    return RecordDict(
-        {
-            "arrays": ArrayRecord(
-                {k: Array(np.ascontiguousarray(v)) for k, v in u.tensors.items()}
-            ),
-            "metrics": MetricRecord(metrics),
-            PQC: ConfigRecord(pqc),
-        }
-    )
-
-
-def content_to_update(content: RecordDict) -> SignedUpdate:
-    """Rebuild the signed update from what FedAvg would aggregate; raises MalformedUpdateError.
-
-    The envelope's ``num_examples`` and ``metrics`` are taken from the ``MetricRecord`` (the values
-    FedAvg weights by), not from the transmitted envelope, so a changed metric fails the signature.
-    """
-    if PQC not in content.config_records:
-        raise _Unsigned()
-    if set(content) != {"arrays", "metrics", PQC}:
-        raise MalformedUpdateError(
-            f"reply records {sorted(content)} != ['arrays', 'metrics', 'pqc']"
-        )
-    pqc = content.config_records[PQC]
-    env_bytes, sig = pqc.get("envelope"), pqc.get("signature")
-    if not isinstance(env_bytes, bytes) or not isinstance(sig, bytes):
-        raise MalformedUpdateError("'pqc' record needs bytes 'envelope' and 'signature'")
-    env = Envelope.from_bytes(env_bytes)
-    mr = dict(content.metric_records["metrics"])
-    n = mr.pop(NUM_EXAMPLES, None)
-    if not isinstance(n, int) or isinstance(n, bool):
-        raise MalformedUpdateError(f"'{NUM_EXAMPLES}' must be an int, got {n!r}")
-    try:
-        env = dataclasses.replace(env, num_examples=n, metrics=_metrics_tuple(mr))
-        tensors = canonical_tensors(
-            {k: a.numpy() for k, a in content.array_records["arrays"].items()}
-        )
-    except (QHybridError, TypeError, ValueError) as err:
-        raise MalformedUpdateError(f"reply records do not form an update: {err}") from None
-    return SignedUpdate(env, sig, tensors)
-
-
-class _Unsigned(MalformedUpdateError):
-    def __init__(self) -> None:
-        super().__init__("reply carries no 'pqc' signature record")
-
-
 # ------------------------------------------------------------------------------------------------
 # client side
 # ------------------------------------------------------------------------------------------------
@@ -203,7 +138,8 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
             scheme=key.scheme, secret_key=key.secret_key, key_id=key.key_id,
             client_id=key.client_id, run_id=flower_run_id(context),
             round=_server_round(msg),
-            num_examples=n, metrics=metrics, mode=cfg.mode,
+            num_examples=n, metrics=metrics, mode=cfg.mode, node=str(context.node_id),
+            hash=cfg.hash,
         )  # fmt: skip
         extra = {"digest_s": u.timings["digest"], "sign_s": u.timings["sign"],
                  "total_sign_s": time.perf_counter() - t0}  # fmt: skip
@@ -242,10 +178,16 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
             y_tr, cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
         )[pid]
         model = build_model(cfg.model, cfg.seed)
-        load_state(model, {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()})
+        global_ = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+        load_state(model, global_)
+        # a Byzantine node (the last num_byzantine partitions) signs malicious content validly
+        kind = cfg.byzantine if pid >= cfg.num_clients - cfg.num_byzantine else "none"
+        y = 9 - y_tr[idx] if kind == "label_flip" else y_tr[idx]
         state, n, metrics = local_train(
-            model, x_tr[idx], y_tr[idx], cfg.local, seed=client_seed(cfg.seed, rnd, pid)
+            model, x_tr[idx], y, cfg.local, seed=client_seed(cfg.seed, rnd, pid)
         )
+        state = byzantine_state(kind, state, global_)
+        n = 2**53 if kind == "inflate_examples" else n
         content = RecordDict(
             {
                 "arrays": ArrayRecord({k: Array(v) for k, v in state.items()}),
@@ -265,112 +207,11 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
 # ------------------------------------------------------------------------------------------------
 
 
-class VerifyingFedAvg(FedAvg):
-    """FedAvg that aggregates only replies whose signed update verifies.
-
-    Attributes:
-        rejections: one dict per rejected reply: round, node, claimed client, reason code, detail.
-        round_stats: per round: accepted, rejected, verify and hash seconds, client sign seconds.
-    """
-
-    def __init__(
-        self,
-        *,
-        registry: KeyRegistry,
-        run_id: str,
-        allowed_schemes: set[str] | None = None,
-        allowed_modes: set[str] | None = None,
-        require_signatures: bool = True,
-        **fedavg_kwargs: Any,
-    ) -> None:
-        super().__init__(**fedavg_kwargs)
-        self.require_signatures = require_signatures  # False: the unsigned FedAvg baseline
-        self.registry = registry
-        self.run_id = run_id
-        self.allowed_schemes = allowed_schemes
-        self.allowed_modes = allowed_modes
-        self.rejections: list[dict[str, Any]] = []
-        self.round_stats: list[dict[str, Any]] = []
-        self._seen: set[str] = set()
-
-    def verify_content(
-        self, server_round: int, content: RecordDict
-    ) -> tuple[Verdict, RecordDict | None]:
-        """Verify one reply's content; on success also return the clean content to aggregate."""
-        try:
-            u = content_to_update(content)
-        except _Unsigned as err:
-            return Verdict(False, Reason.UNSIGNED, str(err)), None
-        except MalformedUpdateError as err:
-            return Verdict(False, Reason.MALFORMED, str(err)), None
-        v = verify_update(
-            u, registry=self.registry, run_id=self.run_id, round=server_round,
-            allowed_schemes=self.allowed_schemes, allowed_modes=self.allowed_modes,
-            seen_nonces=self._seen,
-        )  # fmt: skip
-        if not v.ok:
-            return v, None
-        clean = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(np.array(t)) for k, t in u.tensors.items()}),
-                "metrics": MetricRecord(
-                    {**dict(u.envelope.metrics), NUM_EXAMPLES: u.envelope.num_examples}
-                ),
-            }
-        )
-        return v, clean
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept: list[tuple[str, Message]] = []
-        stats: dict[str, Any] = {"round": server_round, "accepted": 0, "rejected": 0, "verify_s": 0.0,
-                 "hash_s": 0.0, "client_sign_s": [], "client_digest_s": []}  # fmt: skip
-        for msg in replies:
-            if msg.has_error():
-                kept.append(("", msg))  # FedAvg logs and skips errors itself
-                continue
-            if not self.require_signatures:  # baseline: aggregate as plain FedAvg
-                node = msg.content.config_records.get(NODE)
-                who = str(node["client-id"]) if node else str(msg.metadata.src_node_id)
-                msg.content = RecordDict(
-                    {"arrays": msg.content["arrays"], "metrics": msg.content["metrics"]}
-                )
-                stats["accepted"] += 1
-                kept.append((who, msg))
-                continue
-            t0 = time.perf_counter()
-            v, clean = self.verify_content(server_round, msg.content)
-            stats["verify_s"] += v.verify_seconds
-            stats["hash_s"] += v.hash_seconds
-            if clean is None:
-                stats["rejected"] += 1
-                self.rejections.append(
-                    {"round": server_round, "node": msg.metadata.src_node_id,
-                     "client": v.client_id, "reason": str(v.reason), "detail": v.detail}
-                )  # fmt: skip
-                logger.warning(
-                    "round %d: rejected reply from node %d (client %s): %s %s",
-                    server_round, msg.metadata.src_node_id, v.client_id, v.reason, v.detail,
-                )  # fmt: skip
-                continue
-            pqc = msg.content.config_records[PQC]
-            stats["client_sign_s"].append(float(cast(Any, pqc.get("sign_s", 0.0))))
-            stats["client_digest_s"].append(float(cast(Any, pqc.get("digest_s", 0.0))))
-            stats["accepted"] += 1
-            logger.debug("round %d: verified %s in %.2f ms", server_round, v.client_id,
-                         1e3 * (time.perf_counter() - t0))  # fmt: skip
-            msg.content = clean
-            kept.append((str(v.client_id), msg))
-        self.round_stats.append(stats)
-        kept.sort(key=lambda cm: cm[0])  # aggregate in client order: deterministic sums
-        return super().aggregate_train(server_round, [m for _, m in kept])
-
-
 def make_server_app(
     base: FLConfig | None = None, key_dir: str | None = None, out: str | None = None
 ) -> ServerApp:
-    """A ServerApp running :class:`VerifyingFedAvg` with central evaluation on the digits test set."""
+    """A ServerApp running :class:`~pqc_fl.strategy.VerifyingStrategy` around ``cfg.strategy``,
+    with central evaluation on the digits test set."""
     base = base or FLConfig()
     app = ServerApp()
 
@@ -378,15 +219,15 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         cfg, kd = settings(context, base, key_dir)
         out_path = context.run_config.get("out", out)
-        registry = KeyRegistry.load(kd / "registry.json")
+        registry = load_server_registry(kd)  # verified with the server's own key
         _, _, x_te, y_te = digits(cfg.seed)
         model = build_model(cfg.model, cfg.seed)
-        n = cfg.num_clients
-        strategy = VerifyingFedAvg(
-            registry=registry, run_id=flower_run_id(context), allowed_schemes={cfg.scheme},
-            require_signatures=cfg.sign,
-            fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n,
+        verifier = RoundVerifier(
+            registry, flower_run_id(context), schema_of(model.state_dict()),
+            ServerPolicy.only(cfg.scheme), min_accepted=float(cfg.min_accepted),
         )  # fmt: skip
+        inner = make_strategy(cfg.strategy, cfg.num_clients, num_malicious=cfg.num_byzantine)
+        strategy = VerifyingStrategy(inner, verifier, require_signatures=cfg.sign)
 
         def central_eval(rnd: int, arrays: ArrayRecord) -> MetricRecord:
             load_state(model, {k: a.numpy() for k, a in arrays.items()})
@@ -401,7 +242,7 @@ def make_server_app(
             ev: Any = result.evaluate_metrics_serverapp.get(st["round"], {})
             rounds.append({**st, **{k: float(v) for k, v in ev.items()}})
         summary = {
-            "engine": "flower", "run_id": strategy.run_id, "config": dataclasses.asdict(cfg),
+            "engine": "flower", "run_id": verifier.run_id, "config": dataclasses.asdict(cfg),
             "rounds": rounds, "rejections": strategy.rejections,
             "final_state": {k: a.numpy().tolist() for k, a in result.arrays.items()}
             if cfg.model == "mlp" else None,

@@ -10,6 +10,19 @@ Rotation: ``rotate(client_id=..., key_id=new, public_key=..., round=r, grace_rou
 new key the client's active key and retires the old one, which is still accepted for updates of
 rounds ``< r + g`` (updates already in flight when the key changed). Revocation is immediate and
 final. Both are recorded, never deleted, so an audit can tell "revoked" from "never registered".
+A rotation may not start before the client's last one, and revoking a client's active key also
+revokes its predecessors that are still inside their grace window (otherwise revoking a stolen
+key would leave the previous one, possibly stolen with it, valid).
+
+Each key is registered with ``max_examples``, the size of the client's local data set: the
+server refuses an update that claims more (FedAvg weights by the claim, so an unbounded claim
+lets one client replace the global model).
+
+The registry file is the server's trust anchor, so it is signed: :meth:`KeyRegistry.save` signs
+the canonical JSON of its records with the server's own ML-DSA key (context
+``qhybrid-fl/v1/registry``), and :meth:`KeyRegistry.load` verifies that signature with the
+server's public key and then re-applies every check :meth:`KeyRegistry.register` makes (key
+sizes, unique key ids, at most one active key per client, consistent life cycles).
 
 Secret keys never appear in ``repr``, logs or reports: :class:`ClientKey` hides them and the
 registry never holds them.
@@ -23,6 +36,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -37,8 +51,10 @@ __all__ = [
     "KeyRecord",
     "KeyRegistry",
     "generate_client_key",
+    "generate_server_key",
     "key_fingerprint",
     "load_client_key",
+    "load_server_registry",
     "provision_keys",
     "save_client_key",
 ]
@@ -46,6 +62,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 KeyStatus = Literal["active", "retired", "revoked"]
+REGISTRY_FORMAT = "qhybrid-fl-keys/v2"
+REGISTRY_CONTEXT = b"qhybrid-fl/v1/registry"  # FIPS 204 context of the registry signature
+SERVER_ID = "server"  # client id of the server's own signing key
 
 
 class KeyRegistryError(QHybridError):
@@ -73,6 +92,11 @@ def generate_client_key(client_id: str, scheme: str = "ml-dsa-44") -> ClientKey:
     s = get_scheme(scheme)
     sk, pk = s.keygen()
     return ClientKey(client_id, key_fingerprint(s.name, pk), s.name, pk, sk)
+
+
+def generate_server_key(scheme: str = "ml-dsa-65") -> ClientKey:
+    """The server's own key pair, which signs the key registry (ML-DSA-65 by default)."""
+    return generate_client_key(SERVER_ID, scheme)
 
 
 def _b64(b: bytes) -> str:
@@ -149,14 +173,21 @@ class KeyRecord:
     status: KeyStatus = "active"
     registered_round: int = 0  # first round the key may sign
     accept_until_round: int | None = None  # retired keys: last round still accepted (grace)
+    max_examples: int = 0  # largest num_examples an update signed with this key may claim
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key_id": self.key_id, "client_id": self.client_id, "scheme": self.scheme,
             "public_key": _b64(self.public_key), "status": self.status,
             "registered_round": self.registered_round,
-            "accept_until_round": self.accept_until_round,
+            "accept_until_round": self.accept_until_round, "max_examples": self.max_examples,
         }  # fmt: skip
+
+
+def _int(v: Any, what: str, lo: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise KeyRegistryError(f"{what}={v!r} must be an int >= {lo}")
+    return v
 
 
 class KeyRegistry:
@@ -166,7 +197,7 @@ class KeyRegistry:
         >>> reg = KeyRegistry()
         >>> k = generate_client_key("client-0")
         >>> _ = reg.register(client_id="client-0", key_id=k.key_id, scheme=k.scheme,
-        ...                  public_key=k.public_key)
+        ...                  public_key=k.public_key, max_examples=100)
         >>> reg.check(k.key_id, client_id="client-0", scheme="ml-dsa-44", round=1)[1]
         'ok'
     """
@@ -194,34 +225,67 @@ class KeyRegistry:
         return None
 
     def register(
-        self, *, client_id: str, key_id: str, scheme: str, public_key: bytes, round: int = 0
+        self,
+        *,
+        client_id: str,
+        key_id: str,
+        scheme: str,
+        public_key: bytes,
+        max_examples: int,
+        round: int = 0,
     ) -> KeyRecord:
-        """Add a client's first key. A client with an active key must :meth:`rotate` instead."""
-        s = get_scheme(scheme)
-        if len(public_key) != s.public_key_size:
-            raise KeyRegistryError(
-                f"public key for {client_id!r} has {len(public_key)} bytes, but {s.name} public "
-                f"keys have {s.public_key_size}"
-            )
-        if key_id in self._keys:
-            raise KeyRegistryError(
-                f"key id {key_id!r} is already registered; key ids are never reused"
-            )
-        if (old := self.active_key(client_id)) is not None:
-            raise KeyRegistryError(
-                f"client {client_id!r} already has active key {old.key_id!r}; use rotate() to "
-                "replace it"
-            )
-        rec = KeyRecord(key_id, client_id, s.name, bytes(public_key), "active", round)
-        self._keys[key_id] = rec
-        logger.info("registered key %s (%s) for client %s", key_id, s.name, client_id)
+        """Add a client's first key. A client with an active key must :meth:`rotate` instead.
+
+        Args:
+            max_examples: the client's local data-set size; updates claiming more are refused.
+            round: the first round the key may sign.
+        """
+        rec = KeyRecord(
+            key_id, client_id, get_scheme(scheme).name, bytes(public_key), "active",
+            _int(round, "round"), None, _int(max_examples, "max_examples"),
+        )  # fmt: skip
+        self._add(rec)
+        logger.info("registered key %s (%s) for client %s", key_id, rec.scheme, client_id)
         return rec
 
-    def register_client_key(self, key: ClientKey, *, round: int = 0) -> KeyRecord:
+    def _add(self, rec: KeyRecord) -> None:
+        """The checks every record passes, from :meth:`register` or from a loaded file."""
+        if not isinstance(rec.key_id, str) or not rec.key_id or not isinstance(rec.client_id, str):
+            raise KeyRegistryError(f"key id {rec.key_id!r} / client id {rec.client_id!r} invalid")
+        s = get_scheme(rec.scheme)
+        if s.name != rec.scheme:
+            raise KeyRegistryError(f"key {rec.key_id}: scheme {rec.scheme!r} is not canonical")
+        if len(rec.public_key) != s.public_key_size:
+            raise KeyRegistryError(
+                f"public key for {rec.client_id!r} has {len(rec.public_key)} bytes, but {s.name} "
+                f"public keys have {s.public_key_size}"
+            )
+        if rec.status not in ("active", "retired", "revoked"):
+            raise KeyRegistryError(f"key {rec.key_id}: unknown status {rec.status!r}")
+        _int(rec.registered_round, "registered_round")
+        _int(rec.max_examples, "max_examples")
+        if rec.status == "retired":
+            _int(rec.accept_until_round, "accept_until_round of a retired key", -1)
+        elif rec.accept_until_round is not None:
+            raise KeyRegistryError(f"key {rec.key_id}: only retired keys have accept_until_round")
+        if rec.key_id in self._keys:
+            raise KeyRegistryError(
+                f"key id {rec.key_id!r} is already registered; key ids are never reused"
+            )
+        if rec.status == "active" and (old := self.active_key(rec.client_id)) is not None:
+            raise KeyRegistryError(
+                f"client {rec.client_id!r} already has active key {old.key_id!r}; use rotate() "
+                "to replace it"
+            )
+        self._keys[rec.key_id] = rec
+
+    def register_client_key(
+        self, key: ClientKey, *, max_examples: int, round: int = 0
+    ) -> KeyRecord:
         """Register the public half of a :class:`ClientKey`."""
         return self.register(
             client_id=key.client_id, key_id=key.key_id, scheme=key.scheme,
-            public_key=key.public_key, round=round,
+            public_key=key.public_key, max_examples=max_examples, round=round,
         )  # fmt: skip
 
     def rotate(
@@ -233,14 +297,25 @@ class KeyRegistry:
         round: int,
         scheme: str | None = None,
         grace_rounds: int = 1,
+        max_examples: int | None = None,
     ) -> KeyRecord:
-        """Make a new key active from ``round``; the old one stays valid for rounds < round + grace."""
-        if grace_rounds < 0:
-            raise KeyRegistryError(f"grace_rounds={grace_rounds} must be >= 0")
+        """Make a new key active from ``round``; the old one stays valid for rounds < round + grace.
+
+        ``round`` may not precede the old key's first round (the last rotation): a rotation into
+        the past would re-open rounds the old key already signed. ``max_examples`` defaults to
+        the old key's.
+        """
+        _int(grace_rounds, "grace_rounds")
         old = self.active_key(client_id)
         if old is None:
             raise KeyRegistryError(
                 f"client {client_id!r} has no active key to rotate; use register()"
+            )
+        if _int(round, "round") < old.registered_round:
+            raise KeyRegistryError(
+                f"rotation at round {round} precedes the last rotation (round "
+                f"{old.registered_round}) of client {client_id!r}; rotate at a round >= "
+                f"{old.registered_round}"
             )
         self._keys[old.key_id] = replace(
             old, status="retired", accept_until_round=round + grace_rounds - 1
@@ -249,20 +324,29 @@ class KeyRegistry:
             return self.register(
                 client_id=client_id, key_id=key_id, scheme=scheme or old.scheme,
                 public_key=public_key, round=round,
+                max_examples=old.max_examples if max_examples is None else max_examples,
             )  # fmt: skip
         except QHybridError:
             self._keys[old.key_id] = old  # keep the registry consistent on a bad new key
             raise
 
     def revoke(self, key_id: str) -> KeyRecord:
-        """Stop accepting ``key_id`` from now on."""
+        """Stop accepting ``key_id`` from now on.
+
+        Revoking a client's active key also revokes its retired keys (those still in a grace
+        window would otherwise stay valid): the client has no valid key until it registers anew.
+        """
         rec = self._keys.get(key_id)
         if rec is None:
             raise KeyRegistryError(f"cannot revoke unknown key id {key_id!r}")
-        rec = replace(rec, status="revoked")
-        self._keys[key_id] = rec
-        logger.info("revoked key %s of client %s", key_id, rec.client_id)
-        return rec
+        chain = [rec]
+        if rec.status == "active":
+            chain += [r for r in self._keys.values()
+                      if r.client_id == rec.client_id and r.status == "retired"]  # fmt: skip
+        for r in chain:
+            self._keys[r.key_id] = replace(r, status="revoked")
+            logger.info("revoked key %s of client %s", r.key_id, r.client_id)
+        return self._keys[key_id]
 
     def check(
         self, key_id: str, *, client_id: str, scheme: str, round: int
@@ -293,63 +377,117 @@ class KeyRegistry:
 
     # -- persistence -----------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, Any]:
-        return {"format": "qhybrid-fl-keys/v1", "keys": [r.to_json() for r in self.records()]}
+    def _body(self) -> bytes:
+        """The signed bytes: canonical JSON of the format tag and the records."""
+        body = {"format": REGISTRY_FORMAT, "keys": [r.to_json() for r in self.records()]}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii")
 
-    def save(self, path: str | Path) -> None:
-        """Write the registry atomically (mode 0600)."""
-        _write_private(Path(path), json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+    def save(self, path: str | Path, *, server_key: ClientKey) -> None:
+        """Sign the registry with the server's key and write it atomically (mode 0600)."""
+        s = get_scheme(server_key.scheme)
+        body = self._body()
+        sig = s.sign(server_key.secret_key, body, REGISTRY_CONTEXT)
+        doc = {**json.loads(body), "signature": {"scheme": s.name, "key_id": server_key.key_id,
+                                                  "value": _b64(sig)}}  # fmt: skip
+        _write_private(Path(path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> KeyRegistry:
+    def load(cls, path: str | Path, *, server_public_key: bytes, server_scheme: str) -> KeyRegistry:
+        """Read a registry written by :meth:`save`; verify its signature, then every record.
+
+        Args:
+            server_public_key, server_scheme: the server's own key (the trust anchor; e.g. the
+                public half of the 0600 ``server.json``), never taken from the file itself.
+
+        Raises:
+            KeyRegistryError: missing file, bad signature, or a record ``register`` would refuse.
+        """
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            if d.get("format") != "qhybrid-fl-keys/v1":
-                raise KeyRegistryError(
-                    f"{path} is not a qhybrid key registry (format {d.get('format')!r})"
-                )
-            reg = cls()
-            for k in d["keys"]:
-                rec = KeyRecord(
-                    str(k["key_id"]), str(k["client_id"]), str(k["scheme"]),
-                    _unb64(k["public_key"], "public_key", path), k["status"],
-                    int(k["registered_round"]), k["accept_until_round"],
-                )  # fmt: skip
-                if rec.status not in ("active", "retired", "revoked"):
-                    raise KeyRegistryError(
-                        f"{path}: key {rec.key_id} has unknown status {rec.status!r}"
-                    )
-                reg._keys[rec.key_id] = rec
-            return reg
         except FileNotFoundError as err:
             raise KeyRegistryError(f"key registry {path} does not exist") from err
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            if isinstance(err, QHybridError):
-                raise
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise KeyRegistryError(f"{path} is not a valid key registry ({err!r})") from None
+        if not isinstance(d, dict) or d.get("format") != REGISTRY_FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise KeyRegistryError(
+                f"{path} is not a qhybrid key registry (format {got!r}, expected "
+                f"{REGISTRY_FORMAT!r}); write it with KeyRegistry.save or `qhybrid fl keys`"
+            )
+        try:
+            sig = _unb64(d["signature"]["value"], "signature", path)
+            body = json.dumps({"format": d["format"], "keys": d["keys"]}, sort_keys=True,
+                              separators=(",", ":")).encode("ascii")  # fmt: skip
+        except (KeyError, TypeError, UnicodeEncodeError) as err:
+            raise KeyRegistryError(f"{path} carries no registry signature ({err!r})") from None
+        if not get_scheme(server_scheme).verify(server_public_key, body, sig, REGISTRY_CONTEXT):
+            raise KeyRegistryError(
+                f"{path}: the registry signature does not verify with the server's key; the file "
+                "was changed after the server signed it (or belongs to another server)"
+            )
+        reg = cls()
+        try:
+            for k in d["keys"]:
+                reg._add(KeyRecord(
+                    k["key_id"], k["client_id"], k["scheme"],
+                    _unb64(k["public_key"], "public_key", path), k["status"],
+                    k["registered_round"], k["accept_until_round"], k["max_examples"],
+                ))  # fmt: skip
+        except (KeyError, TypeError, AttributeError) as err:
+            raise KeyRegistryError(f"{path}: malformed key record ({err!r})") from None
+        except QHybridError as err:
+            raise KeyRegistryError(f"{path}: {err}") from None
+        return reg
 
-    def add_public_key_file(self, path: str | Path, *, round: int = 0) -> KeyRecord:
+    def add_public_key_file(
+        self, path: str | Path, *, max_examples: int, round: int = 0
+    ) -> KeyRecord:
         """Register a client's ``*.pub.json`` (as written by :func:`save_client_key`)."""
         path = Path(path)
         d = json.loads(path.read_text(encoding="utf-8"))
         return self.register(
             client_id=str(d["client_id"]), key_id=str(d["key_id"]), scheme=str(d["scheme"]),
             public_key=_unb64(d["public_key"], "public_key", path), round=round,
+            max_examples=max_examples,
         )  # fmt: skip
 
 
-def provision_keys(key_dir: str | Path, num_clients: int, scheme: str = "ml-dsa-44") -> KeyRegistry:
-    """Generate ``client-<i>.json`` key files (0600) for ``num_clients`` clients and ``registry.json``.
+def provision_keys(
+    key_dir: str | Path,
+    num_clients: int,
+    scheme: str = "ml-dsa-44",
+    *,
+    max_examples: int | Sequence[int],
+    server_scheme: str = "ml-dsa-65",
+) -> KeyRegistry:
+    """Generate ``client-<i>.json`` key files (0600), the server's ``server.json`` and the signed
+    ``registry.json``.
 
     This is the out-of-band step a deployment does once per client machine; here it writes all
-    keys into one directory for simulations.
+    keys into one directory for simulations. ``max_examples`` is one cap for all clients or one
+    per client (their local data-set sizes).
     """
+    caps = [max_examples] * num_clients if isinstance(max_examples, int) else list(max_examples)
+    if len(caps) != num_clients:
+        raise KeyRegistryError(f"{len(caps)} max_examples for {num_clients} clients")
     key_dir = Path(key_dir)
     reg = KeyRegistry()
-    for i in range(num_clients):
-        key = generate_client_key(f"client-{i}", scheme)
+    keys = [generate_client_key(f"client-{i}", scheme) for i in range(num_clients)]
+    for key, cap in zip(keys, caps, strict=True):
+        reg.register_client_key(key, max_examples=cap)  # validate everything before writing
+    server = generate_server_key(server_scheme)
+    for i, key in enumerate(keys):
         save_client_key(key_dir / f"client-{i}.json", key)
-        reg.register_client_key(key)
-    reg.save(key_dir / "registry.json")
+    save_client_key(key_dir / "server.json", server)
+    reg.save(key_dir / "registry.json", server_key=server)
     return reg
+
+
+def load_server_registry(key_dir: str | Path) -> KeyRegistry:
+    """The registry of ``key_dir``, verified with the server key in ``key_dir/server.json``."""
+    server = load_client_key(Path(key_dir) / "server.json")
+    return KeyRegistry.load(
+        Path(key_dir) / "registry.json", server_public_key=server.public_key,
+        server_scheme=server.scheme,
+    )  # fmt: skip

@@ -14,6 +14,8 @@ SLH-DSA-*               FIPS 205 raw                    FIPS 205 raw (4n bytes)
 Falcon-512/1024         FN-DSA raw (897/1793 B),        c-fn-dsa encoding (1345/2369 B)
                         padded signatures (666/1280 B)
 Ed25519                 RFC 8032 raw 32 B / 64 B        raw 32-byte seed
+Ed25519+ML-DSA-44       the two concatenated (Ed25519   the two concatenated (64 B)
+                        first): 1,344 B / 2,484 B
 ECDSA P-256 SHA-256     SEC1 compressed point (33 B) /  32-byte big-endian scalar
                         IEEE P1363 ``r || s`` (64 B)
 RSA-3072-PSS SHA-256    PKCS#1 ``RSAPublicKey`` DER /   PKCS#8 DER
@@ -67,7 +69,11 @@ __all__ = [
     "MuHasher",
     "SchemeError",
     "SignatureScheme",
+    "CLASSICAL_SCHEMES",
+    "POST_QUANTUM_SCHEMES",
+    "SCHEME_NAMES",
     "available_schemes",
+    "canonical_name",
     "find_liboqs",
     "get_scheme",
     "scheme_backends",
@@ -94,7 +100,8 @@ class SignatureScheme:
 
     Attributes:
         name: canonical lower-case name, e.g. ``"ml-dsa-44"``.
-        family: ``"ml-dsa"``, ``"slh-dsa"``, ``"fn-dsa"``, ``"ed25519"``, ``"ecdsa"`` or ``"rsa-pss"``.
+        family: ``"ml-dsa"``, ``"slh-dsa"``, ``"fn-dsa"``, ``"ed25519"``, ``"ecdsa"``, ``"rsa-pss"``
+            or ``"composite"``.
         nist_level: claimed NIST security category (1, 3 or 5); classical schemes give their
             classical-security analogue and ``post_quantum=False``.
         backend: the library doing the work.
@@ -581,7 +588,14 @@ _BACKENDS: dict[str, tuple[str, ...]] = {
     "ed25519": ("cryptography",),
     "ecdsa-p256": ("cryptography",),
     "rsa-3072": ("cryptography",),
+    "ed25519+ml-dsa-44": ("cryptography",),  # composite: valid only if both components verify
 }
+# composite (hybrid) schemes: name -> (classical component, post-quantum component)
+_COMPOSITE = {"ed25519+ml-dsa-44": ("ed25519", "ml-dsa-44")}
+
+CLASSICAL_SCHEMES = frozenset({"ed25519", "ecdsa-p256", "rsa-3072"})
+SCHEME_NAMES = frozenset(_BACKENDS)  # every scheme name this module knows, installed or not
+POST_QUANTUM_SCHEMES = SCHEME_NAMES - CLASSICAL_SCHEMES
 
 _MODULE = {"cryptography": "cryptography", "pqcrypto": "pqcrypto", "py-fn-dsa": "py_fn_dsa"}
 
@@ -592,7 +606,41 @@ def _backend_present(backend: str) -> bool:
     return importlib.util.find_spec(_MODULE[backend]) is not None
 
 
+def _composite(name: str) -> SignatureScheme:
+    """A hybrid of a classical and a post-quantum scheme: keys, and signatures, are the two
+    components concatenated (classical first); a signature is valid only if **both** verify.
+
+    Both components sign ``M* = "qhybrid-composite/v1/" || name || 0x00 || M`` under the caller's
+    context, so neither half is a valid stand-alone signature of ``M`` (no stripping to the weaker
+    scheme) and the pair is bound to this composite. It stays secure while either component is
+    (EUF-CMA of the composite reduces to either component's). This is our construction in the
+    spirit of the IETF LAMPS composite signatures draft, not an implementation of that draft.
+    """
+    a, b = (get_scheme(n) for n in _COMPOSITE[name])
+    label = b"qhybrid-composite/v1/" + name.encode("ascii") + b"\x00"
+    ska, pka, sga = a.secret_key_size, a.public_key_size, a.signature_size
+
+    def keygen() -> tuple[bytes, bytes]:
+        (sk1, pk1), (sk2, pk2) = a.keygen(), b.keygen()
+        return sk1 + sk2, pk1 + pk2
+
+    def sign(sk: bytes, msg: bytes, ctx: bytes) -> bytes:
+        return a.sign(sk[:ska], label + msg, ctx) + b.sign(sk[ska:], label + msg, ctx)
+
+    def verify(pk: bytes, msg: bytes, sig: bytes, ctx: bytes) -> bool:
+        ok_a = a.verify(pk[:pka], label + msg, sig[:sga], ctx)
+        ok_b = b.verify(pk[pka:], label + msg, sig[sga:], ctx)
+        return ok_a and ok_b
+
+    return SignatureScheme(
+        name, "composite", b.nist_level, True, "cryptography", pka + b.public_key_size,
+        ska + b.secret_key_size, sga + b.signature_size, keygen, sign, verify,
+    )  # fmt: skip
+
+
 def _build(name: str, backend: str) -> SignatureScheme:
+    if name in _COMPOSITE:
+        return _composite(name)
     if backend == "liboqs":
         return _liboqs_scheme(name)
     if backend == "py-fn-dsa":
@@ -654,6 +702,11 @@ def get_scheme(name: str, backend: str | None = None) -> SignatureScheme:
 _ALIASES = {"falcon512": "falcon-512", "falcon1024": "falcon-1024", "fn-dsa-512": "falcon-512",
             "fn-dsa-1024": "falcon-1024", "rsa-3072-pss": "rsa-3072", "ecdsa-p-256": "ecdsa-p256",
             "mldsa44": "ml-dsa-44", "mldsa65": "ml-dsa-65", "mldsa87": "ml-dsa-87"}  # fmt: skip
+
+
+def canonical_name(name: str) -> str:
+    """The canonical spelling of a scheme name or alias (``"FN-DSA-512"`` -> ``"falcon-512"``)."""
+    return _canonical(name)
 
 
 def _canonical(name: str) -> str:

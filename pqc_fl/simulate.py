@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pqc_fl.attacks import tamper
+from pqc_fl.attacks import byzantine_state, tamper
 from pqc_fl.config import FLConfig
 from pqc_fl.envelope import (
     SignedUpdate,
@@ -31,9 +31,10 @@ from pqc_fl.envelope import (
     parse_tensor_stream,
     sign_update,
     tensor_stream,
-    verify_update,
 )
-from pqc_fl.keys import KeyRegistry, generate_client_key
+from pqc_fl.keys import ClientKey, KeyRegistry, generate_client_key
+from pqc_fl.policy import ServerPolicy, schema_of
+from pqc_fl.server import RoundVerifier
 from pqc_fl.task import (
     build_model,
     digits,
@@ -82,7 +83,16 @@ def client_seed(seed: int, round: int, client: int) -> int:
 def run_inprocess(
     config: FLConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None
 ) -> FLResult:
-    """Run ``config`` in this process, client by client, and return per-round records."""
+    """Run ``config`` in this process, client by client, and return per-round records.
+
+    The server side is the real one: a :class:`~pqc_fl.server.RoundVerifier` checks the round's
+    wire bytes, and the Flower strategy ``config.strategy`` aggregates the verified updates
+    (:func:`~pqc_fl.strategy.aggregate_updates`). Byzantine clients (the last
+    ``config.num_byzantine``) sign what :func:`~pqc_fl.attacks.byzantine_state` makes of their
+    update, with their own valid keys.
+    """
+    from pqc_fl.strategy import aggregate_updates, make_strategy, quiet_flwr
+
     torch.set_num_threads(1)  # fair timings; clients are meant to be separate machines
     x_tr, y_tr, x_te, y_te = digits(config.seed)
     parts = partition(
@@ -90,76 +100,70 @@ def run_inprocess(
     )
     keys = [generate_client_key(f"client-{i}", config.scheme) for i in range(config.num_clients)]
     registry = KeyRegistry()
-    for k in keys:
-        registry.register_client_key(k)
-    run_id = f"inprocess-{secrets.token_hex(8)}"
+    for k, idx in zip(keys, parts, strict=True):
+        registry.register_client_key(k, max_examples=len(idx))
     model = build_model(config.model, config.seed)
     global_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    verifier = RoundVerifier(
+        registry, f"inprocess-{secrets.token_hex(8)}", schema_of(global_state),
+        ServerPolicy.only(config.scheme), min_accepted=float(config.min_accepted),  # a fraction
+    )  # fmt: skip
+    with quiet_flwr():  # Flower warns that client-side evaluation is off: it is, by design
+        strategy = make_strategy(
+            config.strategy, config.num_clients, num_malicious=config.num_byzantine
+        )
+    byzantine = set(range(config.num_clients - config.num_byzantine, config.num_clients))
     result = FLResult()
     previous: dict[int, SignedUpdate] = {}
-    seen: set[str] = set()
     for rnd in range(1, config.rounds + 1):
         blobs: list[tuple[int, bytes, dict[str, float]]] = []
         for i, idx in enumerate(parts):
             load_state(model, global_state)
             t0 = time.perf_counter()
+            y = y_tr[idx]
+            if i in byzantine and config.byzantine == "label_flip":
+                y = 9 - y  # every label mapped to another class
             state, n, metrics = local_train(
-                model, x_tr[idx], y_tr[idx], config.local, seed=client_seed(config.seed, rnd, i)
+                model, x_tr[idx], y, config.local, seed=client_seed(config.seed, rnd, i)
             )
             t = {"train": time.perf_counter() - t0, "digest": 0.0, "sign": 0.0}
-            if config.sign:
-                k = keys[i]
-                u = sign_update(
-                    state, scheme=config.scheme, secret_key=k.secret_key, key_id=k.key_id,
-                    client_id=k.client_id, run_id=run_id, round=rnd, num_examples=n,
-                    metrics=metrics, mode=config.mode,
-                )  # fmt: skip
-                t.update(u.timings)
-                if config.attack != "none" and i == config.attacker:
-                    honest = u
-                    u = tamper(u, config.attack, previous=previous.get(i), victim=keys[0].client_id)
-                    previous[i] = honest
-                t2 = time.perf_counter()
-                blob = u.to_bytes()
-            else:
-                t2 = time.perf_counter()
+            kind = config.byzantine if i in byzantine else "none"
+            state = byzantine_state(kind, state, global_state)  # scale / sign_flip hit both paths
+            t2 = time.perf_counter()
+            if not config.sign:
                 blob = np.int64(n).tobytes() + b"".join(
                     bytes(c) for c in tensor_stream(canonical_tensors(state))
                 )
-            t["serialize"] = time.perf_counter() - t2
-            t["total"] = time.perf_counter() - t0
+                t["serialize"] = time.perf_counter() - t2
+                blobs.append((i, blob, t))
+                continue
+            signed = _client_updates(config, keys[i], i, rnd, verifier.run_id, kind, state, n,
+                                     metrics)  # fmt: skip
+            t.update(signed[0].timings)
+            if config.attack != "none" and i == config.attacker:
+                honest = signed[0]
+                signed[0] = tamper(honest, config.attack, previous=previous.get(i),
+                                   victim=keys[0].client_id)  # fmt: skip
+                previous[i] = honest
+            t2 = time.perf_counter()
+            blobs += [(i, u.to_bytes(), t) for u in signed]
+            t["serialize"] = (time.perf_counter() - t2) / len(signed)
+        for _, blob, t in blobs:
+            t["total"] = t["train"] + t["digest"] + t["sign"] + t["serialize"]
             t["bytes"] = float(len(blob))
-            blobs.append((i, blob, t))
-        accepted: list[tuple[dict[str, np.ndarray], int]] = []
-        server = {"parse": 0.0, "verify": 0.0, "hash": 0.0, "aggregate": 0.0}
-        for i, blob, _ in blobs:
-            t0 = time.perf_counter()
-            if config.sign:
-                u = SignedUpdate.from_bytes(blob)
-                server["parse"] += time.perf_counter() - t0
-                v = verify_update(u, registry=registry, run_id=run_id, round=rnd, seen_nonces=seen)
-                server["verify"] += v.verify_seconds
-                server["hash"] += v.hash_seconds
-                if not v.ok:
-                    result.rejections.append(
-                        {"round": rnd, "client": f"client-{i}", "claimed": v.client_id,
-                         "reason": str(v.reason), "detail": v.detail}
-                    )  # fmt: skip
-                    continue
-                accepted.append((dict(u.tensors), u.envelope.num_examples))
-            else:
-                n = int(np.frombuffer(blob[:8], np.int64)[0])
-                accepted.append((parse_tensor_stream(blob[8:]), n))
-                server["parse"] += time.perf_counter() - t0
+        server, accepted, met = _server_round(config, verifier, rnd, blobs)
         t0 = time.perf_counter()
-        if accepted:
-            global_state = fedavg(accepted)
+        if met and accepted:
+            arrays = aggregate_updates(strategy, rnd, accepted)
+            if arrays is not None:
+                global_state = {k: np.array(a.numpy()) for k, a in arrays.items()}
         server["aggregate"] = time.perf_counter() - t0
         load_state(model, global_state)
         ev = evaluate(model, x_te, y_te)
         clients = [t for _, _, t in blobs]
         rec: dict[str, Any] = {
             "round": rnd, **ev, "accepted": len(accepted), "rejected": len(blobs) - len(accepted),
+            "quorum_met": met,
             **{f"client_{k}_s": float(np.median([c[k] for c in clients]))
                for k in ("train", "digest", "sign", "serialize", "total")},
             "update_bytes": float(np.median([c["bytes"] for c in clients])),
@@ -169,5 +173,49 @@ def run_inprocess(
         logger.info("round %d: %s", rnd, rec)
         if on_round:
             on_round(rec)
+    result.rejections = verifier.rejections
     result.state = global_state
     return result
+
+
+def _client_updates(
+    config: FLConfig, key: ClientKey, i: int, rnd: int, run_id: str, kind: str,
+    state: dict[str, np.ndarray], n: int, metrics: dict[str, float],
+) -> list[SignedUpdate]:  # fmt: skip
+    """The signed update(s) client ``i`` sends: one, or two for a double submission."""
+
+    def sign(st: dict[str, np.ndarray], n_claim: int) -> SignedUpdate:
+        return sign_update(
+            st, scheme=config.scheme, secret_key=key.secret_key, key_id=key.key_id,
+            client_id=key.client_id, run_id=run_id, round=rnd, num_examples=n_claim,
+            metrics=metrics, mode=config.mode, node=f"node-{i}", hash=config.hash,
+        )  # fmt: skip
+
+    if kind == "inflate_examples":
+        return [sign(state, 2**53)]
+    if kind == "double_submission":  # the honest update and a boosted copy, both validly signed
+        return [sign(state, n), sign({k: v * np.float32(2) for k, v in state.items()}, n)]
+    return [sign(state, n)]
+
+
+def _server_round(
+    config: FLConfig, verifier: RoundVerifier, rnd: int, blobs: list[tuple[int, bytes, Any]]
+) -> tuple[dict[str, float], list[tuple[str, dict[str, np.ndarray], int]], bool]:
+    """Verify (or, unsigned, just parse) a round's blobs; (timings, accepted updates, quorum)."""
+    t0 = time.perf_counter()
+    accepted: list[tuple[str, dict[str, np.ndarray], int]] = []
+    if not config.sign:
+        for i, blob, _ in blobs:
+            n = int(np.frombuffer(blob[:8], np.int64)[0])
+            accepted.append((f"client-{i}", parse_tensor_stream(blob[8:]), n))
+        return {"parse": time.perf_counter() - t0, "verify": 0.0, "hash": 0.0}, accepted, True
+    verdicts, met = verifier.verify_round(rnd, [(f"node-{i}", blob) for i, blob, _ in blobs])
+    for v in verdicts:
+        if v.ok and v.update is not None:
+            accepted.append(
+                (str(v.client_id), dict(v.update.tensors), v.update.envelope.num_examples)
+            )
+    verify = sum(v.verify_seconds for v in verdicts)
+    hash_ = sum(v.hash_seconds for v in verdicts)
+    total = time.perf_counter() - t0
+    return {"parse": total - verify - hash_, "verify": verify, "hash": hash_}, accepted, met

@@ -44,7 +44,10 @@ def test_importing_the_package_and_cli_module_is_light() -> None:
 
 
 def test_cli_keys_and_run(tmp_path: Path, capsys: object) -> None:
-    assert main(["fl", "keys", "--dir", str(tmp_path / "k"), "--clients", "2"]) == 0
+    assert (
+        main(["fl", "keys", "--dir", str(tmp_path / "k"), "--clients", "2", "--max-examples", "50"])
+        == 0
+    )
     assert (tmp_path / "k" / "registry.json").exists()
     rc = main(["fl", "run", "--out", str(tmp_path / "runs"), "--set", "rounds=1",
                "--set", "local.steps=2", "--set", "num_clients=2"])  # fmt: skip

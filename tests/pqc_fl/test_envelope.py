@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import numpy as np
 import pytest
@@ -10,7 +11,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pqc_fl.attacks import ATTACKS, expected_reason, make_world, run_attack_suite, sample_state
+from pqc_fl.attacks import (
+    ATTACKS,
+    STATEFUL,
+    expected_reason,
+    make_world,
+    run_attack_suite,
+    sample_state,
+)
 from pqc_fl.envelope import (
     CONTEXT,
     Envelope,
@@ -22,6 +30,7 @@ from pqc_fl.envelope import (
     verify_update,
 )
 from pqc_fl.keys import generate_client_key
+from pqc_fl.policy import ReplayGuard, schema_of
 from pqc_fl.schemes import get_scheme
 
 WORLD = make_world("ml-dsa-44", "digest")
@@ -89,7 +98,7 @@ def test_mu_mode_needs_mldsa_on_cryptography() -> None:
 @pytest.mark.parametrize(
     ("scheme", "mode"),
     [("ml-dsa-44", "digest"), ("ml-dsa-44", "full"), ("ml-dsa-44", "mu"), ("falcon-512", "digest"),
-     ("ed25519", "digest"), ("ecdsa-p256", "full")],
+     ("ed25519", "digest"), ("ecdsa-p256", "full"), ("ed25519+ml-dsa-44", "digest")],
 )  # fmt: skip
 def test_attack_suite_rejects_every_case_with_its_reason(scheme: str, mode: str) -> None:
     result = run_attack_suite(scheme, mode, honest=40)
@@ -97,7 +106,7 @@ def test_attack_suite_rejects_every_case_with_its_reason(scheme: str, mode: str)
     assert wrong == []
     assert result["rejection_rate"] == 1.0
     assert result["false_rejections"] == 0
-    assert len(result["cases"]) == len(ATTACKS) + 1
+    assert len(result["cases"]) == len(ATTACKS) + len(STATEFUL)
 
 
 @pytest.mark.slow
@@ -115,7 +124,7 @@ def test_rotation_grace_window() -> None:
 
     def at(round: int, key: object) -> Reason:
         u = w.honest(key=key, round=round)
-        return verify_update(u, registry=w.registry, run_id=u.envelope.run_id, round=round).reason
+        return w.verify(u, round=round)
 
     assert at(5, w.a) == Reason.OK and at(6, w.a) == Reason.OK  # old key inside the grace window
     assert at(7, w.a) == Reason.EXPIRED_KEY
@@ -160,10 +169,61 @@ def test_any_mutation_of_a_valid_update_is_rejected(data: st.DataObject) -> None
         blob[i:] = data.draw(st.binary(max_size=64))
     if bytes(blob) == _VALID:
         return
-    v = verify_update(bytes(blob), registry=WORLD.registry, run_id="run-attack-suite", round=5)
+    v = verify_update(
+        bytes(blob), registry=WORLD.registry, run_id="run-attack-suite", round=5,
+        guard=ReplayGuard(), schema=schema_of(WORLD.state), policy=WORLD.policy, node="node-a",
+    )  # fmt: skip
     assert not v.ok and v.reason in set(Reason) - {Reason.OK}
 
 
 def test_expected_reasons_cover_every_code_the_suite_claims() -> None:
     codes = {expected_reason(n, m) for n in ATTACKS for m in ("digest", "full")}
-    assert Reason.OK not in codes and len(codes) >= 12
+    codes |= set(STATEFUL.values())
+    # every refusal code has a case (UNSIGNED exists only on Flower replies: test_flower_app.py)
+    assert codes == set(Reason) - {Reason.OK, Reason.UNSIGNED}
+
+
+@pytest.mark.parametrize("mode", ["digest", "full"])
+def test_header_and_signature_are_checked_before_any_record_is_parsed(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pqc_fl.envelope as envelope
+    from pqc_fl.attacks import garbage_record_blob
+    from pqc_fl.policy import ServerPolicy
+
+    w = make_world("ml-dsa-44", mode)
+    blob = garbage_record_blob(w.honest(), 40_000)  # 1.2 MB of empty records, garbled signature
+    assert len(blob) > 1_000_000
+
+    def parse(*_: object, **__: object) -> None:
+        raise AssertionError("a tensor record was parsed before the signature verified")
+
+    monkeypatch.setattr(envelope, "parse_tensor_stream", parse)
+    roomy = ServerPolicy.only("ml-dsa-44", max_records=10**6)  # past the count cap: signature
+    v = verify_update(blob, registry=w.registry, run_id="run-attack-suite", round=5,
+                      guard=ReplayGuard(), schema=None, policy=roomy, node="node-a")  # fmt: skip
+    assert v.reason == Reason.BAD_SIGNATURE
+    assert w.verify(blob) == Reason.TOO_LARGE  # the default cap stops it even earlier
+    monkeypatch.undo()
+    # the same header with a valid signature and real tensors parses (the parser is only deferred)
+    assert w.verify(w.honest().to_bytes()) == Reason.OK
+
+
+def test_blake3_digest_is_the_independent_blake3_of_the_stream_and_is_signed() -> None:
+    from blake3 import blake3
+
+    from pqc_fl.envelope import tensor_stream
+    from pqc_fl.policy import ServerPolicy
+
+    s = sample_state(2)
+    stream = b"".join(bytes(c) for c in tensor_stream(dict(sorted(s.items()))))
+    assert state_digest(s, "blake3") == blake3(b"qhybrid-fl/v1/state" + stream).digest()
+    assert state_digest(s) == hashlib.sha256(b"qhybrid-fl/v1/state" + stream).digest()
+    u = WORLD.honest(hash="blake3")
+    assert u.envelope.hash == "blake3" and WORLD.verify(u.to_bytes()) == Reason.OK
+    sha_only = ServerPolicy.only("ml-dsa-44", allowed_hashes=frozenset({"sha256"}))
+    v = verify_update(u, registry=WORLD.registry, run_id="run-attack-suite", round=5,
+                      guard=ReplayGuard(), schema=None, policy=sha_only, node="node-a")  # fmt: skip
+    assert v.reason == Reason.MODE_NOT_ALLOWED
+    with pytest.raises(ValueError, match="hash='md5'"):
+        WORLD.honest(hash="md5")

@@ -1,4 +1,5 @@
-"""A real Flower simulation (Ray backend): 3 clients, 2 rounds, one client tampering after signing."""
+"""The strategy wrapper: unit checks on Flower messages, and real Flower simulations (Ray backend)
+with the wrapper around FedAvg, FedMedian and Krum."""
 
 from __future__ import annotations
 
@@ -7,63 +8,134 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pqc_fl.attacks import make_world
+from pqc_fl.attacks import RUN_ID, make_world, sample_state
 from pqc_fl.config import LocalTrainConfig
 from pqc_fl.envelope import Reason
 from pqc_fl.keys import provision_keys
+from pqc_fl.policy import schema_of
+from pqc_fl.server import QuorumError, RoundVerifier
 from pqc_fl.simulate import FLConfig, run_inprocess
 
 pytest.importorskip("ray")
 
 
-def test_flower_simulation_verifies_signed_replies_and_drops_the_forged_one(tmp_path: Path) -> None:
-    # Prepare: keys provisioned out of band, client 1 flips a weight bit after signing
+def _reply(content: object, node: int) -> object:
+    from flwr.app import Message, MessageType, Metadata
+
+    meta = Metadata(0, "", node, 0, "", "5", 0.0, 3600.0, MessageType.TRAIN)
+    return Message(content=content, metadata=meta)  # type: ignore[arg-type]
+
+
+def _strategy(w: object, **kw: object) -> object:
+    from pqc_fl.strategy import VerifyingStrategy, make_strategy
+
+    verifier = RoundVerifier(w.registry, RUN_ID, schema_of(w.state), w.policy, **kw)  # type: ignore[attr-defined]
+    return VerifyingStrategy(make_strategy("fedavg", 2), verifier)
+
+
+def test_wrapper_rejects_unsigned_malformed_and_relabelled_replies_with_their_reason() -> None:
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    from pqc_fl.strategy import update_to_content
+
+    w = make_world()
+    b_state = sample_state(3)
+    good_a = update_to_content(w.honest())
+    good_b = update_to_content(w.honest(key=w.b, state=b_state, node="7"))
+    unsigned = RecordDict({"arrays": good_a["arrays"], "metrics": good_a["metrics"]})
+    extra = update_to_content(w.honest())
+    extra["more"] = ArrayRecord()
+    inflated = update_to_content(w.honest(node="10"))
+    inflated["metrics"] = MetricRecord({**dict(inflated["metrics"]), "num-examples": 10**6})
+    garbled = update_to_content(w.honest())
+    garbled["pqc"] = ConfigRecord({"envelope": b"{", "signature": b""})
+    retyped = update_to_content(w.honest())
+    retyped["arrays"] = MetricRecord({"x": 1.0})  # right name, wrong record type
+    many = update_to_content(w.honest())
+    many["arrays"] = ArrayRecord({f"t{i}": Array(np.zeros(1, np.float32)) for i in range(5000)})
+    s = _strategy(w, min_accepted=1)
+    replies = [_reply(c, n) for c, n in
+               [(good_b, 7), (unsigned, 8), (extra, 9), (inflated, 10), (garbled, 11),
+                (retyped, 12), (many, 13)]]  # fmt: skip
+    arrays, _ = s.aggregate_train(5, replies)  # type: ignore[attr-defined]
+    got = [(r["node"], r["reason"]) for r in s.rejections]  # type: ignore[attr-defined]
+    assert got == [("8", "unsigned"), ("9", "malformed"), ("10", "bad_signature"),
+                   ("11", "malformed"), ("12", "malformed"), ("13", "malformed")]  # fmt: skip
+    # the aggregate is exactly b's verified weights (the only accepted reply)
+    for k, v in b_state.items():
+        np.testing.assert_array_equal(arrays[k].numpy(), v)
+    assert s.round_stats[-1]["accepted"] == 1  # type: ignore[attr-defined]
+
+
+def test_two_nodes_claiming_one_client_are_both_rejected_and_binding_holds() -> None:
+    w = make_world()
+    from pqc_fl.strategy import update_to_content
+
+    s = _strategy(w, min_accepted=1)
+    one = update_to_content(w.honest(node="1"))
+    two = update_to_content(w.honest(node="2", state=sample_state(5)))
+    b = update_to_content(w.honest(key=w.b, node="3"))
+    arrays, _ = s.aggregate_train(5, [_reply(one, 1), _reply(two, 2), _reply(b, 3)])  # type: ignore[attr-defined]
+    assert [(r["node"], r["reason"]) for r in s.rejections] == [  # type: ignore[attr-defined]
+        ("1", "duplicate_submission"), ("2", "duplicate_submission")]  # fmt: skip
+    assert arrays is not None
+
+
+def test_quorum_skips_or_aborts_a_round_with_too_few_accepted_updates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pqc_fl.strategy import update_to_content
+
+    w = make_world()
+    bad = update_to_content(w.honest(node="1", num_examples=10**9))  # over the registered cap
+    good = update_to_content(w.honest(key=w.b, node="2"))
+    s = _strategy(w, min_accepted=0.9)
+    assert s.aggregate_train(5, [_reply(bad, 1), _reply(good, 2)]) == (None, None)  # type: ignore[attr-defined]
+    assert s.round_stats[-1]["quorum_met"] is False and "below the quorum" in caplog.text  # type: ignore[attr-defined]
+    assert s.rejections[0]["reason"] == Reason.EXAMPLES_OVER_CAP  # type: ignore[attr-defined]
+    s = _strategy(w, min_accepted=2, abort_below_quorum=True)
+    with pytest.raises(QuorumError, match="1 of 2 updates"):
+        s.aggregate_train(5, [_reply(bad, 1), _reply(good, 2)])  # type: ignore[attr-defined]
+
+
+# (strategy, outsider attack by client 1, Byzantine attack by client 2 with its valid key)
+FLOWER_CASES = [("fedavg", "tensor_bitflip", "none"), ("fedmedian", "none", "sign_flip"),
+                ("krum", "none", "non_finite")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("strategy", "attack", "byzantine"), FLOWER_CASES)
+def test_flower_simulation_wraps_the_strategy(
+    tmp_path: Path, strategy: str, attack: str, byzantine: str
+) -> None:
+    # Prepare: keys provisioned out of band; for FedAvg client 1 flips a weight bit after signing
     cfg = FLConfig(
-        num_clients=3, rounds=2, local=LocalTrainConfig(steps=5), attack="tensor_bitflip",
-        attacker=1, partition="dirichlet", alpha=1.0,
+        num_clients=3, rounds=2, local=LocalTrainConfig(steps=5), attack=attack, attacker=1,
+        partition="dirichlet", alpha=1.0, strategy=strategy, byzantine=byzantine,
+        num_byzantine=int(byzantine != "none"),
     )  # fmt: skip
-    provision_keys(tmp_path / "keys", cfg.num_clients, cfg.scheme)
+    provision_keys(tmp_path / "keys", cfg.num_clients, cfg.scheme, max_examples=10_000)
     from pqc_fl.flower_app import run_flower_simulation
 
     # Execute
     summary = run_flower_simulation(cfg, tmp_path / "keys", tmp_path / "out.json")
 
     # Assert: the forged reply is rejected in both rounds with its reason, the others aggregated
-    assert [(r["round"], r["client"], r["reason"]) for r in summary["rejections"]] == [
-        (1, "client-1", "digest_mismatch"), (2, "client-1", "digest_mismatch"),
-    ]  # fmt: skip
-    assert [(r["accepted"], r["rejected"]) for r in summary["rounds"]] == [(2, 1), (2, 1)]
-    # and the global model is exactly what the independent in-process FedAvg computes
+    if byzantine == "non_finite":  # client 2 signs NaN weights with its own key: refused
+        assert [(r["round"], r["client"], r["reason"]) for r in summary["rejections"]] == [
+            (1, "client-2", "non_finite"), (2, "client-2", "non_finite"),
+        ]  # fmt: skip
+    elif attack == "none":  # sign-flipped but well-formed: accepted, the median absorbs it
+        assert summary["rejections"] == []
+        assert [(r["accepted"], r["rejected"]) for r in summary["rounds"]] == [(3, 0), (3, 0)]
+    else:
+        assert [(r["round"], r["client"], r["reason"]) for r in summary["rejections"]] == [
+            (1, "client-1", "digest_mismatch"), (2, "client-1", "digest_mismatch"),
+        ]  # fmt: skip
+        assert [(r["accepted"], r["rejected"]) for r in summary["rounds"]] == [(2, 1), (2, 1)]
+    # and the global model is exactly what the in-process engine computes with the same strategy
     ref = run_inprocess(cfg)
     for name, value in summary["final_state"].items():
         np.testing.assert_allclose(
             np.asarray(value, np.float32), ref.state[name], rtol=1e-5, atol=1e-6
         )
     assert summary["rounds"][-1]["test_acc"] == pytest.approx(ref.rounds[-1]["test_acc"], abs=1e-6)
-
-
-def test_strategy_rejects_unsigned_and_malformed_replies() -> None:
-    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-
-    from pqc_fl.flower_app import VerifyingFedAvg, update_to_content
-
-    w = make_world()
-    strategy = VerifyingFedAvg(registry=w.registry, run_id="run-attack-suite")
-    good = update_to_content(w.honest())
-    v, clean = strategy.verify_content(5, good)
-    assert v.ok and clean is not None and set(clean) == {"arrays", "metrics"}
-    unsigned = RecordDict({"arrays": good["arrays"], "metrics": good["metrics"]})
-    v, _ = strategy.verify_content(5, unsigned)
-    assert v.reason == Reason.UNSIGNED
-    extra = update_to_content(w.honest())
-    extra["more"] = ArrayRecord()
-    v, _ = strategy.verify_content(5, extra)
-    assert v.reason == Reason.MALFORMED
-    inflated = update_to_content(w.honest())
-    inflated["metrics"] = MetricRecord({**dict(inflated["metrics"]), "num-examples": 10**6})
-    v, _ = strategy.verify_content(5, inflated)
-    assert v.reason == Reason.BAD_SIGNATURE
-    garbled = update_to_content(w.honest())
-    garbled["pqc"] = ConfigRecord({"envelope": b"{", "signature": b""})
-    v, _ = strategy.verify_content(5, garbled)
-    assert v.reason == Reason.MALFORMED

@@ -140,3 +140,30 @@ def test_classical_signatures_are_standard_over_the_framed_message() -> None:
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), pk)
     key.verify(der, framed, ec.ECDSA(hashes.SHA256()))
+
+
+def test_composite_is_valid_only_if_both_components_verify_and_cannot_be_stripped() -> None:
+    c, ed, ml = (get_scheme(n) for n in ("ed25519+ml-dsa-44", "ed25519", "ml-dsa-44"))
+    sk, pk = c.keygen()
+    msg, ctx = b"an update envelope", b"qhybrid-fl/v1/update"
+    sig = c.sign(sk, msg, ctx)
+    assert (len(pk), len(sig)) == (32 + 1312, 64 + 2420) and c.verify(pk, msg, sig, ctx)
+    assert not c.verify(pk, msg + b"!", sig, ctx) and not c.verify(pk, msg, sig, ctx + b"!")
+    for cut in (10, 64 + 10):  # garble one byte of the Ed25519 half, then of the ML-DSA half
+        bad = bytearray(sig)
+        bad[cut] ^= 1
+        assert not c.verify(pk, msg, bytes(bad), ctx)
+    # each half is a real signature of the labelled message (checkable by the component alone) ...
+    label = b"qhybrid-composite/v1/ed25519+ml-dsa-44\x00"
+    assert ed.verify(pk[:32], label + msg, sig[:64], ctx)
+    assert ml.verify(pk[32:], label + msg, sig[64:], ctx)
+    # ... but not of the message itself: stripping to one scheme does not give a valid signature
+    assert not ed.verify(pk[:32], msg, sig[:64], ctx) and not ml.verify(pk[32:], msg, sig[64:], ctx)
+    # halves from two different messages do not combine
+    other = c.sign(sk, b"another", ctx)
+    assert not c.verify(pk, msg, sig[:64] + other[64:], ctx)
+    # under the registered composite key, an attacker's own Ed25519 half with the victim's
+    # ML-DSA half fails (security holds while either component is unbroken)
+    sk2, _ = c.keygen()
+    assert not c.verify(pk, msg, c.sign(sk2, msg, ctx)[:64] + sig[64:], ctx)
+    assert not c.verify(pk, msg, sig[:64] + c.sign(sk2, msg, ctx)[64:], ctx)
