@@ -468,7 +468,14 @@ def provision_keys(
     keys into one directory for simulations. ``max_examples`` is one cap for all clients or one
     per client (their local data-set sizes).
     """
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise KeyRegistryError(f"num_clients={num_clients!r} must be an int >= 1")
     caps = [max_examples] * num_clients if isinstance(max_examples, int) else list(max_examples)
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in caps):
+        raise KeyRegistryError(
+            f"max_examples={max_examples!r}: each client's cap is its number of training "
+            "examples, an int >= 1"
+        )
     if len(caps) != num_clients:
         raise KeyRegistryError(f"{len(caps)} max_examples for {num_clients} clients")
     key_dir = Path(key_dir)

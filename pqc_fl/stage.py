@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge, Gt
+
+from qhybrid.config import check_fields
 from qhybrid.errors import QHybridError
 from qhybrid.report import Section
 from qhybrid.runs import Run, atomic_write_json
@@ -34,21 +37,43 @@ class StageConfig:
         "ml-dsa-44", "ml-dsa-65", "ml-dsa-87", "falcon-512", "falcon-1024", "slh-dsa-sha2-128f",
         "slh-dsa-shake-128f", "ed25519", "ecdsa-p256", "rsa-3072", "ed25519+ml-dsa-44",
     )  # fmt: skip  # primitive-table schemes (the slow SLH-DSA "s" sets are in the benchmark)
-    budget_s: float = 0.05  # seconds per primitive-table cell (at least 3 calls)
-    fl_rounds: int = 5  # federated rounds of the accuracy runs
+    budget_s: Annotated[float, Gt(0)] = 0.05  # seconds per primitive-table cell (at least 3 calls)
+    fl_rounds: Annotated[int, Ge(1)] = 5  # federated rounds of the accuracy runs
     fl_model: str = "mlp"  # model of the accuracy runs
     engine: str = "flower"  # engine of the tampering-client run: "flower" (Ray) or "inprocess"
     cost_models: tuple[str, ...] = ("mlp", "cnn", "mlp-10m")  # round-cost models
-    cost_clients: tuple[int, ...] = (2, 10)  # round-cost client counts (100 in the benchmark)
-    local_steps: int = 20  # local steps per round (accuracy runs and round-cost model)
-    honest_updates: int = 300  # honest updates in the attack suite (10,000 in the benchmark)
-    byz_rounds: int = 5  # rounds of the insider-attack runs (10 clients)
+    cost_clients: tuple[Annotated[int, Ge(1)], ...] = (
+        2,
+        10,
+    )  # round-cost client counts (100 in the benchmark)
+    local_steps: Annotated[int, Ge(1)] = (
+        20  # local steps per round (accuracy runs and round-cost model)
+    )
+    honest_updates: Annotated[int, Ge(1)] = (
+        300  # honest updates in the attack suite (10,000 in the benchmark)
+    )
+    byz_rounds: Annotated[int, Ge(1)] = 5  # rounds of the insider-attack runs (10 clients)
     byz_strategies: tuple[str, ...] = ("fedavg", "fedmedian", "krum")  # accuracy under attack
     byz_attack: str = "sign_flip"  # the model-poisoning attack of the stage (20% Byzantine)
 
     def __post_init__(self) -> None:
+        from pqc_fl.attacks import BYZANTINE_ATTACKS
+        from pqc_fl.config import MODELS, STRATEGIES
+        from pqc_fl.schemes import SCHEME_NAMES
+
+        check_fields(self)
         if self.engine not in ("flower", "inprocess"):
             raise QHybridError(f"engine={self.engine!r} must be 'flower' or 'inprocess'")
+        for key, values, known in (
+            ("schemes", self.schemes, SCHEME_NAMES),
+            ("fl_model", (self.fl_model,), MODELS),
+            ("cost_models", self.cost_models, MODELS),
+            ("byz_strategies", self.byz_strategies, STRATEGIES),
+            ("byz_attack", (self.byz_attack,), BYZANTINE_ATTACKS),
+        ):
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise QHybridError(f"{key}: unknown {unknown}; use some of {sorted(known)}")
 
 
 def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, Any]) -> Section:

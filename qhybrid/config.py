@@ -274,6 +274,11 @@ def check_fields(config: Any) -> None:
             tp = next((a for a in get_args(tp) if get_origin(a) is Annotated), tp)
         if get_origin(tp) is Annotated:
             _check_bounds(value, get_args(tp)[1:], name)
+            tp = get_args(tp)[0]
+        item = get_args(tp)[0] if get_origin(tp) in (tuple, list) and get_args(tp) else None
+        if get_origin(item) is Annotated and isinstance(value, tuple | list):
+            for i, v in enumerate(value):
+                _check_bounds(v, get_args(item)[1:], f"{name}[{i}]")
 
 
 @functools.cache

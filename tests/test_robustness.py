@@ -104,6 +104,22 @@ ROWS: list[tuple[str, str]] = [
     ("newton noise --set epsilons=[-1.0]", "-1.0"),
     ("newton crossover --set unknown=1", "unknown config key 'unknown'"),
     ("reproduce --set newton.hidden=0", "invalid 'newton' settings: hidden=0"),
+    # fl
+    ("fl keys --clients 0 --dir keys --max-examples 100", "num_clients=0 must be an int >= 1"),
+    ("fl keys --clients -1 --dir keys --max-examples 100", "num_clients=-1 must be an int >= 1"),
+    ("fl keys --dir keys --max-examples 0", "an int >= 1"),
+    ("fl keys --dir keys --max-examples -5", "an int >= 1"),
+    ("fl keys --dir keys --max-examples 10 --scheme nope", "unknown signature scheme 'nope'"),
+    ("fl keys --dir afile --max-examples 100", "File exists"),
+    ("fl run --set rounds=0", "rounds must be >= 1"),
+    ("fl run --set num_clients=-2", "num_clients and rounds must be >= 1"),
+    ("fl run --set scheme='nope'", "unknown signature scheme 'nope'"),
+    ("fl bench --set unknown=1", "unknown config key 'unknown'"),
+    ("reproduce --set fl.fl_rounds=0", "'fl.fl_rounds' = 0 must be >= 1"),
+    ("reproduce --set fl.budget_s=-1.0", "'fl.budget_s' = -1.0 must be > 0"),
+    ("reproduce --set fl.cost_clients=[2,0]", "'fl.cost_clients[1]' = 0 must be >= 1"),
+    ("reproduce --set fl.schemes=['nope']", "schemes: unknown ['nope']"),
+    ("reproduce --set fl.byz_attack='x'", "byz_attack: unknown ['x']"),
 ]
 
 
@@ -142,4 +158,4 @@ def test_bad_input_is_one_error_line(line, message, tmp_path, monkeypatch, capsy
 def test_the_table_is_big_enough_and_covers_every_part():
     assert len(ROWS) >= 60
     commands = {line.split()[0] for line, _ in ROWS}
-    assert {"reproduce", "grover", "llm", "newton"} <= commands
+    assert {"reproduce", "grover", "llm", "newton", "fl"} <= commands

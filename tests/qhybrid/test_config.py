@@ -197,3 +197,17 @@ def test_presets_ship_inside_the_package_and_load_by_name():
         assert isinstance(load_toml(name), dict)
     with pytest.raises(ConfigError, match="nor is it a preset"):
         load_toml("no_such_preset")
+
+
+def test_bounds_on_list_items_hold_for_files_and_the_python_api():
+    @dataclass(frozen=True)
+    class Items:
+        sizes: tuple[Annotated[int, Ge(1)], ...] = (1, 2)  # each >= 1
+
+        def __post_init__(self) -> None:
+            check_fields(self)
+
+    with pytest.raises(ConfigError, match=r"'sizes\[1\]' = 0 must be >= 1"):
+        resolve_config(Items, overrides=["sizes=[3, 0]"])
+    with pytest.raises(ConfigError, match=r"'sizes\[1\]' = 0 must be >= 1"):
+        Items(sizes=(3, 0))
