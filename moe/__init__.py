@@ -13,6 +13,7 @@ __all__ = [
     "LowRankExperts",
     "MoEError",
     "MoELayer",
+    "PackedExperts",
     "RoutingStats",
     "allocate_bits",
     "collect_routing_stats",
@@ -20,6 +21,7 @@ __all__ = [
     "count_expert_params",
     "distill",
     "drop_experts",
+    "expert_bytes",
     "find_moe_layers",
     "load_compressed",
     "merge_experts",
@@ -28,9 +30,10 @@ __all__ = [
 ]
 
 _WHERE = {
-    "LowRankExperts": "moe.compress", "compress_experts": "moe.compress", "distill": "moe.compress",
+    "LowRankExperts": "moe.experts", "PackedExperts": "moe.experts",
+    "compress_experts": "moe.compress", "distill": "moe.compress",
     "MoEError": "moe.layers", "MoELayer": "moe.layers", "find_moe_layers": "moe.layers",
-    "count_expert_params": "moe.layers", "RoutingStats": "moe.stats",
+    "count_expert_params": "moe.layers", "expert_bytes": "moe.layers", "RoutingStats": "moe.stats",
     "collect_routing_stats": "moe.stats", "drop_experts": "moe.drop", "merge_experts": "moe.merge",
     "allocate_bits": "moe.quantize", "quantize_experts": "moe.quantize",
     "load_compressed": "moe.plan", "save_compressed": "moe.plan",

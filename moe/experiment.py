@@ -16,11 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from moe.compress import LowRankExperts, compress_experts, distill
+from moe.compress import compress_experts, distill
 from moe.drop import drop_experts
-from moe.layers import find_moe_layers
+from moe.layers import count_expert_params, expert_bytes, find_moe_layers
 from moe.merge import merge_experts
-from moe.plan import get_plan
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
 from moe.subject import SubjectData, calibration, distill_batches, evaluate
@@ -54,35 +53,17 @@ class Context:
             distill(model, self.teacher, batches, steps=n, lr=self.distill_lr, seed=self.seed)
 
 
-def _bits_per_expert(model: nn.Module) -> dict[str, list[int]]:
-    bits: dict[str, list[int]] = {}
-    for op in get_plan(model)["ops"]:
-        if op["op"] == "quantize":
-            bits[op["layer"]] = list(op["bits"])
-    return bits
-
-
 def model_summary(model: nn.Module) -> dict[str, float]:
-    """Expert parameters, expert bytes (fp32, or the quantised widths + group scales), total
-    parameters and active MoE-layer MFLOPs per token (2 per multiply-add; router + top-k experts)."""
-    bits = _bits_per_expert(model)
-    params = 0
-    nbytes = 0.0
+    """Expert weights, measured expert bytes (:func:`moe.layers.expert_bytes`: the tensors as held),
+    total parameters and active MoE-layer MFLOPs per token (2 per multiply-add; router + top-k experts)."""
     flops = 0.0
     for layer in find_moe_layers(model):
-        n_layer = sum(p.numel() for p in layer.experts.parameters() if p.dim() > 1)
-        params += n_layer
-        per_expert = n_layer / layer.num_experts
-        if layer.name in bits:
-            gs = next(op["group_size"] for op in get_plan(model)["ops"]
-                      if op["op"] == "quantize" and op["layer"] == layer.name)  # fmt: skip
-            nbytes += sum(per_expert * b / 8 + per_expert / gs * 4 for b in bits[layer.name])
-        else:
-            nbytes += n_layer * 4
+        w_in, w_out = layer.get_weights()
+        per_expert = w_in[0].numel() + w_out[0].numel()
         flops += 2 * (layer.num_routes * layer.hidden_size + layer.top_k * per_expert)
     return {
-        "expert params": params,
-        "expert MB": nbytes / 2**20,
+        "expert params": count_expert_params(model),
+        "expert MB": expert_bytes(model) / 2**20,
         "total params": sum(p.numel() for p in model.parameters()),
         "MoE MFLOPs/token": flops / 1e6,
     }
@@ -197,5 +178,3 @@ METHODS: dict[str, Callable[[nn.Module, Context], None]] = {
     "quant 3.0 bits frequency": quantize(3.0, "frequency"),
     "quant 3.0 bits uniform": quantize(3.0, "uniform"),
 }
-
-_ = LowRankExperts  # re-exported for users building their own methods

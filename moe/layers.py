@@ -21,6 +21,7 @@ after the first forward breaks ``output_router_logits``; we therefore mutate rou
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,10 @@ from qhybrid.errors import QHybridError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MoEError", "MoELayer", "find_moe_layers", "count_expert_params", "expert_bytes"]
+__all__ = [
+    "MoEError", "MoELayer", "apply_expert", "check_layers", "count_expert_params", "expert_bytes",
+    "find_moe_layers",
+]  # fmt: skip
 
 
 class MoEError(QHybridError):
@@ -175,7 +179,7 @@ class MoELayer:
                 del self.experts[k]
         for k in range(e):
             if f"expert_{k}" not in self.experts:
-                self.experts[f"expert_{k}"] = _clone_dense(template)
+                self.experts[f"expert_{k}"] = copy.deepcopy(template)
             m = self.experts[f"expert_{k}"]
             m.wi.weight = nn.Parameter(w_in[k, 0].to(dtype).clone())
             m.wo.weight = nn.Parameter(w_out[k].to(dtype).clone())
@@ -223,11 +227,33 @@ class MoELayer:
     def expert_forward(self, e: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Output (T, H) and intermediate activation (T, I) of physical expert ``e`` on x (T, H)."""
         w_in, w_out = self.get_weights()
-        if self.gated:
-            h = self.act(x @ w_in[e, 0].T) * (x @ w_in[e, 1].T)
-        else:
-            h = self.act(x @ w_in[e, 0].T)
-        return h @ w_out[e].T, h
+        return apply_expert(self.act, w_in[e], w_out[e], x)
+
+    # -- validation -------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A hash of the router, expert weights and expert map (bytes and shapes): statistics and
+        plans are bound to the exact weights they were computed on."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        tensors = [("router", self.router_weight), *self.experts.named_parameters(),
+                   *self.experts.named_buffers()]  # fmt: skip
+        for name, t in tensors:
+            t = t.detach()
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            if t.device.type != "meta":
+                h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def check_finite(self) -> None:
+        """Raise :class:`MoEError` if a router or expert tensor holds NaN or inf."""
+        tensors = [("router", self.router_weight), *self.experts.named_parameters()]
+        for name, t in tensors:
+            if t.is_floating_point() and t.device.type != "meta" and not bool(t.isfinite().all()):
+                raise MoEError(
+                    f"layer {self.name}: {name} holds NaN or inf values; fix or reload the "
+                    "checkpoint before compressing (no layer was changed)"
+                )
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router logits (T, R), top-k weights (T, k) and top-k router outputs (T, k) for x (T, H)."""
@@ -265,19 +291,37 @@ class MoELayer:
         return out
 
 
-def _clone_dense(template: nn.Module) -> nn.Module:
-    import copy
+def apply_expert(
+    act: Callable[[torch.Tensor], torch.Tensor],
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one expert forward: ``h = act(x W_gateᵀ) ⊙ (x W_upᵀ)`` (P = 2) or ``act(x W_inᵀ)`` (P = 1),
+    ``y = h W_outᵀ``, for ``w_in (P, I, H)``, ``w_out (H, I)`` and x (T, H); returns (y, h)."""
+    h = act(x @ w_in[0].T)
+    if w_in.shape[0] == 2:
+        h = h * (x @ w_in[1].T)
+    return h @ w_out.T, h
 
-    return copy.deepcopy(template)
+
+def check_layers(layers: Sequence[MoELayer], *, writable: bool = False) -> None:
+    """Validate every layer before a pass changes any: finite router and expert weights, and with
+    ``writable`` experts that are still plain weight tensors (not low-rank factors or packed codes)."""
+    for layer in layers:
+        layer.check_finite()
+        if writable and hasattr(layer.experts, "dense"):
+            raise MoEError(
+                f"layer {layer.name} holds {type(layer.experts).__name__}; drop, merge, prune and "
+                "quantise before factoring or packing (no layer was changed)"
+            )
 
 
 def _layer_kind(module: Any) -> Literal["fused", "switch"] | None:
     experts = getattr(module, "experts", None)
     if experts is None:
         return None
-    if (hasattr(experts, "gate_up_proj") or hasattr(experts, "gate_up_a")) and hasattr(
-        module, "gate"
-    ):
+    if (hasattr(experts, "gate_up_proj") or hasattr(experts, "dense")) and hasattr(module, "gate"):
         if getattr(experts, "is_transposed", False) or getattr(experts, "has_bias", False):
             raise MoEError(
                 f"{type(experts).__name__} stores experts transposed or with biases (GPT-OSS layout), "
@@ -316,7 +360,9 @@ def find_moe_layers(model: nn.Module, *, required: bool = True) -> list[MoELayer
 
 
 def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> None:
-    """Make the config's routed-expert count (and ``model.num_experts``) match the routers.
+    """Make the config's routed-expert count (and ``model.num_experts``) match the routers, and record
+    every layer's physical experts (``config.moe_experts_per_layer``) and router outputs
+    (``config.moe_routes_per_layer``), so the config agrees with every weight tensor.
 
     With non-uniform counts the config holds the largest (the per-layer counts live in the plan) and
     the load-balancing loss is switched off, since it assumes one count for every layer.
@@ -337,23 +383,34 @@ def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> N
             setattr(mod, "num_experts", count)  # noqa: B010 (nn.Module attribute typing)
     if len(routes) > 1:
         config.output_router_logits = False
+    # The count keys size the routers; merged layers hold fewer physical experts than router outputs.
+    config.moe_experts_per_layer = {layer.name: layer.num_experts for layer in layers}
+    config.moe_routes_per_layer = {layer.name: layer.num_routes for layer in layers}
 
 
 def count_expert_params(model: nn.Module) -> int:
-    """Parameters in routed experts (router and shared experts excluded)."""
+    """Weights of the routed experts (router and shared experts excluded): parameter elements, or for
+    packed low-bit experts the weights they encode."""
     total = 0
     for layer in find_moe_layers(model):
-        total += sum(p.numel() for p in layer.experts.parameters())
+        encoded = getattr(layer.experts, "num_weights", None)
+        total += (
+            encoded() if callable(encoded) else sum(p.numel() for p in layer.experts.parameters())
+        )
     return total
 
 
-def expert_bytes(model: nn.Module, bits: Callable[[MoELayer, int], float] | None = None) -> float:
-    """Bytes of routed-expert weights: at their dtype, or at ``bits(layer, expert)`` bits per weight."""
-    total = 0.0
+def expert_bytes(model: nn.Module) -> int:
+    """The one byte counter: bytes of every tensor storage held by the routed experts modules
+    (parameters and buffers, shared storage counted once) — the resident memory of the experts as
+    loaded, measured from the tensors, not computed from nominal bit widths."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
     for layer in find_moe_layers(model):
-        w_in, w_out = layer.get_weights()
-        per_expert = w_in[0].numel() + w_out[0].numel()
-        for e in range(layer.num_experts):
-            b = bits(layer, e) if bits else w_in.element_size() * 8
-            total += per_expert * b / 8
+        for t in [*layer.experts.parameters(), *layer.experts.buffers()]:
+            st = t.untyped_storage()
+            key = (t.device.type, st.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += st.nbytes()
     return total

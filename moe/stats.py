@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.layers import MoEError, MoELayer, check_layers, find_moe_layers
 
 __all__ = ["LayerStats", "RoutingStats", "collect_routing_stats"]
 
@@ -39,6 +39,7 @@ class LayerStats:
     num_routes: int
     num_experts: int
     intermediate: int
+    fingerprint: str = ""  # MoELayer.fingerprint() of the weights the statistics were collected on
     tokens: int = 0
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     weighted_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
@@ -115,7 +116,7 @@ class RoutingStats:
         return self.layers[name]
 
     def check(self, layers: list[MoELayer]) -> None:
-        """Raise unless these statistics were collected on a model with exactly these layers."""
+        """Raise unless these statistics were collected on exactly these layers' current weights."""
         for layer in layers:
             s = self[layer.name]
             if (s.num_routes, s.num_experts) != (layer.num_routes, layer.num_experts):
@@ -123,6 +124,12 @@ class RoutingStats:
                     f"statistics of {layer.name} are for {s.num_routes} routes / {s.num_experts} "
                     f"experts but the layer has {layer.num_routes} / {layer.num_experts}; re-collect "
                     "them after changing the model"
+                )
+            if s.fingerprint != layer.fingerprint():
+                raise MoEError(
+                    f"statistics of {layer.name} were collected on other weights (fingerprint "
+                    f"{s.fingerprint[:8]} != {layer.fingerprint()[:8]}); re-collect them on this model "
+                    "as it is now"
                 )
 
 
@@ -191,10 +198,12 @@ def collect_routing_stats(
         :class:`RoutingStats`; its memory does not grow with the number of tokens.
     """
     layers = find_moe_layers(model)
+    check_layers(layers)
     stats = {
-        lay.name: LayerStats(lay.name, lay.num_routes, lay.num_experts, lay.intermediate_size)
+        lay.name: LayerStats(lay.name, lay.num_routes, lay.num_experts, lay.intermediate_size,
+                             fingerprint=lay.fingerprint())
         for lay in layers
-    }
+    }  # fmt: skip
     current: dict[str, Mapping[str, torch.Tensor]] = {}
     handles = []
 
@@ -221,7 +230,13 @@ def collect_routing_stats(
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
             current["batch"] = batch
-            model(**batch)
+            try:
+                model(**batch)
+            except (RuntimeError, TypeError, ValueError, IndexError) as err:
+                raise MoEError(
+                    f"model(**batch) failed on calibration batch {n}: {err}; pass batches of "
+                    "input_ids (and attention_mask) that fit this model"
+                ) from err
             n += 1
     finally:
         for h in handles:
