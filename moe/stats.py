@@ -44,7 +44,6 @@ class LayerStats:
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     weighted_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     gram: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    logit_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     co_selection: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     expert_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     output_norm: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
@@ -58,11 +57,7 @@ class LayerStats:
         r, e, i = self.num_routes, self.num_experts, self.intermediate
         z = torch.zeros
         f64 = torch.float64
-        self.counts, self.weighted_counts, self.logit_sum = (
-            z(r, dtype=f64),
-            z(r, dtype=f64),
-            z(r, dtype=f64),
-        )
+        self.counts, self.weighted_counts = z(r, dtype=f64), z(r, dtype=f64)
         self.gram, self.co_selection = z(r, r, dtype=f64), z(r, r, dtype=f64)
         self.expert_tokens, self.output_norm, self.saliency = (
             z(e, dtype=f64),
@@ -94,7 +89,7 @@ class LayerStats:
     def nbytes(self) -> int:
         return sum(
             t.numel() * t.element_size()
-            for t in (self.counts, self.weighted_counts, self.gram, self.logit_sum,
+            for t in (self.counts, self.weighted_counts, self.gram,
                       self.co_selection, self.expert_tokens, self.output_norm, self.saliency,
                       self.mass, self.mass_log_mass, self.act_sq, self.sample)
         )  # fmt: skip
@@ -160,7 +155,6 @@ def _accumulate(layer: MoELayer, s: LayerStats, x: torch.Tensor, max_cached: int
     s.counts += sel.sum(0).cpu()
     s.weighted_counts += gsel.sum(0).cpu()
     s.gram += (logits.T @ logits).cpu()
-    s.logit_sum += logits.sum(0).cpu()
     s.co_selection += (sel.T @ sel).cpu()
     emap = layer.expert_map[idx]  # (T, k) physical experts
     for e in emap.unique().tolist():
