@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "apply_structure", "check_plan", "get_plan", "load_compressed", "record", "replay",
-    "save_compressed",
+    "save_compressed", "tensor_bytes_on_disk",
 ]  # fmt: skip
 
 
@@ -253,6 +253,20 @@ def save_compressed(model: nn.Module, path: str | Path) -> Path:
     atomic_write_json(path / "config.json", d)
     atomic_write_json(path / "moe_plan.json", plan)
     return path
+
+
+def tensor_bytes_on_disk(path: str | Path) -> dict[str, int]:
+    """Bytes each tensor occupies in ``path/model.safetensors``, read from the file's own header
+    (``data_offsets``): a measurement of the file, not a count from shapes and bit widths."""
+    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    with file.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return {
+        k: v["data_offsets"][1] - v["data_offsets"][0]
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
 
 
 def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
