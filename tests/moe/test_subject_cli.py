@@ -75,3 +75,9 @@ def test_reproduce_stage(tmp_path: Path) -> None:
     section = run_stage(run, cfg, seed=0, context=context)
     assert section.tables and section.figures and section.figures[0][1].is_file()
     assert context["moe"]["roundtrip_max_diff"] == 0.0
+    packed = context["moe"]["packed"]
+    assert packed["diff"] == 0.0 and packed["disk"] <= 0.13 * packed["disk fp32"]
+    assert packed["resident"] == packed["disk"]
+    methods = {row["method"]: row for row in context["moe"]["rows"]}
+    assert methods["merge 8->4 MC-SMoE port (no refit)"]["LS refit on calib"] is False
+    assert methods["merge 8->4 + LS refit"]["LS refit on calib"] is True
