@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from moe import experiment as ex
-from moe.subject import SubjectConfig, load_or_train, per_domain
+from moe.subject import SubjectConfig, load_or_train, per_domain, routing_entropy
 from qhybrid.runs import atomic_write_json, environment_info
 
 MERGE = "merge 8->4 + LS refit"
@@ -147,6 +147,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--steps", type=int, default=400, help="subject training steps")
+    parser.add_argument(
+        "--task",
+        default="tokens",
+        choices=["tokens", "stdlib"],
+        help="subject: the synthetic token task or Python standard-library bytes",
+    )
+    parser.add_argument("--seq-len", type=int, default=24, help="tokens per sequence")
+    parser.add_argument("--train-sequences", type=int, default=4096)
+    parser.add_argument("--test-sequences", type=int, default=512)
     parser.add_argument("--distill-steps", type=int, default=200)
     parser.add_argument(
         "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
@@ -176,13 +185,26 @@ def main() -> None:
             print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v}")
         return
     torch.set_num_threads(args.threads)
-    cfg = SubjectConfig(steps=args.steps)
+    cfg = SubjectConfig(
+        steps=args.steps,
+        task=args.task,
+        seq_len=args.seq_len,
+        train_sequences=args.train_sequences,
+        test_sequences=args.test_sequences,
+    )
     rows: list[dict[str, Any]] = []
     subjects = []
     t0 = time.perf_counter()
     for seed in args.seeds:
         model, data, metrics = load_or_train(cfg, seed, args.cache)
-        subjects.append({"seed": seed, **metrics, "per_domain": per_domain(model, data)})
+        subjects.append(
+            {
+                "seed": seed,
+                **metrics,
+                "per_domain": per_domain(model, data),
+                "routing_entropy": routing_entropy(model, data),
+            }
+        )
         ctx = ex.Context(data, model, seed=seed, distill_steps=args.distill_steps)
         base, _ = ex.run_method("baseline", model, ctx, ex.METHODS["baseline"])
         base.update(retention=1.0, seed=seed)
@@ -198,7 +220,9 @@ def main() -> None:
     result = {
         "command": (
             f"python -m benchmarks.bench_moe_targets --seeds {' '.join(map(str, args.seeds))} "
-            f"--groups {' '.join(args.groups)} --steps {args.steps} "
+            f"--groups {' '.join(args.groups)} --steps {args.steps} --task {args.task} "
+            f"--seq-len {args.seq_len} --train-sequences {args.train_sequences} "
+            f"--test-sequences {args.test_sequences} "
             f"--distill-steps {args.distill_steps} --out {args.out}"
         ),
         "subject": {**cfg.__dict__},
