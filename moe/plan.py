@@ -272,7 +272,7 @@ def tensor_bytes_on_disk(path: str | Path) -> dict[str, int]:
 def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model written by :func:`save_compressed`; the result equals the saved model exactly."""
     import transformers
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -280,23 +280,34 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise MoEError(
             f"'{path}' is not a save_compressed folder (needs config.json and model.safetensors)"
         )
-    d = json.loads((path / "config.json").read_text())
-    plan = d.get("moe_compression") or {"base": {}, "ops": []}
-    if "model_type" not in d:
+    try:
+        d = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MoEError(f"cannot read {path / 'config.json'}: {err}") from err
+    if not isinstance(d, dict) or "model_type" not in d:
         raise MoEError(f"{path / 'config.json'} has no model_type")
-    config = transformers.AutoConfig.for_model(
-        d["model_type"],
-        **{k: v for k, v in d.items() if k not in ("model_type", "moe_compression")},
-    )
+    plan = d.get("moe_compression") or {"base": {}, "ops": []}
+    try:
+        config = transformers.AutoConfig.for_model(
+            d["model_type"],
+            **{k: v for k, v in d.items() if k not in ("model_type", "moe_compression")},
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise MoEError(f"{path / 'config.json'} is not a valid config: {err}") from err
     arch = (d.get("architectures") or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
         raise MoEError(f"unknown architecture {arch!r} in {path / 'config.json'}")
     model = cls(config)
     replay(model, plan)
-    state = load_file(str(path / "model.safetensors"))
-    with safe_open(str(path / "model.safetensors"), "pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    try:
+        state = load_file(str(path / "model.safetensors"))
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    except (OSError, ValueError, SafetensorError) as err:
+        raise MoEError(
+            f"{path / 'model.safetensors'} is not a readable safetensors file: {err}"
+        ) from err
     for k, src in aliases.items():
         state[k] = state[src]
     try:

@@ -45,7 +45,13 @@ def test_packed_forward_equals_fake_quantisation_and_bytes_are_measured(family: 
     stats = collect_routing_stats(model, batches)
     fp32 = expert_bytes(model)
     fake, packed = copy.deepcopy(model), copy.deepcopy(model)
-    quantize_experts(fake, collect_routing_stats(fake, batches), avg_bits=3.0, allocation="uniform", storage="fake")
+    quantize_experts(
+        fake,
+        collect_routing_stats(fake, batches),
+        avg_bits=3.0,
+        allocation="uniform",
+        storage="fake",
+    )
     out = quantize_experts(packed, stats, avg_bits=3.0, allocation="uniform")
     assert all(isinstance(layer.experts, PackedExperts) for layer in find_moe_layers(packed))
     assert expert_bytes(fake) == fp32  # fake quantisation saves nothing
@@ -83,3 +89,17 @@ def test_packed_model_saves_and_reloads_packed(tmp_path) -> None:
         for k, v in again.state_dict().items()
         if "_codes_" in k or "_scale_" in k
     )
+
+
+def test_a_truncated_or_garbled_folder_is_a_moe_error(tmp_path) -> None:
+    from moe.layers import MoEError
+
+    model = tiny_moe("mixtral")
+    save_compressed(model, tmp_path / "m")
+    data = (tmp_path / "m" / "model.safetensors").read_bytes()
+    (tmp_path / "m" / "model.safetensors").write_bytes(data[: len(data) // 2])  # interrupted copy
+    with pytest.raises(MoEError, match="not a readable safetensors file"):
+        load_compressed(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(MoEError, match="cannot read"):
+        load_compressed(tmp_path / "m")
