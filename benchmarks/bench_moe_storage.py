@@ -95,6 +95,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=400, help="subject training steps")
     parser.add_argument("--avg-bits", type=float, default=3.0)
+    parser.add_argument("--task", default="tokens", choices=["tokens", "stdlib"])
+    parser.add_argument("--seq-len", type=int, default=24)
+    parser.add_argument("--train-sequences", type=int, default=4096)
+    parser.add_argument("--test-sequences", type=int, default=512)
     parser.add_argument("--calib-sequences", type=int, default=256)
     parser.add_argument(
         "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
@@ -103,7 +107,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = SubjectConfig(steps=args.steps)
+    cfg = SubjectConfig(
+        steps=args.steps,
+        task=args.task,
+        seq_len=args.seq_len,
+        train_sequences=args.train_sequences,
+        test_sequences=args.test_sequences,
+    )
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +145,9 @@ def main() -> None:
     }  # fmt: skip
     result = {
         "command": f"python -m benchmarks.bench_moe_storage --seeds {' '.join(map(str, args.seeds))} "
-        f"--steps {args.steps} --avg-bits {args.avg_bits} --threads {args.threads}",
+        f"--steps {args.steps} --avg-bits {args.avg_bits} --threads {args.threads} --task {args.task} "
+        f"--seq-len {args.seq_len} --train-sequences {args.train_sequences} "
+        f"--test-sequences {args.test_sequences} --out {args.out}",
         "subject": {**cfg.__dict__},
         "summary": summary,
         "targets": targets,
