@@ -72,7 +72,7 @@ def _reconstruction(
     layer: MoELayer, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Router logits (N, E), expert outputs Y (E, N, H) and the full output Z (N, H) on inputs x."""
-    x = x.to(layer.router_weight.device, layer.router_weight.dtype)
+    x = x.to(layer.device, layer.router_weight.dtype)
     logits = layer.route(x)[0].float()
     ys = torch.stack([layer.expert_forward(e, x)[0] for e in range(layer.num_experts)]).float()
     return logits, ys, layer.moe_forward(x).float()

@@ -21,9 +21,10 @@ after the first forward breaks ``output_router_logits``; we therefore mutate rou
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -110,16 +111,28 @@ class MoELayer:
 
     @property
     def router_weight(self) -> nn.Parameter:
+        """The router's weight (R, H); on the ``meta`` device when accelerate offloaded it (shapes are
+        real; read values through :meth:`router_data`)."""
         if self.kind == "fused":
             return self.router.weight  # type: ignore[no-any-return]
         return self.router.classifier.weight  # type: ignore[no-any-return]
+
+    def router_data(self) -> torch.Tensor:
+        """The router's weight values, loaded from the offload store when accelerate offloaded it."""
+        with resident(self.router):
+            return self.router_weight.detach()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the layer computes: its weights' device, or accelerate's execution device."""
+        return _execution_device(self.router) or self.router_weight.device
 
     @property
     def expert_map(self) -> torch.Tensor:
         """(R,) physical expert of each router output (identity when nothing was merged)."""
         emap = getattr(self.experts, "expert_map", None)
         if emap is None:
-            return torch.arange(self.num_routes, device=self.router_weight.device)
+            return torch.arange(self.num_routes, device=self.device)
         return emap  # type: ignore[no-any-return]
 
     @property
@@ -138,15 +151,17 @@ class MoELayer:
             if hasattr(self.experts, "dense"):  # LowRankExperts: reconstructed, not views
                 gu, down = self.experts.dense()
             else:
-                gu, down = (
-                    self.experts.gate_up_proj,
-                    self.experts.down_proj,
-                )  # (E, 2I, H), (E, H, I)
+                with resident(self.experts):  # loaded from the offload store when offloaded
+                    gu, down = (
+                        self.experts.gate_up_proj,
+                        self.experts.down_proj,
+                    )  # (E, 2I, H), (E, H, I)
             e, two_i, h = gu.shape
             return gu.view(e, 2, two_i // 2, h), down
         mods = [self.experts[f"expert_{i}"] for i in range(self.num_experts)]
-        w_in = torch.stack([m.wi.weight for m in mods])[:, None]  # (E, 1, F, H)
-        w_out = torch.stack([m.wo.weight for m in mods])  # (E, H, F)
+        with resident(self.experts):
+            w_in = torch.stack([m.wi.weight for m in mods])[:, None]  # (E, 1, F, H)
+            w_out = torch.stack([m.wo.weight for m in mods])  # (E, H, F)
         return w_in, w_out
 
     def set_weights(self, w_in: torch.Tensor, w_out: torch.Tensor) -> None:
@@ -161,8 +176,8 @@ class MoELayer:
             raise MoEError(
                 f"layer {self.name} holds low-rank experts; change them before factoring"
             )
-        ref = self.router_weight
-        w_in, w_out = w_in.detach().to(ref.device), w_out.detach().to(ref.device)
+        w_in, w_out = w_in.detach().to(self.device), w_out.detach().to(self.device)
+        own(self.experts)  # an offloaded experts module becomes resident (it now holds new tensors)
         if self.kind == "fused":
             dtype = self.experts.gate_up_proj.dtype
             self.experts.gate_up_proj = nn.Parameter(
@@ -189,7 +204,8 @@ class MoELayer:
     # -- router -----------------------------------------------------------------------------------
     def slice_router(self, keep: Sequence[int]) -> None:
         """Keep router outputs ``keep`` (in that order), in place (the router object stays)."""
-        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.router_weight.device)
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.device)
+        own(self.router)
         if self.kind == "fused":
             self.router.weight = nn.Parameter(self.router.weight.detach()[idx].clone())
         else:
@@ -213,7 +229,7 @@ class MoELayer:
                     del self.experts._forward_pre_hooks[key]
                     self.experts._forward_pre_hooks_with_kwargs.pop(key, None)
             return
-        emap = torch.as_tensor(emap, dtype=torch.long, device=self.router_weight.device)
+        emap = torch.as_tensor(emap, dtype=torch.long, device=self.device)
         if emap.shape != (self.num_routes,) or int(emap.max()) >= self.num_experts:
             raise MoEError(
                 f"expert_map of shape {tuple(emap.shape)} / max {int(emap.max())} does not fit layer "
@@ -236,31 +252,32 @@ class MoELayer:
         import hashlib
 
         h = hashlib.blake2b(digest_size=16)
-        tensors = [("router", self.router_weight), *self.experts.named_parameters(),
-                   *self.experts.named_buffers()]  # fmt: skip
-        for name, t in tensors:
-            t = t.detach()
-            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            if t.device.type != "meta":
+        with resident(self.router), resident(self.experts):
+            tensors = [("router", self.router_weight), *self.experts.named_parameters(),
+                       *self.experts.named_buffers()]  # fmt: skip
+            for name, t in tensors:
+                t = t.detach()
+                h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
                 h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def check_finite(self) -> None:
         """Raise :class:`MoEError` if a router or expert tensor holds NaN or inf."""
-        tensors = [("router", self.router_weight), *self.experts.named_parameters()]
-        for name, t in tensors:
-            if t.is_floating_point() and t.device.type != "meta" and not bool(t.isfinite().all()):
-                raise MoEError(
-                    f"layer {self.name}: {name} holds NaN or inf values; fix or reload the "
-                    "checkpoint before compressing (no layer was changed)"
-                )
+        with resident(self.router), resident(self.experts):
+            tensors = [("router", self.router_weight), *self.experts.named_parameters()]
+            for name, t in tensors:
+                if t.is_floating_point() and not bool(t.isfinite().all()):
+                    raise MoEError(
+                        f"layer {self.name}: {name} holds NaN or inf values; fix or reload the "
+                        "checkpoint before compressing (no layer was changed)"
+                    )
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router logits (T, R), top-k weights (T, k) and top-k router outputs (T, k) for x (T, H)."""
         if self.kind == "fused":
             logits, weights, idx = self.router(x)
             return logits, weights, idx
-        logits = self.router.classifier(x.to(self.router.classifier.weight.dtype))
+        logits = self.router.classifier(x.to(self.router_weight.dtype))
         probs = logits.softmax(-1)
         w, i = probs.max(-1, keepdim=True)
         return logits, w, i
@@ -272,7 +289,7 @@ class MoELayer:
         (``route_mask`` (R,) bool, False = never selected, as NAEE's -inf logits). Ignores Switch's
         capacity limit and Qwen2's shared expert (neither depends on which experts exist)."""
         if self.kind == "fused":
-            logits = nn.functional.linear(x, self.router_weight)
+            logits = nn.functional.linear(x, self.router_data())
         else:
             logits = self.router.classifier(x)
         if route_mask is not None:
@@ -289,6 +306,52 @@ class MoELayer:
             y, _ = self.expert_forward(e, x[tok])
             out.index_add_(0, tok, y * w[tok, pos, None].to(y.dtype))
         return out
+
+
+def _offloaded(module: nn.Module) -> list[nn.Module]:
+    """``module`` and its submodules whose tensors accelerate keeps in an offload store."""
+    return [m for m in module.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
+
+
+def _execution_device(module: nn.Module) -> torch.device | None:
+    for m in _offloaded(module):
+        return torch.device(m._hf_hook.execution_device)  # type: ignore[union-attr,arg-type]
+    return None
+
+
+@contextlib.contextmanager
+def resident(module: nn.Module) -> Iterator[None]:
+    """Inside, an accelerate-offloaded ``module`` (CPU or disk offload: parameters on ``meta``) holds
+    its real tensors, loaded one module at a time from the offload store; a no-op otherwise. Tensors
+    taken inside stay valid after the block (the module itself returns to ``meta``)."""
+    offloaded = _offloaded(module)
+    if not offloaded:
+        yield
+        return
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for m in offloaded:
+            stack.enter_context(align_module_device(m))
+        yield
+
+
+def own(module: nn.Module) -> None:
+    """Make an accelerate-offloaded ``module`` resident for good: load its tensors, remove its hooks.
+    A pass that writes new weights into a module calls this first (the hook would otherwise overwrite
+    them with the offloaded originals at the next forward)."""
+    offloaded = _offloaded(module)
+    if not offloaded:
+        return
+    from accelerate.hooks import remove_hook_from_module
+
+    for m in offloaded:
+        with resident(m):
+            params = {n: nn.Parameter(p.detach().clone(), p.requires_grad)
+                      for n, p in m.named_parameters(recurse=False)}  # fmt: skip
+        remove_hook_from_module(m)
+        for n, p in params.items():
+            m._parameters[n] = p
 
 
 def apply_expert(

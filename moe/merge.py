@@ -119,7 +119,7 @@ def align_expert(
 @torch.no_grad()
 def _output_cosine(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
     """(E, E) cosine similarity of the experts' outputs on the cached inputs (HC-SMoE's signal)."""
-    x = x.to(layer.router_weight.device, layer.router_weight.dtype)
+    x = x.to(layer.device, layer.router_weight.dtype)
     outs = torch.stack([layer.expert_forward(e, x)[0].flatten() for e in range(layer.num_experts)])
     outs = nn.functional.normalize(outs.double(), dim=1)
     return (outs @ outs.T).cpu()

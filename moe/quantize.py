@@ -48,7 +48,7 @@ def _expert_errors(layer: MoELayer, stats: RoutingStats, bits_choices: Sequence[
                    group_size: int) -> torch.Tensor:  # fmt: skip
     """(E, len(bits_choices)) expected squared output error D_e(b) (see module docstring)."""
     s = stats[layer.name]
-    x = s.sample.to(layer.router_weight.device, layer.router_weight.dtype)
+    x = s.sample.to(layer.device, layer.router_weight.dtype)
     if x.numel() == 0:
         raise MoEError(
             f"no cached inputs for {layer.name}; collect stats with max_cached_tokens > 0"

@@ -216,7 +216,7 @@ def collect_routing_stats(
         handles.append(layer.block.register_forward_pre_hook(make_hook(layer)))
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = layers[0].device  # accelerate's execution device when the model is offloaded
     n = 0
     try:
         for batch in batches:

@@ -66,7 +66,7 @@ def test_drop_of_every_family_saves_a_stock_checkpoint(family: str, tmp_path: Pa
     assert load_moe_checkpoint(out)(**tiny_batch(stock)).logits.isfinite().all()
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["mixtral", pytest.param("qwen3_moe", marks=pytest.mark.slow)])
 def test_prune_is_stock_and_merge_plus_packed_bits_needs_load_compressed(
     family: str, tmp_path: Path
 ) -> None:

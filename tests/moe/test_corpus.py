@@ -56,7 +56,9 @@ def test_stdlib_task_windows_come_from_their_domain_split() -> None:
     data = make_task(cfg, seed=1)
     assert data.train.shape == (64, 32) and data.test.shape == (16, 32) and cfg.vocab == 256
     texts = domain_texts()
-    assert all(len(tr) > 3 * len(te) > 0 for tr, te in texts.values())  # about one module in five held out
+    assert all(
+        len(tr) > 3 * len(te) > 0 for tr, te in texts.values()
+    )  # about one module in five held out
     for row, d in zip(data.test, data.test_domain, strict=True):
         window = bytes(row.tolist())
         assert window in texts[DOMAINS[d]][1].encode("utf-8")
