@@ -34,14 +34,13 @@ def _rss() -> int:
 
 def child(folder: str, mode: str, pass_name: str) -> dict[str, Any]:
     import torch
+    import transformers
 
     from moe.checkpoint import calibration_texts, load_moe_checkpoint, text_batches
     from moe.drop import drop_experts
     from moe.merge import merge_experts
     from moe.quantize import quantize_experts
     from moe.stats import collect_routing_stats
-
-    import transformers
 
     torch.set_num_threads(1)
     texts = calibration_texts("builtin", max_chars=50_000)
@@ -57,9 +56,7 @@ def child(folder: str, mode: str, pass_name: str) -> dict[str, Any]:
             "offload_folder": folder + "-offload",
         }
     model = load_moe_checkpoint(folder, **kw)
-    batches, _ = text_batches(
-        model, calibration_texts("builtin", max_chars=50_000), sequences=8, seq_len=64
-    )
+    batches, _ = text_batches(model, texts, sequences=8, seq_len=64)
     stats = collect_routing_stats(model, batches, max_cached_tokens=512)
     if pass_name == "drop 8->6":
         drop_experts(model, stats, num_experts=6)
