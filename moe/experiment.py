@@ -57,14 +57,17 @@ def model_summary(model: nn.Module) -> dict[str, float]:
     """Expert weights, measured expert bytes (:func:`moe.layers.expert_bytes`: the tensors as held),
     total parameters and active MoE-layer MFLOPs per token (2 per multiply-add; router + top-k experts)."""
     flops = 0.0
-    for layer in find_moe_layers(model):
+    layers = find_moe_layers(model)
+    in_experts = {id(p) for layer in layers for p in layer.experts.parameters()}
+    others = sum(p.numel() for p in model.parameters() if id(p) not in in_experts)
+    for layer in layers:
         w_in, w_out = layer.get_weights()
         per_expert = w_in[0].numel() + w_out[0].numel()
         flops += 2 * (layer.num_routes * layer.hidden_size + layer.top_k * per_expert)
     return {
         "expert params": count_expert_params(model),
         "expert MB": expert_bytes(model) / 2**20,
-        "total params": sum(p.numel() for p in model.parameters()),
+        "total params": others + count_expert_params(model),  # packed experts count their weights
         "MoE MFLOPs/token": flops / 1e6,
     }
 
