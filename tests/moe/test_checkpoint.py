@@ -79,7 +79,7 @@ def test_prune_is_stock_and_merge_plus_packed_bits_needs_load_compressed(
     assert _compress(tmp_path, folder, "keep_ratio=0.5") == 0
     stock = getattr(transformers, FAMILIES[family]).from_pretrained(_result(tmp_path))
     assert {layer.intermediate_size for layer in find_moe_layers(stock)} == {32}
-    assert _compress(tmp_path, folder, "merge_to=4", "avg_bits=3.0") == 0
+    assert _compress(tmp_path, folder, "merge_to=4", "avg_bits=3.0", "distill_steps=2") == 0
     again = load_compressed(_result(tmp_path))
     layers = find_moe_layers(again)
     assert all(
