@@ -6,6 +6,9 @@ and mixed-precision quantisation on copies of it and reports expert parameters a
 FLOPs per token, pass wall time, next-token accuracy, perplexity and retention, a retention-vs-size plot
 and an exact save/load round trip of a non-uniform compressed model.
 
+A short run of the standard-library byte subject (``stdlib_steps``) adds merging, dropping and packed
+quantisation on real text with its per-domain routing entropy (the full tables are benchmarks).
+
 When the llm stage ran first, its Grover MoE model (``context["llm"]``) is merged and dropped too, and
 the retention of its Grover metrics (set accuracy, TVD on test_id) is reported.
 """
@@ -38,6 +41,7 @@ class StageConfig:
         0.5625  # hidden neurons kept per expert (72 of 128: -72% expert params with 8->4)
     )
     avg_bits: float = 3.0  # average expert bits for mixed-precision quantisation
+    stdlib_steps: int = 100  # AdamW steps of the standard-library byte subject; 0 = skip it
 
 
 def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, Any]) -> Section:
@@ -141,6 +145,15 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         ),
     )
     section.add_table("Compression passes on the subject model", rows)
+    if config.stdlib_steps:
+        stdlib_rows, entropy = _stdlib_rows(config, seed)
+        section.add_table(
+            f"Standard-library byte subject ({config.stdlib_steps} AdamW steps; short, so its baseline "
+            "is weak; the full 800-step, 3-seed tables are in docs/moe.md). Per-domain routing "
+            "entropy / log 8: " + ", ".join(f"{k} {v:.2f}" for k, v in entropy.items()),
+            stdlib_rows,
+        )
+        context.setdefault("moe_stdlib", {"rows": stdlib_rows, "routing_entropy": entropy})
     llm_rows = _llm_rows(context, ex, seed)
     if llm_rows:
         section.add_table(
@@ -213,3 +226,26 @@ def _llm_rows(context: dict[str, Any], ex: Any, seed: int) -> list[dict[str, Any
                 "set_acc retention": metrics["set_acc"] / base["set_acc"] if base["set_acc"] else None,
             })  # fmt: skip
     return rows
+
+
+def _stdlib_rows(config: StageConfig, seed: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """A short run of the standard-library subject: merging (port vs LS refit vs random), dropping
+    and packed 3-bit quantisation, with its per-domain routing entropy."""
+    from moe import experiment as ex
+    from moe.subject import SubjectConfig, routing_entropy, train_subject
+
+    cfg = SubjectConfig(task="stdlib", seq_len=64, steps=config.stdlib_steps, train_sequences=2048,
+                        test_sequences=256)  # fmt: skip
+    model, data, _ = train_subject(cfg, seed)
+    ctx = ex.Context(data, model, seed=seed, calib_sequences=config.calib_sequences)
+    names = ("baseline", "merge 8->4 + LS refit", "merge 8->4 MC-SMoE port (no refit)",
+             "merge 8->4 random groups (no refit)", "drop 8->4 frequency",
+             "quant 3.0 bits sensitivity (packed)")  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        row, _ = ex.run_method(name, model, ctx, ex.METHODS[name], rows[0] if rows else None)
+        rows.append(row)
+    rows[0].update(retention=1.0)
+    keep = ("method", "recipe", "LS refit on calib", "distill steps", "expert MB", "accuracy",
+            "perplexity", "retention")  # fmt: skip
+    return [{k: r[k] for k in keep if k in r} for r in rows], routing_entropy(model, data)
