@@ -103,6 +103,12 @@ class MoELayer:
 
     @property
     def intermediate_size(self) -> int:
+        """Hidden neurons per expert (read from the experts module when it says, which avoids
+        dequantising packed or multiplying low-rank experts)."""
+        if self.kind == "fused" and isinstance(
+            getattr(self.experts, "intermediate_dim", None), int
+        ):
+            return int(self.experts.intermediate_dim)
         return int(self.get_weights()[1].shape[-1])
 
     @property
