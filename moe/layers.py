@@ -183,7 +183,9 @@ class MoELayer:
                 f"layer {self.name} holds low-rank experts; change them before factoring"
             )
         w_in, w_out = w_in.detach().to(self.device), w_out.detach().to(self.device)
-        own(self.experts)  # an offloaded experts module becomes resident (it now holds new tensors)
+        stores = _disk_stores(self.experts)
+        if not stores:
+            own(self.experts)  # an offloaded experts module we cannot write back becomes resident
         if self.kind == "fused":
             dtype = self.experts.gate_up_proj.dtype
             self.experts.gate_up_proj = nn.Parameter(
@@ -192,6 +194,7 @@ class MoELayer:
             self.experts.down_proj = nn.Parameter(w_out.to(dtype).contiguous())
             self.experts.num_experts = e
             self.experts.intermediate_dim = i
+            store_offloaded(stores)
             return
         dtype = self.experts["expert_0"].wi.weight.dtype
         template = self.experts["expert_0"]
@@ -206,20 +209,25 @@ class MoELayer:
             m.wo.weight = nn.Parameter(w_out[k].to(dtype).clone())
             m.wi.out_features = m.wo.in_features = i
         self.experts.num_experts = e
+        store_offloaded([m for m in stores if any(m is x for x in self.experts.modules())])
 
     # -- router -----------------------------------------------------------------------------------
     def slice_router(self, keep: Sequence[int]) -> None:
         """Keep router outputs ``keep`` (in that order), in place (the router object stays)."""
         idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.device)
-        own(self.router)
-        if self.kind == "fused":
-            self.router.weight = nn.Parameter(self.router.weight.detach()[idx].clone())
-        else:
-            lin = self.router.classifier
-            lin.weight = nn.Parameter(lin.weight.detach()[idx].clone())
-            if lin.bias is not None:
-                lin.bias = nn.Parameter(lin.bias.detach()[idx].clone())
+        stores = _disk_stores(self.router)
+        if not stores:
+            own(self.router)
+        lin = self.router if self.kind == "fused" else self.router.classifier
+        with resident(self.router):  # read inside; write after (leaving it would reset to meta)
+            weight = lin.weight.detach()[idx].clone()
+            bias = None if getattr(lin, "bias", None) is None else lin.bias.detach()[idx].clone()
+        lin.weight = nn.Parameter(weight)
+        if bias is not None:
+            lin.bias = nn.Parameter(bias)
+        if self.kind == "switch":
             lin.out_features = len(idx)
+        store_offloaded(stores)
         self.router.num_experts = len(idx)
         if self.kind == "fused" and hasattr(self.router, "top_k") and self.router.top_k > len(idx):
             raise MoEError(f"layer {self.name}: top_k={self.router.top_k} > {len(idx)} experts")
@@ -358,6 +366,42 @@ def own(module: nn.Module) -> None:
         remove_hook_from_module(m)
         for n, p in params.items():
             m._parameters[n] = p
+
+
+def _disk_stores(module: nn.Module) -> list[nn.Module]:
+    """Offloaded submodules whose accelerate store is a writable folder (disk offload), or [] when any
+    offloaded submodule keeps its weights some other way."""
+    mods = _offloaded(module)
+    for m in mods:
+        ds = getattr(m._hf_hook.weights_map, "dataset", None)  # type: ignore[union-attr]
+        if getattr(ds, "save_folder", None) is None or not isinstance(
+            getattr(ds, "index", None), dict
+        ):
+            return []
+    return mods
+
+
+def store_offloaded(mods: Sequence[nn.Module]) -> None:
+    """Write the tensors a pass set on disk-offloaded modules into their offload folder (one safetensors
+    file each, registered in the loader's index) and put the modules back on ``meta``: a compressed
+    layer of an offloaded model stays on disk instead of becoming resident."""
+    from safetensors.torch import save_file
+
+    for m in mods:
+        wm: Any = m._hf_hook.weights_map  # type: ignore[union-attr]
+        ds: Any = wm.dataset
+        prefix: str = wm.prefix
+        for n, p in list(m.named_parameters(recurse=False)):
+            if p.device.type == "meta":
+                continue  # unchanged: still in the store
+            key = prefix + n
+            path = f"{ds.save_folder}/{key}.moe.safetensors"
+            save_file({key: p.detach().cpu().contiguous()}, path)
+            ds.index[key] = {"safetensors_file": path, "weight_name": key,
+                             "dtype": str(p.dtype).removeprefix("torch.")}  # fmt: skip
+            m._parameters[n] = nn.Parameter(
+                torch.empty(p.shape, dtype=p.dtype, device="meta"), p.requires_grad
+            )
 
 
 def apply_expert(

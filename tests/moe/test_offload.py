@@ -51,3 +51,20 @@ def test_merge_and_packed_quantisation_on_an_offloaded_model(tmp_path: Path) -> 
     torch.testing.assert_close(off(**batches[0]).logits, ref(**batches[0]).logits)
     # the untouched parts stay offloaded
     assert off.model.embed_tokens.weight.device.type == "meta"
+
+
+@pytest.mark.parametrize("family", ["mixtral", pytest.param("switch", marks=pytest.mark.slow)])
+def test_merged_and_dropped_layers_are_written_back_to_the_offload_folder(
+    family: str, tmp_path: Path
+) -> None:
+    ref, off = _pair(tmp_path, family)
+    batches = [tiny_batch(ref, seed=i) for i in range(2)]
+    for model in (ref, off):
+        drop_experts(model, collect_routing_stats(model, batches), num_experts=6)
+        merge_experts(model, collect_routing_stats(model, batches), num_experts=3)
+    for layer in find_moe_layers(off):  # still offloaded, with the new shapes
+        assert layer.router_weight.device.type == "meta" and layer.num_routes == 6
+        assert all(p.device.type == "meta" for p in layer.experts.parameters())
+        assert layer.num_experts == 3 and layer.get_weights()[0].shape[0] == 3
+    assert list((tmp_path / "offload").glob("*.moe.safetensors"))
+    torch.testing.assert_close(off(**batches[0]).logits, ref(**batches[0]).logits)
