@@ -5,8 +5,8 @@ I = ``--intermediate``), saves it, then runs in a fresh process per mode: load (
 whole, or with ``device_map="auto"`` and ``max_memory={"cpu": ...}`` so every module is offloaded to
 disk), collect routing statistics on 8 byte-level sequences of the standard-library corpus, then one
 pass (drop 8 -> 6, merge 8 -> 4, or packed 3-bit quantisation), per mode and pass, together with the checkpoint's size on disk. Measured per child process from ``/proc/self/status``: the
-peak RSS while loading, the RSS after loading, and — after resetting the peak (``clear_refs``) — the
-peak RSS of statistics plus the pass above the RSS after loading.
+peak RSS while loading and through one warm-up forward, the RSS after them, and — after resetting the
+peak (``clear_refs``) — the peak RSS of statistics plus the pass above that RSS.
 
     python -m benchmarks.bench_moe_offload
 """
@@ -70,9 +70,12 @@ def child(folder: str, mode: str, pass_name: str) -> dict[str, Any]:
         }
     model = load_moe_checkpoint(folder, **kw)
     load_peak = _hwm() - base
+    batches, _ = text_batches(model, texts, sequences=8, seq_len=64)
+    with torch.no_grad():
+        model(**batches[0])  # one warm-up forward: first-call allocations are not the pass's
+    first_forward = _hwm() - base
     after_load = _rss()
     _reset_hwm()  # the pass's own peak from here
-    batches, _ = text_batches(model, texts, sequences=8, seq_len=64)
     stats = collect_routing_stats(model, batches, max_cached_tokens=512)
     if pass_name == "drop 8->6":
         drop_experts(model, stats, num_experts=6)
@@ -81,6 +84,7 @@ def child(folder: str, mode: str, pass_name: str) -> dict[str, Any]:
     else:
         quantize_experts(model, stats, avg_bits=3.0, allocation="uniform")
     return {"mode": mode, "pass": pass_name, "load peak MB": load_peak / 2**20,
+            "peak through a first forward MB": first_forward / 2**20,
             "resident after load MB": (after_load - base) / 2**20,
             "pass peak MB above the loaded model": (_hwm() - after_load) / 2**20,
             "seconds": time.perf_counter() - t0}  # fmt: skip
