@@ -21,18 +21,23 @@ from typing import Any
 import torch
 
 from moe import experiment as ex
-from moe.subject import SubjectConfig, load_or_train, per_domain
+from moe.subject import SubjectConfig, load_or_train, per_domain, routing_entropy
 from qhybrid.runs import atomic_write_json, environment_info
 
+MERGE = "merge 8->4 + LS refit"
+PORT = "merge 8->4 MC-SMoE port (no refit)"
+PRUNE = "merge 8->4 + LS refit + prune to 72/128 neurons + 200 KD steps"
 GROUPS = {
-    "merge": ["merge 8->4", "merge 8->4 MC-SMoE (no refit)", "merge 8->4 + distill", "merge 8->4 random groups",
-              "merge 8->4 no alignment", "merge 8->4 global budget", "drop 8->4 frequency"],
-    "compress": ["merge 8->4 + prune to 72/128 neurons + distill"],
+    "merge": [MERGE, PORT, "merge 8->4 + LS refit + 200 KD steps", "merge 8->4 MC-SMoE port (no refit) + 200 KD steps",
+              "merge 8->4 random groups + LS refit", "merge 8->4 random groups (no refit)",
+              "merge 8->4 no alignment + LS refit", "merge 8->4 global budget + LS refit", "drop 8->4 frequency"],
+    "compress": [PRUNE],
     "drop": ["drop 25% one-shot (exact)", "drop 25% one-shot (frequency)",
              "drop 50% iterative (exact)", "drop 50% iterative (saliency)"],
-    "drop_recovery": ["drop 50% iterative (saliency) + 100 distill steps/round",
-                      "drop 50% iterative (exact) + 100 distill steps/round"],
-    "quant": ["quant 3.0 bits sensitivity", "quant 3.0 bits frequency", "quant 3.0 bits uniform"],
+    "drop_recovery": ["drop 50% iterative (saliency) + 100 KD steps/round",
+                      "drop 50% iterative (exact) + 100 KD steps/round"],
+    "quant": ["quant 3.0 bits sensitivity (packed)", "quant 3.0 bits frequency (packed)",
+              "quant 3.0 bits uniform (packed)", "quant 3.0 bits uniform (fake quant, fp32 storage)"],
 }  # fmt: skip
 
 
@@ -40,51 +45,80 @@ def _mean(rows: list[dict[str, Any]], method: str, key: str) -> float:
     return statistics.fmean(r[key] for r in rows if r["method"] == method)
 
 
+def _at_least(
+    out: dict[str, Any], rows: list[dict[str, Any]], name: str, label: str, bound: float
+) -> None:
+    m = _mean(rows, name, "retention")
+    out[f"{label} retention >= {bound}"] = {"value": m, "met": m >= bound}
+
+
 def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     methods = {r["method"] for r in rows}
     out: dict[str, Any] = {}
-
-    def have(*names: str) -> bool:
-        return all(n in methods for n in names)
-
-    if have(
-        "merge 8->4", "merge 8->4 random groups", "merge 8->4 no alignment", "drop 8->4 frequency"
-    ):
-        m = _mean(rows, "merge 8->4", "retention")
-        out["merge 8->4 retention >= 0.97"] = {"value": m, "met": m >= 0.97}
+    if {
+        MERGE,
+        PORT,
+        "merge 8->4 random groups (no refit)",
+        "merge 8->4 + LS refit + 200 KD steps",
+    } <= methods:
+        _at_least(out, rows, MERGE, "merge 8->4 with the LS refit (0 KD steps)", 0.97)
+        _at_least(
+            out,
+            rows,
+            "merge 8->4 + LS refit + 200 KD steps",
+            "merge 8->4 + LS refit + 200 KD steps",
+            0.99,
+        )
+        gap = _mean(rows, PORT, "retention") - _mean(
+            rows, "merge 8->4 random groups (no refit)", "retention"
+        )
+        out["router-logit grouping beats random grouping by >= 2 points without the refit"] = {
+            "value": gap,
+            "met": gap >= 0.02,
+        }
         for other in (
-            "merge 8->4 MC-SMoE (no refit)",
-            "merge 8->4 random groups",
-            "merge 8->4 no alignment",
+            "merge 8->4 random groups + LS refit",
+            "merge 8->4 no alignment + LS refit",
             "drop 8->4 frequency",
         ):
             o = _mean(rows, other, "retention")
-            out[f"merge beats {other}"] = {"value": m, "other": o, "met": m > o}
-    if have("merge 8->4 + distill"):
-        m = _mean(rows, "merge 8->4 + distill", "retention")
-        out["merge 8->4 + <=200 distill steps retention >= 0.99"] = {"value": m, "met": m >= 0.99}
-    if have("merge 8->4 + prune to 72/128 neurons + distill", "baseline"):
-        cut = 1 - _mean(
-            rows, "merge 8->4 + prune to 72/128 neurons + distill", "expert params"
-        ) / _mean(rows, "baseline", "expert params")
-        loss = 1 - _mean(rows, "merge 8->4 + prune to 72/128 neurons + distill", "retention")
+            out[f"{MERGE} beats {other}"] = {
+                "value": _mean(rows, MERGE, "retention"),
+                "other": o,
+                "met": _mean(rows, MERGE, "retention") > o,
+            }
+        kd = "merge 8->4 MC-SMoE port (no refit) + 200 KD steps"
+        out["LS refit + 200 KD >= MC-SMoE port + 200 KD (equal calibration and KD budget)"] = {
+            "value": _mean(rows, "merge 8->4 + LS refit + 200 KD steps", "retention"),
+            "other": _mean(rows, kd, "retention"),
+            "met": _mean(rows, "merge 8->4 + LS refit + 200 KD steps", "retention")
+            >= _mean(rows, kd, "retention"),
+        }
+    if {PRUNE, "baseline"} <= methods:
+        cut = 1 - _mean(rows, PRUNE, "expert params") / _mean(rows, "baseline", "expert params")
+        loss = 1 - _mean(rows, PRUNE, "retention")
         out["merge+compress: >=70% fewer expert params"] = {"value": cut, "met": cut >= 0.70}
         out["merge+compress: <=2% relative accuracy loss"] = {"value": loss, "met": loss <= 0.02}
-    if have("drop 25% one-shot (exact)"):
-        m = _mean(rows, "drop 25% one-shot (exact)", "retention")
-        out["drop 25% one-shot retention >= 0.95"] = {"value": m, "met": m >= 0.95}
+    if "drop 25% one-shot (exact)" in methods:
+        _at_least(out, rows, "drop 25% one-shot (exact)", "drop 25% one-shot (0 KD steps)", 0.95)
     for name in ("drop 50% iterative (exact)", "drop 50% iterative (saliency)",
-                 "drop 50% iterative (saliency) + 100 distill steps/round",
-                 "drop 50% iterative (exact) + 100 distill steps/round"):  # fmt: skip
-        if have(name):
-            m = _mean(rows, name, "retention")
-            out[f"{name}: retention >= 0.90"] = {"value": m, "met": m >= 0.90}
-    if have("quant 3.0 bits sensitivity", "quant 3.0 bits frequency"):
-        s = _mean(rows, "quant 3.0 bits sensitivity", "ppl increase")
-        f = _mean(rows, "quant 3.0 bits frequency", "ppl increase")
-        out["3.0 bits: perplexity increase <= 5%"] = {"value": s, "met": s <= 0.05}
-        out["3.0 bits: no worse than frequency heuristic"] = {"value": s, "other": f, "met": s <= f}
-    return out
+                 "drop 50% iterative (saliency) + 100 KD steps/round",
+                 "drop 50% iterative (exact) + 100 KD steps/round"):  # fmt: skip
+        if name in methods:
+            _at_least(out, rows, name, name, 0.90)
+    quant = [f"quant 3.0 bits {a} (packed)" for a in ("sensitivity", "frequency", "uniform")]
+    if set(quant) <= methods:
+        s, f, u = (_mean(rows, q, "ppl increase") for q in quant)
+        out["3.0 bits (packed) sensitivity: perplexity increase <= 5%"] = {
+            "value": s,
+            "met": s <= 0.05,
+        }
+        out["3.0 bits: sensitivity no worse than frequency and uniform (ppl)"] = {
+            "value": s,
+            "other": [f, u],
+            "met": s <= min(f, u),
+        }
+    return out  # fmt: skip
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -93,6 +127,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         sel = [r for r in rows if r["method"] == name]
         summary.append({
             "method": name,
+            **{k: sel[0][k] for k in ("recipe", "LS refit on calib", "distill steps") if k in sel[0]},
             "seeds": len(sel),
             "retention mean": statistics.fmean(r["retention"] for r in sel),
             "retention min": min(r["retention"] for r in sel),
@@ -112,6 +147,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--steps", type=int, default=400, help="subject training steps")
+    parser.add_argument(
+        "--task",
+        default="tokens",
+        choices=["tokens", "stdlib"],
+        help="subject: the synthetic token task or Python standard-library bytes",
+    )
+    parser.add_argument("--seq-len", type=int, default=24, help="tokens per sequence")
+    parser.add_argument("--train-sequences", type=int, default=4096)
+    parser.add_argument("--test-sequences", type=int, default=512)
     parser.add_argument("--distill-steps", type=int, default=200)
     parser.add_argument(
         "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
@@ -141,13 +185,26 @@ def main() -> None:
             print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v}")
         return
     torch.set_num_threads(args.threads)
-    cfg = SubjectConfig(steps=args.steps)
+    cfg = SubjectConfig(
+        steps=args.steps,
+        task=args.task,
+        seq_len=args.seq_len,
+        train_sequences=args.train_sequences,
+        test_sequences=args.test_sequences,
+    )
     rows: list[dict[str, Any]] = []
     subjects = []
     t0 = time.perf_counter()
     for seed in args.seeds:
         model, data, metrics = load_or_train(cfg, seed, args.cache)
-        subjects.append({"seed": seed, **metrics, "per_domain": per_domain(model, data)})
+        subjects.append(
+            {
+                "seed": seed,
+                **metrics,
+                "per_domain": per_domain(model, data),
+                "routing_entropy": routing_entropy(model, data),
+            }
+        )
         ctx = ex.Context(data, model, seed=seed, distill_steps=args.distill_steps)
         base, _ = ex.run_method("baseline", model, ctx, ex.METHODS["baseline"])
         base.update(retention=1.0, seed=seed)
@@ -163,7 +220,9 @@ def main() -> None:
     result = {
         "command": (
             f"python -m benchmarks.bench_moe_targets --seeds {' '.join(map(str, args.seeds))} "
-            f"--groups {' '.join(args.groups)} --steps {args.steps} "
+            f"--groups {' '.join(args.groups)} --steps {args.steps} --task {args.task} "
+            f"--seq-len {args.seq_len} --train-sequences {args.train_sequences} "
+            f"--test-sequences {args.test_sequences} "
             f"--distill-steps {args.distill_steps} --out {args.out}"
         ),
         "subject": {**cfg.__dict__},

@@ -1,8 +1,10 @@
 """Mixture-of-Experts compression passes over transformers 5.x sparse-MoE models.
 
-Routing statistics, expert merging (MC-SMoE), low-rank + structured-sparse compression, expert
-dropping (MC-Suite criteria, NAEE search), mixed-precision fake quantisation, and a compression plan
-that makes every result reload exactly. Heavy modules load lazily.
+Local Hugging Face checkpoints (:mod:`moe.checkpoint`), routing statistics, expert merging (our
+MC-SMoE port, optionally with a least-squares refit on calibration data), low-rank + structured-sparse
+compression, expert dropping (MC-Suite criteria, NAEE search), mixed-precision quantisation stored as
+packed low-bit codes, and a compression plan that makes every result reload exactly. Every pass checks
+the whole model before it changes anything. Heavy modules load lazily.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ __all__ = [
     "LowRankExperts",
     "MoEError",
     "MoELayer",
+    "PackedExperts",
     "RoutingStats",
     "allocate_bits",
     "collect_routing_stats",
@@ -20,6 +23,8 @@ __all__ = [
     "count_expert_params",
     "distill",
     "drop_experts",
+    "expert_bytes",
+    "load_moe_checkpoint",
     "find_moe_layers",
     "load_compressed",
     "merge_experts",
@@ -28,12 +33,14 @@ __all__ = [
 ]
 
 _WHERE = {
-    "LowRankExperts": "moe.compress", "compress_experts": "moe.compress", "distill": "moe.compress",
+    "LowRankExperts": "moe.experts", "PackedExperts": "moe.experts",
+    "compress_experts": "moe.compress", "distill": "moe.compress",
     "MoEError": "moe.layers", "MoELayer": "moe.layers", "find_moe_layers": "moe.layers",
-    "count_expert_params": "moe.layers", "RoutingStats": "moe.stats",
+    "count_expert_params": "moe.layers", "expert_bytes": "moe.layers", "RoutingStats": "moe.stats",
     "collect_routing_stats": "moe.stats", "drop_experts": "moe.drop", "merge_experts": "moe.merge",
     "allocate_bits": "moe.quantize", "quantize_experts": "moe.quantize",
     "load_compressed": "moe.plan", "save_compressed": "moe.plan",
+    "load_moe_checkpoint": "moe.checkpoint",
 }  # fmt: skip
 
 

@@ -2,10 +2,14 @@
 
 * ``qhybrid moe train [--set steps=400 seed=1]`` — trains the Mixtral-style subject on the multi-domain
   token task and saves it (``subject/``) in a run folder.
-* ``qhybrid moe compress [--set model_dir="runs/.../subject" drop_to=6 merge_to=4 keep_ratio=0.6
+* ``qhybrid moe compress [--set model_dir="path" calib="notes.txt" drop_to=6 merge_to=4 keep_ratio=0.6
   distill_steps=200 avg_bits=3.0]`` — applies drop → merge → compress → distill → quantise (each step
-  optional), saves the result with :func:`moe.plan.save_compressed` and writes a report with the
-  before/after table. Without ``model_dir`` it trains the subject first.
+  optional) and writes a report with the before/after table. ``model_dir`` is a subject saved by
+  ``qhybrid moe train``, or any local Hugging Face checkpoint of a supported MoE family (checked by
+  :func:`moe.checkpoint.load_moe_checkpoint`; calibrated on ``calib``: a .txt / .jsonl file or
+  ``builtin``, the Python standard library's source). The result is saved with stock ``save_pretrained``
+  where it is still a stock architecture, else with :func:`moe.plan.save_compressed`
+  (:func:`moe.checkpoint.save_result`). Without ``model_dir`` it trains the subject first.
 """
 
 from __future__ import annotations
@@ -46,7 +50,17 @@ class CompressConfig:
     distill_steps: int = 0  # recovery distillation steps from the uncompressed model
     avg_bits: float = 0.0  # average expert bits for mixed-precision fake quantisation; 0 = off
     allocation: str = "sensitivity"  # bit allocation: sensitivity, frequency, outlier, uniform
+    storage: str = (
+        "packed"  # quantised experts: packed (real b-bit codes) or fake (ablation, float)
+    )
     steps: int = 400  # subject training steps when model_dir is empty
+    calib: str = (
+        "builtin"  # checkpoints: calibration text (.txt / .jsonl file) or builtin (stdlib source)
+    )
+    seq_len: int = 64  # checkpoints: tokens per calibration sequence
+    eval_sequences: int = (
+        32  # checkpoints: held-out sequences (after the calibration ones) for metrics
+    )
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -98,55 +112,128 @@ def _load_subject(c: CompressConfig) -> tuple[Any, Any]:
     import json
     from pathlib import Path
 
-    from moe.layers import MoEError
     from moe.subject import SubjectConfig, load_or_train, make_task
 
     if not c.model_dir:
         model, data, _ = load_or_train(SubjectConfig(steps=c.steps), c.seed)
         return model, data
-    folder = Path(c.model_dir)
-    meta = folder / "subject.json"
-    if not meta.is_file():
-        raise MoEError(
-            f"'{folder}' is not a subject saved by 'qhybrid moe train' (no subject.json); train one "
-            "with 'qhybrid moe train' or leave model_dir empty"
-        )
-    info = json.loads(meta.read_text())
+    info = json.loads((Path(c.model_dir) / "subject.json").read_text())
     from transformers import MixtralForCausalLM
 
-    model = MixtralForCausalLM.from_pretrained(folder).float().eval()
+    model = MixtralForCausalLM.from_pretrained(c.model_dir).float().eval()
     return model, make_task(SubjectConfig(**info["subject"]), int(info["seed"]))
 
 
-def _compress(args: argparse.Namespace) -> int:
-    import copy
-
-    from moe import experiment as ex
+def _chain(c: CompressConfig, model: Any, stats: Any, calib: Any, distill: Any) -> None:
+    """drop -> merge -> prune / low rank -> distill -> quantise, each step optional."""
     from moe.compress import compress_experts
     from moe.drop import drop_experts
     from moe.merge import merge_experts
-    from moe.plan import save_compressed
     from moe.quantize import quantize_experts
-    from qhybrid.report import Section, write_report
+
+    if c.drop_to:
+        drop_experts(model, stats(model), num_experts=c.drop_to, criterion=c.drop_criterion,  # type: ignore[arg-type]
+                     budget=c.budget, rounds=c.drop_rounds, batches=calib)  # type: ignore[arg-type]  # fmt: skip
+    if c.merge_to:
+        merge_experts(model, stats(model), num_experts=c.merge_to, budget=c.budget)  # type: ignore[arg-type]
+    if c.keep_ratio < 1 or c.rank:
+        compress_experts(model, stats(model), keep_ratio=c.keep_ratio, rank=c.rank or None)
+    distill(model)
+    if c.avg_bits:
+        quantize_experts(model, stats(model), avg_bits=c.avg_bits, allocation=c.allocation,  # type: ignore[arg-type]
+                         storage=c.storage)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from qhybrid.runs import create_run
 
     c = config_from_args(CompressConfig, args)
+    if c.model_dir and not (Path(c.model_dir) / "subject.json").is_file():
+        from moe.checkpoint import load_moe_checkpoint
+
+        model = load_moe_checkpoint(c.model_dir)  # checks the folder before a run folder is made
+        run = create_run(c.name, c, root=args.out or "runs", seed=c.seed)
+        return _compress_checkpoint(c, run, model)
     run = create_run(c.name, c, root=args.out or "runs", seed=c.seed)
+    return _compress_subject(c, run)
+
+
+def _compress_checkpoint(c: CompressConfig, run: Any, model: Any) -> int:
+    import copy
+    import time
+
+    from moe.checkpoint import calibration_texts, evaluate_lm, save_result, text_batches
+    from moe.compress import distill
+    from moe.experiment import model_summary
+    from moe.layers import MoEError
+    from moe.stats import collect_routing_stats
+    from qhybrid.report import Section, write_report
+
+    texts = calibration_texts(c.calib)
+    batches, how = text_batches(model, texts, folder=c.model_dir, sequences=c.calib_sequences + c.eval_sequences,
+                                seq_len=c.seq_len)  # fmt: skip
+    n_eval = max(1, -(-c.eval_sequences // 16))
+    if len(batches) <= n_eval:
+        raise MoEError(
+            f"calibration text {c.calib!r} is too short for calibration and held-out batches"
+        )
+    calib, held_out = batches[:-n_eval], batches[-n_eval:]
+    before: dict[str, Any] = {
+        "model": "original",
+        **model_summary(model),
+        **evaluate_lm(model, held_out),
+    }
+    teacher = copy.deepcopy(model) if c.distill_steps else None
+
+    def stats(m: Any) -> Any:
+        return collect_routing_stats(m, calib, max_cached_tokens=4096)
+
+    def recover(m: Any) -> None:
+        if teacher is not None:
+            steps = [calib[i % len(calib)] for i in range(c.distill_steps)]
+            distill(m, teacher, steps, steps=c.distill_steps, seed=c.seed)
+
+    t0 = time.perf_counter()
+    _chain(c, model, stats, calib, recover)
+    seconds = time.perf_counter() - t0
+    after: dict[str, Any] = {
+        "model": "compressed",
+        **model_summary(model),
+        **evaluate_lm(model, held_out),
+        "pass seconds": seconds,
+    }
+    after["retention"] = (
+        after["accuracy"] / before["accuracy"] if before["accuracy"] else float("nan")
+    )
+    after["ppl increase"] = after["perplexity"] / before["perplexity"] - 1
+    path, loader = save_result(model, run.artefact("compressed", "config.json").parent)
+    run.log_metrics({k: v for k, v in after.items() if k != "model"})
+    section = Section("MoE compression of a checkpoint", text=(
+        f"`{c.model_dir}` ({type(model).__name__}), calibrated on {c.calib!r}: {len(calib)} batches of "
+        f"{c.seq_len} tokens, tokenised with {how}; metrics on {len(held_out)} held-out batches after "
+        f"them. Saved to `{path}`; load with `{loader}`."))  # fmt: skip
+    section.add_table("Before and after", [before, after])
+    write_report(run, "qhybrid moe compress", [section])
+    print(f"retention {after['retention']:.4f}; perplexity {before['perplexity']:.3f} -> {after['perplexity']:.3f}; "
+          f"expert MB {before['expert MB']:.3f} -> {after['expert MB']:.3f}; saved {path} (load with {loader})")  # fmt: skip
+    return 0
+
+
+def _compress_subject(c: CompressConfig, run: Any) -> int:
+    import copy
+
+    from moe import experiment as ex
+    from moe.plan import save_compressed
+    from qhybrid.report import Section, write_report
+
     model, data = _load_subject(c)
     ctx = ex.Context(data, model, seed=c.seed, calib_sequences=c.calib_sequences,
                      distill_steps=c.distill_steps)  # fmt: skip
 
     def chain(m: Any, cx: Any) -> None:
-        if c.drop_to:
-            drop_experts(m, cx.stats(m), num_experts=c.drop_to, criterion=c.drop_criterion,  # type: ignore[arg-type]
-                         budget=c.budget, rounds=c.drop_rounds, batches=cx.calib())  # type: ignore[arg-type]  # fmt: skip
-        if c.merge_to:
-            merge_experts(m, cx.stats(m), num_experts=c.merge_to, budget=c.budget)  # type: ignore[arg-type]
-        if c.keep_ratio < 1 or c.rank:
-            compress_experts(m, cx.stats(m), keep_ratio=c.keep_ratio, rank=c.rank or None)
-        cx.distill(m)
-        if c.avg_bits:
-            quantize_experts(m, cx.stats(m), avg_bits=c.avg_bits, allocation=c.allocation)  # type: ignore[arg-type]
+        _chain(c, m, cx.stats, cx.calib(), cx.distill)
 
     base_row, _ = ex.run_method("uncompressed", model, ctx, ex.baseline)
     row, compressed = ex.run_method("compressed", copy.deepcopy(model), ctx, chain, base_row)

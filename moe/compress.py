@@ -19,7 +19,6 @@ frozen (as the anchor does).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -28,7 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.experts import LowRankExperts
+from moe.layers import MoEError, check_layers, find_moe_layers
 from moe.plan import record
 from moe.stats import RoutingStats
 
@@ -39,97 +39,6 @@ __all__ = ["LowRankExperts", "compress_experts", "distill", "round_up"]
 
 def round_up(n: float, multiple: int) -> int:
     return max(multiple, int(math.ceil(n / multiple)) * multiple)
-
-
-class LowRankExperts(nn.Module):
-    """Fused SwiGLU experts whose matrices are rank-r products: ``W = A @ B``.
-
-    ``gate_up_a (E, 2I, r)``, ``gate_up_b (E, r, H)``, ``down_a (E, H, r)``, ``down_b (E, r, I)``.
-    Same call signature as the transformers experts module: ``(hidden (T, H), top_k_index (T, k),
-    top_k_weights (T, k)) -> (T, H)``; follows ``config._experts_implementation`` (grouped_mm or eager).
-    """
-
-    def __init__(self, config: Any, num_experts: int, hidden: int, intermediate: int, rank: int,
-                 act_fn: nn.Module) -> None:  # fmt: skip
-        super().__init__()
-        self.config = config
-        self.num_experts = num_experts
-        self.hidden_dim = hidden
-        self.intermediate_dim = intermediate
-        self.rank = rank
-        self.act_fn = act_fn
-        e = num_experts
-        self.gate_up_a = nn.Parameter(torch.zeros(e, 2 * intermediate, rank))
-        self.gate_up_b = nn.Parameter(torch.zeros(e, rank, hidden))
-        self.down_a = nn.Parameter(torch.zeros(e, hidden, rank))
-        self.down_b = nn.Parameter(torch.zeros(e, rank, intermediate))
-
-    @classmethod
-    def install(cls, layer: MoELayer, rank: int) -> LowRankExperts:
-        """Replace ``layer``'s experts by rank-``rank`` SVD factors of its current weights."""
-        w_in, w_out = layer.get_weights()
-        e, _, i, h = w_in.shape
-        old = layer.experts
-        new = cls(layer.config, e, h, i, rank, old.act_fn).to(w_in.device, w_in.dtype)
-        with torch.no_grad():
-            for k in range(e):
-                for w, a, b in ((w_in[k].reshape(2 * i, h), new.gate_up_a, new.gate_up_b),
-                                (w_out[k], new.down_a, new.down_b)):  # fmt: skip
-                    u, sv, vh = torch.linalg.svd(w.double(), full_matrices=False)
-                    r = min(rank, sv.numel())
-                    root = sv[:r].sqrt()
-                    a[k].zero_()
-                    b[k].zero_()
-                    a[k, :, :r] = (u[:, :r] * root).to(a.dtype)
-                    b[k, :r] = (root[:, None] * vh[:r]).to(b.dtype)
-        emap = getattr(old, "expert_map", None)
-        layer.block.experts = new
-        layer.experts = new
-        if emap is not None:
-            layer.set_expert_map(emap)
-        return new
-
-    def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(gate_up (E, 2I, H), down (E, H, I))`` reconstructed."""
-        return self.gate_up_a @ self.gate_up_b, self.down_a @ self.down_b
-
-    def forward(
-        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
-    ) -> torch.Tensor:
-        impl = getattr(self.config, "_experts_implementation", "eager")
-        if impl == "grouped_mm":
-            return self._grouped(hidden_states, top_k_index, top_k_weights)
-        out = torch.zeros_like(hidden_states)
-        for e in top_k_index.unique().tolist():
-            tok, pos = torch.where(top_k_index == e)
-            x = hidden_states[tok]
-            gu = (x @ self.gate_up_b[e].T) @ self.gate_up_a[e].T
-            g, u = gu.chunk(2, dim=-1)
-            y = ((self.act_fn(g) * u) @ self.down_b[e].T) @ self.down_a[e].T
-            out.index_add_(0, tok, (y * top_k_weights[tok, pos, None]).to(out.dtype))
-        return out
-
-    def _grouped(
-        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
-    ) -> torch.Tensor:
-        from transformers.integrations.moe import _grouped_linear
-
-        k = top_k_index.size(-1)
-        t, h = hidden_states.shape
-        ids = top_k_index.reshape(-1)
-        ids_sorted, perm = torch.sort(ids)
-        x = hidden_states[perm // k]
-        hist_in = ids_sorted.float() if ids.device.type in ("cpu", "mps") else ids_sorted.int()
-        counts = torch.histc(hist_in, bins=self.num_experts, min=0, max=self.num_experts - 1)
-        offs = torch.cumsum(counts, dim=0, dtype=torch.int32)
-        z = _grouped_linear(x, self.gate_up_b, offs)  # (S, r)
-        g, u = _grouped_linear(z, self.gate_up_a, offs).chunk(2, dim=-1)  # (S, I) each
-        z = _grouped_linear(self.act_fn(g) * u, self.down_b, offs)  # (S, r)
-        y = _grouped_linear(z, self.down_a, offs)  # (S, H)
-        y = y * top_k_weights.reshape(-1)[perm].unsqueeze(-1).to(y.dtype)
-        inv = torch.empty_like(perm)
-        inv[perm] = torch.arange(perm.numel(), device=perm.device)
-        return y[inv].view(t, k, h).sum(1).to(hidden_states.dtype)
 
 
 def compress_experts(
@@ -153,18 +62,22 @@ def compress_experts(
         ``{"intermediate": {layer: I'}, "rank": {layer: r}}``.
     """
     layers = find_moe_layers(model)
+    check_layers(layers, writable=True)
     stats.check(layers)
-    if not 0 < keep_ratio <= 1:
+    if (
+        isinstance(keep_ratio, bool)
+        or not isinstance(keep_ratio, (int, float))
+        or not 0 < keep_ratio <= 1
+    ):
         raise MoEError(f"keep_ratio={keep_ratio} must lie in (0, 1]")
-    if rank is not None and rank < 1:
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise MoEError(f"rank={rank} must be >= 1 or None")
     if multiple < 1:
         raise MoEError(f"multiple={multiple} must be >= 1")
     for layer in layers:
-        if not layer.gated or isinstance(layer.experts, LowRankExperts):
+        if not layer.gated:
             raise MoEError(
-                f"compress_experts needs fused SwiGLU experts at full rank; layer {layer.name} is "
-                f"{'already low-rank' if layer.gated else 'a Switch layer'}"
+                f"compress_experts needs fused SwiGLU experts; layer {layer.name} is a Switch layer"
             )
     out: dict[str, Any] = {"intermediate": {}, "rank": {}}
     ops: list[dict[str, Any]] = []
@@ -251,8 +164,3 @@ def distill(
         for p in student.parameters():
             p.requires_grad_(True)
     return result
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy (hooks and buffers included) to keep as the teacher."""
-    return copy.deepcopy(model)

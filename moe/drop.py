@@ -27,7 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.budget import resolve_budget
+from moe.layers import MoEError, MoELayer, check_layers, find_moe_layers
 from moe.plan import record
 from moe.stats import LayerStats, RoutingStats, collect_routing_stats
 
@@ -71,7 +72,7 @@ def _reconstruction(
     layer: MoELayer, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Router logits (N, E), expert outputs Y (E, N, H) and the full output Z (N, H) on inputs x."""
-    x = x.to(layer.router_weight.device, layer.router_weight.dtype)
+    x = x.to(layer.device, layer.router_weight.dtype)
     logits = layer.route(x)[0].float()
     ys = torch.stack([layer.expert_forward(e, x)[0] for e in range(layer.num_experts)]).float()
     return logits, ys, layer.moe_forward(x).float()
@@ -132,40 +133,11 @@ def search_subset(
 
 def _targets(layers: list[MoELayer], stats: RoutingStats, num_experts: int | Mapping[str, int],
              budget: str, criterion: str) -> dict[str, int]:  # fmt: skip
-    if isinstance(num_experts, Mapping):
-        unknown = set(num_experts) - {layer.name for layer in layers}
-        if unknown:
-            raise MoEError(f"budget names unknown layers {sorted(unknown)}")
-        targets = {
-            layer.name: int(num_experts.get(layer.name, layer.num_experts)) for layer in layers
-        }
-    elif budget == "uniform":
-        targets = {layer.name: int(num_experts) for layer in layers}
-    elif budget == "global":
-        if criterion in ("exact", "greedy"):
-            raise MoEError("a global budget needs a score criterion, not a subset search")
-        total = int(num_experts) * len(layers)
-        pool = []
-        targets = {}
-        for layer in layers:
-            sc = expert_scores(layer, stats[layer.name], criterion).double()
-            sc = sc / sc.abs().sum().clamp_min(1e-30)
-            targets[layer.name] = layer.top_k
-            pool += [(float(v), layer.name) for v in sc.sort(descending=True).values[layer.top_k :]]
-        pool.sort(key=lambda t: -t[0])
-        for _, name in pool[: max(0, total - sum(targets.values()))]:
-            targets[name] += 1
-    else:
-        raise MoEError(f"budget={budget!r}; use 'uniform' or 'global'")
-    for layer in layers:
-        n = targets[layer.name]
-        if not layer.top_k <= n <= layer.num_experts:
-            raise MoEError(
-                f"cannot keep {n} experts in layer {layer.name}: it has {layer.num_experts} and "
-                f"routes each token to {layer.top_k}; choose {layer.top_k} <= num_experts <= "
-                f"{layer.num_experts}"
-            )
-    return targets
+    scores = None
+    if criterion not in ("exact", "greedy"):
+        scores = lambda layer: expert_scores(layer, stats[layer.name], criterion)  # noqa: E731
+    return resolve_budget(layers, num_experts, budget, floor=lambda layer: layer.top_k,
+                          scores=scores)  # fmt: skip
 
 
 def _drop_once(model: nn.Module, layers: list[MoELayer], stats: RoutingStats,
@@ -228,6 +200,7 @@ def drop_experts(
             iterative dropping without batches; the model is then unchanged.
     """
     layers = find_moe_layers(model)
+    check_layers(layers, writable=True)
     stats.check(layers)
     if criterion not in CRITERIA:
         raise MoEError(f"criterion={criterion!r}; choose one of {CRITERIA}")
@@ -240,6 +213,11 @@ def drop_experts(
     if rounds > 1 and not cached:
         raise MoEError("iterative dropping (rounds > 1) re-estimates statistics: pass batches=")
     final = _targets(layers, stats, num_experts, budget, criterion)
+    if (
+        rounds > 1
+    ):  # the later rounds' statistics must be collectable: try one batch before changing
+        assert cached is not None
+        collect_routing_stats(model, cached[:1], max_cached_tokens=0)
     start = {layer.name: layer.num_experts for layer in layers}
     original = {layer.name: list(range(layer.num_experts)) for layer in layers}
     for r in range(1, rounds + 1):

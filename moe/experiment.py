@@ -16,11 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from moe.compress import LowRankExperts, compress_experts, distill
+from moe.compress import compress_experts, distill
 from moe.drop import drop_experts
-from moe.layers import find_moe_layers
+from moe.layers import count_expert_params, expert_bytes, find_moe_layers
 from moe.merge import merge_experts
-from moe.plan import get_plan
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
 from moe.subject import SubjectData, calibration, distill_batches, evaluate
@@ -54,36 +53,21 @@ class Context:
             distill(model, self.teacher, batches, steps=n, lr=self.distill_lr, seed=self.seed)
 
 
-def _bits_per_expert(model: nn.Module) -> dict[str, list[int]]:
-    bits: dict[str, list[int]] = {}
-    for op in get_plan(model)["ops"]:
-        if op["op"] == "quantize":
-            bits[op["layer"]] = list(op["bits"])
-    return bits
-
-
 def model_summary(model: nn.Module) -> dict[str, float]:
-    """Expert parameters, expert bytes (fp32, or the quantised widths + group scales), total
-    parameters and active MoE-layer MFLOPs per token (2 per multiply-add; router + top-k experts)."""
-    bits = _bits_per_expert(model)
-    params = 0
-    nbytes = 0.0
+    """Expert weights, measured expert bytes (:func:`moe.layers.expert_bytes`: the tensors as held),
+    total parameters and active MoE-layer MFLOPs per token (2 per multiply-add; router + top-k experts)."""
     flops = 0.0
-    for layer in find_moe_layers(model):
-        n_layer = sum(p.numel() for p in layer.experts.parameters() if p.dim() > 1)
-        params += n_layer
-        per_expert = n_layer / layer.num_experts
-        if layer.name in bits:
-            gs = next(op["group_size"] for op in get_plan(model)["ops"]
-                      if op["op"] == "quantize" and op["layer"] == layer.name)  # fmt: skip
-            nbytes += sum(per_expert * b / 8 + per_expert / gs * 4 for b in bits[layer.name])
-        else:
-            nbytes += n_layer * 4
+    layers = find_moe_layers(model)
+    in_experts = {id(p) for layer in layers for p in layer.experts.parameters()}
+    others = sum(p.numel() for p in model.parameters() if id(p) not in in_experts)
+    for layer in layers:
+        w_in, w_out = layer.get_weights()
+        per_expert = w_in[0].numel() + w_out[0].numel()
         flops += 2 * (layer.num_routes * layer.hidden_size + layer.top_k * per_expert)
     return {
-        "expert params": params,
-        "expert MB": nbytes / 2**20,
-        "total params": sum(p.numel() for p in model.parameters()),
+        "expert params": count_expert_params(model),
+        "expert MB": expert_bytes(model) / 2**20,
+        "total params": others + count_expert_params(model),  # packed experts count their weights
         "MoE MFLOPs/token": flops / 1e6,
     }
 
@@ -101,6 +85,7 @@ def run_method(
     metrics = evaluate(model, ctx.data.test)
     row: dict[str, Any] = {
         "method": name,
+        **getattr(fn, "labels", {}),
         **model_summary(model),
         "pass seconds": seconds,
         **metrics,
@@ -119,33 +104,50 @@ def _experts_per_layer(model: nn.Module) -> int:
 # Methods
 
 
+Method = Callable[[nn.Module, Context], None]
+
+
+def labelled(fn: Method, recipe: str, refit: bool, distill_steps: int) -> Method:
+    """Attach what a method is to it; :func:`run_method` copies these labels into every row."""
+    fn.labels = {"recipe": recipe, "LS refit on calib": refit, "distill steps": distill_steps}  # type: ignore[attr-defined]
+    return fn
+
+
 def baseline(model: nn.Module, ctx: Context) -> None:
     return None
 
 
+baseline.labels = {"recipe": "uncompressed", "LS refit on calib": False, "distill steps": 0}  # type: ignore[attr-defined]
+
+
 def merge(target: int, *, grouping: str = "router_logits", align: bool = True,
-          budget: str = "uniform", refit: bool = True, steps: int = 0
-          ) -> Callable[[nn.Module, Context], None]:  # fmt: skip
+          budget: str = "uniform", refit: bool = True, steps: int = 0) -> Method:  # fmt: skip
+    """Our port of MC-SMoE's M-SMoE (grouping, alignment, frequency-weighted averaging), optionally
+    with our least-squares refit of the down projections on calibration data and ``steps`` of KD."""
+
     def fn(model: nn.Module, ctx: Context) -> None:
         merge_experts(model, ctx.stats(model), num_experts=target, grouping=grouping,  # type: ignore[arg-type]
                       align=align, budget=budget, refit=refit, seed=ctx.seed)  # type: ignore[arg-type]  # fmt: skip
         ctx.distill(model, steps)
 
-    return fn
+    recipe = "our MC-SMoE port" + (f", {grouping} groups" if grouping != "router_logits" else "")
+    recipe += ", no alignment" if not align else ""
+    return labelled(fn, recipe, refit, steps)
 
 
 def drop(target: int, *, criterion: str = "frequency", rounds: int = 1, budget: str = "uniform",
-         steps: int = 0) -> Callable[[nn.Module, Context], None]:  # fmt: skip
+         steps: int = 0) -> Method:  # fmt: skip
     def fn(model: nn.Module, ctx: Context) -> None:
         drop_experts(model, ctx.stats(model), num_experts=target, criterion=criterion,  # type: ignore[arg-type]
                      rounds=rounds, budget=budget, batches=ctx.calib())  # type: ignore[arg-type]  # fmt: skip
         ctx.distill(model, steps)
 
-    return fn
+    source = "our NAEE port" if criterion in ("exact", "greedy") else "our MC-Suite port"
+    return labelled(fn, f"{source} ({criterion})", False, steps)
 
 
 def drop_with_recovery(target: int, *, criterion: str = "saliency", rounds: int = 2,
-                       steps_per_round: int = 100) -> Callable[[nn.Module, Context], None]:  # fmt: skip
+                       steps_per_round: int = 100) -> Method:  # fmt: skip
     """MC-Suite's iterative procedure: drop a share, distil for a few steps, re-estimate, repeat."""
 
     def fn(model: nn.Module, ctx: Context) -> None:
@@ -155,47 +157,51 @@ def drop_with_recovery(target: int, *, criterion: str = "saliency", rounds: int 
             drop_experts(model, ctx.stats(model), num_experts=n, criterion=criterion)  # type: ignore[arg-type]
             ctx.distill(model, steps_per_round)
 
-    return fn
+    return labelled(
+        fn, f"our MC-Suite port ({criterion}), KD per round", False, rounds * steps_per_round
+    )
 
 
-def merge_compress(target: int, keep_ratio: float, rank: int | None = None,
-                   steps: int = 200) -> Callable[[nn.Module, Context], None]:  # fmt: skip
+def merge_compress(
+    target: int, keep_ratio: float, rank: int | None = None, steps: int = 200
+) -> Method:
     def fn(model: nn.Module, ctx: Context) -> None:
         merge_experts(model, ctx.stats(model), num_experts=target, refit=True)
         compress_experts(model, ctx.stats(model), keep_ratio=keep_ratio, rank=rank)
         ctx.distill(model, steps)
 
-    return fn
+    return labelled(fn, "our MC-SMoE port + neuron pruning", True, steps)
 
 
-def quantize(avg_bits: float, allocation: str) -> Callable[[nn.Module, Context], None]:
+def quantize(avg_bits: float, allocation: str, storage: str = "packed") -> Method:
     def fn(model: nn.Module, ctx: Context) -> None:
-        quantize_experts(model, ctx.stats(model), avg_bits=avg_bits, allocation=allocation)  # type: ignore[arg-type]
+        quantize_experts(model, ctx.stats(model), avg_bits=avg_bits, allocation=allocation,  # type: ignore[arg-type]
+                         storage=storage)  # type: ignore[arg-type]  # fmt: skip
 
-    return fn
+    source = "ours" if allocation == "sensitivity" else "our QuantMoE-Bench port"
+    return labelled(fn, f"{source} ({allocation}), {storage} storage", False, 0)
 
 
-METHODS: dict[str, Callable[[nn.Module, Context], None]] = {
+METHODS: dict[str, Method] = {
     "baseline": baseline,
-    "merge 8->4": merge(4),
-    "merge 8->4 MC-SMoE (no refit)": merge(4, refit=False),
-    "merge 8->4 + distill": merge(4, steps=200),
-    "merge 8->4 random groups": merge(4, grouping="random"),
-    "merge 8->4 no alignment": merge(4, align=False),
-    "merge 8->4 global budget": merge(4, budget="global"),
+    "merge 8->4 + LS refit": merge(4),
+    "merge 8->4 MC-SMoE port (no refit)": merge(4, refit=False),
+    "merge 8->4 + LS refit + 200 KD steps": merge(4, steps=200),
+    "merge 8->4 MC-SMoE port (no refit) + 200 KD steps": merge(4, refit=False, steps=200),
+    "merge 8->4 random groups + LS refit": merge(4, grouping="random"),
+    "merge 8->4 random groups (no refit)": merge(4, grouping="random", refit=False),
+    "merge 8->4 no alignment + LS refit": merge(4, align=False),
+    "merge 8->4 global budget + LS refit": merge(4, budget="global"),
     "drop 8->4 frequency": drop(4),
-    "merge 8->4 + prune to 72/128 neurons + distill": merge_compress(4, 0.5625),
+    "merge 8->4 + LS refit + prune to 72/128 neurons + 200 KD steps": merge_compress(4, 0.5625),
     "drop 25% one-shot (exact)": drop(6, criterion="exact"),
     "drop 25% one-shot (frequency)": drop(6, criterion="frequency"),
     "drop 50% iterative (exact)": drop(4, criterion="exact", rounds=2),
     "drop 50% iterative (saliency)": drop(4, criterion="saliency", rounds=2),
-    "drop 50% iterative (saliency) + 100 distill steps/round": drop_with_recovery(4),
-    "drop 50% iterative (exact) + 100 distill steps/round": drop_with_recovery(
-        4, criterion="exact"
-    ),
-    "quant 3.0 bits sensitivity": quantize(3.0, "sensitivity"),
-    "quant 3.0 bits frequency": quantize(3.0, "frequency"),
-    "quant 3.0 bits uniform": quantize(3.0, "uniform"),
+    "drop 50% iterative (saliency) + 100 KD steps/round": drop_with_recovery(4),
+    "drop 50% iterative (exact) + 100 KD steps/round": drop_with_recovery(4, criterion="exact"),
+    "quant 3.0 bits sensitivity (packed)": quantize(3.0, "sensitivity"),
+    "quant 3.0 bits frequency (packed)": quantize(3.0, "frequency"),
+    "quant 3.0 bits uniform (packed)": quantize(3.0, "uniform"),
+    "quant 3.0 bits uniform (fake quant, fp32 storage)": quantize(3.0, "uniform", storage="fake"),
 }
-
-_ = LowRankExperts  # re-exported for users building their own methods

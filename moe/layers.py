@@ -21,8 +21,10 @@ after the first forward breaks ``output_router_logits``; we therefore mutate rou
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +35,10 @@ from qhybrid.errors import QHybridError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MoEError", "MoELayer", "find_moe_layers", "count_expert_params", "expert_bytes"]
+__all__ = [
+    "MoEError", "MoELayer", "apply_expert", "check_layers", "count_expert_params", "expert_bytes",
+    "find_moe_layers",
+]  # fmt: skip
 
 
 class MoEError(QHybridError):
@@ -98,6 +103,12 @@ class MoELayer:
 
     @property
     def intermediate_size(self) -> int:
+        """Hidden neurons per expert (read from the experts module when it says, which avoids
+        dequantising packed or multiplying low-rank experts)."""
+        if self.kind == "fused" and isinstance(
+            getattr(self.experts, "intermediate_dim", None), int
+        ):
+            return int(self.experts.intermediate_dim)
         return int(self.get_weights()[1].shape[-1])
 
     @property
@@ -106,16 +117,28 @@ class MoELayer:
 
     @property
     def router_weight(self) -> nn.Parameter:
+        """The router's weight (R, H); on the ``meta`` device when accelerate offloaded it (shapes are
+        real; read values through :meth:`router_data`)."""
         if self.kind == "fused":
             return self.router.weight  # type: ignore[no-any-return]
         return self.router.classifier.weight  # type: ignore[no-any-return]
+
+    def router_data(self) -> torch.Tensor:
+        """The router's weight values, loaded from the offload store when accelerate offloaded it."""
+        with resident(self.router):
+            return self.router_weight.detach()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the layer computes: its weights' device, or accelerate's execution device."""
+        return _execution_device(self.router) or self.router_weight.device
 
     @property
     def expert_map(self) -> torch.Tensor:
         """(R,) physical expert of each router output (identity when nothing was merged)."""
         emap = getattr(self.experts, "expert_map", None)
         if emap is None:
-            return torch.arange(self.num_routes, device=self.router_weight.device)
+            return torch.arange(self.num_routes, device=self.device)
         return emap  # type: ignore[no-any-return]
 
     @property
@@ -134,15 +157,17 @@ class MoELayer:
             if hasattr(self.experts, "dense"):  # LowRankExperts: reconstructed, not views
                 gu, down = self.experts.dense()
             else:
-                gu, down = (
-                    self.experts.gate_up_proj,
-                    self.experts.down_proj,
-                )  # (E, 2I, H), (E, H, I)
+                with resident(self.experts):  # loaded from the offload store when offloaded
+                    gu, down = (
+                        self.experts.gate_up_proj,
+                        self.experts.down_proj,
+                    )  # (E, 2I, H), (E, H, I)
             e, two_i, h = gu.shape
             return gu.view(e, 2, two_i // 2, h), down
         mods = [self.experts[f"expert_{i}"] for i in range(self.num_experts)]
-        w_in = torch.stack([m.wi.weight for m in mods])[:, None]  # (E, 1, F, H)
-        w_out = torch.stack([m.wo.weight for m in mods])  # (E, H, F)
+        with resident(self.experts):
+            w_in = torch.stack([m.wi.weight for m in mods])[:, None]  # (E, 1, F, H)
+            w_out = torch.stack([m.wo.weight for m in mods])  # (E, H, F)
         return w_in, w_out
 
     def set_weights(self, w_in: torch.Tensor, w_out: torch.Tensor) -> None:
@@ -157,8 +182,10 @@ class MoELayer:
             raise MoEError(
                 f"layer {self.name} holds low-rank experts; change them before factoring"
             )
-        ref = self.router_weight
-        w_in, w_out = w_in.detach().to(ref.device), w_out.detach().to(ref.device)
+        w_in, w_out = w_in.detach().to(self.device), w_out.detach().to(self.device)
+        stores = _disk_stores(self.experts)
+        if not stores:
+            own(self.experts)  # an offloaded experts module we cannot write back becomes resident
         if self.kind == "fused":
             dtype = self.experts.gate_up_proj.dtype
             self.experts.gate_up_proj = nn.Parameter(
@@ -167,6 +194,7 @@ class MoELayer:
             self.experts.down_proj = nn.Parameter(w_out.to(dtype).contiguous())
             self.experts.num_experts = e
             self.experts.intermediate_dim = i
+            store_offloaded(stores)
             return
         dtype = self.experts["expert_0"].wi.weight.dtype
         template = self.experts["expert_0"]
@@ -175,25 +203,31 @@ class MoELayer:
                 del self.experts[k]
         for k in range(e):
             if f"expert_{k}" not in self.experts:
-                self.experts[f"expert_{k}"] = _clone_dense(template)
+                self.experts[f"expert_{k}"] = copy.deepcopy(template)
             m = self.experts[f"expert_{k}"]
             m.wi.weight = nn.Parameter(w_in[k, 0].to(dtype).clone())
             m.wo.weight = nn.Parameter(w_out[k].to(dtype).clone())
             m.wi.out_features = m.wo.in_features = i
         self.experts.num_experts = e
+        store_offloaded([m for m in stores if any(m is x for x in self.experts.modules())])
 
     # -- router -----------------------------------------------------------------------------------
     def slice_router(self, keep: Sequence[int]) -> None:
         """Keep router outputs ``keep`` (in that order), in place (the router object stays)."""
-        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.router_weight.device)
-        if self.kind == "fused":
-            self.router.weight = nn.Parameter(self.router.weight.detach()[idx].clone())
-        else:
-            lin = self.router.classifier
-            lin.weight = nn.Parameter(lin.weight.detach()[idx].clone())
-            if lin.bias is not None:
-                lin.bias = nn.Parameter(lin.bias.detach()[idx].clone())
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.device)
+        stores = _disk_stores(self.router)
+        if not stores:
+            own(self.router)
+        lin = self.router if self.kind == "fused" else self.router.classifier
+        with resident(self.router):  # read inside; write after (leaving it would reset to meta)
+            weight = lin.weight.detach()[idx].clone()
+            bias = None if getattr(lin, "bias", None) is None else lin.bias.detach()[idx].clone()
+        lin.weight = nn.Parameter(weight)
+        if bias is not None:
+            lin.bias = nn.Parameter(bias)
+        if self.kind == "switch":
             lin.out_features = len(idx)
+        store_offloaded(stores)
         self.router.num_experts = len(idx)
         if self.kind == "fused" and hasattr(self.router, "top_k") and self.router.top_k > len(idx):
             raise MoEError(f"layer {self.name}: top_k={self.router.top_k} > {len(idx)} experts")
@@ -209,7 +243,7 @@ class MoELayer:
                     del self.experts._forward_pre_hooks[key]
                     self.experts._forward_pre_hooks_with_kwargs.pop(key, None)
             return
-        emap = torch.as_tensor(emap, dtype=torch.long, device=self.router_weight.device)
+        emap = torch.as_tensor(emap, dtype=torch.long, device=self.device)
         if emap.shape != (self.num_routes,) or int(emap.max()) >= self.num_experts:
             raise MoEError(
                 f"expert_map of shape {tuple(emap.shape)} / max {int(emap.max())} does not fit layer "
@@ -223,18 +257,41 @@ class MoELayer:
     def expert_forward(self, e: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Output (T, H) and intermediate activation (T, I) of physical expert ``e`` on x (T, H)."""
         w_in, w_out = self.get_weights()
-        if self.gated:
-            h = self.act(x @ w_in[e, 0].T) * (x @ w_in[e, 1].T)
-        else:
-            h = self.act(x @ w_in[e, 0].T)
-        return h @ w_out[e].T, h
+        return apply_expert(self.act, w_in[e], w_out[e], x)
+
+    # -- validation -------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A hash of the router, expert weights and expert map (bytes and shapes): statistics and
+        plans are bound to the exact weights they were computed on."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        with resident(self.router), resident(self.experts):
+            tensors = [("router", self.router_weight), *self.experts.named_parameters(),
+                       *self.experts.named_buffers()]  # fmt: skip
+            for name, t in tensors:
+                t = t.detach()
+                h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+                h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def check_finite(self) -> None:
+        """Raise :class:`MoEError` if a router or expert tensor holds NaN or inf."""
+        with resident(self.router), resident(self.experts):
+            tensors = [("router", self.router_weight), *self.experts.named_parameters()]
+            for name, t in tensors:
+                if t.is_floating_point() and not bool(t.isfinite().all()):
+                    raise MoEError(
+                        f"layer {self.name}: {name} holds NaN or inf values; fix or reload the "
+                        "checkpoint before compressing (no layer was changed)"
+                    )
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router logits (T, R), top-k weights (T, k) and top-k router outputs (T, k) for x (T, H)."""
         if self.kind == "fused":
             logits, weights, idx = self.router(x)
             return logits, weights, idx
-        logits = self.router.classifier(x.to(self.router.classifier.weight.dtype))
+        logits = self.router.classifier(x.to(self.router_weight.dtype))
         probs = logits.softmax(-1)
         w, i = probs.max(-1, keepdim=True)
         return logits, w, i
@@ -246,7 +303,7 @@ class MoELayer:
         (``route_mask`` (R,) bool, False = never selected, as NAEE's -inf logits). Ignores Switch's
         capacity limit and Qwen2's shared expert (neither depends on which experts exist)."""
         if self.kind == "fused":
-            logits = nn.functional.linear(x, self.router_weight)
+            logits = nn.functional.linear(x, self.router_data())
         else:
             logits = self.router.classifier(x)
         if route_mask is not None:
@@ -265,19 +322,119 @@ class MoELayer:
         return out
 
 
-def _clone_dense(template: nn.Module) -> nn.Module:
-    import copy
+def _offloaded(module: nn.Module) -> list[nn.Module]:
+    """``module`` and its submodules whose tensors accelerate keeps in an offload store."""
+    return [m for m in module.modules() if getattr(getattr(m, "_hf_hook", None), "offload", False)]
 
-    return copy.deepcopy(template)
+
+def _execution_device(module: nn.Module) -> torch.device | None:
+    for m in _offloaded(module):
+        return torch.device(m._hf_hook.execution_device)  # type: ignore[union-attr,arg-type]
+    return None
+
+
+@contextlib.contextmanager
+def resident(module: nn.Module) -> Iterator[None]:
+    """Inside, an accelerate-offloaded ``module`` (CPU or disk offload: parameters on ``meta``) holds
+    its real tensors, loaded one module at a time from the offload store; a no-op otherwise. Tensors
+    taken inside stay valid after the block (the module itself returns to ``meta``)."""
+    offloaded = _offloaded(module)
+    if not offloaded:
+        yield
+        return
+    from accelerate.utils import align_module_device
+
+    with contextlib.ExitStack() as stack:
+        for m in offloaded:
+            stack.enter_context(align_module_device(m))
+        yield
+
+
+def own(module: nn.Module) -> None:
+    """Make an accelerate-offloaded ``module`` resident for good: load its tensors, remove its hooks.
+    A pass that writes new weights into a module calls this first (the hook would otherwise overwrite
+    them with the offloaded originals at the next forward)."""
+    offloaded = _offloaded(module)
+    if not offloaded:
+        return
+    from accelerate.hooks import remove_hook_from_module
+
+    for m in offloaded:
+        with resident(m):
+            params = {n: nn.Parameter(p.detach().clone(), p.requires_grad)
+                      for n, p in m.named_parameters(recurse=False)}  # fmt: skip
+        remove_hook_from_module(m)
+        for n, p in params.items():
+            m._parameters[n] = p
+
+
+def _disk_stores(module: nn.Module) -> list[nn.Module]:
+    """Offloaded submodules whose accelerate store is a writable folder (disk offload), or [] when any
+    offloaded submodule keeps its weights some other way."""
+    mods = _offloaded(module)
+    for m in mods:
+        ds = getattr(m._hf_hook.weights_map, "dataset", None)  # type: ignore[union-attr]
+        if getattr(ds, "save_folder", None) is None or not isinstance(
+            getattr(ds, "index", None), dict
+        ):
+            return []
+    return mods
+
+
+def store_offloaded(mods: Sequence[nn.Module]) -> None:
+    """Write the tensors a pass set on disk-offloaded modules into their offload folder (one safetensors
+    file each, registered in the loader's index) and put the modules back on ``meta``: a compressed
+    layer of an offloaded model stays on disk instead of becoming resident."""
+    from safetensors.torch import save_file
+
+    for m in mods:
+        wm: Any = m._hf_hook.weights_map  # type: ignore[union-attr]
+        ds: Any = wm.dataset
+        prefix: str = wm.prefix
+        for n, p in list(m.named_parameters(recurse=False)):
+            if p.device.type == "meta":
+                continue  # unchanged: still in the store
+            key = prefix + n
+            path = f"{ds.save_folder}/{key}.moe.safetensors"
+            save_file({key: p.detach().cpu().contiguous()}, path)
+            ds.index[key] = {"safetensors_file": path, "weight_name": key,
+                             "dtype": str(p.dtype).removeprefix("torch.")}  # fmt: skip
+            m._parameters[n] = nn.Parameter(
+                torch.empty(p.shape, dtype=p.dtype, device="meta"), p.requires_grad
+            )
+
+
+def apply_expert(
+    act: Callable[[torch.Tensor], torch.Tensor],
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one expert forward: ``h = act(x W_gateᵀ) ⊙ (x W_upᵀ)`` (P = 2) or ``act(x W_inᵀ)`` (P = 1),
+    ``y = h W_outᵀ``, for ``w_in (P, I, H)``, ``w_out (H, I)`` and x (T, H); returns (y, h)."""
+    h = act(x @ w_in[0].T)
+    if w_in.shape[0] == 2:
+        h = h * (x @ w_in[1].T)
+    return h @ w_out.T, h
+
+
+def check_layers(layers: Sequence[MoELayer], *, writable: bool = False) -> None:
+    """Validate every layer before a pass changes any: finite router and expert weights, and with
+    ``writable`` experts that are still plain weight tensors (not low-rank factors or packed codes)."""
+    for layer in layers:
+        layer.check_finite()
+        if writable and hasattr(layer.experts, "dense"):
+            raise MoEError(
+                f"layer {layer.name} holds {type(layer.experts).__name__}; drop, merge, prune and "
+                "quantise before factoring or packing (no layer was changed)"
+            )
 
 
 def _layer_kind(module: Any) -> Literal["fused", "switch"] | None:
     experts = getattr(module, "experts", None)
     if experts is None:
         return None
-    if (hasattr(experts, "gate_up_proj") or hasattr(experts, "gate_up_a")) and hasattr(
-        module, "gate"
-    ):
+    if (hasattr(experts, "gate_up_proj") or hasattr(experts, "dense")) and hasattr(module, "gate"):
         if getattr(experts, "is_transposed", False) or getattr(experts, "has_bias", False):
             raise MoEError(
                 f"{type(experts).__name__} stores experts transposed or with biases (GPT-OSS layout), "
@@ -316,7 +473,9 @@ def find_moe_layers(model: nn.Module, *, required: bool = True) -> list[MoELayer
 
 
 def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> None:
-    """Make the config's routed-expert count (and ``model.num_experts``) match the routers.
+    """Make the config's routed-expert count (and ``model.num_experts``) match the routers, and record
+    every layer's physical experts (``config.moe_experts_per_layer``) and router outputs
+    (``config.moe_routes_per_layer``), so the config agrees with every weight tensor.
 
     With non-uniform counts the config holds the largest (the per-layer counts live in the plan) and
     the load-balancing loss is switched off, since it assumes one count for every layer.
@@ -337,23 +496,34 @@ def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> N
             setattr(mod, "num_experts", count)  # noqa: B010 (nn.Module attribute typing)
     if len(routes) > 1:
         config.output_router_logits = False
+    # The count keys size the routers; merged layers hold fewer physical experts than router outputs.
+    config.moe_experts_per_layer = {layer.name: layer.num_experts for layer in layers}
+    config.moe_routes_per_layer = {layer.name: layer.num_routes for layer in layers}
 
 
 def count_expert_params(model: nn.Module) -> int:
-    """Parameters in routed experts (router and shared experts excluded)."""
+    """Weights of the routed experts (router and shared experts excluded): parameter elements, or for
+    packed low-bit experts the weights they encode."""
     total = 0
     for layer in find_moe_layers(model):
-        total += sum(p.numel() for p in layer.experts.parameters())
+        encoded = getattr(layer.experts, "num_weights", None)
+        total += (
+            encoded() if callable(encoded) else sum(p.numel() for p in layer.experts.parameters())
+        )
     return total
 
 
-def expert_bytes(model: nn.Module, bits: Callable[[MoELayer, int], float] | None = None) -> float:
-    """Bytes of routed-expert weights: at their dtype, or at ``bits(layer, expert)`` bits per weight."""
-    total = 0.0
+def expert_bytes(model: nn.Module) -> int:
+    """The one byte counter: bytes of every tensor storage held by the routed experts modules
+    (parameters and buffers, shared storage counted once) — the resident memory of the experts as
+    loaded, measured from the tensors, not computed from nominal bit widths."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
     for layer in find_moe_layers(model):
-        w_in, w_out = layer.get_weights()
-        per_expert = w_in[0].numel() + w_out[0].numel()
-        for e in range(layer.num_experts):
-            b = bits(layer, e) if bits else w_in.element_size() * 8
-            total += per_expert * b / 8
+        for t in [*layer.experts.parameters(), *layer.experts.buffers()]:
+            st = t.untyped_storage()
+            key = (t.device.type, st.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += st.nbytes()
     return total

@@ -31,59 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.budget import resolve_budget
+from moe.layers import MoEError, MoELayer, apply_expert, check_layers, find_moe_layers
 from moe.plan import record
 from moe.stats import LayerStats, RoutingStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["align_expert", "allocate_budget", "merge_experts", "plan_groups"]
-
-
-def allocate_budget(
-    layers: list[MoELayer],
-    stats: RoutingStats,
-    num_experts: int | Mapping[str, int],
-    budget: Literal["uniform", "global"] = "uniform",
-    *,
-    min_per_layer: int = 1,
-) -> dict[str, int]:
-    """Experts to keep per layer; validated against the layers before anything changes."""
-    if isinstance(num_experts, Mapping):
-        counts = {
-            layer.name: int(num_experts.get(layer.name, layer.num_experts)) for layer in layers
-        }
-        unknown = set(num_experts) - {layer.name for layer in layers}
-        if unknown:
-            raise MoEError(f"budget names unknown layers {sorted(unknown)}")
-    elif budget == "uniform":
-        counts = {layer.name: int(num_experts) for layer in layers}
-    elif budget == "global":
-        total = int(num_experts) * len(layers)
-        if total < min_per_layer * len(layers):
-            raise MoEError(
-                f"global budget {total} < {min_per_layer} expert(s) x {len(layers)} layers"
-            )
-        counts = {layer.name: min_per_layer for layer in layers}
-        scores = []
-        for layer in layers:
-            f = stats[layer.name].frequency.clone()
-            f = f / f.sum().clamp_min(1e-30)
-            ranked = f.sort(descending=True).values[min_per_layer:]
-            scores += [(float(v), layer.name) for v in ranked]
-        scores.sort(key=lambda t: -t[0])
-        for _, name in scores[: total - sum(counts.values())]:
-            counts[name] += 1
-    else:
-        raise MoEError(f"budget={budget!r}; use 'uniform' or 'global'")
-    for layer in layers:
-        n = counts[layer.name]
-        if not 1 <= n <= layer.num_experts:
-            raise MoEError(
-                f"cannot keep {n} experts in layer {layer.name}, which has {layer.num_experts}; "
-                f"choose 1 <= num_experts <= {layer.num_experts}"
-            )
-    return counts
+__all__ = ["align_expert", "merge_experts", "plan_groups"]
 
 
 def plan_groups(
@@ -150,7 +105,12 @@ def align_expert(
     f_ref = _neuron_features(*ref).double()
     f_oth = _neuron_features(*other).double()
     score = (f_ref @ f_oth.T).cpu().numpy()  # (I, I)
-    rows, cols = linear_sum_assignment(score, maximize=True)
+    if not np.isfinite(score).all():
+        raise MoEError("expert weights are not finite; cannot align neurons")
+    try:
+        rows, cols = linear_sum_assignment(score, maximize=True)
+    except ValueError as err:  # scipy's infeasible / invalid cost matrix
+        raise MoEError(f"neuron alignment failed: {err}") from err
     perm = cols[np.argsort(rows)]
     idx = torch.as_tensor(perm, device=other[0].device)
     return other[0][:, idx], other[1][:, idx], perm
@@ -159,7 +119,7 @@ def align_expert(
 @torch.no_grad()
 def _output_cosine(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
     """(E, E) cosine similarity of the experts' outputs on the cached inputs (HC-SMoE's signal)."""
-    x = x.to(layer.router_weight.device, layer.router_weight.dtype)
+    x = x.to(layer.device, layer.router_weight.dtype)
     outs = torch.stack([layer.expert_forward(e, x)[0].flatten() for e in range(layer.num_experts)])
     outs = nn.functional.normalize(outs.double(), dim=1)
     return (outs @ outs.T).cpu()
@@ -204,19 +164,54 @@ def refit_down(
             sel = wm > 0
             if sel.any():
                 y[sel] += wm[sel, None] * layer.expert_forward(m, xt[sel])[0].double()
-        h = layer.act(xt @ merged_in[g, 0].T)
-        if merged_in.shape[1] == 2:
-            h = h * (xt @ merged_in[g, 1].T)
+        _, h = apply_expert(layer.act, merged_in[g], merged_out[g], xt)
         ha = h.double() * a[tok, None]  # (T_g, I)
         gram = ha.T @ ha
         lam = ridge * float(gram.diagonal().mean()) + 1e-12
         prior = merged_out[g].double()  # (H, I)
         rhs = y.T @ ha + lam * prior  # (H, I)
-        sol = torch.linalg.solve(
-            gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), rhs.T
-        ).T
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        try:
+            sol = torch.linalg.solve(gram + lam * eye, rhs.T).T
+        except RuntimeError as err:  # torch.linalg.LinAlgError: singular normal matrix
+            raise MoEError(f"least-squares refit of {layer.name} group {g} failed: {err}") from err
         out[g] = sol.to(out.dtype)
     return out
+
+
+def _merge_layer(layer: MoELayer, s: LayerStats, n_groups: int, *, grouping: str, align: bool,
+                 weighting: str, refit: bool, ridge: float, seed: int) -> dict[str, Any]:  # fmt: skip
+    """Merged weights of one layer, computed without changing it (applied by :func:`merge_experts`)."""
+    out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
+    groups = plan_groups(s, n_groups, grouping=grouping, seed=seed + layer.index,  # type: ignore[arg-type]
+                         output_cos=out_cos)  # fmt: skip
+    w_in, w_out = (t.detach() for t in layer.get_weights())
+    f = {"frequency": s.counts, "router_weighted": s.weighted_counts}.get(weighting)
+    f = torch.ones(s.num_routes, dtype=torch.float64) if f is None else f
+    new_in, new_out = [], []
+    for group in groups:
+        d = group[0]
+        acc_in = torch.zeros_like(w_in[d], dtype=torch.float64)
+        acc_out = torch.zeros_like(w_out[d], dtype=torch.float64)
+        wts = f[group] + 1e-12  # unused experts still count a little: no 0/0
+        wts = wts / wts.sum()
+        for member, wt in zip(group, wts.tolist(), strict=True):
+            mi, mo = w_in[member], w_out[member]
+            if align and member != d:
+                mi, mo, _ = align_expert((w_in[d], w_out[d]), (mi, mo))
+            acc_in += wt * mi.double()
+            acc_out += wt * mo.double()
+        new_in.append(acc_in.to(w_in.dtype))
+        new_out.append(acc_out.to(w_out.dtype))
+    emap = torch.empty(layer.num_routes, dtype=torch.long)
+    for g, group in enumerate(groups):
+        emap[group] = g
+    merged_in, merged_out = torch.stack(new_in), torch.stack(new_out)
+    if refit:
+        merged_out = refit_down(layer, s.sample, emap, merged_in, merged_out, ridge)
+    if not (bool(merged_in.isfinite().all()) and bool(merged_out.isfinite().all())):
+        raise MoEError(f"merging layer {layer.name} produced non-finite weights; try refit=False")
+    return {"groups": groups, "emap": emap, "w_in": merged_in, "w_out": merged_out}
 
 
 def merge_experts(
@@ -234,17 +229,20 @@ def merge_experts(
 ) -> dict[str, Any]:
     """Merge each MoE layer's experts into ``num_experts`` groups, in place (see module docstring).
 
+    All or nothing: every layer is validated and its merged weights computed before the first layer
+    changes, so any error leaves the model bit-identical.
+
     Args:
         model: a transformers MoE model; ``stats`` must have been collected on it as it is now.
-        stats: from :func:`moe.stats.collect_routing_stats`.
-        num_experts: experts kept per layer, or a mapping layer name -> count.
+        stats: from :func:`moe.stats.collect_routing_stats` (bound to the weights by fingerprint).
+        num_experts: experts kept per layer, or a mapping layer name -> count (see :mod:`moe.budget`).
         budget: ``"uniform"`` or ``"global"`` (``num_experts`` × layers split by frequency).
-        grouping: ``"router_logits"`` (MC-SMoE) or ``"random"`` (ablation).
+        grouping: ``"router_logits"`` (MC-SMoE), ``"outputs"`` (HC-SMoE's signal) or ``"random"``.
         align: permute members onto their dominant expert before averaging (False: naive averaging).
         weighting: averaging weights — routing frequency, router-weighted frequency, or uniform.
-        refit: after averaging, refit each merged expert's down projection by ridge regression so
-            that it reproduces its group's routed output on the cached calibration inputs (ours; see
-            :func:`refit_down`).
+        refit: after averaging, refit each merged expert's down projection by ridge regression on the
+            cached calibration inputs so that it reproduces its group's routed output — a
+            least-squares fit on calibration data, not part of MC-SMoE (see :func:`refit_down`).
         ridge: ridge strength, relative to the mean diagonal of the normal matrix.
         seed: for random grouping.
 
@@ -252,60 +250,38 @@ def merge_experts(
         ``{"groups": {layer: [[experts]...]}, "counts": {layer: G}}``.
 
     Raises:
-        MoEError: no MoE layers, stats that do not fit, an impossible budget, or an already merged
-            layer; the model is then unchanged.
+        MoEError: no MoE layers, non-finite weights, stats of other weights, an impossible budget,
+            an already merged layer, or a failed alignment / refit; the model is then unchanged.
     """
     layers = find_moe_layers(model)
+    check_layers(layers, writable=True)
     for layer in layers:
         if layer.has_expert_map:
             raise MoEError(
                 f"layer {layer.name} is already merged; merge once, from the unmerged model"
             )
     stats.check(layers)
-    counts = allocate_budget(layers, stats, num_experts, budget)
     if weighting not in ("frequency", "router_weighted", "uniform"):
         raise MoEError(f"weighting={weighting!r}; use 'frequency', 'router_weighted' or 'uniform'")
-    all_groups: dict[str, list[list[int]]] = {}
-    ops = []
+    if grouping not in ("router_logits", "outputs", "random"):
+        raise MoEError(f"grouping={grouping!r}; use 'router_logits', 'outputs' or 'random'")
+    counts = resolve_budget(layers, num_experts, budget, floor=lambda _: 1,
+                            scores=lambda layer: stats[layer.name].counts)  # fmt: skip
     with torch.no_grad():
-        for layer in layers:
-            s = stats[layer.name]
-            out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
-            groups = plan_groups(s, counts[layer.name], grouping=grouping, seed=seed + layer.index,
-                                 output_cos=out_cos)  # fmt: skip
-            w_in, w_out = (t.detach().clone() for t in layer.get_weights())
-            if weighting == "frequency":
-                f = s.counts.clone()
-            elif weighting == "router_weighted":
-                f = s.weighted_counts.clone()
-            else:
-                f = torch.ones(s.num_routes, dtype=torch.float64)
-            new_in, new_out = [], []
-            for group in groups:
-                d = group[0]
-                acc_in = torch.zeros_like(w_in[d], dtype=torch.float64)
-                acc_out = torch.zeros_like(w_out[d], dtype=torch.float64)
-                wts = f[group] + 1e-12  # unused experts still count a little: no 0/0
-                wts = wts / wts.sum()
-                for member, wt in zip(group, wts.tolist(), strict=True):
-                    mi, mo = w_in[member], w_out[member]
-                    if align and member != d:
-                        mi, mo, _ = align_expert((w_in[d], w_out[d]), (mi, mo))
-                    acc_in += wt * mi.double()
-                    acc_out += wt * mo.double()
-                new_in.append(acc_in.to(w_in.dtype))
-                new_out.append(acc_out.to(w_out.dtype))
-            emap = torch.empty(layer.num_routes, dtype=torch.long)
-            for g, group in enumerate(groups):
-                emap[group] = g
-            merged_in, merged_out = torch.stack(new_in), torch.stack(new_out)
-            if refit:
-                merged_out = refit_down(layer, s.sample, emap, merged_in, merged_out, ridge)
-            layer.set_weights(merged_in, merged_out)
-            layer.set_expert_map(emap)
-            all_groups[layer.name] = groups
-            ops.append({"op": "merge", "layer": layer.name, "expert_map": emap.tolist(),
-                        "groups": groups, "align": align, "grouping": grouping})  # fmt: skip
-            logger.info("merged %s: %d -> %d experts", layer.name, s.num_routes, len(groups))
+        merged = {layer.name: _merge_layer(layer, stats[layer.name], counts[layer.name],
+                                           grouping=grouping, align=align, weighting=weighting,
+                                           refit=refit, ridge=ridge, seed=seed)
+                  for layer in layers}  # fmt: skip
+        ops = []
+        for layer in layers:  # nothing below can fail: every shape was checked above
+            m = merged[layer.name]
+            layer.set_weights(m["w_in"], m["w_out"])
+            layer.set_expert_map(m["emap"])
+            ops.append({"op": "merge", "layer": layer.name, "expert_map": m["emap"].tolist(),
+                        "groups": m["groups"], "align": align, "grouping": grouping,
+                        "refit": refit})  # fmt: skip
+            logger.info(
+                "merged %s: %d -> %d experts", layer.name, layer.num_routes, len(m["groups"])
+            )
     record(model, ops)
-    return {"groups": all_groups, "counts": counts}
+    return {"groups": {k: v["groups"] for k, v in merged.items()}, "counts": counts}

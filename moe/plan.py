@@ -20,18 +20,23 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from moe.experts import LowRankExperts, PackedExperts
 from moe.layers import _CONFIG_COUNT_KEYS, MoEError, MoELayer, find_moe_layers, sync_config
 from qhybrid.runs import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["apply_structure", "get_plan", "load_compressed", "record", "replay", "save_compressed"]
+__all__ = [
+    "apply_structure", "check_plan", "get_plan", "load_compressed", "record", "replay",
+    "save_compressed", "tensor_bytes_on_disk",
+]  # fmt: skip
 
 
 def get_plan(model: nn.Module) -> dict[str, Any]:
@@ -43,12 +48,19 @@ def get_plan(model: nn.Module) -> dict[str, Any]:
 
 
 def _base_snapshot(model: nn.Module) -> dict[str, Any]:
+    """The config counts to rebuild the stock model with, and what it is (checked on replay)."""
     config = model.config  # type: ignore[union-attr]
-    return {
+    base: dict[str, Any] = {
         k: getattr(config, k)
         for k in _CONFIG_COUNT_KEYS
         if isinstance(getattr(config, k, None), int)
     }
+    base["model_type"] = getattr(config, "model_type", None)
+    base["architecture"] = type(model).__name__
+    return base
+
+
+_COUNT_FIELDS = set(_CONFIG_COUNT_KEYS)
 
 
 def record(model: nn.Module, ops: list[dict[str, Any]]) -> None:
@@ -59,55 +71,151 @@ def record(model: nn.Module, ops: list[dict[str, Any]]) -> None:
     sync_config(model)
 
 
-def apply_structure(layer: MoELayer, op: dict[str, Any]) -> None:
-    """Reshape ``layer`` as ``op`` did, keeping whatever weights fit (the caller loads the real ones)."""
-    from moe.compress import LowRankExperts
+@dataclass
+class _Shape:
+    """What a layer looks like while a plan is checked: router outputs, experts, hidden width, kind."""
 
+    routes: int
+    experts: int
+    intermediate: int
+    hidden: int
+    gated: bool
+    merged: bool
+    frozen: str = ""  # "low_rank" / "quantize" once the experts are no plain tensors
+
+
+def _int_list(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise MoEError(f"plan op field {what}={value!r} must be a list of integers")
+    return value
+
+
+def _check_op(shape: _Shape, op: dict[str, Any], name: str) -> None:
+    """Check one op against the layer's current shape and update the shape (nothing is changed)."""
+    kind = op.get("op")
+    if kind in ("drop", "merge", "prune", "low_rank") and shape.frozen:
+        raise MoEError(
+            f"plan op {kind} on layer {name} follows {shape.frozen}, which no pass allows"
+        )
+    if kind == "drop":
+        keep = _int_list(op.get("keep"), "keep")
+        if (
+            shape.merged
+            or not keep
+            or len(set(keep)) != len(keep)
+            or min(keep) < 0
+            or max(keep) >= shape.routes
+        ):
+            raise MoEError(
+                f"plan op drop {keep} does not fit layer {name} ({shape.routes} experts)"
+            )
+        shape.routes = shape.experts = len(keep)
+    elif kind == "merge":
+        emap = _int_list(op.get("expert_map"), "expert_map")
+        if (
+            shape.merged
+            or len(emap) != shape.routes
+            or min(emap) < 0
+            or set(emap) != set(range(max(emap) + 1))
+        ):
+            raise MoEError(
+                f"plan op merge of {len(emap)} routes does not fit layer {name} ({shape.routes})"
+            )
+        shape.experts, shape.merged = max(emap) + 1, True
+    elif kind == "prune":
+        i = op.get("intermediate")
+        if not isinstance(i, int) or not 1 <= i <= shape.intermediate or not shape.gated:
+            raise MoEError(f"plan op prune to {i!r} neurons does not fit layer {name}")
+        shape.intermediate = i
+    elif kind == "low_rank":
+        if not isinstance(op.get("rank"), int) or op["rank"] < 1 or not shape.gated:
+            raise MoEError(f"plan op low_rank {op.get('rank')!r} does not fit layer {name}")
+        shape.frozen = "low_rank"
+    elif kind == "quantize":
+        bits = _int_list(op.get("bits"), "bits")
+        packed = op.get("storage", "fake") == "packed"
+        if (
+            len(bits) != shape.experts
+            or shape.frozen
+            or (packed and (not shape.gated or not all(1 <= b <= 8 for b in bits)))
+        ):
+            raise MoEError(
+                f"plan op quantize with bits {bits} does not fit layer {name} ({shape.experts} experts)"
+            )
+        if packed:
+            shape.frozen = "quantize"
+    else:
+        raise MoEError(f"unknown plan op {kind!r}; this file was written by a newer qhybrid")
+
+
+def check_plan(model: nn.Module, plan: Any) -> None:
+    """Raise :class:`MoEError` unless every op of ``plan`` fits ``model`` (a fresh base model)."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("ops", []), list):
+        raise MoEError(f"a compression plan is a dict with a list 'ops'; got {type(plan).__name__}")
+    base = plan.get("base", {})
+    config: Any = model.config  # type: ignore[union-attr]
+    for key, have in (
+        ("model_type", getattr(config, "model_type", None)),
+        ("architecture", type(model).__name__),
+    ):
+        want = base.get(key)
+        if want is not None and want != have:
+            raise MoEError(
+                f"the plan is for {key} {want!r} but the model is {have!r}; load it with its own model"
+            )
+    for key in _COUNT_FIELDS & set(base):
+        if getattr(config, key, None) != base[key]:
+            raise MoEError(
+                f"the plan starts from {key}={base[key]} but the model has {getattr(config, key, None)}"
+            )
+    layers = {layer.name: layer for layer in find_moe_layers(model)}
+    shapes = {name: _Shape(lay.num_routes, lay.num_experts, lay.intermediate_size, lay.hidden_size,
+                           lay.gated, lay.has_expert_map) for name, lay in layers.items()}  # fmt: skip
+    for op in plan.get("ops", []):
+        name = op.get("layer") if isinstance(op, dict) else None
+        if name not in shapes:
+            raise MoEError(
+                f"plan names layer {name!r}, which this model does not have ({list(layers)})"
+            )
+        _check_op(shapes[name], op, name)
+
+
+def apply_structure(layer: MoELayer, op: dict[str, Any]) -> None:
+    """Reshape ``layer`` as ``op`` did, keeping whatever weights fit (the caller loads the real ones);
+    ``op`` must have been checked by :func:`check_plan`."""
     kind = op["op"]
     w_in, w_out = layer.get_weights()
     if kind == "drop":
         keep = list(op["keep"])
-        if layer.has_expert_map or max(keep) >= layer.num_routes:
-            raise MoEError(f"plan op drop {keep} does not fit layer {layer.name}")
         layer.slice_router(keep)
         layer.set_weights(w_in[keep], w_out[keep])
     elif kind == "merge":
         emap = torch.tensor(op["expert_map"])
         g = int(emap.max()) + 1
-        if emap.numel() != layer.num_routes or g > layer.num_experts:
-            raise MoEError(
-                f"plan op merge of {emap.numel()} routes does not fit layer {layer.name}"
-            )
         layer.set_weights(w_in[:g], w_out[:g])
         layer.set_expert_map(emap)
     elif kind == "prune":
         i = int(op["intermediate"])
-        if i > layer.intermediate_size:
-            raise MoEError(f"plan op prune to {i} neurons does not fit layer {layer.name}")
         layer.set_weights(w_in[:, :, :i], w_out[:, :, :i])
     elif kind == "low_rank":
         LowRankExperts.install(layer, int(op["rank"]))
-    elif kind == "quantize":
-        if len(op["bits"]) != layer.num_experts:
-            raise MoEError(
-                f"plan op quantize has {len(op['bits'])} bit widths for layer {layer.name}"
-            )
-    else:
-        raise MoEError(f"unknown plan op {kind!r}; this file was written by a newer qhybrid")
+    elif kind == "quantize" and op.get("storage", "fake") == "packed":
+        PackedExperts.install(layer, op["bits"], int(op["group_size"]))
 
 
 def replay(model: nn.Module, plan: dict[str, Any]) -> None:
-    """Apply the structural part of every op of ``plan`` to ``model`` (a fresh base model)."""
+    """Apply the structural part of every op of ``plan`` to ``model`` (a fresh base model): the whole
+    plan is checked against the model first, so a plan that does not fit leaves it unchanged."""
+    check_plan(model, plan)
     layers = {layer.name: layer for layer in find_moe_layers(model)}
     for op in plan.get("ops", []):
-        name = op.get("layer")
-        if name not in layers:
-            raise MoEError(
-                f"plan names layer {name!r}, which this model does not have ({list(layers)})"
-            )
-        apply_structure(layers[name], op)
-        # low_rank swaps the experts module: refresh the view
-        if op["op"] == "low_rank":
+        apply_structure(layers[op["layer"]], op)
+        if op["op"] in (
+            "low_rank",
+            "quantize",
+        ):  # the experts module may be swapped: refresh the view
             layers = {layer.name: layer for layer in find_moe_layers(model)}
     model.config.moe_compression = copy.deepcopy(plan)  # type: ignore[union-attr]
     sync_config(model)
@@ -139,16 +247,32 @@ def save_compressed(model: nn.Module, path: str | Path) -> Path:
     d = config.to_dict()
     d["moe_compression"] = plan
     d["architectures"] = [type(model).__name__]
-    d.update(plan["base"])  # the stock model is built with the base counts, then the plan replays
+    d.update(
+        {k: v for k, v in plan["base"].items() if k in _COUNT_FIELDS}
+    )  # stock model: base counts
     atomic_write_json(path / "config.json", d)
     atomic_write_json(path / "moe_plan.json", plan)
     return path
 
 
+def tensor_bytes_on_disk(path: str | Path) -> dict[str, int]:
+    """Bytes each tensor occupies in ``path/model.safetensors``, read from the file's own header
+    (``data_offsets``): a measurement of the file, not a count from shapes and bit widths."""
+    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    with file.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return {
+        k: v["data_offsets"][1] - v["data_offsets"][0]
+        for k, v in header.items()
+        if k != "__metadata__"
+    }
+
+
 def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model written by :func:`save_compressed`; the result equals the saved model exactly."""
     import transformers
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -156,23 +280,34 @@ def load_compressed(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise MoEError(
             f"'{path}' is not a save_compressed folder (needs config.json and model.safetensors)"
         )
-    d = json.loads((path / "config.json").read_text())
-    plan = d.get("moe_compression") or {"base": {}, "ops": []}
-    if "model_type" not in d:
+    try:
+        d = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MoEError(f"cannot read {path / 'config.json'}: {err}") from err
+    if not isinstance(d, dict) or "model_type" not in d:
         raise MoEError(f"{path / 'config.json'} has no model_type")
-    config = transformers.AutoConfig.for_model(
-        d["model_type"],
-        **{k: v for k, v in d.items() if k not in ("model_type", "moe_compression")},
-    )
+    plan = d.get("moe_compression") or {"base": {}, "ops": []}
+    try:
+        config = transformers.AutoConfig.for_model(
+            d["model_type"],
+            **{k: v for k, v in d.items() if k not in ("model_type", "moe_compression")},
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise MoEError(f"{path / 'config.json'} is not a valid config: {err}") from err
     arch = (d.get("architectures") or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
         raise MoEError(f"unknown architecture {arch!r} in {path / 'config.json'}")
     model = cls(config)
     replay(model, plan)
-    state = load_file(str(path / "model.safetensors"))
-    with safe_open(str(path / "model.safetensors"), "pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    try:
+        state = load_file(str(path / "model.safetensors"))
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    except (OSError, ValueError, SafetensorError) as err:
+        raise MoEError(
+            f"{path / 'model.safetensors'} is not a readable safetensors file: {err}"
+        ) from err
     for k, src in aliases.items():
         state[k] = state[src]
     try:

@@ -1,9 +1,11 @@
-"""Mixed-precision fake quantisation of routed experts under an average-bit budget.
+"""Mixed-precision quantisation of routed experts under an average-bit budget.
 
 Weights are rounded to ``b`` bits with group-wise asymmetric min-max scales (groups of ``group_size``
-consecutive input weights per output row) and stored back dequantised ("fake quant"): the model runs
-unchanged and the accuracy is what a real low-bit kernel would give. Storage is counted as ``b`` bits per
-weight plus a 16-bit scale and zero point per group.
+consecutive input weights per output row; fp16 scale and minimum per group) and, with
+``storage="packed"`` (the default), stored for real as packed b-bit codes in
+:class:`moe.experts.PackedExperts` (dequantised per routed expert in the forward); with
+``storage="fake"`` (the ablation) the rounded weights are kept in the model's float dtype, so nothing
+is saved in memory or on disk. Sizes are measured from the tensors (:func:`moe.layers.expert_bytes`).
 
 Bit allocation (one width per expert, chosen from ``bits_choices``, mean over all expert weights
 <= ``avg_bits``):
@@ -22,13 +24,15 @@ Bit allocation (one width per expert, chosen from ``bits_choices``, mean over al
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.experts import PackedExperts, fake_quantize
+from moe.layers import MoEError, MoELayer, apply_expert, check_layers, expert_bytes, find_moe_layers
 from moe.plan import record
 from moe.stats import RoutingStats
 
@@ -39,33 +43,12 @@ __all__ = ["allocate_bits", "fake_quantize", "quantize_experts"]
 Allocation = Literal["sensitivity", "frequency", "outlier", "uniform"]
 
 
-def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 32) -> torch.Tensor:
-    """Round ``w (..., out, in)`` to ``bits`` bits with asymmetric min-max scales per input group."""
-    if bits >= 16:
-        return w.clone()
-    shape = w.shape
-    n_in = shape[-1]
-    g = group_size if n_in % group_size == 0 else n_in
-    x = w.reshape(*shape[:-1], n_in // g, g).float()
-    lo = x.amin(-1, keepdim=True)
-    hi = x.amax(-1, keepdim=True)
-    levels = 2**bits - 1
-    scale = ((hi - lo) / levels).clamp_min(1e-12)
-    q = torch.round((x - lo) / scale).clamp_(0, levels)
-    return (q * scale + lo).reshape(shape).to(w.dtype)
-
-
-def _quantized_expert(w_in: torch.Tensor, w_out: torch.Tensor, bits: int, group_size: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    return fake_quantize(w_in, bits, group_size), fake_quantize(w_out, bits, group_size)
-
-
 @torch.no_grad()
 def _expert_errors(layer: MoELayer, stats: RoutingStats, bits_choices: Sequence[int],
                    group_size: int) -> torch.Tensor:  # fmt: skip
     """(E, len(bits_choices)) expected squared output error D_e(b) (see module docstring)."""
     s = stats[layer.name]
-    x = s.sample.to(layer.router_weight.device, layer.router_weight.dtype)
+    x = s.sample.to(layer.device, layer.router_weight.dtype)
     if x.numel() == 0:
         raise MoEError(
             f"no cached inputs for {layer.name}; collect stats with max_cached_tokens > 0"
@@ -82,21 +65,12 @@ def _expert_errors(layer: MoELayer, stats: RoutingStats, bits_choices: Sequence[
             xe, g2 = x[tok], weights[tok, pos].double().pow(2).mean()
         else:  # too few routed samples: use every cached token, mean gate weight 1/k
             xe, g2 = x, torch.tensor(1.0 / layer.top_k**2, dtype=torch.float64)
-        ref = _forward(layer, w_in[e], w_out[e], xe)
+        ref, _ = apply_expert(layer.act, w_in[e], w_out[e], xe)
         for j, b in enumerate(bits_choices):
-            qi, qo = _quantized_expert(w_in[e], w_out[e], b, group_size)
-            err = (_forward(layer, qi, qo, xe) - ref).double().pow(2).sum(-1).mean()
+            qi, qo = fake_quantize(w_in[e], b, group_size), fake_quantize(w_out[e], b, group_size)
+            err = (apply_expert(layer.act, qi, qo, xe)[0] - ref).double().pow(2).sum(-1).mean()
             out[e, j] = freq[e] * g2 * err
     return out
-
-
-def _forward(
-    layer: MoELayer, w_in: torch.Tensor, w_out: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
-    h = layer.act(x @ w_in[0].T)
-    if layer.gated:
-        h = h * (x @ w_in[1].T)
-    return h @ w_out.T  # type: ignore[no-any-return]
 
 
 def _outlier_score(layer: MoELayer) -> torch.Tensor:
@@ -111,6 +85,30 @@ def _outlier_score(layer: MoELayer) -> torch.Tensor:
     return torch.tensor(scores, dtype=torch.float64)
 
 
+def _check_widths(bits_choices: Sequence[int], avg_bits: float, group_size: int) -> list[int]:
+    if isinstance(bits_choices, (str, bytes)) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in bits_choices
+    ):
+        raise MoEError(f"bits_choices={bits_choices!r} must be a sequence of integer widths")
+    choices = sorted(set(bits_choices))
+    if not choices or any(b < 1 or b > 8 for b in choices):
+        raise MoEError(f"bits_choices={list(bits_choices)} must be widths in 1..8")
+    if (
+        isinstance(avg_bits, bool)
+        or not isinstance(avg_bits, (int, float))
+        or not math.isfinite(avg_bits)
+    ):
+        raise MoEError(f"avg_bits={avg_bits!r} must be a finite number of bits")
+    if not choices[0] <= avg_bits <= choices[-1]:
+        raise MoEError(
+            f"avg_bits={avg_bits} cannot be met with widths {choices}; choose a budget in "
+            f"[{choices[0]}, {choices[-1]}]"
+        )
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise MoEError(f"group_size={group_size!r} must be a positive integer")
+    return choices
+
+
 def allocate_bits(
     model: nn.Module,
     stats: RoutingStats,
@@ -122,15 +120,9 @@ def allocate_bits(
 ) -> dict[str, list[int]]:
     """Bits per expert of every MoE layer (see module docstring); does not change the model."""
     layers = find_moe_layers(model)
+    check_layers(layers)
     stats.check(layers)
-    choices = sorted(set(int(b) for b in bits_choices))
-    if not choices or any(b < 1 or b > 16 for b in choices):
-        raise MoEError(f"bits_choices={list(bits_choices)} must be widths in 1..16")
-    if not choices[0] <= avg_bits <= choices[-1]:
-        raise MoEError(
-            f"avg_bits={avg_bits} cannot be met with widths {choices}; choose a budget in "
-            f"[{choices[0]}, {choices[-1]}]"
-        )
+    choices = _check_widths(bits_choices, avg_bits, group_size)
     sizes = []  # (layer, expert, weights)
     for layer in layers:
         w_in, w_out = layer.get_weights()
@@ -201,35 +193,48 @@ def quantize_experts(
     allocation: Allocation = "sensitivity",
     bits_choices: Sequence[int] = (2, 3, 4, 8),
     group_size: int = 32,
+    storage: Literal["packed", "fake"] = "packed",
 ) -> dict[str, Any]:
-    """Allocate bits per expert and fake-quantise the experts in place.
+    """Allocate bits per expert and quantise the experts in place, all layers or none.
+
+    Args:
+        storage: ``"packed"`` stores b-bit codes (:class:`moe.experts.PackedExperts`, fused layouts,
+            widths 1..8); ``"fake"`` keeps the rounded weights in float (ablation, any layout).
 
     Returns:
         ``{"bits": {layer: [bits per expert]}, "avg_bits": mean bits per expert weight,
-        "bytes": expert bytes including group scales}``.
+        "bytes": measured bytes of the expert tensors after quantisation}``.
     """
+    if storage not in ("packed", "fake"):
+        raise MoEError(f"storage={storage!r}; use 'packed' or 'fake'")
+    layers = find_moe_layers(model)
+    check_layers(layers, writable=True)
+    if storage == "packed":
+        if any(not layer.gated for layer in layers):
+            raise MoEError("packed storage needs fused experts (not Switch); use storage='fake'")
+        if any(b > 8 for b in bits_choices if isinstance(b, int)):
+            raise MoEError(f"packed storage holds 1..8 bits; got bits_choices={list(bits_choices)}")
     bits = allocate_bits(model, stats, avg_bits=avg_bits, allocation=allocation,
                          bits_choices=bits_choices, group_size=group_size)  # fmt: skip
-    layers = find_moe_layers(model)
-    for layer in layers:
-        if hasattr(layer.experts, "dense"):
-            raise MoEError(f"layer {layer.name} holds low-rank experts; quantise before factoring")
     ops = []
     n_weights = 0
     weighted = 0.0
-    nbytes = 0.0
     with torch.no_grad():
-        for layer in layers:
+        for layer in layers:  # nothing below can fail: layers, widths and stats checked above
             w_in, w_out = layer.get_weights()
             per = w_in[0].numel() + w_out[0].numel()
-            new_in, new_out = w_in.detach().clone(), w_out.detach().clone()
-            for e, b in enumerate(bits[layer.name]):
-                new_in[e], new_out[e] = _quantized_expert(w_in[e], w_out[e], b, group_size)
-                n_weights += per
-                weighted += b * per
-                nbytes += per * b / 8 + (per / group_size) * 4  # fp16 scale + zero per group
-            layer.set_weights(new_in, new_out)
+            n_weights += per * layer.num_experts
+            weighted += per * sum(bits[layer.name])
+            if storage == "packed":
+                PackedExperts.install(layer, bits[layer.name], group_size)
+            else:
+                new_in = torch.stack([fake_quantize(w_in[e], b, group_size)
+                                      for e, b in enumerate(bits[layer.name])])  # fmt: skip
+                new_out = torch.stack([fake_quantize(w_out[e], b, group_size)
+                                       for e, b in enumerate(bits[layer.name])])  # fmt: skip
+                layer.set_weights(new_in, new_out)
             ops.append({"op": "quantize", "layer": layer.name, "bits": bits[layer.name],
-                        "group_size": group_size, "allocation": allocation})  # fmt: skip
+                        "group_size": group_size, "allocation": allocation,
+                        "storage": storage})  # fmt: skip
     record(model, ops)
-    return {"bits": bits, "avg_bits": weighted / max(n_weights, 1), "bytes": nbytes}
+    return {"bits": bits, "avg_bits": weighted / max(n_weights, 1), "bytes": expert_bytes(model)}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from moe.layers import MoEError, MoELayer, find_moe_layers
+from moe.layers import MoEError, MoELayer, check_layers, find_moe_layers
 
 __all__ = ["LayerStats", "RoutingStats", "collect_routing_stats"]
 
@@ -39,11 +39,11 @@ class LayerStats:
     num_routes: int
     num_experts: int
     intermediate: int
+    fingerprint: str = ""  # MoELayer.fingerprint() of the weights the statistics were collected on
     tokens: int = 0
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     weighted_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     gram: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    logit_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     co_selection: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     expert_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     output_norm: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
@@ -57,11 +57,7 @@ class LayerStats:
         r, e, i = self.num_routes, self.num_experts, self.intermediate
         z = torch.zeros
         f64 = torch.float64
-        self.counts, self.weighted_counts, self.logit_sum = (
-            z(r, dtype=f64),
-            z(r, dtype=f64),
-            z(r, dtype=f64),
-        )
+        self.counts, self.weighted_counts = z(r, dtype=f64), z(r, dtype=f64)
         self.gram, self.co_selection = z(r, r, dtype=f64), z(r, r, dtype=f64)
         self.expert_tokens, self.output_norm, self.saliency = (
             z(e, dtype=f64),
@@ -93,7 +89,7 @@ class LayerStats:
     def nbytes(self) -> int:
         return sum(
             t.numel() * t.element_size()
-            for t in (self.counts, self.weighted_counts, self.gram, self.logit_sum,
+            for t in (self.counts, self.weighted_counts, self.gram,
                       self.co_selection, self.expert_tokens, self.output_norm, self.saliency,
                       self.mass, self.mass_log_mass, self.act_sq, self.sample)
         )  # fmt: skip
@@ -115,7 +111,7 @@ class RoutingStats:
         return self.layers[name]
 
     def check(self, layers: list[MoELayer]) -> None:
-        """Raise unless these statistics were collected on a model with exactly these layers."""
+        """Raise unless these statistics were collected on exactly these layers' current weights."""
         for layer in layers:
             s = self[layer.name]
             if (s.num_routes, s.num_experts) != (layer.num_routes, layer.num_experts):
@@ -123,6 +119,12 @@ class RoutingStats:
                     f"statistics of {layer.name} are for {s.num_routes} routes / {s.num_experts} "
                     f"experts but the layer has {layer.num_routes} / {layer.num_experts}; re-collect "
                     "them after changing the model"
+                )
+            if s.fingerprint != layer.fingerprint():
+                raise MoEError(
+                    f"statistics of {layer.name} were collected on other weights (fingerprint "
+                    f"{s.fingerprint[:8]} != {layer.fingerprint()[:8]}); re-collect them on this model "
+                    "as it is now"
                 )
 
 
@@ -153,7 +155,6 @@ def _accumulate(layer: MoELayer, s: LayerStats, x: torch.Tensor, max_cached: int
     s.counts += sel.sum(0).cpu()
     s.weighted_counts += gsel.sum(0).cpu()
     s.gram += (logits.T @ logits).cpu()
-    s.logit_sum += logits.sum(0).cpu()
     s.co_selection += (sel.T @ sel).cpu()
     emap = layer.expert_map[idx]  # (T, k) physical experts
     for e in emap.unique().tolist():
@@ -191,10 +192,12 @@ def collect_routing_stats(
         :class:`RoutingStats`; its memory does not grow with the number of tokens.
     """
     layers = find_moe_layers(model)
+    check_layers(layers)
     stats = {
-        lay.name: LayerStats(lay.name, lay.num_routes, lay.num_experts, lay.intermediate_size)
+        lay.name: LayerStats(lay.name, lay.num_routes, lay.num_experts, lay.intermediate_size,
+                             fingerprint=lay.fingerprint())
         for lay in layers
-    }
+    }  # fmt: skip
     current: dict[str, Mapping[str, torch.Tensor]] = {}
     handles = []
 
@@ -213,7 +216,7 @@ def collect_routing_stats(
         handles.append(layer.block.register_forward_pre_hook(make_hook(layer)))
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = layers[0].device  # accelerate's execution device when the model is offloaded
     n = 0
     try:
         for batch in batches:
@@ -221,7 +224,13 @@ def collect_routing_stats(
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
             }
             current["batch"] = batch
-            model(**batch)
+            try:
+                model(**batch)
+            except (RuntimeError, TypeError, ValueError, IndexError) as err:
+                raise MoEError(
+                    f"model(**batch) failed on calibration batch {n}: {err}; pass batches of "
+                    "input_ids (and attention_mask) that fit this model"
+                ) from err
             n += 1
     finally:
         for h in handles:

@@ -1,4 +1,11 @@
-"""A Mixtral-style subject model trained on a synthetic multi-domain token task.
+"""Mixtral-style subject models: a synthetic multi-domain token task and Python standard-library text.
+
+``task="stdlib"``: a byte-level language model on four text domains of the Python standard library
+(code, docstrings, comments, codec tables; :mod:`moe.corpus`), windows of ``seq_len`` bytes, test
+windows from held-out modules; scored by next-byte accuracy and perplexity, with per-domain routing
+entropy (:func:`routing_entropy`) to show whether experts specialise.
+
+``task="tokens"`` (the fast toy subject for tests):
 
 Four domains with disjoint token ranges, each with its own deterministic rule over Z_V (V = 16), so
 different experts learn different rules and routing specialises by domain:
@@ -26,7 +33,7 @@ from torch import nn
 
 __all__ = [
     "SubjectConfig", "SubjectData", "build_subject", "calibration", "distill_batches", "evaluate",
-    "load_or_train", "make_task", "per_domain", "train_subject",
+    "load_or_train", "make_task", "per_domain", "routing_entropy", "train_subject",
 ]  # fmt: skip
 
 DOMAINS = ("perm", "fib", "skip", "step")
@@ -50,9 +57,12 @@ class SubjectConfig:
     batch_size: int = 32  # sequences per step
     lr: float = 3e-3  # AdamW peak learning rate (cosine decay)
     aux_loss_coef: float = 0.01  # load-balancing loss weight
+    task: str = "tokens"  # tokens (synthetic rules, fast) or stdlib (Python standard-library bytes)
 
     @property
     def vocab(self) -> int:
+        if self.task == "stdlib":
+            return 256  # UTF-8 bytes
         return 1 + len(DOMAINS) + len(DOMAINS) * self.modulus  # PAD, markers, domain tokens
 
 
@@ -61,6 +71,7 @@ class SubjectData:
     train: torch.Tensor  # (N, L) token ids
     test: torch.Tensor  # (M, L)
     test_domain: torch.Tensor  # (M,) domain index
+    domains: tuple[str, ...] = DOMAINS  # names of the domain indices
 
 
 def _sequences(cfg: SubjectConfig, n: int, rng: np.random.Generator, perms: np.ndarray
@@ -81,8 +92,35 @@ def _sequences(cfg: SubjectConfig, n: int, rng: np.random.Generator, perms: np.n
     return seq, dom
 
 
+def _stdlib_task(cfg: SubjectConfig, seed: int) -> SubjectData:
+    """Random byte windows of every domain: train from train modules, test from held-out modules."""
+    from moe import corpus
+
+    rng = np.random.default_rng(seed)
+    texts = corpus.domain_texts()
+    out: list[list[np.ndarray]] = [[], []]
+    doms = []
+    for d, name in enumerate(corpus.DOMAINS):
+        for split, n in ((0, cfg.train_sequences), (1, cfg.test_sequences)):
+            data = np.frombuffer(texts[name][split].encode("utf-8"), dtype=np.uint8)
+            k = n // len(corpus.DOMAINS)
+            starts = rng.integers(0, len(data) - cfg.seq_len, k)
+            out[split].append(
+                np.stack([data[s : s + cfg.seq_len] for s in starts]).astype(np.int64)
+            )
+            if split == 1:
+                doms.append(np.full(k, d))
+    train = np.concatenate(out[0])[rng.permutation(sum(len(x) for x in out[0]))]
+    return SubjectData(torch.from_numpy(train), torch.from_numpy(np.concatenate(out[1])),
+                       torch.from_numpy(np.concatenate(doms)), corpus.DOMAINS)  # fmt: skip
+
+
 def make_task(cfg: SubjectConfig, seed: int = 0) -> SubjectData:
-    """Train and test token sequences; the rules (permutations) are fixed by ``seed``."""
+    """Train and test sequences; the rules (permutations) or windows are fixed by ``seed``."""
+    if cfg.task == "stdlib":
+        return _stdlib_task(cfg, seed)
+    if cfg.task != "tokens":
+        raise ValueError(f"task={cfg.task!r}; use 'tokens' or 'stdlib'")
     rng = np.random.default_rng(seed)
     perms = np.stack([rng.permutation(cfg.modulus) for _ in range(2)])
     train, _ = _sequences(cfg, cfg.train_sequences, rng, perms)
@@ -173,10 +211,7 @@ def calibration(
     data: SubjectData, n: int = 256, batch_size: int = 64
 ) -> list[dict[str, torch.Tensor]]:
     """The first ``n`` training sequences as calibration batches (no labels)."""
-    return [
-        {k: v for k, v in b.items() if k != "labels"}
-        for b in batches_of(data.train[:n], batch_size)
-    ]
+    return calibration_of(data.train[:n], batch_size)
 
 
 def distill_batches(data: SubjectData, n: int, batch_size: int = 32, seed: int = 0
@@ -191,8 +226,37 @@ def per_domain(model: nn.Module, data: SubjectData) -> dict[str, float]:
     """Accuracy per domain on the test set."""
     return {
         name: evaluate(model, data.test[data.test_domain == d])["accuracy"]
-        for d, name in enumerate(DOMAINS)
+        for d, name in enumerate(data.domains)
     }
+
+
+def routing_entropy(model: nn.Module, data: SubjectData) -> dict[str, float]:
+    """Per test domain, the entropy of the routers' selection shares ``p_r = counts_r / Σ counts``
+    divided by ``log R`` (1 = uniform use of all experts, 0 = one expert), averaged over layers; and
+    ``"overlap"``: the mean over layers of ``Σ_r min_d p_r^d`` (the share of routing every domain uses
+    alike; 1 = identical routing in every domain)."""
+    from moe.stats import collect_routing_stats
+
+    shares: dict[str, list[torch.Tensor]] = {}
+    for d, name in enumerate(data.domains):
+        ids = data.test[data.test_domain == d]
+        stats = collect_routing_stats(model, calibration_of(ids), max_cached_tokens=0)
+        shares[name] = [s.counts / s.counts.sum() for s in stats.layers.values()]
+    out = {
+        name: float(torch.stack([-(p * p.clamp_min(1e-30).log()).sum() / math.log(p.numel()) for p in ps]).mean())
+        for name, ps in shares.items()
+    }  # fmt: skip
+    layers = len(next(iter(shares.values())))
+    out["overlap"] = float(
+        sum(torch.stack([shares[n][i] for n in shares]).amin(0).sum() for i in range(layers))
+        / layers
+    )
+    return out
+
+
+def calibration_of(ids: torch.Tensor, batch_size: int = 64) -> list[dict[str, torch.Tensor]]:
+    """``ids`` as label-free batches."""
+    return [{k: v for k, v in b.items() if k != "labels"} for b in batches_of(ids, batch_size)]
 
 
 def load_or_train(

@@ -69,9 +69,26 @@ def test_reproduce_stage(tmp_path: Path) -> None:
 
     run = create_run("t", root=tmp_path)
     cfg = StageConfig(
-        train_steps=30, train_sequences=256, test_sequences=64, calib_sequences=32, distill_steps=3
+        train_steps=30,
+        train_sequences=256,
+        test_sequences=64,
+        calib_sequences=32,
+        distill_steps=3,
+        stdlib_steps=5,
     )
     context: dict = {}
     section = run_stage(run, cfg, seed=0, context=context)
     assert section.tables and section.figures and section.figures[0][1].is_file()
     assert context["moe"]["roundtrip_max_diff"] == 0.0
+    packed = context["moe"]["packed"]
+    assert packed["diff"] == 0.0 and packed["disk"] <= 0.13 * packed["disk fp32"]
+    assert packed["resident"] == packed["disk"]
+    methods = {row["method"]: row for row in context["moe"]["rows"]}
+    assert methods["merge 8->4 MC-SMoE port (no refit)"]["LS refit on calib"] is False
+    assert methods["merge 8->4 + LS refit"]["LS refit on calib"] is True
+    stdlib = context["moe_stdlib"]
+    assert set(stdlib["routing_entropy"]) == {"code", "docstrings", "comments", "tables", "overlap"}
+    assert all(0 <= v <= 1 for v in stdlib["routing_entropy"].values())
+    assert (
+        stdlib["rows"][-1]["expert MB"] == stdlib["rows"][0]["expert MB"] / 8
+    )  # packed 3-bit: 4 bits
