@@ -16,51 +16,74 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from qhybrid.config import add_config_arguments, config_from_args
+from annotated_types import Ge, Gt, Le
+
+from qhybrid.config import add_config_arguments, check_fields, config_from_args
+from qhybrid.errors import QHybridError
 
 
 @dataclass(frozen=True)
 class TrainSubjectConfig:
     name: str = "moe-train"  # run-folder prefix
-    seed: int = 0  # task rules, initialisation and data order
-    steps: int = 400  # AdamW steps
-    train_sequences: int = 4096  # training sequences
-    test_sequences: int = 512  # held-out sequences
-    experts: int = 8  # experts per layer
-    top_k: int = 2  # experts per token
-    hidden: int = 64  # model width
-    intermediate: int = 128  # expert hidden width
+    seed: Annotated[int, Ge(0)] = 0  # task rules, initialisation and data order
+    steps: Annotated[int, Ge(1)] = 400  # AdamW steps
+    train_sequences: Annotated[int, Ge(8)] = 4096  # training sequences
+    test_sequences: Annotated[int, Ge(8)] = 512  # held-out sequences
+    experts: Annotated[int, Ge(2)] = 8  # experts per layer
+    top_k: Annotated[int, Ge(1)] = 2  # experts per token
+    hidden: Annotated[int, Ge(4)] = 64  # model width
+    intermediate: Annotated[int, Ge(1)] = 128  # expert hidden width
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.top_k > self.experts:
+            raise QHybridError(f"top_k={self.top_k} must be <= experts={self.experts}")
 
 
 @dataclass(frozen=True)
 class CompressConfig:
     name: str = "moe-compress"  # run-folder prefix
-    seed: int = 0  # subject seed (task rules) and pass seed
+    seed: Annotated[int, Ge(0)] = 0  # subject seed (task rules) and pass seed
     model_dir: str = ""  # a subject saved by 'qhybrid moe train'; empty = train one now
-    calib_sequences: int = 256  # calibration sequences for routing statistics
-    drop_to: int = 0  # experts kept per layer by dropping; 0 = no dropping
-    drop_criterion: str = "exact"  # frequency, weighted_frequency, saliency, reap, entropy, weight_norm, stable_rank, exact, greedy
-    drop_rounds: int = 1  # 1 = one-shot; more = iterative with re-estimated statistics
-    merge_to: int = 4  # experts kept per layer by merging; 0 = no merging
+    calib_sequences: Annotated[int, Ge(1)] = 256  # calibration sequences for routing statistics
+    drop_to: Annotated[int, Ge(0)] = 0  # experts kept per layer by dropping; 0 = no dropping
+    drop_criterion: str = "exact"  # one of moe.drop.CRITERIA
+    drop_rounds: Annotated[int, Ge(1)] = 1  # 1 = one-shot; more = iterative, re-estimated stats
+    merge_to: Annotated[int, Ge(0)] = 4  # experts kept per layer by merging; 0 = no merging
     budget: str = "uniform"  # per-layer budget for merging/dropping: uniform or global
-    keep_ratio: float = 1.0  # hidden neurons kept per expert (structured pruning); 1 = off
-    rank: int = 0  # low-rank factor rank per expert matrix; 0 = full rank
-    distill_steps: int = 0  # recovery distillation steps from the uncompressed model
-    avg_bits: float = 0.0  # average expert bits for mixed-precision fake quantisation; 0 = off
+    keep_ratio: Annotated[float, Gt(0), Le(1)] = 1.0  # expert neurons kept (pruning); 1 = off
+    rank: Annotated[int, Ge(0)] = 0  # low-rank factor rank per expert matrix; 0 = full rank
+    distill_steps: Annotated[int, Ge(0)] = 0  # recovery distillation steps from the original
+    avg_bits: Annotated[float, Ge(0), Le(8)] = 0.0  # average expert bits (2-8); 0 = off
     allocation: str = "sensitivity"  # bit allocation: sensitivity, frequency, outlier, uniform
-    storage: str = (
-        "packed"  # quantised experts: packed (real b-bit codes) or fake (ablation, float)
-    )
-    steps: int = 400  # subject training steps when model_dir is empty
-    calib: str = (
-        "builtin"  # checkpoints: calibration text (.txt / .jsonl file) or builtin (stdlib source)
-    )
-    seq_len: int = 64  # checkpoints: tokens per calibration sequence
-    eval_sequences: int = (
-        32  # checkpoints: held-out sequences (after the calibration ones) for metrics
-    )
+    storage: str = "packed"  # packed (real b-bit codes) or fake (ablation, float)
+    steps: Annotated[int, Ge(1)] = 400  # subject training steps when model_dir is empty
+    calib: str = "builtin"  # checkpoints: a .txt / .jsonl calibration file, or builtin (stdlib)
+    seq_len: Annotated[int, Ge(2)] = 64  # checkpoints: tokens per calibration sequence
+    eval_sequences: Annotated[int, Ge(1)] = 32  # checkpoints: held-out sequences for metrics
+
+    def __post_init__(self) -> None:
+        from typing import get_args
+
+        from moe.drop import CRITERIA
+        from moe.quantize import Allocation
+
+        check_fields(self)
+        for key, value, known in (
+            ("drop_criterion", self.drop_criterion, CRITERIA),
+            ("budget", self.budget, ("uniform", "global")),
+            ("allocation", self.allocation, get_args(Allocation)),
+            ("storage", self.storage, ("packed", "fake")),
+        ):
+            if value not in known:
+                raise QHybridError(f"{key}={value!r} is not one of {list(known)}")
+        if 0 < self.avg_bits < 2:
+            raise QHybridError(
+                f"avg_bits={self.avg_bits} cannot be met with widths 2, 3, 4, 8; use 0 (off) or a "
+                "budget in [2, 8]"
+            )
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -68,10 +91,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "train", help="train the Mixtral-style subject model on the multi-domain task"
     )
-    add_config_arguments(p)
+    add_config_arguments(p, "moe.commands:TrainSubjectConfig")
     p.set_defaults(func=_train)
     p = sub.add_parser("compress", help="drop / merge / compress / distill / quantise experts")
-    add_config_arguments(p)
+    add_config_arguments(p, "moe.commands:CompressConfig")
     p.set_defaults(func=_compress)
 
 

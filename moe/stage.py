@@ -18,10 +18,12 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge, Gt, Le
 
+from qhybrid.config import check_fields
 from qhybrid.report import Section
 from qhybrid.runs import Run
 
@@ -32,16 +34,17 @@ TITLE = "MoE: merging, dropping, compression and quantisation of experts"
 
 @dataclass(frozen=True)
 class StageConfig:
-    train_steps: int = 250  # AdamW steps for the subject model (quick preset)
-    train_sequences: int = 2048  # training sequences of the synthetic multi-domain task
-    test_sequences: int = 256  # held-out sequences for accuracy / perplexity
-    calib_sequences: int = 128  # calibration sequences for routing statistics
-    distill_steps: int = 60  # recovery distillation steps after merge + prune
-    keep_ratio: float = (
-        0.5625  # hidden neurons kept per expert (72 of 128: -72% expert params with 8->4)
-    )
-    avg_bits: float = 3.0  # average expert bits for mixed-precision quantisation
-    stdlib_steps: int = 100  # AdamW steps of the standard-library byte subject; 0 = skip it
+    train_steps: Annotated[int, Ge(1)] = 250  # AdamW steps for the subject model (quick preset)
+    train_sequences: Annotated[int, Ge(8)] = 2048  # training sequences of the multi-domain task
+    test_sequences: Annotated[int, Ge(8)] = 256  # held-out sequences for accuracy / perplexity
+    calib_sequences: Annotated[int, Ge(1)] = 128  # calibration sequences for routing statistics
+    distill_steps: Annotated[int, Ge(0)] = 60  # recovery distillation steps after merge + prune
+    keep_ratio: Annotated[float, Gt(0), Le(1)] = 0.5625  # expert neurons kept (72 of 128)
+    avg_bits: Annotated[float, Ge(2), Le(8)] = 3.0  # average expert bits, mixed precision
+    stdlib_steps: Annotated[int, Ge(0)] = 100  # steps of the standard-library subject; 0 = skip
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, Any]) -> Section:

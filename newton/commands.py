@@ -46,19 +46,40 @@ class SolveConfig:
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="newton_command", metavar="EXPERIMENT")
     specs = [
-        ("compare", "QNewton vs SGD vs Adam on an MLP (digits or local MNIST)", _compare),
-        ("hhl-loop", "a <=16-parameter model trained with every solve by HHL on Aer", _hhl_loop),
+        (
+            "compare",
+            "QNewton vs SGD vs Adam on an MLP (digits or local MNIST)",
+            _compare,
+            "newton.experiments:CompareConfig",
+        ),
+        (
+            "hhl-loop",
+            "a <=16-parameter model trained with every solve by HHL on Aer",
+            _hhl_loop,
+            "newton.experiments:HHLLoopConfig",
+        ),
         (
             "crossover",
             "problem size where the quantum solver wins, vs kappa and gate time",
             _crossover,
+            "newton.experiments:CrossoverConfig",
         ),
-        ("noise", "training with injected solve errors of relative size epsilon", _noise),
-        ("solve", "one solve of a random SPD system on a chosen backend", _solve),
+        (
+            "noise",
+            "training with injected solve errors of relative size epsilon",
+            _noise,
+            "newton.experiments:NoiseConfig",
+        ),
+        (
+            "solve",
+            "one solve of a random SPD system on a chosen backend",
+            _solve,
+            "newton.commands:SolveConfig",
+        ),
     ]
-    for name, help_text, fn in specs:
+    for name, help_text, fn, config in specs:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_config_arguments(p)
+        add_config_arguments(p, config)
         p.set_defaults(func=fn)
 
 

@@ -215,8 +215,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="largest num_examples a client's update may claim (its data-set size)")  # fmt: skip
     p.set_defaults(func=_keys)
     p = sub.add_parser("run", help="a federated run with signed updates (+ unsigned baseline)")
-    add_config_arguments(p)
+    add_config_arguments(p, "pqc_fl.commands:FLRunConfig")
     p.set_defaults(func=_run)
     p = sub.add_parser("bench", help="primitive, round-share, throughput, bandwidth, attack tables")
-    add_config_arguments(p)
+    add_config_arguments(p, "pqc_fl.commands:BenchConfig")
     p.set_defaults(func=_bench)

@@ -283,20 +283,25 @@ def check_fields(config: Any) -> None:
 
 @functools.cache
 def _field_comments(cls: type) -> dict[str, str]:
-    """``{field: trailing comment}`` read from the class source (``x: int = 1  # comment``)."""
+    """``{field: trailing comment}`` from the class source (``x: int = 1  # comment``) and its
+    dataclass bases."""
+    comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            comments.update(_field_comments(base))
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
-        return {}
-    comments: dict[str, str] = {}
-    name = None
+        return comments
+    name, seen = None, set()
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.NAME and tok.start[1] == 4 and name is None:
             name = tok.string
         elif tok.type == tokenize.COMMENT and name is not None:
             text = tok.string.replace("fmt: skip", "").strip("# ").strip()
-            if text:
-                comments.setdefault(name, text)
+            if text and name not in seen:
+                comments[name] = text
+                seen.add(name)
         elif tok.type == tokenize.NEWLINE:
             name = None
     return comments

@@ -69,27 +69,27 @@ def tidy_table(
 
     Tables of one or two rows are left alone (a constant column is then the content).
     """
-    rows = [dict(r) for r in rows]
-    if len(rows) < 3:
-        return caption, rows
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    constant = [c for c in columns[1:] if len({repr(r.get(c)) for r in rows}) == 1]
+    table = [dict(r) for r in rows]
+    if len(table) < 3:
+        return caption, table
+    columns = list(dict.fromkeys(k for r in table for k in r))
+    constant = [c for c in columns[1:] if len({repr(r.get(c)) for r in table}) == 1]
     if constant:
-        shown = "; ".join(f"{c} {_fmt(rows[0].get(c), '.4g')}" for c in constant)
+        shown = "; ".join(f"{c} {_fmt(table[0].get(c), '.4g')}" for c in constant)
         caption = f"{caption} (every row: {shown})"
-        rows = [{k: v for k, v in r.items() if k not in constant} for r in rows]
+        table = [{k: v for k, v in r.items() if k not in constant} for r in table]
     first = columns[0]
     out: list[dict[str, Any]] = []
     i = 0
-    while i < len(rows):
+    while i < len(table):
         j = i + 1
-        rest = {k: repr(v) for k, v in rows[i].items() if k != first}
-        while j < len(rows) and {k: repr(v) for k, v in rows[j].items() if k != first} == rest:
+        rest = {k: repr(v) for k, v in table[i].items() if k != first}
+        while j < len(table) and {k: repr(v) for k, v in table[j].items() if k != first} == rest:
             j += 1
         if j - i >= min_run:
-            out.append({**rows[i], first: f"{rows[i].get(first)}–{rows[j - 1].get(first)}"})
+            out.append({**table[i], first: f"{table[i].get(first)}–{table[j - 1].get(first)}"})
         else:
-            out.extend(rows[i:j])
+            out.extend(table[i:j])
         i = j
     return caption, out
 

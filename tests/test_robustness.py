@@ -120,6 +120,21 @@ ROWS: list[tuple[str, str]] = [
     ("reproduce --set fl.cost_clients=[2,0]", "'fl.cost_clients[1]' = 0 must be >= 1"),
     ("reproduce --set fl.schemes=['nope']", "schemes: unknown ['nope']"),
     ("reproduce --set fl.byz_attack='x'", "byz_attack: unknown ['x']"),
+    # moe
+    ("moe train --set steps=0", "'steps' = 0 must be >= 1"),
+    ("moe train --set top_k=9", "top_k=9 must be <= experts=8"),
+    ("moe train --set experts=1", "'experts' = 1 must be >= 2"),
+    ("moe compress --set model_dir=missing", "is not a Hugging Face model folder"),
+    ("moe compress --set model_dir=afile", "is not a Hugging Face model folder"),
+    ("moe compress --set model_dir=adir", "is not a Hugging Face model folder"),
+    ("moe compress --set avg_bits=1.0", "cannot be met with widths 2, 3, 4, 8"),
+    ("moe compress --set avg_bits=9.0", "'avg_bits' = 9.0 must be <= 8"),
+    ("moe compress --set drop_criterion='x'", "drop_criterion='x' is not one of"),
+    ("moe compress --set keep_ratio=0", "'keep_ratio' = 0.0 must be > 0"),
+    ("moe compress --set merge_to=-1", "'merge_to' = -1 must be >= 0"),
+    ("moe compress --set storage='disk'", "storage='disk' is not one of"),
+    ("reproduce --set moe.keep_ratio=0", "'moe.keep_ratio' = 0.0 must be > 0"),
+    ("reproduce --set moe.avg_bits=9.0", "'moe.avg_bits' = 9.0 must be <= 8"),
 ]
 
 
@@ -156,6 +171,6 @@ def test_bad_input_is_one_error_line(line, message, tmp_path, monkeypatch, capsy
 
 
 def test_the_table_is_big_enough_and_covers_every_part():
-    assert len(ROWS) >= 60
+    assert len(ROWS) >= 100
     commands = {line.split()[0] for line, _ in ROWS}
-    assert {"reproduce", "grover", "llm", "newton", "fl"} <= commands
+    assert {"reproduce", "grover", "llm", "newton", "fl", "moe"} <= commands
