@@ -74,7 +74,7 @@ def test_compare_runs_on_local_mnist_idx_files(tmp_path):
 
 
 def test_the_100k_parameter_mnist_setting_takes_hessian_free_steps(tmp_path):
-    # configs/newton_mnist.toml's model (784-128-10, 101,770 parameters) on tiny IDX files
+    # qhybrid/presets/newton_mnist.toml's model (784-128-10, 101,770 parameters) on tiny IDX files
     from newton.experiments import CompareConfig, compare_optimizers
 
     rng = np.random.default_rng(2)
