@@ -48,7 +48,7 @@ class StageConfig:
     hidden_size: Annotated[int, Ge(8)] = 64  # model width
     num_layers: Annotated[int, Ge(1)] = 2  # decoder blocks
     num_experts: Annotated[int, Ge(2)] = 4  # experts per layer (top-2 routing)
-    max_test: Annotated[int, Ge(1)] = 120  # problems scored per test split
+    max_test: Annotated[int, Ge(1)] = 280  # problems scored per test split (280: all of test_ood_n)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -147,6 +147,11 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
             f"({disk['resident'] / disk['disk fp32']:.3f}x), max |Δlogits| after reload {disk['diff']:.1e}."
         ),
     )
+    by_name = {r["method"]: r for r in rows}
+    section.headline = (
+        f"merge 8->4 + LS refit retention {by_name['merge 8->4 + LS refit']['retention']:.3f}; "
+        f"packed {config.avg_bits}-bit experts on disk {disk['disk'] / disk['disk fp32']:.3f}x fp32"
+    )
     section.add_table("Compression passes on the subject model", rows)
     if config.stdlib_steps:
         stdlib_rows, entropy = _stdlib_rows(config, seed)

@@ -146,6 +146,11 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         "query model) points of the sweep have a block size up to 1e15 where the quantum solver beats "
         f"the best classical solver (Cholesky or CG); all of them at {min_gate:g} s gates."
     )
+    section.headline = (
+        f"QNewton test accuracy {q['final_test_acc']:.3f}"
+        + (f" vs SGD {s['final_test_acc']:.3f}" if s else "")
+        + f"; HHL-in-the-loop loss within {100 * hhl['relative_gap']:.2f}% of exact Newton"
+    )
     context["newton"] = {
         "hhl_relative_gap": hhl["relative_gap"],
         "qnewton_test_acc": q["final_test_acc"],

@@ -268,6 +268,10 @@ def run_flower_simulation(
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray FutureWarning
+    if not logging.getLogger(__name__).isEnabledFor(logging.INFO):  # Flower's banner only with -v
+        flwr_log = logging.getLogger("flwr")
+        flwr_log.setLevel(logging.WARNING)
+        flwr_log.propagate = False  # its own handler prints it; not twice
 
     run_simulation(
         server_app=make_server_app(config, str(key_dir), str(out)),

@@ -175,6 +175,11 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
             "(RoundVerifier and Flower's strategies)."
         ),
     )
+    section.headline = (
+        f"signed == unsigned weights: {identical}; tampered updates rejected "
+        f"{len(rejections)}/{config.fl_rounds}; attack suite {suite['rejection_rate']:.0%} rejected; "
+        f"sign + verify <= {worst:.2g}% of a 9.7M-parameter round"
+    )
     section.add_table(
         "Signature primitives: median [interquartile range]",
         [

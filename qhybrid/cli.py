@@ -167,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.DEBUG
     )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # libraries' own DEBUG loggers stay quiet too
+        handler.setLevel(level)
     # Hub, transformers and datasets progress bars (shards written, files fetched) say nothing
     # here; our own loops print their progress.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
