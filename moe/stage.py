@@ -52,6 +52,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     from moe import experiment as ex
     from moe.layers import find_moe_layers
@@ -116,15 +117,19 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         diff = float((again(input_ids=x).logits - nonuniform(input_ids=x).logits).abs().max())
     disk = _disk_row(run, model, models[f"quant {config.avg_bits} bits sensitivity (packed)"], x)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in rows:
-        ax.scatter(r["expert MB"], r["retention"], s=30)
-        ax.annotate(r["method"], (r["expert MB"], r["retention"]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
-    ax.set(xlabel="expert weights (MB)", ylabel="accuracy retention", xscale="log",
-           title="Retention vs size of the expert weights")  # fmt: skip
+    # One legend entry per method beside the axes (labels on the points overprint each other).
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
+    markers = "osD^vP*Xh<>p"
+    for i, r in enumerate(rows):
+        marker = markers[i % len(markers)]
+        ax.scatter(r["expert MB"], r["retention"], s=36, marker=marker, label=r["method"])
+    ax.set(xlabel="expert weights (MB, log scale)", ylabel="accuracy retention", xscale="log")
+    ax.set_title("Retention vs size of the expert weights")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axhline(1.0, color="grey", lw=0.5)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure = run.save_figure(fig, "figures/moe_retention_vs_size")
 
     section = Section(
