@@ -27,8 +27,11 @@ from quantum.dataset import DatasetSpec, SplitSpec, draw_splits
 
 
 @torch.no_grad()
-def _transformers_generate(model, tok, prompts, budget: int, batch_size: int) -> float:
-    """Seconds for ``model.generate`` (greedy, KV cache, left padding, sequential positions)."""
+def _transformers_generate(model, tok, prompts, budget: int, batch_size: int) -> tuple[float, int]:
+    """Seconds and decode steps of ``model.generate`` (greedy, KV cache, left padding, sequential
+    positions). Its outputs differ from ours (other position ids), so it may stop at another step:
+    the fair unit is the batch decode step."""
+    steps = 0
     t0 = time.perf_counter()
     order = sorted(prompts, key=lambda e: len(e.input_ids))
     for i in range(0, len(order), batch_size):
@@ -39,7 +42,7 @@ def _transformers_generate(model, tok, prompts, budget: int, batch_size: int) ->
         for b, r in enumerate(rows):
             ids[b, width - len(r.input_ids) :] = torch.tensor(r.input_ids)
             mask[b, width - len(r.input_ids) :] = 1
-        model.generate(
+        seqs = model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=budget,
@@ -47,7 +50,19 @@ def _transformers_generate(model, tok, prompts, budget: int, batch_size: int) ->
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
-    return time.perf_counter() - t0
+        steps += seqs.shape[1] - width
+    return time.perf_counter() - t0, steps
+
+
+def _our_steps(tok, outputs: list[str], budget: int, batch_size: int, prompts) -> int:
+    """Decode steps our loop ran: per batch (sorted by prompt length, as it batches), the longest
+    answer plus its eos, capped by the budget."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].input_ids))
+    lengths = [len(tok(o, add_special_tokens=False)["input_ids"]) + 1 for o in outputs]
+    return sum(
+        min(budget, max(lengths[i] for i in order[b : b + batch_size]))
+        for b in range(0, len(order), batch_size)
+    )
 
 
 def main() -> None:
@@ -88,7 +103,8 @@ def main() -> None:
     t0 = time.perf_counter()
     single = generate_one_by_one(model, tok, prompts, task.positions, max_new_tokens=budget)
     t_single = time.perf_counter() - t0
-    t_hf = _transformers_generate(model, tok, prompts, budget, args.batch_size)
+    t_hf, steps_hf = _transformers_generate(model, tok, prompts, budget, args.batch_size)
+    steps_ours = _our_steps(tok, batched, budget, args.batch_size, prompts)
     result = {
         "benchmark": "llm_generate_problems_per_s",
         "model": args.model or f"{args.arch}-{args.size} (untrained)",
@@ -102,6 +118,12 @@ def main() -> None:
         },
         "speedup": t_single / t_batched,
         "vs_transformers_generate": t_hf / t_batched,
+        "decode_steps": {"batched": steps_ours, "transformers_generate_batched": steps_hf},
+        "batch_steps_per_s": {
+            "batched": steps_ours / t_batched,
+            "transformers_generate_batched": steps_hf / t_hf,
+        },
+        "per_step_vs_transformers_generate": (steps_ours / t_batched) / (steps_hf / t_hf),
         "identical_outputs": batched == single,
         "torch_threads": torch.get_num_threads(),
     }
