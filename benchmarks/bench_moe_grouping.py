@@ -63,8 +63,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/moe_grouping.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = SubjectConfig(steps=args.steps, task=args.task, seq_len=args.seq_len,
-                        train_sequences=args.train_sequences, test_sequences=args.test_sequences)  # fmt: skip
+    cfg = SubjectConfig(
+        steps=args.steps,
+        task=args.task,
+        seq_len=args.seq_len,
+        train_sequences=args.train_sequences,
+        test_sequences=args.test_sequences,
+    )
     rows, accounts = [], []
     for seed in args.seeds:
         model, data, _ = load_or_train(cfg, seed, args.cache)
@@ -81,8 +86,15 @@ def main() -> None:
                         m, stats, num_experts=4, grouping=grouping, refit=refit, seed=draw
                     )  # type: ignore[arg-type]
                     acc = evaluate(m, data.test)["accuracy"]
-                    rows.append({"seed": seed, "grouping": grouping, "LS refit on calib": refit,
-                                 "draw": draw, "retention": acc / base})  # fmt: skip
+                    rows.append(
+                        {
+                            "seed": seed,
+                            "grouping": grouping,
+                            "LS refit on calib": refit,
+                            "draw": draw,
+                            "retention": acc / base,
+                        }
+                    )
                     print(rows[-1], flush=True)
     summary = {
         f"{g}, {'LS refit' if refit else 'no refit'}": statistics.fmean(
@@ -91,12 +103,18 @@ def main() -> None:
         for refit in (False, True)
         for g in ("router_logits", "outputs", "random")
     }
-    atomic_write_json(Path(args.out), {
-        "command": f"python -m benchmarks.bench_moe_grouping --seeds {' '.join(map(str, args.seeds))} "
-                   f"--draws {args.draws} --steps {args.steps} --task {args.task} --seq-len {args.seq_len} "
-                   f"--train-sequences {args.train_sequences} --test-sequences {args.test_sequences} --out {args.out}",
-        "mean_retention": summary, "account": accounts, "rows": rows, "env": environment_info(seed=args.seeds[0]),
-    })  # fmt: skip
+    atomic_write_json(
+        Path(args.out),
+        {
+            "command": f"python -m benchmarks.bench_moe_grouping --seeds {' '.join(map(str, args.seeds))} "
+            f"--draws {args.draws} --steps {args.steps} --task {args.task} --seq-len {args.seq_len} "
+            f"--train-sequences {args.train_sequences} --test-sequences {args.test_sequences} --out {args.out}",
+            "mean_retention": summary,
+            "account": accounts,
+            "rows": rows,
+            "env": environment_info(seed=args.seeds[0]),
+        },
+    )
     print(summary)
 
 

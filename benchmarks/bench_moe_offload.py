@@ -57,8 +57,16 @@ def child(folder: str, mode: str, pass_name: str) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     texts = calibration_texts("builtin", max_chars=50_000)
-    transformers.MixtralForCausalLM(transformers.MixtralConfig(hidden_size=8, intermediate_size=8, vocab_size=8,
-        num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1))  # warm the lazy imports  # fmt: skip
+    transformers.MixtralForCausalLM(
+        transformers.MixtralConfig(
+            hidden_size=8,
+            intermediate_size=8,
+            vocab_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+        )
+    )  # warm the lazy imports
     base = _rss()
     t0 = time.perf_counter()
     kw: dict[str, Any] = {}
@@ -83,11 +91,15 @@ def child(folder: str, mode: str, pass_name: str) -> dict[str, Any]:
         merge_experts(model, stats, num_experts=4)
     else:
         quantize_experts(model, stats, avg_bits=3.0, allocation="uniform")
-    return {"mode": mode, "pass": pass_name, "load peak MB": load_peak / 2**20,
-            "peak through a first forward MB": first_forward / 2**20,
-            "resident after load MB": (after_load - base) / 2**20,
-            "pass peak MB above the loaded model": (_hwm() - after_load) / 2**20,
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "mode": mode,
+        "pass": pass_name,
+        "load peak MB": load_peak / 2**20,
+        "peak through a first forward MB": first_forward / 2**20,
+        "resident after load MB": (after_load - base) / 2**20,
+        "pass peak MB above the loaded model": (_hwm() - after_load) / 2**20,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main() -> None:
@@ -106,8 +118,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(Path(tmp) / "ckpt")
-        tiny_moe("mixtral", hidden=args.hidden, intermediate=args.intermediate, layers=args.layers,
-                 vocab=256).save_pretrained(folder)  # fmt: skip
+        tiny_moe(
+            "mixtral",
+            hidden=args.hidden,
+            intermediate=args.intermediate,
+            layers=args.layers,
+            vocab=256,
+        ).save_pretrained(folder)
         disk = os.path.getsize(Path(folder) / "model.safetensors")
         for pass_name in ("drop 8->6", "merge 8->4", "quant 3 bits packed"):
             for mode in ("whole", "disk offload"):
@@ -120,16 +137,26 @@ def main() -> None:
                     mode,
                     pass_name,
                 ]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                out = subprocess.run(
+                    cmd,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"},
+                )
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(rows[-1], flush=True)
-    atomic_write_json(Path(args.out), {
-        "command": f"python -m benchmarks.bench_moe_offload --layers {args.layers} --hidden {args.hidden} "
-                   f"--intermediate {args.intermediate}",
-        "checkpoint MB on disk": disk / 2**20, "rows": rows,
-        "note": "MB above the RSS after imports and a warm-up model (VmRSS / VmHWM); memory-mapped checkpoint pages count", "env": environment_info(seed=0),
-    })  # fmt: skip
+    atomic_write_json(
+        Path(args.out),
+        {
+            "command": f"python -m benchmarks.bench_moe_offload --layers {args.layers} --hidden {args.hidden} "
+            f"--intermediate {args.intermediate}",
+            "checkpoint MB on disk": disk / 2**20,
+            "rows": rows,
+            "note": "MB above the RSS after imports and a warm-up model (VmRSS / VmHWM); memory-mapped checkpoint pages count",
+            "env": environment_info(seed=0),
+        },
+    )
 
 
 if __name__ == "__main__":

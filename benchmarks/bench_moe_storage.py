@@ -75,18 +75,31 @@ def run_seed(
     for name, (allocation, storage) in VARIANTS.items():
         m = copy.deepcopy(model)
         t0 = time.perf_counter()
-        out = quantize_experts(m, collect_routing_stats(m, calib, max_cached_tokens=4096),
-                               avg_bits=args.avg_bits, allocation=allocation, storage=storage)  # type: ignore[arg-type]  # fmt: skip
+        out = quantize_experts(
+            m,
+            collect_routing_stats(m, calib, max_cached_tokens=4096),
+            avg_bits=args.avg_bits,
+            allocation=allocation,
+            storage=storage,
+        )  # type: ignore[arg-type]
         seconds = time.perf_counter() - t0
-        row = {"seed": seed, "variant": name, "avg bits": out["avg_bits"], "pass seconds": seconds,
-               **measure(m, tmp / f"{name.split()[0]}-{allocation}-{seed}", data.test)}  # fmt: skip
+        row = {
+            "seed": seed,
+            "variant": name,
+            "avg bits": out["avg_bits"],
+            "pass seconds": seconds,
+            **measure(m, tmp / f"{name.split()[0]}-{allocation}-{seed}", data.test),
+        }
         for key in ("expert bytes on disk", "resident expert bytes", "file bytes"):
             row[f"{key} / fp32"] = row[key] / base[key]
         row["ppl increase"] = row["perplexity"] / base["perplexity"] - 1
         row["retention"] = row["accuracy"] / base["accuracy"]
         rows.append(row)
-        print(f"seed {seed} {name:40s} disk x{row['expert bytes on disk / fp32']:.4f} resident "
-              f"x{row['resident expert bytes / fp32']:.4f} ppl +{row['ppl increase']:.2%}", flush=True)  # fmt: skip
+        print(
+            f"seed {seed} {name:40s} disk x{row['expert bytes on disk / fp32']:.4f} resident "
+            f"x{row['resident expert bytes / fp32']:.4f} ppl +{row['ppl increase']:.2%}",
+            flush=True,
+        )
     return rows
 
 
@@ -119,16 +132,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             rows += run_seed(seed, cfg, args, Path(tmp))
-    keys = ("avg bits", "expert bytes on disk / fp32", "resident expert bytes / fp32",
-            "file bytes / fp32", "ppl increase", "retention", "accuracy", "perplexity")  # fmt: skip
+    keys = (
+        "avg bits",
+        "expert bytes on disk / fp32",
+        "resident expert bytes / fp32",
+        "file bytes / fp32",
+        "ppl increase",
+        "retention",
+        "accuracy",
+        "perplexity",
+    )
     summary = []
     for name in VARIANTS:
         sel = [r for r in rows if r["variant"] == name]
-        summary.append({"variant": name, "seeds": len(sel),
-                        **{k: statistics.fmean(r[k] for r in sel) for k in keys}})  # fmt: skip
+        summary.append(
+            {
+                "variant": name,
+                "seeds": len(sel),
+                **{k: statistics.fmean(r[k] for r in sel) for k in keys},
+            }
+        )
     sens = next(s for s in summary if s["variant"] == "packed sensitivity (ours)")
-    worst = {k: max(s[k] for s in summary if s["variant"].startswith("packed")) for k in
-             ("expert bytes on disk / fp32", "resident expert bytes / fp32")}  # fmt: skip
+    worst = {
+        k: max(s[k] for s in summary if s["variant"].startswith("packed"))
+        for k in ("expert bytes on disk / fp32", "resident expert bytes / fp32")
+    }
     others = [
         s["ppl increase"]
         for s in summary
@@ -136,13 +164,23 @@ def main() -> None:
     ]
     targets = {
         "expert bytes on disk <= 0.13x fp32 (every packed variant)": {
-            "value": worst["expert bytes on disk / fp32"], "met": worst["expert bytes on disk / fp32"] <= 0.13},
+            "value": worst["expert bytes on disk / fp32"],
+            "met": worst["expert bytes on disk / fp32"] <= 0.13,
+        },
         "resident expert bytes <= 0.35x fp32 (every packed variant)": {
-            "value": worst["resident expert bytes / fp32"], "met": worst["resident expert bytes / fp32"] <= 0.35},
-        "sensitivity: perplexity increase <= 5%": {"value": sens["ppl increase"], "met": sens["ppl increase"] <= 0.05},
+            "value": worst["resident expert bytes / fp32"],
+            "met": worst["resident expert bytes / fp32"] <= 0.35,
+        },
+        "sensitivity: perplexity increase <= 5%": {
+            "value": sens["ppl increase"],
+            "met": sens["ppl increase"] <= 0.05,
+        },
         "sensitivity no worse than uniform and frequency (ppl)": {
-            "value": sens["ppl increase"], "other": others, "met": sens["ppl increase"] <= min(others) + 1e-9},
-    }  # fmt: skip
+            "value": sens["ppl increase"],
+            "other": others,
+            "met": sens["ppl increase"] <= min(others) + 1e-9,
+        },
+    }
     result = {
         "command": f"python -m benchmarks.bench_moe_storage --seeds {' '.join(map(str, args.seeds))} "
         f"--steps {args.steps} --avg-bits {args.avg_bits} --threads {args.threads} --task {args.task} "

@@ -28,17 +28,35 @@ MERGE = "merge 8->4 + LS refit"
 PORT = "merge 8->4 MC-SMoE port (no refit)"
 PRUNE = "merge 8->4 + LS refit + prune to 72/128 neurons + 200 KD steps"
 GROUPS = {
-    "merge": [MERGE, PORT, "merge 8->4 + LS refit + 200 KD steps", "merge 8->4 MC-SMoE port (no refit) + 200 KD steps",
-              "merge 8->4 random groups + LS refit", "merge 8->4 random groups (no refit)",
-              "merge 8->4 no alignment + LS refit", "merge 8->4 global budget + LS refit", "drop 8->4 frequency"],
+    "merge": [
+        MERGE,
+        PORT,
+        "merge 8->4 + LS refit + 200 KD steps",
+        "merge 8->4 MC-SMoE port (no refit) + 200 KD steps",
+        "merge 8->4 random groups + LS refit",
+        "merge 8->4 random groups (no refit)",
+        "merge 8->4 no alignment + LS refit",
+        "merge 8->4 global budget + LS refit",
+        "drop 8->4 frequency",
+    ],
     "compress": [PRUNE],
-    "drop": ["drop 25% one-shot (exact)", "drop 25% one-shot (frequency)",
-             "drop 50% iterative (exact)", "drop 50% iterative (saliency)"],
-    "drop_recovery": ["drop 50% iterative (saliency) + 100 KD steps/round",
-                      "drop 50% iterative (exact) + 100 KD steps/round"],
-    "quant": ["quant 3.0 bits sensitivity (packed)", "quant 3.0 bits frequency (packed)",
-              "quant 3.0 bits uniform (packed)", "quant 3.0 bits uniform (fake quant, fp32 storage)"],
-}  # fmt: skip
+    "drop": [
+        "drop 25% one-shot (exact)",
+        "drop 25% one-shot (frequency)",
+        "drop 50% iterative (exact)",
+        "drop 50% iterative (saliency)",
+    ],
+    "drop_recovery": [
+        "drop 50% iterative (saliency) + 100 KD steps/round",
+        "drop 50% iterative (exact) + 100 KD steps/round",
+    ],
+    "quant": [
+        "quant 3.0 bits sensitivity (packed)",
+        "quant 3.0 bits frequency (packed)",
+        "quant 3.0 bits uniform (packed)",
+        "quant 3.0 bits uniform (fake quant, fp32 storage)",
+    ],
+}
 
 
 def _mean(rows: list[dict[str, Any]], method: str, key: str) -> float:
@@ -101,9 +119,12 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["merge+compress: <=2% relative accuracy loss"] = {"value": loss, "met": loss <= 0.02}
     if "drop 25% one-shot (exact)" in methods:
         _at_least(out, rows, "drop 25% one-shot (exact)", "drop 25% one-shot (0 KD steps)", 0.95)
-    for name in ("drop 50% iterative (exact)", "drop 50% iterative (saliency)",
-                 "drop 50% iterative (saliency) + 100 KD steps/round",
-                 "drop 50% iterative (exact) + 100 KD steps/round"):  # fmt: skip
+    for name in (
+        "drop 50% iterative (exact)",
+        "drop 50% iterative (saliency)",
+        "drop 50% iterative (saliency) + 100 KD steps/round",
+        "drop 50% iterative (exact) + 100 KD steps/round",
+    ):
         if name in methods:
             _at_least(out, rows, name, name, 0.90)
     quant = [f"quant 3.0 bits {a} (packed)" for a in ("sensitivity", "frequency", "uniform")]
@@ -118,27 +139,33 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "other": [f, u],
             "met": s <= min(f, u),
         }
-    return out  # fmt: skip
+    return out
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for name in dict.fromkeys(r["method"] for r in rows):
         sel = [r for r in rows if r["method"] == name]
-        summary.append({
-            "method": name,
-            **{k: sel[0][k] for k in ("recipe", "LS refit on calib", "distill steps") if k in sel[0]},
-            "seeds": len(sel),
-            "retention mean": statistics.fmean(r["retention"] for r in sel),
-            "retention min": min(r["retention"] for r in sel),
-            "accuracy mean": statistics.fmean(r["accuracy"] for r in sel),
-            "perplexity mean": statistics.fmean(r["perplexity"] for r in sel),
-            "ppl increase mean": statistics.fmean(r.get("ppl increase", 0.0) for r in sel),
-            "expert params": sel[0]["expert params"],
-            "expert MB": sel[0]["expert MB"],
-            "MoE MFLOPs/token": sel[0]["MoE MFLOPs/token"],
-            "pass seconds mean": statistics.fmean(r["pass seconds"] for r in sel),
-        })  # fmt: skip
+        summary.append(
+            {
+                "method": name,
+                **{
+                    k: sel[0][k]
+                    for k in ("recipe", "LS refit on calib", "distill steps")
+                    if k in sel[0]
+                },
+                "seeds": len(sel),
+                "retention mean": statistics.fmean(r["retention"] for r in sel),
+                "retention min": min(r["retention"] for r in sel),
+                "accuracy mean": statistics.fmean(r["accuracy"] for r in sel),
+                "perplexity mean": statistics.fmean(r["perplexity"] for r in sel),
+                "ppl increase mean": statistics.fmean(r.get("ppl increase", 0.0) for r in sel),
+                "expert params": sel[0]["expert params"],
+                "expert MB": sel[0]["expert MB"],
+                "MoE MFLOPs/token": sel[0]["MoE MFLOPs/token"],
+                "pass seconds mean": statistics.fmean(r["pass seconds"] for r in sel),
+            }
+        )
     return summary
 
 
@@ -161,8 +188,12 @@ def main() -> None:
         "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
     )
     parser.add_argument("--out", default="benchmarks/results/moe_targets.json")
-    parser.add_argument("--combine", nargs="+", default=None,
-                        help="instead of running, merge the rows of these result files into --out")  # fmt: skip
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        help="instead of running, merge the rows of these result files into --out",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.combine:
@@ -215,8 +246,11 @@ def main() -> None:
                 row, _ = ex.run_method(name, model, ctx, ex.METHODS[name], base)
                 row["seed"] = seed
                 rows.append(row)
-                print(f"seed {seed} {name:40s} retention {row['retention']:.4f} "
-                      f"ppl {row['perplexity']:.4f} ({row['pass seconds']:.1f} s)", flush=True)  # fmt: skip
+                print(
+                    f"seed {seed} {name:40s} retention {row['retention']:.4f} "
+                    f"ppl {row['perplexity']:.4f} ({row['pass seconds']:.1f} s)",
+                    flush=True,
+                )
     result = {
         "command": (
             f"python -m benchmarks.bench_moe_targets --seeds {' '.join(map(str, args.seeds))} "

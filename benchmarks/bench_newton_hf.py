@@ -81,8 +81,13 @@ def hf_step_cost(
     train_ds, _ = digits_datasets(0.2, seed)
     batch = tuple(t[:batch_size] for t in train_ds.tensors)
     model = _mlp(64, hidden, 10)
-    opt = QNewton(model.parameters(), damping=damping, method="hessian_free",
-                  curvature_batch=curvature_batch or None, cg_max_iter=cg_max_iter)  # fmt: skip
+    opt = QNewton(
+        model.parameters(),
+        damping=damping,
+        method="hessian_free",
+        curvature_batch=curvature_batch or None,
+        cg_max_iter=cg_max_iter,
+    )
     closure = Closure(model, [batch], _ce)
     step_s: list[float] = []
     grad_s: list[float] = []
@@ -158,11 +163,20 @@ def main() -> None:
                 curvature_batch=cb,
                 qnewton_batch_size=batch,
                 method="hessian_free",
-            )  # fmt: skip
+            )
             for s in seeds
         }
-        print("QNewton damping", damping, "curvature batch", cb, "batch", batch,
-              "median wall to target", wall_to_target(qn[key])[0], flush=True)  # fmt: skip
+        print(
+            "QNewton damping",
+            damping,
+            "curvature batch",
+            cb,
+            "batch",
+            batch,
+            "median wall to target",
+            wall_to_target(qn[key])[0],
+            flush=True,
+        )
     qn_wall = {k: wall_to_target(runs)[0] for k, runs in qn.items()}
     qn_best = min(qn_wall, key=qn_wall.__getitem__)
     cost = hf_step_cost(0, *qn_best, hidden=args.hidden)
@@ -219,7 +233,7 @@ def main() -> None:
                 for n, runs in (("adam", adam[adam_lr]), ("qnewton", qn[qn_best]))
                 for h in [_reach(runs[s], target[s])]
                 for k in ("epoch", "wall_s")
-            },  # fmt: skip
+            },
         }
         for s in seeds
     ]

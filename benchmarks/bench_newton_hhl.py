@@ -78,9 +78,17 @@ def main() -> None:
     rows = []
     cells = [(n, k, 6) for n in (2, 4, 8) for k in (2.0, 5.0, 10.0)] + [(4, 50.0, 8), (16, 10.0, 6)]
     for n, kappa, t in cells:
-        worst = {"fidelity": 1.0, "rel_err": 0.0, "p_random_b": 1.0, "p_random_b_amplified": 1.0,
-                 "aa_circuit_uses": 0, "p_spread_b": 1.0, "solve_s": 0.0, "numpy_s": 0.0,
-                 "fidelity_uniform_clock": 1.0}  # fmt: skip
+        worst = {
+            "fidelity": 1.0,
+            "rel_err": 0.0,
+            "p_random_b": 1.0,
+            "p_random_b_amplified": 1.0,
+            "aa_circuit_uses": 0,
+            "p_spread_b": 1.0,
+            "solve_s": 0.0,
+            "numpy_s": 0.0,
+            "fidelity_uniform_clock": 1.0,
+        }
         for _ in range(args.instances):
             a = spd(n, kappa, rng)
             b = rng.standard_normal(n)
@@ -109,8 +117,13 @@ def main() -> None:
             worst["p_spread_b"] = min(worst["p_spread_b"], float(info_s.p_success))
             worst["solve_s"] = max(worst["solve_s"], dt)
             worst["numpy_s"] = max(worst["numpy_s"], dn)
-        row = {"n": n, "kappa": kappa, "clock_qubits": t, **worst,
-               "legacy_qls_s": LEGACY_S.get(n) if t == 6 else None}  # fmt: skip
+        row = {
+            "n": n,
+            "kappa": kappa,
+            "clock_qubits": t,
+            **worst,
+            "legacy_qls_s": LEGACY_S.get(n) if t == 6 else None,
+        }
         row["target_met"] = bool(
             row["fidelity"] >= 0.9999
             and (kappa > 10 or row["p_random_b_amplified"] >= 0.5)
@@ -124,8 +137,15 @@ def main() -> None:
     clock = clock_cost()
     print(clock)
     out = Path(__file__).parent / "results" / "newton_hhl.json"
-    atomic_write_json(out, {"rows": rows, "clock_state_cx": clock, "instances": args.instances,
-                            "env": environment_info(0)})  # fmt: skip
+    atomic_write_json(
+        out,
+        {
+            "rows": rows,
+            "clock_state_cx": clock,
+            "instances": args.instances,
+            "env": environment_info(0),
+        },
+    )
     print(f"wrote {out}")
 
 

@@ -48,9 +48,14 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "newton_train.json"
     atomic_write_json(
         out,
-        {"hhl_loop": hhl_row, "noise": noise["rows"], "targets": targets, "args": vars(args),
-         "env": environment_info(0)},
-    )  # fmt: skip
+        {
+            "hhl_loop": hhl_row,
+            "noise": noise["rows"],
+            "targets": targets,
+            "args": vars(args),
+            "env": environment_info(0),
+        },
+    )
     print(f"wrote {out}")
 
 

@@ -28,35 +28,56 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results/pqc_fl_attacks.json")
     args = parser.parse_args()
-    runs = [("ml-dsa-44", "digest", args.honest), ("ml-dsa-44", "full", 500), ("ml-dsa-44", "mu", 500),
-            ("ml-dsa-65", "digest", 500), ("ml-dsa-87", "digest", 500), ("falcon-512", "digest", 500),
-            ("falcon-1024", "digest", 200), ("slh-dsa-sha2-128f", "digest", 100),
-            ("ed25519", "digest", 500), ("ecdsa-p256", "digest", 500)]  # fmt: skip
+    runs = [
+        ("ml-dsa-44", "digest", args.honest),
+        ("ml-dsa-44", "full", 500),
+        ("ml-dsa-44", "mu", 500),
+        ("ml-dsa-65", "digest", 500),
+        ("ml-dsa-87", "digest", 500),
+        ("falcon-512", "digest", 500),
+        ("falcon-1024", "digest", 200),
+        ("slh-dsa-sha2-128f", "digest", 100),
+        ("ed25519", "digest", 500),
+        ("ecdsa-p256", "digest", 500),
+    ]
     summary, results = [], []
     for scheme, mode, honest in runs:
         t0 = time.perf_counter()
         r = run_attack_suite(scheme, mode, honest=honest)
         results.append(r)
-        summary.append({
-            "scheme": scheme, "mode": mode, "cases": len(r["cases"]),
-            "rejected": sum(c["rejected"] for c in r["cases"]),
-            "as_expected": sum(c["as_expected"] for c in r["cases"]),
-            "honest": honest, "false_rejections": r["false_rejections"],
-            "seconds": time.perf_counter() - t0,
-        })  # fmt: skip
+        summary.append(
+            {
+                "scheme": scheme,
+                "mode": mode,
+                "cases": len(r["cases"]),
+                "rejected": sum(c["rejected"] for c in r["cases"]),
+                "as_expected": sum(c["as_expected"] for c in r["cases"]),
+                "honest": honest,
+                "false_rejections": r["false_rejections"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     total_honest = sum(s["honest"] for s in summary)
     result = {
-        "command": "python " + " ".join(sys.argv), "hardware": hardware(), "summary": summary,
-        "results": results, "total_honest": total_honest,
+        "command": "python " + " ".join(sys.argv),
+        "hardware": hardware(),
+        "summary": summary,
+        "results": results,
+        "total_honest": total_honest,
         "rejection_rate": sum(s["rejected"] for s in summary) / sum(s["cases"] for s in summary),
         "false_rejections": sum(s["false_rejections"] for s in summary),
-        "target_met": all(s["rejected"] == s["cases"] == s["as_expected"] and not s["false_rejections"]
-                          for s in summary) and total_honest >= 10_000,
-    }  # fmt: skip
+        "target_met": all(
+            s["rejected"] == s["cases"] == s["as_expected"] and not s["false_rejections"]
+            for s in summary
+        )
+        and total_honest >= 10_000,
+    }
     atomic_write_json(args.out, result)
     print(markdown_table(summary, floatfmt=".3g"))
-    print(f"rejection rate {result['rejection_rate']:.0%}, false rejections "
-          f"{result['false_rejections']} / {total_honest} honest, target met: {result['target_met']}")  # fmt: skip
+    print(
+        f"rejection rate {result['rejection_rate']:.0%}, false rejections "
+        f"{result['false_rejections']} / {total_honest} honest, target met: {result['target_met']}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,12 +41,29 @@ def figure(rows: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(ATTACKS), figsize=(12, 3.4), sharey=True)
     for ax, attack in zip(axes, ATTACKS, strict=True):
         for s in STRATEGIES:
-            xs, ys = [0.0], [np.mean([r["final_acc"] for r in rows
-                                      if r["strategy"] == s and r["attack"] == "none"])]  # fmt: skip
+            xs, ys = (
+                [0.0],
+                [
+                    np.mean(
+                        [
+                            r["final_acc"]
+                            for r in rows
+                            if r["strategy"] == s and r["attack"] == "none"
+                        ]
+                    )
+                ],
+            )
             for f in (0.2, 0.4):
                 xs.append(f)
-                ys.append(np.mean([r["final_acc"] for r in rows if r["strategy"] == s
-                                   and r["attack"] == attack and r["fraction"] == f]))  # fmt: skip
+                ys.append(
+                    np.mean(
+                        [
+                            r["final_acc"]
+                            for r in rows
+                            if r["strategy"] == s and r["attack"] == attack and r["fraction"] == f
+                        ]
+                    )
+                )
             ax.plot(xs, ys, "o-", label=s)
         ax.set(title=attack, xlabel="Byzantine fraction", xticks=[0, 0.2, 0.4])
     axes[0].set_ylabel("final test accuracy")
@@ -64,17 +81,27 @@ def main() -> None:
     t0 = time.perf_counter()
     integrity = integrity_runs(base)
     print(markdown_table(integrity, floatfmt=".4g"), flush=True)
-    rows = accuracy_under_attack(base, STRATEGIES, ATTACKS, (0.2, 0.4), args.seeds,
-                                 on_row=lambda r: print(r, flush=True))  # fmt: skip
+    rows = accuracy_under_attack(
+        base, STRATEGIES, ATTACKS, (0.2, 0.4), args.seeds, on_row=lambda r: print(r, flush=True)
+    )
     table = []
-    free = {s: np.mean([r["final_acc"] for r in rows if r["strategy"] == s and r["attack"] == "none"])
-            for s in STRATEGIES}  # fmt: skip
+    free = {
+        s: np.mean([r["final_acc"] for r in rows if r["strategy"] == s and r["attack"] == "none"])
+        for s in STRATEGIES
+    }
     for a in ATTACKS:
         for f in (0.2, 0.4):
             row = {"attack": a, "byzantine": f"{f:.0%}"}
             for s in STRATEGIES:
-                row[s] = float(np.mean([r["final_acc"] for r in rows if r["strategy"] == s
-                                        and r["attack"] == a and r["fraction"] == f]))  # fmt: skip
+                row[s] = float(
+                    np.mean(
+                        [
+                            r["final_acc"]
+                            for r in rows
+                            if r["strategy"] == s and r["attack"] == a and r["fraction"] == f
+                        ]
+                    )
+                )
             table.append(row)
     table.insert(
         0, {"attack": "none", "byzantine": "0%", **{s: float(free[s]) for s in STRATEGIES}}
@@ -82,22 +109,42 @@ def main() -> None:
     print(markdown_table(table, floatfmt=".4f"))
     ref = free["fedavg"]
     robust = [s for s in STRATEGIES if s != "fedavg"]
-    best20 = {a: max(next(t for t in table if t["attack"] == a and t["byzantine"] == "20%")[s]
-                     for s in robust) for a in ("scale", "sign_flip")}  # fmt: skip
+    best20 = {
+        a: max(
+            next(t for t in table if t["attack"] == a and t["byzantine"] == "20%")[s]
+            for s in robust
+        )
+        for a in ("scale", "sign_flip")
+    }
     result = {
-        "command": "python " + " ".join(sys.argv), "hardware": hardware(),
-        "config": dataclasses.asdict(base), "seeds": args.seeds, "integrity": integrity,
-        "runs": rows, "table": table, "attack_free_fedavg": ref,
+        "command": "python " + " ".join(sys.argv),
+        "hardware": hardware(),
+        "config": dataclasses.asdict(base),
+        "seeds": args.seeds,
+        "integrity": integrity,
+        "runs": rows,
+        "table": table,
+        "attack_free_fedavg": ref,
         "best_robust_at_20pct": best20,
-        "integrity_target_met": all(r["all_rejected_as_expected"] and r["honest_rejected"] == 0
-                                    for r in integrity),
+        "integrity_target_met": all(
+            r["all_rejected_as_expected"] and r["honest_rejected"] == 0 for r in integrity
+        ),
         "robust_target_met": all(ref - v <= 0.02 for v in best20.values()),
         "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
+    }
     atomic_write_json("benchmarks/results/pqc_fl_byzantine.json", result)
     figure(rows, "docs/figures/pqc_fl_byzantine.png")
-    print({k: result[k] for k in ("best_robust_at_20pct", "integrity_target_met",
-                                  "robust_target_met", "seconds")})  # fmt: skip
+    print(
+        {
+            k: result[k]
+            for k in (
+                "best_robust_at_20pct",
+                "integrity_target_met",
+                "robust_target_met",
+                "seconds",
+            )
+        }
+    )
 
 
 if __name__ == "__main__":

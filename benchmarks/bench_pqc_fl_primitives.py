@@ -39,9 +39,12 @@ def main() -> None:
         d = default[r["scheme"]]
         r["sign_32B_vs_default_backend"] = r["sign_32B"]["median"] / d["sign_32B"]["median"]
     result = {
-        "command": "python " + " ".join(sys.argv), "hardware": hardware(),
-        "update_bytes": update_bytes, "seconds": time.perf_counter() - t0, "rows": rows,
-    }  # fmt: skip
+        "command": "python " + " ".join(sys.argv),
+        "hardware": hardware(),
+        "update_bytes": update_bytes,
+        "seconds": time.perf_counter() - t0,
+        "rows": rows,
+    }
     atomic_write_json(args.out, result)
     print(markdown_table(primitive_markdown_rows(rows), floatfmt=".3g"))
 

@@ -36,10 +36,18 @@ def main() -> None:
         for name, policy in (("default policy", w.policy), ("cap lifted", roomy)):
 
             def run(policy: ServerPolicy = policy, blob: bytes = blob) -> str:
-                return str(verify_update(
-                    blob, registry=w.registry, run_id="run-attack-suite", round=5,
-                    guard=ReplayGuard(), schema=schema, policy=policy, node="node-a",
-                ).reason)  # fmt: skip
+                return str(
+                    verify_update(
+                        blob,
+                        registry=w.registry,
+                        run_id="run-attack-suite",
+                        round=5,
+                        guard=ReplayGuard(),
+                        schema=schema,
+                        policy=policy,
+                        node="node-a",
+                    ).reason
+                )
 
             row[f"{name}: reason"] = run()
             t = time_call(run, budget_s=0.5)
@@ -51,11 +59,13 @@ def main() -> None:
         print(row, flush=True)
     big = rows[-1]
     result = {
-        "command": "python " + " ".join(sys.argv), "hardware": hardware(), "rows": rows,
+        "command": "python " + " ".join(sys.argv),
+        "hardware": hardware(),
+        "rows": rows,
         "target_ms": 5.0,
         "target_met": all(r["default policy: ms"] <= 5 and r["cap lifted: ms"] <= 5 for r in rows),
         "flat_ratio_40k_vs_1k": big["cap lifted: ms"] / rows[0]["cap lifted: ms"],
-    }  # fmt: skip
+    }
     atomic_write_json("benchmarks/results/pqc_fl_rejection.json", result)
     print(markdown_table(rows, floatfmt=".3g"))
     print(f"target met: {result['target_met']}")

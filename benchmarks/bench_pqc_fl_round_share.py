@@ -35,31 +35,61 @@ def main() -> None:
     rows = []
     for mode, hash_ in (("digest", "sha256"), ("digest", "blake3"), ("full", "sha256")):
         rows += round_cost_table(
-            args.models, args.clients, scheme=args.scheme, mode=mode, local_steps=args.steps,
+            args.models,
+            args.clients,
+            scheme=args.scheme,
+            mode=mode,
+            local_steps=args.steps,
             hash=hash_,
-        )  # fmt: skip
+        )
     ten_m = [r for r in rows if r["model"] == "mlp-10m" and r["mode"] == "digest"]
     worst = max((r["sign_verify_share_pct"] for r in ten_m), default=None)
     for r in rows:
         if r["mode"] == "full":
-            d = next(x for x in rows if x["mode"] == "digest" and x["model"] == r["model"]
-                     and x["clients"] == r["clients"] and x["hash"] == "sha256")  # fmt: skip
+            d = next(
+                x
+                for x in rows
+                if x["mode"] == "digest"
+                and x["model"] == r["model"]
+                and x["clients"] == r["clients"]
+                and x["hash"] == "sha256"
+            )
             r["crypto_share_vs_digest_mode"] = r["crypto_share_pct"] / d["crypto_share_pct"]
-    share = {h: next((r["hash_share_pct"] for r in ten_m if r["hash"] == h and r["clients"] == 100),
-                     None) for h in ("sha256", "blake3")}  # fmt: skip
+    share = {
+        h: next(
+            (r["hash_share_pct"] for r in ten_m if r["hash"] == h and r["clients"] == 100), None
+        )
+        for h in ("sha256", "blake3")
+    }
     result = {
-        "command": "python " + " ".join(sys.argv), "hardware": hardware(),
-        "seconds": time.perf_counter() - t0, "rows": rows,
+        "command": "python " + " ".join(sys.argv),
+        "hardware": hardware(),
+        "seconds": time.perf_counter() - t0,
+        "rows": rows,
         "target": "sign+verify < 1% of round time for mlp-10m, digest mode",
-        "worst_10m_sign_verify_share_pct": worst, "target_met": worst is not None and worst < 1.0,
+        "worst_10m_sign_verify_share_pct": worst,
+        "target_met": worst is not None and worst < 1.0,
         "hash_share_100_clients_pct": share,
         "hash_target": "hashing share at 100 clients (10M model) at most half of 34% (issue 13)",
         "hash_target_met": share["blake3"] is not None and share["blake3"] <= 17.0,
-    }  # fmt: skip
+    }
     atomic_write_json(args.out, result)
-    cols = ["model", "params", "clients", "mode", "hash", "client_train_s", "client_digest_s",
-            "client_sign_s", "server_verify_s", "server_hash_s", "round_s",
-            "sign_verify_share_pct", "hash_share_pct", "crypto_share_pct"]  # fmt: skip
+    cols = [
+        "model",
+        "params",
+        "clients",
+        "mode",
+        "hash",
+        "client_train_s",
+        "client_digest_s",
+        "client_sign_s",
+        "server_verify_s",
+        "server_hash_s",
+        "round_s",
+        "sign_verify_share_pct",
+        "hash_share_pct",
+        "crypto_share_pct",
+    ]
     print(markdown_table(rows, cols, floatfmt=".3g"))
     print(f"worst sign+verify share for the 10M model (digest mode): {worst:.4f}%")
     print(f"hashing share at 100 clients, 10M model: {share}")

@@ -36,9 +36,12 @@ def main() -> None:
         rows += verify_throughput(s, n_updates=args.updates, workers=workers)
     top = [r for r in rows if r["workers"] == max(workers)]
     result = {
-        "command": "python " + " ".join(sys.argv), "hardware": hardware(), "rows": rows,
-        "target": "speedup >= 0.8 x workers", "min_efficiency_at_max_workers": min(r["efficiency"] for r in top),
-    }  # fmt: skip
+        "command": "python " + " ".join(sys.argv),
+        "hardware": hardware(),
+        "rows": rows,
+        "target": "speedup >= 0.8 x workers",
+        "min_efficiency_at_max_workers": min(r["efficiency"] for r in top),
+    }
     atomic_write_json(args.out, result)
     print(markdown_table(rows, floatfmt=".3g"))
 

@@ -30,8 +30,9 @@ from qhybrid.train import TrainConfig, make_loader, train
 
 def make_model(width: int) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
-                         nn.Linear(width, 10))  # fmt: skip
+    return nn.Sequential(
+        nn.Linear(64, width), nn.GELU(), nn.Linear(width, width), nn.GELU(), nn.Linear(width, 10)
+    )
 
 
 def bare_loop(model: nn.Module, loader, steps: int) -> float:

@@ -43,8 +43,12 @@ def resolve_budget(
             raise MoEError(
                 f"budget names unknown layers {sorted(unknown)}; use {[x.name for x in layers]}"
             )
-        counts = {layer.name: as_count(num_experts.get(layer.name, layer.num_experts),
-                                       f"num_experts[{layer.name!r}]") for layer in layers}  # fmt: skip
+        counts = {
+            layer.name: as_count(
+                num_experts.get(layer.name, layer.num_experts), f"num_experts[{layer.name!r}]"
+            )
+            for layer in layers
+        }
     elif budget == "uniform":
         n = as_count(num_experts, "num_experts")
         counts = {layer.name: n for layer in layers}
@@ -60,8 +64,12 @@ def resolve_budget(
     return counts
 
 
-def _global(layers: Sequence[MoELayer], n: int, floor: Callable[[MoELayer], int],
-            scores: Callable[[MoELayer], torch.Tensor] | None) -> dict[str, int]:  # fmt: skip
+def _global(
+    layers: Sequence[MoELayer],
+    n: int,
+    floor: Callable[[MoELayer], int],
+    scores: Callable[[MoELayer], torch.Tensor] | None,
+) -> dict[str, int]:
     if scores is None:
         raise MoEError("a global budget needs per-expert scores (a score criterion)")
     total = n * len(layers)

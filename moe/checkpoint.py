@@ -32,9 +32,14 @@ from torch import nn
 from moe.layers import MoEError, find_moe_layers
 
 __all__ = [
-    "FAMILIES", "calibration_texts", "evaluate_lm", "is_stock", "load_moe_checkpoint", "save_result",
+    "FAMILIES",
+    "calibration_texts",
+    "evaluate_lm",
+    "is_stock",
+    "load_moe_checkpoint",
+    "save_result",
     "text_batches",
-]  # fmt: skip
+]
 
 # model_type -> the architecture class we load it as
 FAMILIES = {
@@ -168,9 +173,14 @@ def calibration_texts(source: str, *, max_chars: int = 400_000) -> list[str]:
 
 
 def text_batches(
-    model: nn.Module, texts: Sequence[str], *, folder: str | Path | None = None, sequences: int = 64,
-    seq_len: int = 64, batch_size: int = 16,
-) -> tuple[list[dict[str, torch.Tensor]], str]:  # fmt: skip
+    model: nn.Module,
+    texts: Sequence[str],
+    *,
+    folder: str | Path | None = None,
+    sequences: int = 64,
+    seq_len: int = 64,
+    batch_size: int = 16,
+) -> tuple[list[dict[str, torch.Tensor]], str]:
     """Token batches of ``seq_len`` from ``texts`` (concatenated) and how they were tokenised."""
     config: Any = model.config
     vocab = int(config.vocab_size)
@@ -254,8 +264,11 @@ def save_result(model: nn.Module, folder: str | Path) -> tuple[Path, str]:
     if hasattr(config, key):
         setattr(config, key, find_moe_layers(model)[0].intermediate_size)
     plan = get_plan(model)
-    extra = {k: config.__dict__.pop(k) for k in ("moe_compression", "moe_experts_per_layer", "moe_routes_per_layer")
-             if k in config.__dict__}  # fmt: skip
+    extra = {
+        k: config.__dict__.pop(k)
+        for k in ("moe_compression", "moe_experts_per_layer", "moe_routes_per_layer")
+        if k in config.__dict__
+    }
     try:
         model.save_pretrained(folder)  # type: ignore[operator]
     finally:

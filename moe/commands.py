@@ -101,9 +101,15 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _subject_cfg(c: TrainSubjectConfig) -> Any:
     from moe.subject import SubjectConfig
 
-    return SubjectConfig(steps=c.steps, train_sequences=c.train_sequences, test_sequences=c.test_sequences,
-                         experts=c.experts, top_k=c.top_k, hidden=c.hidden,
-                         intermediate=c.intermediate)  # fmt: skip
+    return SubjectConfig(
+        steps=c.steps,
+        train_sequences=c.train_sequences,
+        test_sequences=c.test_sequences,
+        experts=c.experts,
+        top_k=c.top_k,
+        hidden=c.hidden,
+        intermediate=c.intermediate,
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -155,16 +161,28 @@ def _chain(c: CompressConfig, model: Any, stats: Any, calib: Any, distill: Any) 
     from moe.quantize import quantize_experts
 
     if c.drop_to:
-        drop_experts(model, stats(model), num_experts=c.drop_to, criterion=c.drop_criterion,  # type: ignore[arg-type]
-                     budget=c.budget, rounds=c.drop_rounds, batches=calib)  # type: ignore[arg-type]  # fmt: skip
+        drop_experts(
+            model,
+            stats(model),
+            num_experts=c.drop_to,
+            criterion=c.drop_criterion,  # type: ignore[arg-type]
+            budget=c.budget,  # type: ignore[arg-type]
+            rounds=c.drop_rounds,
+            batches=calib,
+        )
     if c.merge_to:
         merge_experts(model, stats(model), num_experts=c.merge_to, budget=c.budget)  # type: ignore[arg-type]
     if c.keep_ratio < 1 or c.rank:
         compress_experts(model, stats(model), keep_ratio=c.keep_ratio, rank=c.rank or None)
     distill(model)
     if c.avg_bits:
-        quantize_experts(model, stats(model), avg_bits=c.avg_bits, allocation=c.allocation,  # type: ignore[arg-type]
-                         storage=c.storage)  # type: ignore[arg-type]  # fmt: skip
+        quantize_experts(
+            model,
+            stats(model),
+            avg_bits=c.avg_bits,
+            allocation=c.allocation,  # type: ignore[arg-type]
+            storage=c.storage,  # type: ignore[arg-type]
+        )
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -195,8 +213,13 @@ def _compress_checkpoint(c: CompressConfig, run: Any, model: Any) -> int:
     from qhybrid.report import Section, write_report
 
     texts = calibration_texts(c.calib)
-    batches, how = text_batches(model, texts, folder=c.model_dir, sequences=c.calib_sequences + c.eval_sequences,
-                                seq_len=c.seq_len)  # fmt: skip
+    batches, how = text_batches(
+        model,
+        texts,
+        folder=c.model_dir,
+        sequences=c.calib_sequences + c.eval_sequences,
+        seq_len=c.seq_len,
+    )
     n_eval = max(1, -(-c.eval_sequences // 16))
     if len(batches) <= n_eval:
         raise MoEError(
@@ -233,14 +256,20 @@ def _compress_checkpoint(c: CompressConfig, run: Any, model: Any) -> int:
     after["ppl increase"] = after["perplexity"] / before["perplexity"] - 1
     path, loader = save_result(model, run.artefact("compressed", "config.json").parent)
     run.log_metrics({k: v for k, v in after.items() if k != "model"})
-    section = Section("MoE compression of a checkpoint", text=(
-        f"`{c.model_dir}` ({type(model).__name__}), calibrated on {c.calib!r}: {len(calib)} batches of "
-        f"{c.seq_len} tokens, tokenised with {how}; metrics on {len(held_out)} held-out batches after "
-        f"them. Saved to `{path}`; load with `{loader}`."))  # fmt: skip
+    section = Section(
+        "MoE compression of a checkpoint",
+        text=(
+            f"`{c.model_dir}` ({type(model).__name__}), calibrated on {c.calib!r}: {len(calib)} batches of "
+            f"{c.seq_len} tokens, tokenised with {how}; metrics on {len(held_out)} held-out batches after "
+            f"them. Saved to `{path}`; load with `{loader}`."
+        ),
+    )
     section.add_table("Before and after", [before, after])
     write_report(run, "qhybrid moe compress", [section])
-    print(f"retention {after['retention']:.4f}; perplexity {before['perplexity']:.3f} -> {after['perplexity']:.3f}; "
-          f"expert MB {before['expert MB']:.3f} -> {after['expert MB']:.3f}; saved {path} (load with {loader})")  # fmt: skip
+    print(
+        f"retention {after['retention']:.4f}; perplexity {before['perplexity']:.3f} -> {after['perplexity']:.3f}; "
+        f"expert MB {before['expert MB']:.3f} -> {after['expert MB']:.3f}; saved {path} (load with {loader})"
+    )
     return 0
 
 
@@ -252,8 +281,9 @@ def _compress_subject(c: CompressConfig, run: Any) -> int:
     from qhybrid.report import Section, write_report
 
     model, data = _load_subject(c)
-    ctx = ex.Context(data, model, seed=c.seed, calib_sequences=c.calib_sequences,
-                     distill_steps=c.distill_steps)  # fmt: skip
+    ctx = ex.Context(
+        data, model, seed=c.seed, calib_sequences=c.calib_sequences, distill_steps=c.distill_steps
+    )
 
     def chain(m: Any, cx: Any) -> None:
         _chain(c, m, cx.stats, cx.calib(), cx.distill)
@@ -263,10 +293,14 @@ def _compress_subject(c: CompressConfig, run: Any) -> int:
     base_row.update(retention=1.0)
     path = save_compressed(compressed, run.artefact("compressed", "config.json").parent)
     run.log_metrics({k: v for k, v in row.items() if k != "method"})
-    section = Section("MoE compression", text=f"Compressed model saved to `{path}` (load with "
-                      "`moe.load_compressed`).")  # fmt: skip
+    section = Section(
+        "MoE compression",
+        text=f"Compressed model saved to `{path}` (load with `moe.load_compressed`).",
+    )
     section.add_table("Before and after", [base_row, row])
     write_report(run, "qhybrid moe compress", [section])
-    print(f"retention {row['retention']:.4f}; expert params {row['expert params']:,} "
-          f"(was {base_row['expert params']:,}); saved {path}")  # fmt: skip
+    print(
+        f"retention {row['retention']:.4f}; expert params {row['expert params']:,} "
+        f"(was {base_row['expert params']:,}); saved {path}"
+    )
     return 0

@@ -154,8 +154,15 @@ def distill(
             loss = loss + ce_weight * ce
         return loss
 
-    cfg = TrainConfig(max_steps=steps, lr_schedule="cosine", warmup_steps=min(10, steps // 10),
-                      log_every=max(1, steps // 10), seed=seed, device=device, progress=False)  # fmt: skip
+    cfg = TrainConfig(
+        max_steps=steps,
+        lr_schedule="cosine",
+        warmup_steps=min(10, steps // 10),
+        log_every=max(1, steps // 10),
+        seed=seed,
+        device=device,
+        progress=False,
+    )
     student.train()
     try:
         result = train(student, list(batches), loss_fn, torch.optim.AdamW(params, lr=lr), cfg)

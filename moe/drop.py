@@ -36,8 +36,17 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CRITERIA", "drop_experts", "expert_scores", "search_subset"]
 
-Criterion = Literal["frequency", "weighted_frequency", "saliency", "reap", "entropy",
-                    "weight_norm", "stable_rank", "exact", "greedy"]  # fmt: skip
+Criterion = Literal[
+    "frequency",
+    "weighted_frequency",
+    "saliency",
+    "reap",
+    "entropy",
+    "weight_norm",
+    "stable_rank",
+    "exact",
+    "greedy",
+]
 CRITERIA: tuple[str, ...] = ("frequency", "weighted_frequency", "saliency", "reap", "entropy",
                              "weight_norm", "stable_rank", "exact", "greedy")  # fmt: skip
 
@@ -131,17 +140,28 @@ def search_subset(
     return keep
 
 
-def _targets(layers: list[MoELayer], stats: RoutingStats, num_experts: int | Mapping[str, int],
-             budget: str, criterion: str) -> dict[str, int]:  # fmt: skip
+def _targets(
+    layers: list[MoELayer],
+    stats: RoutingStats,
+    num_experts: int | Mapping[str, int],
+    budget: str,
+    criterion: str,
+) -> dict[str, int]:
     scores = None
     if criterion not in ("exact", "greedy"):
         scores = lambda layer: expert_scores(layer, stats[layer.name], criterion)  # noqa: E731
-    return resolve_budget(layers, num_experts, budget, floor=lambda layer: layer.top_k,
-                          scores=scores)  # fmt: skip
+    return resolve_budget(
+        layers, num_experts, budget, floor=lambda layer: layer.top_k, scores=scores
+    )
 
 
-def _drop_once(model: nn.Module, layers: list[MoELayer], stats: RoutingStats,
-               targets: dict[str, int], criterion: str) -> dict[str, list[int]]:  # fmt: skip
+def _drop_once(
+    model: nn.Module,
+    layers: list[MoELayer],
+    stats: RoutingStats,
+    targets: dict[str, int],
+    criterion: str,
+) -> dict[str, list[int]]:
     kept: dict[str, list[int]] = {}
     plans = {}
     for layer in layers:  # decide everything first: an error leaves the model unchanged

@@ -73,9 +73,12 @@ def model_summary(model: nn.Module) -> dict[str, float]:
 
 
 def run_method(
-    name: str, base: nn.Module, ctx: Context, fn: Callable[[nn.Module, Context], Any],
+    name: str,
+    base: nn.Module,
+    ctx: Context,
+    fn: Callable[[nn.Module, Context], Any],
     baseline: dict[str, float] | None = None,
-) -> tuple[dict[str, Any], nn.Module]:  # fmt: skip
+) -> tuple[dict[str, Any], nn.Module]:
     """Apply ``fn`` to a copy of ``base``; returns (row, compressed model)."""
     model = copy.deepcopy(base).eval()
     t0 = time.perf_counter()
@@ -120,14 +123,29 @@ def baseline(model: nn.Module, ctx: Context) -> None:
 baseline.labels = {"recipe": "uncompressed", "LS refit on calib": False, "distill steps": 0}  # type: ignore[attr-defined]
 
 
-def merge(target: int, *, grouping: str = "router_logits", align: bool = True,
-          budget: str = "uniform", refit: bool = True, steps: int = 0) -> Method:  # fmt: skip
+def merge(
+    target: int,
+    *,
+    grouping: str = "router_logits",
+    align: bool = True,
+    budget: str = "uniform",
+    refit: bool = True,
+    steps: int = 0,
+) -> Method:
     """Our port of MC-SMoE's M-SMoE (grouping, alignment, frequency-weighted averaging), optionally
     with our least-squares refit of the down projections on calibration data and ``steps`` of KD."""
 
     def fn(model: nn.Module, ctx: Context) -> None:
-        merge_experts(model, ctx.stats(model), num_experts=target, grouping=grouping,  # type: ignore[arg-type]
-                      align=align, budget=budget, refit=refit, seed=ctx.seed)  # type: ignore[arg-type]  # fmt: skip
+        merge_experts(
+            model,
+            ctx.stats(model),
+            num_experts=target,
+            grouping=grouping,  # type: ignore[arg-type]
+            align=align,
+            budget=budget,  # type: ignore[arg-type]
+            refit=refit,
+            seed=ctx.seed,
+        )
         ctx.distill(model, steps)
 
     recipe = "our MC-SMoE port" + (f", {grouping} groups" if grouping != "router_logits" else "")
@@ -135,19 +153,33 @@ def merge(target: int, *, grouping: str = "router_logits", align: bool = True,
     return labelled(fn, recipe, refit, steps)
 
 
-def drop(target: int, *, criterion: str = "frequency", rounds: int = 1, budget: str = "uniform",
-         steps: int = 0) -> Method:  # fmt: skip
+def drop(
+    target: int,
+    *,
+    criterion: str = "frequency",
+    rounds: int = 1,
+    budget: str = "uniform",
+    steps: int = 0,
+) -> Method:
     def fn(model: nn.Module, ctx: Context) -> None:
-        drop_experts(model, ctx.stats(model), num_experts=target, criterion=criterion,  # type: ignore[arg-type]
-                     rounds=rounds, budget=budget, batches=ctx.calib())  # type: ignore[arg-type]  # fmt: skip
+        drop_experts(
+            model,
+            ctx.stats(model),
+            num_experts=target,
+            criterion=criterion,  # type: ignore[arg-type]
+            rounds=rounds,
+            budget=budget,  # type: ignore[arg-type]
+            batches=ctx.calib(),
+        )
         ctx.distill(model, steps)
 
     source = "our NAEE port" if criterion in ("exact", "greedy") else "our MC-Suite port"
     return labelled(fn, f"{source} ({criterion})", False, steps)
 
 
-def drop_with_recovery(target: int, *, criterion: str = "saliency", rounds: int = 2,
-                       steps_per_round: int = 100) -> Method:  # fmt: skip
+def drop_with_recovery(
+    target: int, *, criterion: str = "saliency", rounds: int = 2, steps_per_round: int = 100
+) -> Method:
     """MC-Suite's iterative procedure: drop a share, distil for a few steps, re-estimate, repeat."""
 
     def fn(model: nn.Module, ctx: Context) -> None:
@@ -175,8 +207,13 @@ def merge_compress(
 
 def quantize(avg_bits: float, allocation: str, storage: str = "packed") -> Method:
     def fn(model: nn.Module, ctx: Context) -> None:
-        quantize_experts(model, ctx.stats(model), avg_bits=avg_bits, allocation=allocation,  # type: ignore[arg-type]
-                         storage=storage)  # type: ignore[arg-type]  # fmt: skip
+        quantize_experts(
+            model,
+            ctx.stats(model),
+            avg_bits=avg_bits,
+            allocation=allocation,  # type: ignore[arg-type]
+            storage=storage,  # type: ignore[arg-type]
+        )
 
     source = "ours" if allocation == "sensitivity" else "our QuantMoE-Bench port"
     return labelled(fn, f"{source} ({allocation}), {storage} storage", False, 0)

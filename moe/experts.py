@@ -29,9 +29,14 @@ from torch import nn
 from moe.layers import MoEError, MoELayer, apply_expert
 
 __all__ = [
-    "LowRankExperts", "PackedExperts", "dequantize_groups", "fake_quantize", "pack_bits",
-    "quantize_groups", "unpack_bits",
-]  # fmt: skip
+    "LowRankExperts",
+    "PackedExperts",
+    "dequantize_groups",
+    "fake_quantize",
+    "pack_bits",
+    "quantize_groups",
+    "unpack_bits",
+]
 
 _PLANES = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
@@ -58,8 +63,9 @@ def _group(n_in: int, group_size: int) -> int:
     return group_size if n_in % group_size == 0 else n_in
 
 
-def quantize_groups(w: torch.Tensor, bits: int, group_size: int = 32
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def quantize_groups(
+    w: torch.Tensor, bits: int, group_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``w (..., out, in)`` -> codes (same shape, uint8), fp16 scales and minima (..., out, in / g)."""
     if not 1 <= bits <= 8:
         raise MoEError(f"bits={bits}: packed storage holds 1..8 bits per weight")
@@ -92,8 +98,15 @@ class PackedExperts(nn.Module):
     (b_e, ceil(N / 8)), ``{m}_scale_{e}`` and ``{m}_min_{e}`` fp16 (rows, in / g).
     """
 
-    def __init__(self, config: Any, hidden: int, intermediate: int, bits: Sequence[int],
-                 group_size: int, act_fn: nn.Module) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Any,
+        hidden: int,
+        intermediate: int,
+        bits: Sequence[int],
+        group_size: int,
+        act_fn: nn.Module,
+    ) -> None:
         super().__init__()
         self.config = config
         self.num_experts = len(bits)
@@ -179,8 +192,15 @@ class LowRankExperts(nn.Module):
     top_k_weights (T, k)) -> (T, H)``; follows ``config._experts_implementation`` (grouped_mm or eager).
     """
 
-    def __init__(self, config: Any, num_experts: int, hidden: int, intermediate: int, rank: int,
-                 act_fn: nn.Module) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Any,
+        num_experts: int,
+        hidden: int,
+        intermediate: int,
+        rank: int,
+        act_fn: nn.Module,
+    ) -> None:
         super().__init__()
         self.config = config
         self.num_experts = num_experts
@@ -203,8 +223,10 @@ class LowRankExperts(nn.Module):
         new = cls(layer.config, e, h, i, rank, old.act_fn).to(w_in.device, w_in.dtype)
         with torch.no_grad():
             for k in range(e):
-                for w, a, b in ((w_in[k].reshape(2 * i, h), new.gate_up_a, new.gate_up_b),
-                                (w_out[k], new.down_a, new.down_b)):  # fmt: skip
+                for w, a, b in (
+                    (w_in[k].reshape(2 * i, h), new.gate_up_a, new.gate_up_b),
+                    (w_out[k], new.down_a, new.down_b),
+                ):
                     u, sv, vh = torch.linalg.svd(w.double(), full_matrices=False)
                     r = min(rank, sv.numel())
                     root = sv[:r].sqrt()

@@ -36,9 +36,14 @@ from qhybrid.errors import QHybridError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MoEError", "MoELayer", "apply_expert", "check_layers", "count_expert_params", "expert_bytes",
+    "MoEError",
+    "MoELayer",
+    "apply_expert",
+    "check_layers",
+    "count_expert_params",
+    "expert_bytes",
     "find_moe_layers",
-]  # fmt: skip
+]
 
 
 class MoEError(QHybridError):
@@ -267,8 +272,11 @@ class MoELayer:
 
         h = hashlib.blake2b(digest_size=16)
         with resident(self.router), resident(self.experts):
-            tensors = [("router", self.router_weight), *self.experts.named_parameters(),
-                       *self.experts.named_buffers()]  # fmt: skip
+            tensors = [
+                ("router", self.router_weight),
+                *self.experts.named_parameters(),
+                *self.experts.named_buffers(),
+            ]
             for name, t in tensors:
                 t = t.detach()
                 h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
@@ -361,8 +369,10 @@ def own(module: nn.Module) -> None:
 
     for m in offloaded:
         with resident(m):
-            params = {n: nn.Parameter(p.detach().clone(), p.requires_grad)
-                      for n, p in m.named_parameters(recurse=False)}  # fmt: skip
+            params = {
+                n: nn.Parameter(p.detach().clone(), p.requires_grad)
+                for n, p in m.named_parameters(recurse=False)
+            }
         remove_hook_from_module(m)
         for n, p in params.items():
             m._parameters[n] = p
@@ -397,8 +407,11 @@ def store_offloaded(mods: Sequence[nn.Module]) -> None:
             key = prefix + n
             path = f"{ds.save_folder}/{key}.moe.safetensors"
             save_file({key: p.detach().cpu().contiguous()}, path)
-            ds.index[key] = {"safetensors_file": path, "weight_name": key,
-                             "dtype": str(p.dtype).removeprefix("torch.")}  # fmt: skip
+            ds.index[key] = {
+                "safetensors_file": path,
+                "weight_name": key,
+                "dtype": str(p.dtype).removeprefix("torch."),
+            }
             m._parameters[n] = nn.Parameter(
                 torch.empty(p.shape, dtype=p.dtype, device="meta"), p.requires_grad
             )

@@ -179,12 +179,27 @@ def refit_down(
     return out
 
 
-def _merge_layer(layer: MoELayer, s: LayerStats, n_groups: int, *, grouping: str, align: bool,
-                 weighting: str, refit: bool, ridge: float, seed: int) -> dict[str, Any]:  # fmt: skip
+def _merge_layer(
+    layer: MoELayer,
+    s: LayerStats,
+    n_groups: int,
+    *,
+    grouping: str,
+    align: bool,
+    weighting: str,
+    refit: bool,
+    ridge: float,
+    seed: int,
+) -> dict[str, Any]:
     """Merged weights of one layer, computed without changing it (applied by :func:`merge_experts`)."""
     out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
-    groups = plan_groups(s, n_groups, grouping=grouping, seed=seed + layer.index,  # type: ignore[arg-type]
-                         output_cos=out_cos)  # fmt: skip
+    groups = plan_groups(
+        s,
+        n_groups,
+        grouping=grouping,  # type: ignore[arg-type]
+        seed=seed + layer.index,  # type: ignore[arg-type]
+        output_cos=out_cos,
+    )
     w_in, w_out = (t.detach() for t in layer.get_weights())
     f = {"frequency": s.counts, "router_weighted": s.weighted_counts}.get(weighting)
     f = torch.ones(s.num_routes, dtype=torch.float64) if f is None else f
@@ -265,21 +280,44 @@ def merge_experts(
         raise MoEError(f"weighting={weighting!r}; use 'frequency', 'router_weighted' or 'uniform'")
     if grouping not in ("router_logits", "outputs", "random"):
         raise MoEError(f"grouping={grouping!r}; use 'router_logits', 'outputs' or 'random'")
-    counts = resolve_budget(layers, num_experts, budget, floor=lambda _: 1,
-                            scores=lambda layer: stats[layer.name].counts)  # fmt: skip
+    counts = resolve_budget(
+        layers,
+        num_experts,
+        budget,
+        floor=lambda _: 1,
+        scores=lambda layer: stats[layer.name].counts,
+    )
     with torch.no_grad():
-        merged = {layer.name: _merge_layer(layer, stats[layer.name], counts[layer.name],
-                                           grouping=grouping, align=align, weighting=weighting,
-                                           refit=refit, ridge=ridge, seed=seed)
-                  for layer in layers}  # fmt: skip
+        merged = {
+            layer.name: _merge_layer(
+                layer,
+                stats[layer.name],
+                counts[layer.name],
+                grouping=grouping,
+                align=align,
+                weighting=weighting,
+                refit=refit,
+                ridge=ridge,
+                seed=seed,
+            )
+            for layer in layers
+        }
         ops = []
         for layer in layers:  # nothing below can fail: every shape was checked above
             m = merged[layer.name]
             layer.set_weights(m["w_in"], m["w_out"])
             layer.set_expert_map(m["emap"])
-            ops.append({"op": "merge", "layer": layer.name, "expert_map": m["emap"].tolist(),
-                        "groups": m["groups"], "align": align, "grouping": grouping,
-                        "refit": refit})  # fmt: skip
+            ops.append(
+                {
+                    "op": "merge",
+                    "layer": layer.name,
+                    "expert_map": m["emap"].tolist(),
+                    "groups": m["groups"],
+                    "align": align,
+                    "grouping": grouping,
+                    "refit": refit,
+                }
+            )
             logger.info(
                 "merged %s: %d -> %d experts", layer.name, layer.num_routes, len(m["groups"])
             )

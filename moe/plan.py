@@ -34,9 +34,15 @@ from qhybrid.runs import atomic_write_json
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "apply_structure", "check_plan", "get_plan", "load_compressed", "record", "replay",
-    "save_compressed", "tensor_bytes_on_disk",
-]  # fmt: skip
+    "apply_structure",
+    "check_plan",
+    "get_plan",
+    "load_compressed",
+    "record",
+    "replay",
+    "save_compressed",
+    "tensor_bytes_on_disk",
+]
 
 
 def get_plan(model: nn.Module) -> dict[str, Any]:
@@ -171,8 +177,17 @@ def check_plan(model: nn.Module, plan: Any) -> None:
                 f"the plan starts from {key}={base[key]} but the model has {getattr(config, key, None)}"
             )
     layers = {layer.name: layer for layer in find_moe_layers(model)}
-    shapes = {name: _Shape(lay.num_routes, lay.num_experts, lay.intermediate_size, lay.hidden_size,
-                           lay.gated, lay.has_expert_map) for name, lay in layers.items()}  # fmt: skip
+    shapes = {
+        name: _Shape(
+            lay.num_routes,
+            lay.num_experts,
+            lay.intermediate_size,
+            lay.hidden_size,
+            lay.gated,
+            lay.has_expert_map,
+        )
+        for name, lay in layers.items()
+    }
     for op in plan.get("ops", []):
         name = op.get("layer") if isinstance(op, dict) else None
         if name not in shapes:

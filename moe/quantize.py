@@ -44,8 +44,9 @@ Allocation = Literal["sensitivity", "frequency", "outlier", "uniform"]
 
 
 @torch.no_grad()
-def _expert_errors(layer: MoELayer, stats: RoutingStats, bits_choices: Sequence[int],
-                   group_size: int) -> torch.Tensor:  # fmt: skip
+def _expert_errors(
+    layer: MoELayer, stats: RoutingStats, bits_choices: Sequence[int], group_size: int
+) -> torch.Tensor:
     """(E, len(bits_choices)) expected squared output error D_e(b) (see module docstring)."""
     s = stats[layer.name]
     x = s.sample.to(layer.device, layer.router_weight.dtype)
@@ -214,8 +215,14 @@ def quantize_experts(
             raise MoEError("packed storage needs fused experts (not Switch); use storage='fake'")
         if any(b > 8 for b in bits_choices if isinstance(b, int)):
             raise MoEError(f"packed storage holds 1..8 bits; got bits_choices={list(bits_choices)}")
-    bits = allocate_bits(model, stats, avg_bits=avg_bits, allocation=allocation,
-                         bits_choices=bits_choices, group_size=group_size)  # fmt: skip
+    bits = allocate_bits(
+        model,
+        stats,
+        avg_bits=avg_bits,
+        allocation=allocation,
+        bits_choices=bits_choices,
+        group_size=group_size,
+    )
     ops = []
     n_weights = 0
     weighted = 0.0
@@ -228,13 +235,22 @@ def quantize_experts(
             if storage == "packed":
                 PackedExperts.install(layer, bits[layer.name], group_size)
             else:
-                new_in = torch.stack([fake_quantize(w_in[e], b, group_size)
-                                      for e, b in enumerate(bits[layer.name])])  # fmt: skip
-                new_out = torch.stack([fake_quantize(w_out[e], b, group_size)
-                                       for e, b in enumerate(bits[layer.name])])  # fmt: skip
+                new_in = torch.stack(
+                    [fake_quantize(w_in[e], b, group_size) for e, b in enumerate(bits[layer.name])]
+                )
+                new_out = torch.stack(
+                    [fake_quantize(w_out[e], b, group_size) for e, b in enumerate(bits[layer.name])]
+                )
                 layer.set_weights(new_in, new_out)
-            ops.append({"op": "quantize", "layer": layer.name, "bits": bits[layer.name],
-                        "group_size": group_size, "allocation": allocation,
-                        "storage": storage})  # fmt: skip
+            ops.append(
+                {
+                    "op": "quantize",
+                    "layer": layer.name,
+                    "bits": bits[layer.name],
+                    "group_size": group_size,
+                    "allocation": allocation,
+                    "storage": storage,
+                }
+            )
     record(model, ops)
     return {"bits": bits, "avg_bits": weighted / max(n_weights, 1), "bytes": expert_bytes(model)}

@@ -59,22 +59,35 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     from moe.plan import load_compressed, save_compressed
     from moe.subject import SubjectConfig, per_domain, train_subject
 
-    cfg = SubjectConfig(steps=config.train_steps, train_sequences=config.train_sequences,
-                        test_sequences=config.test_sequences)  # fmt: skip
+    cfg = SubjectConfig(
+        steps=config.train_steps,
+        train_sequences=config.train_sequences,
+        test_sequences=config.test_sequences,
+    )
     model, data, metrics = train_subject(
         cfg, seed, metrics_path=run.artefact("moe", "train_metrics.jsonl")
     )
-    ctx = ex.Context(data, model, seed=seed, calib_sequences=config.calib_sequences,
-                     distill_steps=config.distill_steps)  # fmt: skip
+    ctx = ex.Context(
+        data,
+        model,
+        seed=seed,
+        calib_sequences=config.calib_sequences,
+        distill_steps=config.distill_steps,
+    )
     methods = {
         name: ex.METHODS[name]
         for name in (
-            "baseline", "merge 8->4 + LS refit", "merge 8->4 MC-SMoE port (no refit)",
-            "merge 8->4 random groups + LS refit", "merge 8->4 random groups (no refit)",
-            "merge 8->4 no alignment + LS refit", "drop 8->4 frequency", "drop 25% one-shot (exact)",
+            "baseline",
+            "merge 8->4 + LS refit",
+            "merge 8->4 MC-SMoE port (no refit)",
+            "merge 8->4 random groups + LS refit",
+            "merge 8->4 random groups (no refit)",
+            "merge 8->4 no alignment + LS refit",
+            "drop 8->4 frequency",
+            "drop 25% one-shot (exact)",
             "drop 50% iterative (saliency)",
         )
-    }  # fmt: skip
+    }
     steps = config.distill_steps
     methods[
         f"merge 8->4 + LS refit + prune to {config.keep_ratio:.0%} neurons + {steps} KD steps"
@@ -234,10 +247,16 @@ def _llm_rows(context: dict[str, Any], ex: Any, seed: int) -> list[dict[str, Any
             m = copy.deepcopy(model)
             apply(m, target)
             metrics = eval_fn(m)
-            rows.append({
-                "pass": f"{name} {e}->{target}", "experts/layer": target, **metrics,
-                "set_acc retention": metrics["set_acc"] / base["set_acc"] if base["set_acc"] else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "pass": f"{name} {e}->{target}",
+                    "experts/layer": target,
+                    **metrics,
+                    "set_acc retention": metrics["set_acc"] / base["set_acc"]
+                    if base["set_acc"]
+                    else None,
+                }
+            )
     return rows
 
 
@@ -247,18 +266,36 @@ def _stdlib_rows(config: StageConfig, seed: int) -> tuple[list[dict[str, Any]], 
     from moe import experiment as ex
     from moe.subject import SubjectConfig, routing_entropy, train_subject
 
-    cfg = SubjectConfig(task="stdlib", seq_len=64, steps=config.stdlib_steps, train_sequences=2048,
-                        test_sequences=256)  # fmt: skip
+    cfg = SubjectConfig(
+        task="stdlib",
+        seq_len=64,
+        steps=config.stdlib_steps,
+        train_sequences=2048,
+        test_sequences=256,
+    )
     model, data, _ = train_subject(cfg, seed)
     ctx = ex.Context(data, model, seed=seed, calib_sequences=config.calib_sequences)
-    names = ("baseline", "merge 8->4 + LS refit", "merge 8->4 MC-SMoE port (no refit)",
-             "merge 8->4 random groups (no refit)", "drop 8->4 frequency",
-             "quant 3.0 bits sensitivity (packed)")  # fmt: skip
+    names = (
+        "baseline",
+        "merge 8->4 + LS refit",
+        "merge 8->4 MC-SMoE port (no refit)",
+        "merge 8->4 random groups (no refit)",
+        "drop 8->4 frequency",
+        "quant 3.0 bits sensitivity (packed)",
+    )
     rows: list[dict[str, Any]] = []
     for name in names:
         row, _ = ex.run_method(name, model, ctx, ex.METHODS[name], rows[0] if rows else None)
         rows.append(row)
     rows[0].update(retention=1.0)
-    keep = ("method", "recipe", "LS refit on calib", "distill steps", "expert MB", "accuracy",
-            "perplexity", "retention")  # fmt: skip
+    keep = (
+        "method",
+        "recipe",
+        "LS refit on calib",
+        "distill steps",
+        "expert MB",
+        "accuracy",
+        "perplexity",
+        "retention",
+    )
     return [{k: r[k] for k in keep if k in r} for r in rows], routing_entropy(model, data)

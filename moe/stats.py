@@ -89,10 +89,20 @@ class LayerStats:
     def nbytes(self) -> int:
         return sum(
             t.numel() * t.element_size()
-            for t in (self.counts, self.weighted_counts, self.gram,
-                      self.co_selection, self.expert_tokens, self.output_norm, self.saliency,
-                      self.mass, self.mass_log_mass, self.act_sq, self.sample)
-        )  # fmt: skip
+            for t in (
+                self.counts,
+                self.weighted_counts,
+                self.gram,
+                self.co_selection,
+                self.expert_tokens,
+                self.output_norm,
+                self.saliency,
+                self.mass,
+                self.mass_log_mass,
+                self.act_sq,
+                self.sample,
+            )
+        )
 
 
 @dataclass
@@ -194,10 +204,15 @@ def collect_routing_stats(
     layers = find_moe_layers(model)
     check_layers(layers)
     stats = {
-        lay.name: LayerStats(lay.name, lay.num_routes, lay.num_experts, lay.intermediate_size,
-                             fingerprint=lay.fingerprint())
+        lay.name: LayerStats(
+            lay.name,
+            lay.num_routes,
+            lay.num_experts,
+            lay.intermediate_size,
+            fingerprint=lay.fingerprint(),
+        )
         for lay in layers
-    }  # fmt: skip
+    }
     current: dict[str, Mapping[str, torch.Tensor]] = {}
     handles = []
 

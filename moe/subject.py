@@ -32,9 +32,18 @@ import torch
 from torch import nn
 
 __all__ = [
-    "SubjectConfig", "SubjectData", "build_subject", "calibration", "distill_batches", "evaluate",
-    "load_or_train", "make_task", "per_domain", "routing_entropy", "train_subject",
-]  # fmt: skip
+    "SubjectConfig",
+    "SubjectData",
+    "build_subject",
+    "calibration",
+    "distill_batches",
+    "evaluate",
+    "load_or_train",
+    "make_task",
+    "per_domain",
+    "routing_entropy",
+    "train_subject",
+]
 
 DOMAINS = ("perm", "fib", "skip", "step")
 
@@ -74,8 +83,9 @@ class SubjectData:
     domains: tuple[str, ...] = DOMAINS  # names of the domain indices
 
 
-def _sequences(cfg: SubjectConfig, n: int, rng: np.random.Generator, perms: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _sequences(
+    cfg: SubjectConfig, n: int, rng: np.random.Generator, perms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     v, length = cfg.modulus, cfg.seq_len - 1
     dom = rng.integers(0, len(DOMAINS), n)
     x = np.zeros((n, length), dtype=np.int64)
@@ -111,8 +121,12 @@ def _stdlib_task(cfg: SubjectConfig, seed: int) -> SubjectData:
             if split == 1:
                 doms.append(np.full(k, d))
     train = np.concatenate(out[0])[rng.permutation(sum(len(x) for x in out[0]))]
-    return SubjectData(torch.from_numpy(train), torch.from_numpy(np.concatenate(out[1])),
-                       torch.from_numpy(np.concatenate(doms)), corpus.DOMAINS)  # fmt: skip
+    return SubjectData(
+        torch.from_numpy(train),
+        torch.from_numpy(np.concatenate(out[1])),
+        torch.from_numpy(np.concatenate(doms)),
+        corpus.DOMAINS,
+    )
 
 
 def make_task(cfg: SubjectConfig, seed: int = 0) -> SubjectData:
@@ -141,12 +155,22 @@ def build_subject(cfg: SubjectConfig, seed: int = 0) -> Any:
 
     torch.manual_seed(seed)
     config = MixtralConfig(
-        vocab_size=cfg.vocab, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
-        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-        num_local_experts=cfg.experts, num_experts_per_tok=cfg.top_k, max_position_embeddings=cfg.seq_len,
-        router_aux_loss_coef=cfg.aux_loss_coef, output_router_logits=False, pad_token_id=0,
-        bos_token_id=None, eos_token_id=None, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=cfg.vocab,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        num_local_experts=cfg.experts,
+        num_experts_per_tok=cfg.top_k,
+        max_position_embeddings=cfg.seq_len,
+        router_aux_loss_coef=cfg.aux_loss_coef,
+        output_router_logits=False,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+        tie_word_embeddings=False,
+    )
     return MixtralForCausalLM(config).float()
 
 
@@ -178,9 +202,13 @@ def evaluate(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 256) -> d
 
 
 def train_subject(
-    cfg: SubjectConfig, seed: int = 0, *, data: SubjectData | None = None, device: str = "cpu",
+    cfg: SubjectConfig,
+    seed: int = 0,
+    *,
+    data: SubjectData | None = None,
+    device: str = "cpu",
     metrics_path: Any = None,
-) -> tuple[Any, SubjectData, dict[str, float]]:  # fmt: skip
+) -> tuple[Any, SubjectData, dict[str, float]]:
     """Train the subject through :func:`qhybrid.train.train`; returns (model, data, test metrics)."""
     from qhybrid.train import TrainConfig, make_loader, train
 
@@ -195,11 +223,21 @@ def train_subject(
         return out.loss, {"aux": float(out.aux_loss.detach())}
 
     result = train(
-        model, loader, loss_fn, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
-        TrainConfig(max_steps=cfg.steps, lr_schedule="cosine", warmup_steps=20, log_every=50,
-                    seed=seed, device=device, progress=False),
+        model,
+        loader,
+        loss_fn,
+        torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
+        TrainConfig(
+            max_steps=cfg.steps,
+            lr_schedule="cosine",
+            warmup_steps=20,
+            log_every=50,
+            seed=seed,
+            device=device,
+            progress=False,
+        ),
         metrics_path=metrics_path,
-    )  # fmt: skip
+    )
     model.config.output_router_logits = False
     model.eval()
     metrics = evaluate(model, data.test)
@@ -214,8 +252,9 @@ def calibration(
     return calibration_of(data.train[:n], batch_size)
 
 
-def distill_batches(data: SubjectData, n: int, batch_size: int = 32, seed: int = 0
-                    ) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+def distill_batches(
+    data: SubjectData, n: int, batch_size: int = 32, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
     """``n`` shuffled training batches for recovery distillation."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(data.train.shape[0], generator=g)[: n * batch_size]
@@ -243,9 +282,13 @@ def routing_entropy(model: nn.Module, data: SubjectData) -> dict[str, float]:
         stats = collect_routing_stats(model, calibration_of(ids), max_cached_tokens=0)
         shares[name] = [s.counts / s.counts.sum() for s in stats.layers.values()]
     out = {
-        name: float(torch.stack([-(p * p.clamp_min(1e-30).log()).sum() / math.log(p.numel()) for p in ps]).mean())
+        name: float(
+            torch.stack(
+                [-(p * p.clamp_min(1e-30).log()).sum() / math.log(p.numel()) for p in ps]
+            ).mean()
+        )
         for name, ps in shares.items()
-    }  # fmt: skip
+    }
     layers = len(next(iter(shares.values())))
     out["overlap"] = float(
         sum(torch.stack([shares[n][i] for n in shares]).amin(0).sum() for i in range(layers))

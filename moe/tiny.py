@@ -34,34 +34,65 @@ def tiny_moe(
     tf: Any = importlib.import_module("transformers")
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  num_experts_per_tok=top_k)  # fmt: skip
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        num_experts_per_tok=top_k,
+    )
     if family == "mixtral":
-        cfg = tf.MixtralConfig(**common, intermediate_size=intermediate,
-                               num_local_experts=num_experts, **overrides)  # fmt: skip
+        cfg = tf.MixtralConfig(
+            **common, intermediate_size=intermediate, num_local_experts=num_experts, **overrides
+        )
         model = tf.MixtralForCausalLM(cfg)
     elif family == "qwen2_moe":
-        cfg = tf.Qwen2MoeConfig(**common, intermediate_size=intermediate,
-                                moe_intermediate_size=intermediate, num_experts=num_experts,
-                                shared_expert_intermediate_size=intermediate, **overrides)  # fmt: skip
+        cfg = tf.Qwen2MoeConfig(
+            **common,
+            intermediate_size=intermediate,
+            moe_intermediate_size=intermediate,
+            num_experts=num_experts,
+            shared_expert_intermediate_size=intermediate,
+            **overrides,
+        )
         model = tf.Qwen2MoeForCausalLM(cfg)
     elif family == "qwen3_moe":
-        cfg = tf.Qwen3MoeConfig(**common, intermediate_size=intermediate, head_dim=8,
-                                moe_intermediate_size=intermediate, num_experts=num_experts,
-                                **overrides)  # fmt: skip
+        cfg = tf.Qwen3MoeConfig(
+            **common,
+            intermediate_size=intermediate,
+            head_dim=8,
+            moe_intermediate_size=intermediate,
+            num_experts=num_experts,
+            **overrides,
+        )
         model = tf.Qwen3MoeForCausalLM(cfg)
     elif family == "olmoe":
-        cfg = tf.OlmoeConfig(**common, intermediate_size=intermediate, num_experts=num_experts,
-                             eos_token_id=vocab - 1, pad_token_id=0,
-                             **overrides)  # fmt: skip
+        cfg = tf.OlmoeConfig(
+            **common,
+            intermediate_size=intermediate,
+            num_experts=num_experts,
+            eos_token_id=vocab - 1,
+            pad_token_id=0,
+            **overrides,
+        )
         model = tf.OlmoeForCausalLM(cfg)
     elif family == "switch":
         cfg = tf.SwitchTransformersConfig(
-            vocab_size=vocab, d_model=hidden, d_kv=8, d_ff=intermediate, num_layers=layers,
-            num_decoder_layers=layers, num_heads=4, num_experts=num_experts,
-            encoder_sparse_step=1, decoder_sparse_step=1, expert_capacity=10_000, **overrides,
-        )  # fmt: skip
+            vocab_size=vocab,
+            d_model=hidden,
+            d_kv=8,
+            d_ff=intermediate,
+            num_layers=layers,
+            num_decoder_layers=layers,
+            num_heads=4,
+            num_experts=num_experts,
+            encoder_sparse_step=1,
+            decoder_sparse_step=1,
+            expert_capacity=10_000,
+            **overrides,
+        )
         model = tf.SwitchTransformersForConditionalGeneration(cfg)
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")

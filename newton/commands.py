@@ -125,8 +125,17 @@ def _hhl_loop(args: argparse.Namespace) -> int:
     atomic_write_json(run.artefact("hhl_loop.json"), res)
     for rec in res["runs"]["quantum"]["solves"]:
         run.log_metrics(rec)
-    keys = ("n_params", "relative_gap", "max_rel_error", "kappa_target", "hhl_solves",
-            "classical_routes", "min_fidelity", "mean_p_success", "min_p_success_amplified")  # fmt: skip
+    keys = (
+        "n_params",
+        "relative_gap",
+        "max_rel_error",
+        "kappa_target",
+        "hhl_solves",
+        "classical_routes",
+        "min_fidelity",
+        "mean_p_success",
+        "min_p_success_amplified",
+    )
     row = {k: res[k] for k in keys}
     row.update({f"final_loss_{m}": res["runs"][m]["final_loss"] for m in res["runs"]})
     sec = Section("HHL in the loop")

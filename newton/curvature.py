@@ -460,8 +460,9 @@ class Curvature:
             zd = z.detach()
             kind = self.output_hessian or output_hessian_kind(loss_of_out, zd)
             probs = torch.softmax(zd, dim=-1) if kind == "cross_entropy" else None
-            lins.append(_Linearisation(zd, _Replay(z, theta), _Replay(jt_u0, u0), loss_of_out,
-                                       kind, probs))  # fmt: skip
+            lins.append(
+                _Linearisation(zd, _Replay(z, theta), _Replay(jt_u0, u0), loss_of_out, kind, probs)
+            )
         self._lin = lins
         return lins
 

@@ -291,8 +291,13 @@ def hhl_in_the_loop(cfg: HHLLoopConfig) -> dict[str, Any]:
                 seed=cfg.seed,
             )
         )
-        opt = QNewton(model.parameters(), damping=cfg.damping, structure="full", scheduler=sched,
-                      kappa_target=kappa_target)  # fmt: skip
+        opt = QNewton(
+            model.parameters(),
+            damping=cfg.damping,
+            structure="full",
+            scheduler=sched,
+            kappa_target=kappa_target,
+        )
         t0 = time.perf_counter()
         result = train(
             model,
@@ -545,15 +550,28 @@ def plot_crossover(result: dict[str, Any]) -> Any:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
-    panels = [(False, "cholesky", "no I/O, vs Cholesky"), (True, "cholesky", "with I/O, vs Cholesky"),
-              (False, "best", "no I/O, vs best classical")]  # fmt: skip
+    panels = [
+        (False, "cholesky", "no I/O, vs Cholesky"),
+        (True, "cholesky", "with I/O, vs Cholesky"),
+        (False, "best", "no I/O, vs best classical"),
+    ]
     model = result["rows"][0]["query_model"]
     for a, (io, against, title) in zip(ax, panels, strict=True):
         for tg in sorted({r["gate_time_s"] for r in result["rows"]}):
-            pts = [r for r in result["rows"] if r["io"] == io and r["against"] == against
-                   and r["gate_time_s"] == tg and r["query_model"] == model]  # fmt: skip
-            a.plot([r["kappa"] for r in pts], [np.nan if r["n_star"] is None else r["n_star"]
-                                               for r in pts], "o-", label=f"t_gate={tg:g}s")  # fmt: skip
+            pts = [
+                r
+                for r in result["rows"]
+                if r["io"] == io
+                and r["against"] == against
+                and r["gate_time_s"] == tg
+                and r["query_model"] == model
+            ]
+            a.plot(
+                [r["kappa"] for r in pts],
+                [np.nan if r["n_star"] is None else r["n_star"] for r in pts],
+                "o-",
+                label=f"t_gate={tg:g}s",
+            )
         a.set(
             xscale="log",
             yscale="log",

@@ -304,8 +304,10 @@ def amplitude_amplification(p_success: float) -> dict[str, float]:
         return {"rounds": 0, "p_amplified": 0.0, "circuit_uses": 1}
     theta = math.asin(math.sqrt(p_success))
     ideal = math.pi / (4 * theta) - 0.5
-    best = max({max(0, math.floor(ideal)), max(0, math.ceil(ideal))},
-               key=lambda k: math.sin((2 * k + 1) * theta) ** 2)  # fmt: skip
+    best = max(
+        {max(0, math.floor(ideal)), max(0, math.ceil(ideal))},
+        key=lambda k: math.sin((2 * k + 1) * theta) ** 2,
+    )
     return {
         "rounds": best,
         "p_amplified": math.sin((2 * best + 1) * theta) ** 2,

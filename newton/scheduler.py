@@ -176,8 +176,10 @@ class Scheduler:
                 clock += 1
             if resolvable_kappa(clock) < kappa_used:  # beyond the clock's reach: classical
                 choice = "cholesky"
-                route = (f"kappa {kappa_used:.3g} > {resolvable_kappa(clock):.3g} resolvable "
-                         f"with {clock} clock qubits: classical route")  # fmt: skip
+                route = (
+                    f"kappa {kappa_used:.3g} > {resolvable_kappa(clock):.3g} resolvable "
+                    f"with {clock} clock qubits: classical route"
+                )
                 logger.info("solve %s: %s", tag, route)
         if choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl:
             from newton.hhl import hhl_solve

@@ -307,8 +307,19 @@ def estimate_condition_number(
     top = max(abs(lmax), abs(lmin)) + damping
     floor = top / KAPPA_CAP  # the smallest denominator we report instead of dividing by ~0
     if not psd and lmin_eff + damping <= 0 and not require_pd:
-        return KappaEstimate(KAPPA_CAP, lmax, lmin, KAPPA_CAP, matvecs, method, float(damping),
-                             False, lmax_up, low, "not positive definite")  # fmt: skip
+        return KappaEstimate(
+            KAPPA_CAP,
+            lmax,
+            lmin,
+            KAPPA_CAP,
+            matvecs,
+            method,
+            float(damping),
+            False,
+            lmax_up,
+            low,
+            "not positive definite",
+        )
     if not psd and lmin_eff + damping <= 0:
         raise NewtonError(
             f"A + {damping:g} I is not positive definite (smallest eigenvalue estimate "

@@ -124,7 +124,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
             "hhl_loop": {k: v for k, v in hhl.items() if k != "runs"},
             "crossover": cross,
             "noise": noise["rows"],
-        },  # fmt: skip
+        },
     )
     io_rows = [r for r in cross["rows"] if r["io"] and r["against"] == "best"]
     io_total = len(io_rows)

@@ -67,22 +67,39 @@ class AttackWorld:
         key = kw.pop("key", self.a)
         state = kw.pop("state", self.state)
         args: dict[str, Any] = dict(
-            scheme=key.scheme, secret_key=key.secret_key, key_id=key.key_id,
-            client_id=key.client_id, run_id=RUN_ID, round=ROUND, num_examples=128,
-            metrics={"train_loss": 0.25, "train_acc": 0.9}, mode=self.mode, node=NODE,
-        )  # fmt: skip
+            scheme=key.scheme,
+            secret_key=key.secret_key,
+            key_id=key.key_id,
+            client_id=key.client_id,
+            run_id=RUN_ID,
+            round=ROUND,
+            num_examples=128,
+            metrics={"train_loss": 0.25, "train_acc": 0.9},
+            mode=self.mode,
+            node=NODE,
+        )
         args.update(kw)
         return sign_update(state, **args)
 
     def verify(
-        self, u: SignedUpdate | bytes, guard: ReplayGuard | None = None, *, round: int = ROUND,
+        self,
+        u: SignedUpdate | bytes,
+        guard: ReplayGuard | None = None,
+        *,
+        round: int = ROUND,
         node: str = NODE,
-    ) -> Reason:  # fmt: skip
+    ) -> Reason:
         """The verdict of a server in ``round`` receiving ``u`` from ``node`` (fresh guard: None)."""
         return verify_update(
-            u, registry=self.registry, run_id=RUN_ID, round=round, guard=guard or ReplayGuard(),
-            schema=schema_of(self.state), policy=self.policy, node=node,
-        ).reason  # fmt: skip
+            u,
+            registry=self.registry,
+            run_id=RUN_ID,
+            round=round,
+            guard=guard or ReplayGuard(),
+            schema=schema_of(self.state),
+            policy=self.policy,
+            node=node,
+        ).reason
 
 
 def sample_state(seed: int = 0, sizes: tuple[int, ...] = (64, 32, 10)) -> dict[str, np.ndarray]:
@@ -105,9 +122,18 @@ def make_world(scheme: str = "ml-dsa-44", mode: str = "digest", seed: int = 0) -
     new = generate_client_key("d", scheme)
     reg.rotate(client_id="d", key_id=new.key_id, public_key=new.public_key, round=2, grace_rounds=1)
     return AttackWorld(
-        scheme, mode, reg, a, b, rev, old, generate_client_key("a", scheme), classical,
-        sample_state(seed), ServerPolicy.only(scheme, allowed_modes=frozenset({mode})),
-    )  # fmt: skip
+        scheme,
+        mode,
+        reg,
+        a,
+        b,
+        rev,
+        old,
+        generate_client_key("a", scheme),
+        classical,
+        sample_state(seed),
+        ServerPolicy.only(scheme, allowed_modes=frozenset({mode})),
+    )
 
 
 def _env(u: SignedUpdate, **changes: Any) -> SignedUpdate:
@@ -176,69 +202,155 @@ def garbage_record_blob(u: SignedUpdate, records: int) -> bytes:
     recs = [
         struct.pack(">H", 9) + f"t{i:08d}".encode() + b"\x03<f4\x01" + struct.pack(">QQ", 0, 0)
         for i in range(records)
-    ]  # fmt: skip
+    ]
     return head + struct.pack(">I", records) + b"".join(recs)
 
 
 # name -> (attack(world) -> update or bytes, expected reason in digest mode, in full/mu mode)
 Attack = Callable[[AttackWorld], SignedUpdate | bytes]
 ATTACKS: dict[str, tuple[Attack, Reason, Reason]] = {
-    "tensor_bitflip": (lambda w: _flip_tensor(w.honest()), Reason.DIGEST_MISMATCH, Reason.BAD_SIGNATURE),
+    "tensor_bitflip": (
+        lambda w: _flip_tensor(w.honest()),
+        Reason.DIGEST_MISMATCH,
+        Reason.BAD_SIGNATURE,
+    ),
     "tensor_swap": (
         lambda w: dataclasses.replace(w.honest(), tensors=w.honest(state=sample_state(7)).tensors),
-        Reason.DIGEST_MISMATCH, Reason.BAD_SIGNATURE,
+        Reason.DIGEST_MISMATCH,
+        Reason.BAD_SIGNATURE,
     ),
-    "metric_bitflip": (lambda w: _flip_metric(w.honest()), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
+    "metric_bitflip": (
+        lambda w: _flip_metric(w.honest()),
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
+    ),
     "num_examples_bitflip": (
         lambda w: _env(u := w.honest(), num_examples=u.envelope.num_examples ^ (1 << 20)),
-        Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
     ),
-    "replay_earlier_round": (lambda w: w.honest(round=ROUND - 1), Reason.ROUND_MISMATCH, Reason.ROUND_MISMATCH),
+    "replay_earlier_round": (
+        lambda w: w.honest(round=ROUND - 1),
+        Reason.ROUND_MISMATCH,
+        Reason.ROUND_MISMATCH,
+    ),
     "replay_earlier_round_relabelled": (
-        lambda w: _env(w.honest(round=ROUND - 1), round=ROUND), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE,
+        lambda w: _env(w.honest(round=ROUND - 1), round=ROUND),
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
     ),
-    "replay_other_run": (lambda w: w.honest(run_id="another-run"), Reason.RUN_MISMATCH, Reason.RUN_MISMATCH),
-    "relabel_client": (lambda w: _env(w.honest(), client_id="b"), Reason.KEY_CLIENT_MISMATCH, Reason.KEY_CLIENT_MISMATCH),
+    "replay_other_run": (
+        lambda w: w.honest(run_id="another-run"),
+        Reason.RUN_MISMATCH,
+        Reason.RUN_MISMATCH,
+    ),
+    "relabel_client": (
+        lambda w: _env(w.honest(), client_id="b"),
+        Reason.KEY_CLIENT_MISMATCH,
+        Reason.KEY_CLIENT_MISMATCH,
+    ),
     "relabel_client_and_key": (
-        lambda w: _env(w.honest(), client_id="b", key_id=w.b.key_id), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE,
+        lambda w: _env(w.honest(), client_id="b", key_id=w.b.key_id),
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
     ),
-    "scheme_downgrade_field": (lambda w: _env(w.honest(), scheme=w.classical.scheme), Reason.SCHEME_MISMATCH, Reason.SCHEME_MISMATCH),
-    "scheme_downgrade_classical_key": (_downgrade_by_policy, Reason.SCHEME_NOT_ALLOWED, Reason.SCHEME_NOT_ALLOWED),
+    "scheme_downgrade_field": (
+        lambda w: _env(w.honest(), scheme=w.classical.scheme),
+        Reason.SCHEME_MISMATCH,
+        Reason.SCHEME_MISMATCH,
+    ),
+    "scheme_downgrade_classical_key": (
+        _downgrade_by_policy,
+        Reason.SCHEME_NOT_ALLOWED,
+        Reason.SCHEME_NOT_ALLOWED,
+    ),
     "mode_switch": (
         lambda w: _env(w.honest(), mode="full" if w.mode == "digest" else "digest", digest=""),
-        Reason.MODE_NOT_ALLOWED, Reason.MODE_NOT_ALLOWED,  # the policy allows the run's mode only
+        Reason.MODE_NOT_ALLOWED,
+        Reason.MODE_NOT_ALLOWED,  # the policy allows the run's mode only
     ),
-    "hash_swap": (lambda w: _env(w.honest(), hash="blake3"), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
+    "hash_swap": (
+        lambda w: _env(w.honest(), hash="blake3"),
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
+    ),
     "wrong_context": (_wrong_context, Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
-    "truncated_signature": (lambda w: _sig(u := w.honest(), u.signature[:-1]), Reason.BAD_SIGNATURE_LENGTH, Reason.BAD_SIGNATURE_LENGTH),
-    "garbled_signature": (lambda w: _sig(u := w.honest(), _garble(u.signature)), Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
-    "empty_signature": (lambda w: _sig(w.honest(), b""), Reason.BAD_SIGNATURE_LENGTH, Reason.BAD_SIGNATURE_LENGTH),
+    "truncated_signature": (
+        lambda w: _sig(u := w.honest(), u.signature[:-1]),
+        Reason.BAD_SIGNATURE_LENGTH,
+        Reason.BAD_SIGNATURE_LENGTH,
+    ),
+    "garbled_signature": (
+        lambda w: _sig(u := w.honest(), _garble(u.signature)),
+        Reason.BAD_SIGNATURE,
+        Reason.BAD_SIGNATURE,
+    ),
+    "empty_signature": (
+        lambda w: _sig(w.honest(), b""),
+        Reason.BAD_SIGNATURE_LENGTH,
+        Reason.BAD_SIGNATURE_LENGTH,
+    ),
     "unknown_key": (lambda w: w.honest(key=w.unknown), Reason.UNKNOWN_KEY, Reason.UNKNOWN_KEY),
     "revoked_key": (lambda w: w.honest(key=w.revoked), Reason.REVOKED_KEY, Reason.REVOKED_KEY),
-    "expired_rotated_key": (lambda w: w.honest(key=w.rotated_old), Reason.EXPIRED_KEY, Reason.EXPIRED_KEY),
+    "expired_rotated_key": (
+        lambda w: w.honest(key=w.rotated_old),
+        Reason.EXPIRED_KEY,
+        Reason.EXPIRED_KEY,
+    ),
     # the digest / signature is checked before any record is parsed, so a cut stream fails there
-    "truncated_bytes": (lambda w: w.honest().to_bytes()[:-3], Reason.DIGEST_MISMATCH, Reason.BAD_SIGNATURE),
+    "truncated_bytes": (
+        lambda w: w.honest().to_bytes()[:-3],
+        Reason.DIGEST_MISMATCH,
+        Reason.BAD_SIGNATURE,
+    ),
     "malformed_garbage": (lambda w: secrets.token_bytes(200), Reason.MALFORMED, Reason.MALFORMED),
     "malformed_empty": (lambda w: b"", Reason.MALFORMED, Reason.MALFORMED),
-    "old_envelope_version": (lambda w: _env(w.honest(), version=1), Reason.UNSUPPORTED_VERSION, Reason.UNSUPPORTED_VERSION),
+    "old_envelope_version": (
+        lambda w: _env(w.honest(), version=1),
+        Reason.UNSUPPORTED_VERSION,
+        Reason.UNSUPPORTED_VERSION,
+    ),
     "mode_outside_policy": (
-        lambda w: w.honest(mode="full" if w.mode == "digest" else "digest"), Reason.MODE_NOT_ALLOWED, Reason.MODE_NOT_ALLOWED,
+        lambda w: w.honest(mode="full" if w.mode == "digest" else "digest"),
+        Reason.MODE_NOT_ALLOWED,
+        Reason.MODE_NOT_ALLOWED,
     ),
     "too_many_records_garbage_signature": (_many_records, Reason.TOO_LARGE, Reason.TOO_LARGE),
-    "relayed_by_another_node": (lambda w: w.honest(node="node-evil"), Reason.NODE_MISMATCH, Reason.NODE_MISMATCH),
+    "relayed_by_another_node": (
+        lambda w: w.honest(node="node-evil"),
+        Reason.NODE_MISMATCH,
+        Reason.NODE_MISMATCH,
+    ),
     # insiders: signed validly with a's own key
     "insider_nan": (lambda w: _poke(w, float("nan")), Reason.NON_FINITE, Reason.NON_FINITE),
     "insider_inf": (lambda w: _poke(w, float("-inf")), Reason.NON_FINITE, Reason.NON_FINITE),
     "insider_huge_3e38": (lambda w: _poke(w, 3e38), Reason.OUT_OF_RANGE, Reason.OUT_OF_RANGE),
-    "insider_inflate_examples": (lambda w: w.honest(num_examples=2**53), Reason.EXAMPLES_OVER_CAP, Reason.EXAMPLES_OVER_CAP),
-    "insider_extra_tensor": (lambda w: _with(w, "extra", np.zeros(3, np.float32)), Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH),
+    "insider_inflate_examples": (
+        lambda w: w.honest(num_examples=2**53),
+        Reason.EXAMPLES_OVER_CAP,
+        Reason.EXAMPLES_OVER_CAP,
+    ),
+    "insider_extra_tensor": (
+        lambda w: _with(w, "extra", np.zeros(3, np.float32)),
+        Reason.SCHEMA_MISMATCH,
+        Reason.SCHEMA_MISMATCH,
+    ),
     "insider_missing_tensor": (
         lambda w: w.honest(state={k: v for k, v in w.state.items() if k != "0.bias"}),
-        Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH,
+        Reason.SCHEMA_MISMATCH,
+        Reason.SCHEMA_MISMATCH,
     ),
-    "insider_dtype_change": (lambda w: _with(w, "0.bias", w.state["0.bias"].astype(np.float64)), Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH),
-    "insider_shape_change": (lambda w: _with(w, "0.bias", w.state["0.bias"].reshape(1, -1)), Reason.SCHEMA_MISMATCH, Reason.SCHEMA_MISMATCH),
-}  # fmt: skip
+    "insider_dtype_change": (
+        lambda w: _with(w, "0.bias", w.state["0.bias"].astype(np.float64)),
+        Reason.SCHEMA_MISMATCH,
+        Reason.SCHEMA_MISMATCH,
+    ),
+    "insider_shape_change": (
+        lambda w: _with(w, "0.bias", w.state["0.bias"].reshape(1, -1)),
+        Reason.SCHEMA_MISMATCH,
+        Reason.SCHEMA_MISMATCH,
+    ),
+}
 
 
 def _stateful_row(name: str, w: AttackWorld) -> dict[str, Any]:
@@ -255,8 +367,13 @@ def _stateful_row(name: str, w: AttackWorld) -> dict[str, Any]:
     ok = w.verify(first, guard)
     got = w.verify(second, guard, round=ROUND + (name == "node_switch"), node=node)
     want = STATEFUL[name]
-    return {"attack": name, "expected": str(want), "got": str(got),
-            "rejected": got != Reason.OK and ok == Reason.OK, "as_expected": got == want}  # fmt: skip
+    return {
+        "attack": name,
+        "expected": str(want),
+        "got": str(got),
+        "rejected": got != Reason.OK and ok == Reason.OK,
+        "as_expected": got == want,
+    }
 
 
 STATEFUL = {
@@ -291,22 +408,34 @@ def run_attack_suite(
             got = got if wire == got else wire
         want = expected_reason(name, mode)
         rows.append(
-            {"attack": name, "expected": str(want), "got": str(got),
-             "rejected": got != Reason.OK, "as_expected": got == want}
-        )  # fmt: skip
+            {
+                "attack": name,
+                "expected": str(want),
+                "got": str(got),
+                "rejected": got != Reason.OK,
+                "as_expected": got == want,
+            }
+        )
     rows += [_stateful_row(name, w) for name in STATEFUL]
     false_rejections = 0
     guard = ReplayGuard()
     for i in range(honest):  # one update per round of client a, as in a real run
-        u = w.honest(state=sample_state(seed + 1 + i % 50), num_examples=1 + i % MAX_EXAMPLES,
-                     round=ROUND + i)  # fmt: skip
+        u = w.honest(
+            state=sample_state(seed + 1 + i % 50),
+            num_examples=1 + i % MAX_EXAMPLES,
+            round=ROUND + i,
+        )
         if w.verify(u.to_bytes() if i % 2 else u, guard, round=ROUND + i) != Reason.OK:
             false_rejections += 1
     rejected = sum(bool(r["rejected"]) and bool(r["as_expected"]) for r in rows)
     return {
-        "scheme": scheme, "mode": mode, "cases": rows, "honest": honest,
-        "false_rejections": false_rejections, "rejection_rate": rejected / len(rows),
-    }  # fmt: skip
+        "scheme": scheme,
+        "mode": mode,
+        "cases": rows,
+        "honest": honest,
+        "false_rejections": false_rejections,
+        "rejection_rate": rejected / len(rows),
+    }
 
 
 # ------------------------------------------------------------------------------------------------

@@ -66,7 +66,13 @@ def hardware() -> dict[str, Any]:
     except Exception:  # noqa: BLE001
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_avg_1min": load, "python": platform.python_version(), "libraries": libs}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_avg_1min": load,
+        "python": platform.python_version(),
+        "libraries": libs,
+    }
 
 
 def time_call(
@@ -124,9 +130,14 @@ def primitive_table(
             s = get_scheme(name, backend)
             sk, pk = s.keygen()
             row: dict[str, Any] = {
-                "scheme": name, "backend": backend, "pq": s.post_quantum, "nist_level": s.nist_level,
-                "pk_B": s.public_key_size, "sk_B": len(sk), "sig_B": s.signature_size,
-            }  # fmt: skip
+                "scheme": name,
+                "backend": backend,
+                "pq": s.post_quantum,
+                "nist_level": s.nist_level,
+                "pk_B": s.public_key_size,
+                "sk_B": len(sk),
+                "sig_B": s.signature_size,
+            }
             row["keygen"] = time_call(s.keygen, budget_s=budget_s)
             for label, msg in messages.items():
                 try:
@@ -227,17 +238,30 @@ def round_cost_table(
                 mine = dict(tensors)
                 mine[smallest] = tensors[smallest] + np.float32(i)
                 u = sign_update(
-                    mine, scheme=scheme, secret_key=k.secret_key, key_id=k.key_id, client_id=k.client_id,
-                    run_id="bench", round=1, num_examples=n, mode=mode, hash=hash,
-                )  # fmt: skip
+                    mine,
+                    scheme=scheme,
+                    secret_key=k.secret_key,
+                    key_id=k.key_id,
+                    client_id=k.client_id,
+                    run_id="bench",
+                    round=1,
+                    num_examples=n,
+                    mode=mode,
+                    hash=hash,
+                )
                 digest_s.append(u.timings["digest"])
                 sign_s.append(u.timings["sign"])
                 blob = u.to_bytes()
                 t0 = time.perf_counter()  # the server gets bytes: header, signature, hash, parse
                 v = verify_update(
-                    blob, registry=reg, run_id="bench", round=1, guard=guard, schema=schema,
+                    blob,
+                    registry=reg,
+                    run_id="bench",
+                    round=1,
+                    guard=guard,
+                    schema=schema,
                     policy=ServerPolicy.only(scheme),
-                )  # fmt: skip
+                )
                 assert v.ok and v.update is not None, v
                 back = v.update
                 t2 = time.perf_counter()
@@ -259,17 +283,31 @@ def round_cost_table(
             client_s = train_s + client_digest + client_sign
             server_s = parse_s + verify_s + hash_s + agg_s
             round_s = client_s + server_s
-            rows.append({
-                "model": model_name, "params": update_bytes // 4, "update_MB": update_bytes / 1e6,
-                "clients": n_clients, "scheme": scheme, "mode": mode, "hash": hash if mode == "digest" else "",
-                "client_train_s": train_s, "client_digest_s": client_digest, "client_sign_s": client_sign,
-                "server_parse_s": parse_s, "server_verify_s": verify_s, "server_hash_s": hash_s,
-                "server_aggregate_s": agg_s, "round_s": round_s,
-                "sign_verify_share_pct": 100 * (client_sign + verify_s) / round_s,
-                "hash_share_pct": 100 * (client_digest + hash_s) / round_s,
-                "crypto_share_pct": 100 * (client_sign + verify_s + client_digest + hash_s) / round_s,
-                "server_crypto_share_pct": 100 * (verify_s + hash_s) / server_s,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": model_name,
+                    "params": update_bytes // 4,
+                    "update_MB": update_bytes / 1e6,
+                    "clients": n_clients,
+                    "scheme": scheme,
+                    "mode": mode,
+                    "hash": hash if mode == "digest" else "",
+                    "client_train_s": train_s,
+                    "client_digest_s": client_digest,
+                    "client_sign_s": client_sign,
+                    "server_parse_s": parse_s,
+                    "server_verify_s": verify_s,
+                    "server_hash_s": hash_s,
+                    "server_aggregate_s": agg_s,
+                    "round_s": round_s,
+                    "sign_verify_share_pct": 100 * (client_sign + verify_s) / round_s,
+                    "hash_share_pct": 100 * (client_digest + hash_s) / round_s,
+                    "crypto_share_pct": 100
+                    * (client_sign + verify_s + client_digest + hash_s)
+                    / round_s,
+                    "server_crypto_share_pct": 100 * (verify_s + hash_s) / server_s,
+                }
+            )
     return rows
 
 
@@ -289,10 +327,17 @@ def _verify_chunk(blobs: list[bytes]) -> int:
     """Verified updates in ``blobs`` (a fresh replay guard each: many updates share a client)."""
     assert _WORKER_REGISTRY is not None
     return sum(
-        verify_update(b, registry=_WORKER_REGISTRY, run_id="bench", round=1, guard=ReplayGuard(),
-                      schema=None, policy=ServerPolicy.only(_WORKER_REGISTRY.records()[0].scheme)).ok
+        verify_update(
+            b,
+            registry=_WORKER_REGISTRY,
+            run_id="bench",
+            round=1,
+            guard=ReplayGuard(),
+            schema=None,
+            policy=ServerPolicy.only(_WORKER_REGISTRY.records()[0].scheme),
+        ).ok
         for b in blobs
-    )  # fmt: skip
+    )
 
 
 def _noop(_: int) -> int:
@@ -327,9 +372,16 @@ def verify_throughput(
         k = keys[i % n_keys]
         st = {"w": rng.standard_normal(model_params, dtype=np.float32)}
         blobs.append(
-            sign_update(st, scheme=scheme, secret_key=k.secret_key, key_id=k.key_id,
-                        client_id=k.client_id, run_id="bench", round=1).to_bytes()
-        )  # fmt: skip
+            sign_update(
+                st,
+                scheme=scheme,
+                secret_key=k.secret_key,
+                key_id=k.key_id,
+                client_id=k.client_id,
+                run_id="bench",
+                round=1,
+            ).to_bytes()
+        )
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     pools = {
         w: ProcessPoolExecutor(w, mp_context=ctx, initializer=_init_worker, initargs=(reg,))
@@ -356,11 +408,19 @@ def verify_throughput(
     rows = []
     for w in workers:
         rate = float(np.median(rates[w]))
-        rows.append({
-            "scheme": scheme, "workers": w, "updates": n_updates, "repeats": repeats,
-            "updates_per_s": rate, "updates_per_s_q1_q3": np.percentile(rates[w], [25, 75]).tolist(),
-            "speedup": rate / base, "efficiency": rate / base / w, "cores": os.cpu_count(),
-        })  # fmt: skip
+        rows.append(
+            {
+                "scheme": scheme,
+                "workers": w,
+                "updates": n_updates,
+                "repeats": repeats,
+                "updates_per_s": rate,
+                "updates_per_s_q1_q3": np.percentile(rates[w], [25, 75]).tolist(),
+                "speedup": rate / base,
+                "efficiency": rate / base / w,
+                "cores": os.cpu_count(),
+            }
+        )
     return rows
 
 
@@ -386,9 +446,17 @@ def bandwidth_table(
     for name in schemes or available_schemes():
         s = get_scheme(name)
         sk, pk = s.keygen()
-        u = sign_update({"w": np.zeros(4, np.float32)}, scheme=s, secret_key=sk, key_id="k" * 32,
-                        client_id="client-000", run_id="flwr-1234567890", round=100, num_examples=1000,
-                        metrics={"train_loss": 0.1})  # fmt: skip
+        u = sign_update(
+            {"w": np.zeros(4, np.float32)},
+            scheme=s,
+            secret_key=sk,
+            key_id="k" * 32,
+            client_id="client-000",
+            run_id="flwr-1234567890",
+            round=100,
+            num_examples=1000,
+            metrics={"train_loss": 0.1},
+        )
         added = u.overhead_bytes
         row: dict[str, Any] = {
             "scheme": name,

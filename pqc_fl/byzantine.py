@@ -46,16 +46,25 @@ def integrity_runs(base: FLConfig, fraction: float = 0.2) -> list[dict[str, Any]
         r = _run(replace(base, byzantine=attack, num_byzantine=k))
         sent = k * base.rounds * (2 if attack == "double_submission" else 1)
         reasons = sorted({x["reason"] for x in r.rejections})
-        rows.append({
-            "attack": attack, "byzantine": k, "byzantine_updates": sent,
-            "rejected": len(r.rejections), "reasons": ",".join(reasons),
-            "expected": EXPECTED_REASON[attack],
-            "all_rejected_as_expected": len(r.rejections) == sent
-            and reasons == [EXPECTED_REASON[attack]],
-            "honest_rejected": sum(x["node"] not in {f"node-{i}" for i in range(
-                base.num_clients - k, base.num_clients)} for x in r.rejections),
-            "final_acc": r.final_accuracy, "attack_free_acc": clean.final_accuracy,
-        })  # fmt: skip
+        rows.append(
+            {
+                "attack": attack,
+                "byzantine": k,
+                "byzantine_updates": sent,
+                "rejected": len(r.rejections),
+                "reasons": ",".join(reasons),
+                "expected": EXPECTED_REASON[attack],
+                "all_rejected_as_expected": len(r.rejections) == sent
+                and reasons == [EXPECTED_REASON[attack]],
+                "honest_rejected": sum(
+                    x["node"]
+                    not in {f"node-{i}" for i in range(base.num_clients - k, base.num_clients)}
+                    for x in r.rejections
+                ),
+                "final_acc": r.final_accuracy,
+                "attack_free_acc": clean.final_accuracy,
+            }
+        )
     return rows
 
 
@@ -77,9 +86,15 @@ def accuracy_under_attack(
             k = round(frac * base.num_clients)
             cfg = replace(base, strategy=strategy, byzantine=attack, num_byzantine=k, seed=seed)
             r = _run(cfg)
-            row = {"strategy": strategy, "attack": attack, "fraction": frac, "byzantine": k,
-                   "seed": seed, "final_acc": r.final_accuracy,
-                   "rejected": len(r.rejections)}  # fmt: skip
+            row = {
+                "strategy": strategy,
+                "attack": attack,
+                "fraction": frac,
+                "byzantine": k,
+                "seed": seed,
+                "final_acc": r.final_accuracy,
+                "rejected": len(r.rejections),
+            }
             rows.append(row)
             if on_row:
                 on_row(row)

@@ -64,8 +64,12 @@ def run_experiment(cfg: FLConfig, key_dir: Any, out: Any) -> dict[str, Any]:
         from pqc_fl.task import digits, partition
 
         y = digits(cfg.seed)[1]
-        sizes = [len(p) for p in partition(y, cfg.num_clients, scheme=cfg.partition,
-                                           alpha=cfg.alpha, seed=cfg.seed)]  # fmt: skip
+        sizes = [
+            len(p)
+            for p in partition(
+                y, cfg.num_clients, scheme=cfg.partition, alpha=cfg.alpha, seed=cfg.seed
+            )
+        ]
         provision_keys(key_dir, cfg.num_clients, cfg.scheme, max_examples=sizes)
 
         s = run_flower_simulation(cfg, key_dir, out)
@@ -94,18 +98,29 @@ def _run(args: argparse.Namespace) -> int:
         f"Federated {cfg.model} on digits, {cfg.num_clients} clients, {cfg.partition}, "
         f"{cfg.scheme} ({cfg.mode}), engine {cfg.engine}"
     )
-    rows = [{"round": r["round"], "signed test acc": r["test_acc"], "accepted": r["accepted"],
-             "rejected": r["rejected"], "quorum met": r.get("quorum_met", True)}
-            for r in signed["rounds"]]  # fmt: skip
+    rows = [
+        {
+            "round": r["round"],
+            "signed test acc": r["test_acc"],
+            "accepted": r["accepted"],
+            "rejected": r["rejected"],
+            "quorum met": r.get("quorum_met", True),
+        }
+        for r in signed["rounds"]
+    ]
     missed = [r["round"] for r in rows if not r["quorum met"]]
     summary: dict[str, Any] = {"signed": signed["rounds"], "rejections": signed["rejections"]}
     if cfg.compare_unsigned and cfg.sign:
         plain = run_experiment(
-            _base_config(cfg, sign=False, attack="none",
-                         byzantine="none" if cfg.byzantine in INTEGRITY_ATTACKS else cfg.byzantine),
+            _base_config(
+                cfg,
+                sign=False,
+                attack="none",
+                byzantine="none" if cfg.byzantine in INTEGRITY_ATTACKS else cfg.byzantine,
+            ),
             run.artefact("keys-unsigned"),
             run.artefact("flower-unsigned.json"),
-        )  # fmt: skip
+        )
         for row, p in zip(rows, plain["rounds"], strict=True):
             row["unsigned test acc"] = p["test_acc"]
         summary["unsigned"] = plain["rounds"]
@@ -153,9 +168,12 @@ def _bench(args: argparse.Namespace) -> int:
         section.add_table("Primitives: median [IQR]", bench.primitive_markdown_rows(rows))
     if "rounds" in cfg.parts:
         out["rounds"] = bench.round_cost_table(
-            cfg.models, cfg.clients, scheme=cfg.round_scheme, local_steps=cfg.local_steps,
+            cfg.models,
+            cfg.clients,
+            scheme=cfg.round_scheme,
+            local_steps=cfg.local_steps,
             seed=cfg.seed,
-        )  # fmt: skip
+        )
         section.add_table("Crypto share of round time", out["rounds"])
     if "throughput" in cfg.parts:
         out["throughput"] = bench.verify_throughput(
@@ -183,8 +201,10 @@ def _keys(args: argparse.Namespace) -> int:
 
     reg = provision_keys(args.dir, args.clients, args.scheme, max_examples=args.max_examples)
     for r in reg.records():
-        print(f"{r.client_id}: key {r.key_id} ({r.scheme}, {len(r.public_key)} B public key, "
-              f"at most {r.max_examples} examples)")  # fmt: skip
+        print(
+            f"{r.client_id}: key {r.key_id} ({r.scheme}, {len(r.public_key)} B public key, "
+            f"at most {r.max_examples} examples)"
+        )
     print(
         f"registry: {args.dir}/registry.json, signed with the server key {args.dir}/server.json "
         "(both stay with the server); client-<i>.json to client i"
@@ -198,8 +218,10 @@ def _schemes(args: argparse.Namespace) -> int:
     print(f"{'scheme':20} {'backends':28} {'level':>5} {'pk B':>6} {'sig B':>6}")
     for n in available_schemes():
         s = get_scheme(n)
-        print(f"{n:20} {','.join(scheme_backends(n)):28} {s.nist_level:>5} "
-              f"{s.public_key_size:>6} {s.signature_size:>6}")  # fmt: skip
+        print(
+            f"{n:20} {','.join(scheme_backends(n)):28} {s.nist_level:>5} "
+            f"{s.public_key_size:>6} {s.signature_size:>6}"
+        )
     return 0
 
 
@@ -211,8 +233,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", required=True, help="folder for client-<i>.json and registry.json")
     p.add_argument("--clients", type=int, default=3, help="number of clients (default 3)")
     p.add_argument("--scheme", default="ml-dsa-44", help="signature scheme (default ml-dsa-44)")
-    p.add_argument("--max-examples", type=int, required=True,
-                   help="largest num_examples a client's update may claim (its data-set size)")  # fmt: skip
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        required=True,
+        help="largest num_examples a client's update may claim (its data-set size)",
+    )
     p.set_defaults(func=_keys)
     p = sub.add_parser("run", help="a federated run with signed updates (+ unsigned baseline)")
     add_config_arguments(p, "pqc_fl.commands:FLRunConfig")

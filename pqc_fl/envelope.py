@@ -180,9 +180,13 @@ def canonical_tensors(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def _record_header(name: str, a: np.ndarray) -> bytes:
     nb, dt = name.encode(), a.dtype.str.encode()
     return (
-        struct.pack(">H", len(nb)) + nb + struct.pack(">B", len(dt)) + dt
-        + struct.pack(f">B{a.ndim}Q", a.ndim, *a.shape) + struct.pack(">Q", a.nbytes)
-    )  # fmt: skip
+        struct.pack(">H", len(nb))
+        + nb
+        + struct.pack(">B", len(dt))
+        + dt
+        + struct.pack(f">B{a.ndim}Q", a.ndim, *a.shape)
+        + struct.pack(">Q", a.nbytes)
+    )
 
 
 def tensor_stream(tensors: Mapping[str, np.ndarray]) -> Iterator[bytes | memoryview]:
@@ -254,11 +258,20 @@ class Envelope:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "v": self.version, "alg": self.scheme, "mode": self.mode, "run_id": self.run_id,
-            "round": self.round, "client_id": self.client_id, "key_id": self.key_id,
-            "nonce": self.nonce, "digest": self.digest, "num_examples": self.num_examples,
-            "metrics": {k: float(v).hex() for k, v in self.metrics}, "node": self.node, "hash": self.hash,
-        }  # fmt: skip
+            "v": self.version,
+            "alg": self.scheme,
+            "mode": self.mode,
+            "run_id": self.run_id,
+            "round": self.round,
+            "client_id": self.client_id,
+            "key_id": self.key_id,
+            "nonce": self.nonce,
+            "digest": self.digest,
+            "num_examples": self.num_examples,
+            "metrics": {k: float(v).hex() for k, v in self.metrics},
+            "node": self.node,
+            "hash": self.hash,
+        }
 
     def to_bytes(self) -> bytes:
         """Canonical JSON: sorted keys, no whitespace, ASCII only."""
@@ -298,14 +311,20 @@ class Envelope:
                 f"envelope metrics must be float.hex strings: {err}"
             ) from None
         env = cls(
-            scheme=field_("alg", str, 1, 64), mode=field_("mode", str, 1, 16),
-            run_id=field_("run_id", str, 1), round=field_("round", int, 0, 2**31 - 1),
-            client_id=field_("client_id", str, 1), key_id=field_("key_id", str, 1),
-            nonce=field_("nonce", str, 32, 32), digest=field_("digest", str, 0, 64),
-            num_examples=field_("num_examples", int, 0, 2**53), metrics=parsed,
-            node=field_("node", str, 0), hash=field_("hash", str, 1, 16),
+            scheme=field_("alg", str, 1, 64),
+            mode=field_("mode", str, 1, 16),
+            run_id=field_("run_id", str, 1),
+            round=field_("round", int, 0, 2**31 - 1),
+            client_id=field_("client_id", str, 1),
+            key_id=field_("key_id", str, 1),
+            nonce=field_("nonce", str, 32, 32),
+            digest=field_("digest", str, 0, 64),
+            num_examples=field_("num_examples", int, 0, 2**53),
+            metrics=parsed,
+            node=field_("node", str, 0),
+            hash=field_("hash", str, 1, 16),
             version=field_("v", int, 0, 255),
-        )  # fmt: skip
+        )
         if env.to_bytes() != data:
             raise MalformedUpdateError("envelope is not in canonical form")
         return env
@@ -540,10 +559,19 @@ def sign_update(
     digest = state_digest(tensors, hash).hex() if mode == "digest" else ""
     t1 = time.perf_counter()
     env = Envelope(
-        scheme=s.name, mode=mode, run_id=run_id, round=round, client_id=client_id, key_id=key_id,
-        nonce=nonce.hex(), digest=digest, num_examples=num_examples,
-        metrics=_metrics_tuple(metrics), node=node, hash=hash,
-    )  # fmt: skip
+        scheme=s.name,
+        mode=mode,
+        run_id=run_id,
+        round=round,
+        client_id=client_id,
+        key_id=key_id,
+        nonce=nonce.hex(),
+        digest=digest,
+        num_examples=num_examples,
+        metrics=_metrics_tuple(metrics),
+        node=node,
+        hash=hash,
+    )
     try:
         env = Envelope.from_bytes(env.to_bytes())  # enforce the same limits a verifier applies
     except MalformedUpdateError as err:
@@ -658,9 +686,16 @@ def verify_update(
 
 
 def _check_header(
-    e: Envelope, sig: bytes, stream: memoryview | None, update: Any, registry: KeyRegistry,
-    run_id: str, round: int, policy: ServerPolicy, node: str | None,
-) -> Verdict | tuple[KeyRecord, SignatureScheme]:  # fmt: skip
+    e: Envelope,
+    sig: bytes,
+    stream: memoryview | None,
+    update: Any,
+    registry: KeyRegistry,
+    run_id: str,
+    round: int,
+    policy: ServerPolicy,
+    node: str | None,
+) -> Verdict | tuple[KeyRecord, SignatureScheme]:
     """Steps 1-3 of :func:`verify_update`: a rejecting Verdict, or the key record and scheme."""
 
     def no(reason: Reason, detail: str = "") -> Verdict:
@@ -705,8 +740,11 @@ def _check_header(
         count = len(update.tensors)
         n_bytes = sum(a.nbytes for a in update.tensors.values())
     if count > policy.max_records or n_bytes > policy.max_update_bytes:
-        return no(Reason.TOO_LARGE, f"{count} records / {n_bytes} bytes exceed the policy's "
-                  f"{policy.max_records} / {policy.max_update_bytes}")  # fmt: skip
+        return no(
+            Reason.TOO_LARGE,
+            f"{count} records / {n_bytes} bytes exceed the policy's "
+            f"{policy.max_records} / {policy.max_update_bytes}",
+        )
     return rec, s
 
 

@@ -135,14 +135,23 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         t0 = time.perf_counter()
         u = sign_update(
             {k: a.numpy() for k, a in reply.content.array_records["arrays"].items()},
-            scheme=key.scheme, secret_key=key.secret_key, key_id=key.key_id,
-            client_id=key.client_id, run_id=flower_run_id(context),
+            scheme=key.scheme,
+            secret_key=key.secret_key,
+            key_id=key.key_id,
+            client_id=key.client_id,
+            run_id=flower_run_id(context),
             round=_server_round(msg),
-            num_examples=n, metrics=metrics, mode=cfg.mode, node=str(context.node_id),
+            num_examples=n,
+            metrics=metrics,
+            mode=cfg.mode,
+            node=str(context.node_id),
             hash=cfg.hash,
-        )  # fmt: skip
-        extra = {"digest_s": u.timings["digest"], "sign_s": u.timings["sign"],
-                 "total_sign_s": time.perf_counter() - t0}  # fmt: skip
+        )
+        extra = {
+            "digest_s": u.timings["digest"],
+            "sign_s": u.timings["sign"],
+            "total_sign_s": time.perf_counter() - t0,
+        }
         return Message(update_to_content(u, extra), reply_to=msg)
 
     def attack_mod(msg: Message, context: Context, call_next: Any) -> Message:
@@ -151,9 +160,11 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         cfg, _ = settings(context, base, key_dir)
         pid = int(context.node_config["partition-id"])
         if (
-            cfg.attack == "none" or pid != cfg.attacker or reply.has_error()
+            cfg.attack == "none"
+            or pid != cfg.attacker
+            or reply.has_error()
             or msg.metadata.message_type != MessageType.TRAIN
-        ):  # fmt: skip
+        ):
             return reply
         u = content_to_update(reply.content)
         prev = None
@@ -223,9 +234,12 @@ def make_server_app(
         _, _, x_te, y_te = digits(cfg.seed)
         model = build_model(cfg.model, cfg.seed)
         verifier = RoundVerifier(
-            registry, flower_run_id(context), schema_of(model.state_dict()),
-            ServerPolicy.only(cfg.scheme), min_accepted=float(cfg.min_accepted),
-        )  # fmt: skip
+            registry,
+            flower_run_id(context),
+            schema_of(model.state_dict()),
+            ServerPolicy.only(cfg.scheme),
+            min_accepted=float(cfg.min_accepted),
+        )
         inner = make_strategy(cfg.strategy, cfg.num_clients, num_malicious=cfg.num_byzantine)
         strategy = VerifyingStrategy(inner, verifier, require_signatures=cfg.sign)
 
@@ -242,11 +256,15 @@ def make_server_app(
             ev: Any = result.evaluate_metrics_serverapp.get(st["round"], {})
             rounds.append({**st, **{k: float(v) for k, v in ev.items()}})
         summary = {
-            "engine": "flower", "run_id": verifier.run_id, "config": dataclasses.asdict(cfg),
-            "rounds": rounds, "rejections": strategy.rejections,
+            "engine": "flower",
+            "run_id": verifier.run_id,
+            "config": dataclasses.asdict(cfg),
+            "rounds": rounds,
+            "rejections": strategy.rejections,
             "final_state": {k: a.numpy().tolist() for k, a in result.arrays.items()}
-            if cfg.model == "mlp" else None,
-        }  # fmt: skip
+            if cfg.model == "mlp"
+            else None,
+        }
         if out_path:
             atomic_write_json(Path(str(out_path)), summary)
 

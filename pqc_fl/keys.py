@@ -155,9 +155,12 @@ def load_client_key(path: str | Path) -> ClientKey:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         return ClientKey(
-            str(d["client_id"]), str(d["key_id"]), str(d["scheme"]),
-            _unb64(d["public_key"], "public_key", path), _unb64(d["secret_key"], "secret_key", path),
-        )  # fmt: skip
+            str(d["client_id"]),
+            str(d["key_id"]),
+            str(d["scheme"]),
+            _unb64(d["public_key"], "public_key", path),
+            _unb64(d["secret_key"], "secret_key", path),
+        )
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise KeyRegistryError(f"key file {path} is not a qhybrid client key ({err!r})") from None
 
@@ -177,11 +180,15 @@ class KeyRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key_id": self.key_id, "client_id": self.client_id, "scheme": self.scheme,
-            "public_key": _b64(self.public_key), "status": self.status,
+            "key_id": self.key_id,
+            "client_id": self.client_id,
+            "scheme": self.scheme,
+            "public_key": _b64(self.public_key),
+            "status": self.status,
             "registered_round": self.registered_round,
-            "accept_until_round": self.accept_until_round, "max_examples": self.max_examples,
-        }  # fmt: skip
+            "accept_until_round": self.accept_until_round,
+            "max_examples": self.max_examples,
+        }
 
 
 def _int(v: Any, what: str, lo: int = 0) -> int:
@@ -241,9 +248,15 @@ class KeyRegistry:
             round: the first round the key may sign.
         """
         rec = KeyRecord(
-            key_id, client_id, get_scheme(scheme).name, bytes(public_key), "active",
-            _int(round, "round"), None, _int(max_examples, "max_examples"),
-        )  # fmt: skip
+            key_id,
+            client_id,
+            get_scheme(scheme).name,
+            bytes(public_key),
+            "active",
+            _int(round, "round"),
+            None,
+            _int(max_examples, "max_examples"),
+        )
         self._add(rec)
         logger.info("registered key %s (%s) for client %s", key_id, rec.scheme, client_id)
         return rec
@@ -284,9 +297,13 @@ class KeyRegistry:
     ) -> KeyRecord:
         """Register the public half of a :class:`ClientKey`."""
         return self.register(
-            client_id=key.client_id, key_id=key.key_id, scheme=key.scheme,
-            public_key=key.public_key, max_examples=max_examples, round=round,
-        )  # fmt: skip
+            client_id=key.client_id,
+            key_id=key.key_id,
+            scheme=key.scheme,
+            public_key=key.public_key,
+            max_examples=max_examples,
+            round=round,
+        )
 
     def rotate(
         self,
@@ -322,10 +339,13 @@ class KeyRegistry:
         )
         try:
             return self.register(
-                client_id=client_id, key_id=key_id, scheme=scheme or old.scheme,
-                public_key=public_key, round=round,
+                client_id=client_id,
+                key_id=key_id,
+                scheme=scheme or old.scheme,
+                public_key=public_key,
+                round=round,
                 max_examples=old.max_examples if max_examples is None else max_examples,
-            )  # fmt: skip
+            )
         except QHybridError:
             self._keys[old.key_id] = old  # keep the registry consistent on a bad new key
             raise
@@ -341,8 +361,11 @@ class KeyRegistry:
             raise KeyRegistryError(f"cannot revoke unknown key id {key_id!r}")
         chain = [rec]
         if rec.status == "active":
-            chain += [r for r in self._keys.values()
-                      if r.client_id == rec.client_id and r.status == "retired"]  # fmt: skip
+            chain += [
+                r
+                for r in self._keys.values()
+                if r.client_id == rec.client_id and r.status == "retired"
+            ]
         for r in chain:
             self._keys[r.key_id] = replace(r, status="revoked")
             logger.info("revoked key %s of client %s", r.key_id, r.client_id)
@@ -387,8 +410,10 @@ class KeyRegistry:
         s = get_scheme(server_key.scheme)
         body = self._body()
         sig = s.sign(server_key.secret_key, body, REGISTRY_CONTEXT)
-        doc = {**json.loads(body), "signature": {"scheme": s.name, "key_id": server_key.key_id,
-                                                  "value": _b64(sig)}}  # fmt: skip
+        doc = {
+            **json.loads(body),
+            "signature": {"scheme": s.name, "key_id": server_key.key_id, "value": _b64(sig)},
+        }
         _write_private(Path(path), json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -417,8 +442,9 @@ class KeyRegistry:
             )
         try:
             sig = _unb64(d["signature"]["value"], "signature", path)
-            body = json.dumps({"format": d["format"], "keys": d["keys"]}, sort_keys=True,
-                              separators=(",", ":")).encode("ascii")  # fmt: skip
+            body = json.dumps(
+                {"format": d["format"], "keys": d["keys"]}, sort_keys=True, separators=(",", ":")
+            ).encode("ascii")
         except (KeyError, TypeError, UnicodeEncodeError) as err:
             raise KeyRegistryError(f"{path} carries no registry signature ({err!r})") from None
         if not get_scheme(server_scheme).verify(server_public_key, body, sig, REGISTRY_CONTEXT):
@@ -429,11 +455,18 @@ class KeyRegistry:
         reg = cls()
         try:
             for k in d["keys"]:
-                reg._add(KeyRecord(
-                    k["key_id"], k["client_id"], k["scheme"],
-                    _unb64(k["public_key"], "public_key", path), k["status"],
-                    k["registered_round"], k["accept_until_round"], k["max_examples"],
-                ))  # fmt: skip
+                reg._add(
+                    KeyRecord(
+                        k["key_id"],
+                        k["client_id"],
+                        k["scheme"],
+                        _unb64(k["public_key"], "public_key", path),
+                        k["status"],
+                        k["registered_round"],
+                        k["accept_until_round"],
+                        k["max_examples"],
+                    )
+                )
         except (KeyError, TypeError, AttributeError) as err:
             raise KeyRegistryError(f"{path}: malformed key record ({err!r})") from None
         except QHybridError as err:
@@ -447,10 +480,13 @@ class KeyRegistry:
         path = Path(path)
         d = json.loads(path.read_text(encoding="utf-8"))
         return self.register(
-            client_id=str(d["client_id"]), key_id=str(d["key_id"]), scheme=str(d["scheme"]),
-            public_key=_unb64(d["public_key"], "public_key", path), round=round,
+            client_id=str(d["client_id"]),
+            key_id=str(d["key_id"]),
+            scheme=str(d["scheme"]),
+            public_key=_unb64(d["public_key"], "public_key", path),
+            round=round,
             max_examples=max_examples,
-        )  # fmt: skip
+        )
 
 
 def provision_keys(
@@ -495,6 +531,7 @@ def load_server_registry(key_dir: str | Path) -> KeyRegistry:
     """The registry of ``key_dir``, verified with the server key in ``key_dir/server.json``."""
     server = load_client_key(Path(key_dir) / "server.json")
     return KeyRegistry.load(
-        Path(key_dir) / "registry.json", server_public_key=server.public_key,
+        Path(key_dir) / "registry.json",
+        server_public_key=server.public_key,
         server_scheme=server.scheme,
-    )  # fmt: skip
+    )

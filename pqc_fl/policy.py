@@ -66,11 +66,15 @@ class ServerPolicy:
         object.__setattr__(self, "allowed_modes", frozenset(self.allowed_modes))
         object.__setattr__(self, "allowed_hashes", frozenset(self.allowed_hashes))
         if not self.allowed_hashes or not self.allowed_hashes <= {"sha256", "blake3"}:
-            raise QHybridError(f"allowed_hashes {sorted(self.allowed_hashes)} must be a non-empty "
-                               "subset of sha256/blake3")  # fmt: skip
+            raise QHybridError(
+                f"allowed_hashes {sorted(self.allowed_hashes)} must be a non-empty "
+                "subset of sha256/blake3"
+            )
         if not set(self.allowed_modes) <= {"digest", "full", "mu"} or not self.allowed_modes:
-            raise QHybridError(f"allowed_modes {sorted(self.allowed_modes)} must be non-empty "
-                               "and within digest/full/mu")  # fmt: skip
+            raise QHybridError(
+                f"allowed_modes {sorted(self.allowed_modes)} must be non-empty "
+                "and within digest/full/mu"
+            )
         if self.max_records < 1 or self.max_update_bytes < 1:
             raise QHybridError("max_records and max_update_bytes must be >= 1")
         if self.max_abs is not None and not self.max_abs > 0:

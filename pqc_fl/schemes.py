@@ -269,9 +269,22 @@ def _crypto_mldsa(name: str) -> SignatureScheme:
         return bytes(load_sk(sk).public_key().public_bytes_raw())
 
     return SignatureScheme(
-        name, "ml-dsa", level, True, "cryptography", pk_size, 32, sig_size,
-        keygen, sign, verify, mu_hasher, sign_mu, verify_mu, public_of,
-    )  # fmt: skip
+        name,
+        "ml-dsa",
+        level,
+        True,
+        "cryptography",
+        pk_size,
+        32,
+        sig_size,
+        keygen,
+        sign,
+        verify,
+        mu_hasher,
+        sign_mu,
+        verify_mu,
+        public_of,
+    )
 
 
 def _crypto_ed25519() -> SignatureScheme:
@@ -428,9 +441,18 @@ def _pqcrypto(name: str) -> SignatureScheme:
 
     family, level = ("ml-dsa", _MLDSA[name][0]) if name in _MLDSA else ("slh-dsa", _SLH[name])
     return SignatureScheme(
-        name, family, level, True, "pqcrypto", mod.PUBLIC_KEY_SIZE, mod.SECRET_KEY_SIZE,
-        mod.SIGNATURE_SIZE, keygen, sign, verify,
-    )  # fmt: skip
+        name,
+        family,
+        level,
+        True,
+        "pqcrypto",
+        mod.PUBLIC_KEY_SIZE,
+        mod.SECRET_KEY_SIZE,
+        mod.SIGNATURE_SIZE,
+        keygen,
+        sign,
+        verify,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,14 +534,26 @@ def _liboqs() -> ctypes.CDLL | None:
     lib.OQS_SIG_keypair.restype = ctypes.c_int
     size_p = ctypes.POINTER(ctypes.c_size_t)
     lib.OQS_SIG_sign_with_ctx_str.argtypes = [
-        ctypes.c_void_p, ctypes.c_char_p, size_p, ctypes.c_char_p, ctypes.c_size_t,
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
-    ]  # fmt: skip
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        size_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+    ]
     lib.OQS_SIG_sign_with_ctx_str.restype = ctypes.c_int
     lib.OQS_SIG_verify_with_ctx_str.argtypes = [
-        ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
-    ]  # fmt: skip
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_char_p,
+    ]
     lib.OQS_SIG_verify_with_ctx_str.restype = ctypes.c_int
     if hasattr(lib, "OQS_init"):
         lib.OQS_init()
@@ -633,9 +667,18 @@ def _composite(name: str) -> SignatureScheme:
         return ok_a and ok_b
 
     return SignatureScheme(
-        name, "composite", b.nist_level, True, "cryptography", pka + b.public_key_size,
-        ska + b.secret_key_size, sga + b.signature_size, keygen, sign, verify,
-    )  # fmt: skip
+        name,
+        "composite",
+        b.nist_level,
+        True,
+        "cryptography",
+        pka + b.public_key_size,
+        ska + b.secret_key_size,
+        sga + b.signature_size,
+        keygen,
+        sign,
+        verify,
+    )
 
 
 def _build(name: str, backend: str) -> SignatureScheme:

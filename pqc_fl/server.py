@@ -94,7 +94,7 @@ class RoundVerifier:
                 policy=self.policy,
                 node=node,
                 commit=False,
-            )  # fmt: skip
+            )
             for i, (node, u) in enumerate(items)
         ]
         verdicts = self._resolve(verdicts, [node for node, _ in items])
@@ -103,22 +103,37 @@ class RoundVerifier:
                 self.guard.admit(self.run_id, round, str(v.client_id), str(v.nonce), node)
             else:
                 self.rejections.append(
-                    {"round": round, "node": node, "client": v.client_id,
-                     "reason": str(v.reason), "detail": v.detail}
-                )  # fmt: skip
+                    {
+                        "round": round,
+                        "node": node,
+                        "client": v.client_id,
+                        "reason": str(v.reason),
+                        "detail": v.detail,
+                    }
+                )
                 logger.warning(
                     "round %d: rejected update from node %s (client %s): %s %s",
-                    round, node, v.client_id, v.reason, v.detail,
-                )  # fmt: skip
+                    round,
+                    node,
+                    v.client_id,
+                    v.reason,
+                    v.detail,
+                )
         accepted = sum(v.ok for v in verdicts)
         need = self.quorum(len(items))
         met = accepted >= need and accepted > 0
-        self.round_stats.append({
-            "round": round, "replies": len(items), "accepted": accepted,
-            "rejected": len(items) - accepted, "quorum": need, "quorum_met": met,
-            "verify_s": sum(v.verify_seconds for v in verdicts),
-            "hash_s": sum(v.hash_seconds for v in verdicts),
-        })  # fmt: skip
+        self.round_stats.append(
+            {
+                "round": round,
+                "replies": len(items),
+                "accepted": accepted,
+                "rejected": len(items) - accepted,
+                "quorum": need,
+                "quorum_met": met,
+                "verify_s": sum(v.verify_seconds for v in verdicts),
+                "hash_s": sum(v.hash_seconds for v in verdicts),
+            }
+        )
         if not met:
             msg = (
                 f"round {round}: only {accepted} of {len(items)} updates accepted, below the "
@@ -138,10 +153,20 @@ class RoundVerifier:
         out = []
         for v, n in zip(verdicts, nodes, strict=True):
             if v.ok and per_client[v.client_id] > 1:
-                v = replace(v, ok=False, reason=Reason.DUPLICATE_SUBMISSION, update=None,
-                            detail=f"{per_client[v.client_id]} updates of one client this round")  # fmt: skip
+                v = replace(
+                    v,
+                    ok=False,
+                    reason=Reason.DUPLICATE_SUBMISSION,
+                    update=None,
+                    detail=f"{per_client[v.client_id]} updates of one client this round",
+                )
             elif v.ok and n is not None and len(per_node[n]) > 1:
-                v = replace(v, ok=False, reason=Reason.NODE_MISMATCH, update=None,
-                            detail=f"node {n} sent updates of clients {sorted(map(str, per_node[n]))}")  # fmt: skip
+                v = replace(
+                    v,
+                    ok=False,
+                    reason=Reason.NODE_MISMATCH,
+                    update=None,
+                    detail=f"node {n} sent updates of clients {sorted(map(str, per_node[n]))}",
+                )
             out.append(v)
         return out

@@ -105,9 +105,12 @@ def run_inprocess(
     model = build_model(config.model, config.seed)
     global_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     verifier = RoundVerifier(
-        registry, f"inprocess-{secrets.token_hex(8)}", schema_of(global_state),
-        ServerPolicy.only(config.scheme), min_accepted=float(config.min_accepted),  # a fraction
-    )  # fmt: skip
+        registry,
+        f"inprocess-{secrets.token_hex(8)}",
+        schema_of(global_state),
+        ServerPolicy.only(config.scheme),
+        min_accepted=float(config.min_accepted),  # a fraction
+    )
     with quiet_flwr():  # Flower warns that client-side evaluation is off: it is, by design
         strategy = make_strategy(
             config.strategy, config.num_clients, num_malicious=config.num_byzantine
@@ -137,13 +140,15 @@ def run_inprocess(
                 t["serialize"] = time.perf_counter() - t2
                 blobs.append((i, blob, t))
                 continue
-            signed = _client_updates(config, keys[i], i, rnd, verifier.run_id, kind, state, n,
-                                     metrics)  # fmt: skip
+            signed = _client_updates(
+                config, keys[i], i, rnd, verifier.run_id, kind, state, n, metrics
+            )
             t.update(signed[0].timings)
             if config.attack != "none" and i == config.attacker:
                 honest = signed[0]
-                signed[0] = tamper(honest, config.attack, previous=previous.get(i),
-                                   victim=keys[0].client_id)  # fmt: skip
+                signed[0] = tamper(
+                    honest, config.attack, previous=previous.get(i), victim=keys[0].client_id
+                )
                 previous[i] = honest
             t2 = time.perf_counter()
             blobs += [(i, u.to_bytes(), t) for u in signed]
@@ -162,13 +167,18 @@ def run_inprocess(
         ev = evaluate(model, x_te, y_te)
         clients = [t for _, _, t in blobs]
         rec: dict[str, Any] = {
-            "round": rnd, **ev, "accepted": len(accepted), "rejected": len(blobs) - len(accepted),
+            "round": rnd,
+            **ev,
+            "accepted": len(accepted),
+            "rejected": len(blobs) - len(accepted),
             "quorum_met": met,
-            **{f"client_{k}_s": float(np.median([c[k] for c in clients]))
-               for k in ("train", "digest", "sign", "serialize", "total")},
+            **{
+                f"client_{k}_s": float(np.median([c[k] for c in clients]))
+                for k in ("train", "digest", "sign", "serialize", "total")
+            },
             "update_bytes": float(np.median([c["bytes"] for c in clients])),
             **{f"server_{k}_s": v for k, v in server.items()},
-        }  # fmt: skip
+        }
         result.rounds.append(rec)
         logger.info("round %d: %s", rnd, rec)
         if on_round:
@@ -179,17 +189,33 @@ def run_inprocess(
 
 
 def _client_updates(
-    config: FLConfig, key: ClientKey, i: int, rnd: int, run_id: str, kind: str,
-    state: dict[str, np.ndarray], n: int, metrics: dict[str, float],
-) -> list[SignedUpdate]:  # fmt: skip
+    config: FLConfig,
+    key: ClientKey,
+    i: int,
+    rnd: int,
+    run_id: str,
+    kind: str,
+    state: dict[str, np.ndarray],
+    n: int,
+    metrics: dict[str, float],
+) -> list[SignedUpdate]:
     """The signed update(s) client ``i`` sends: one, or two for a double submission."""
 
     def sign(st: dict[str, np.ndarray], n_claim: int) -> SignedUpdate:
         return sign_update(
-            st, scheme=config.scheme, secret_key=key.secret_key, key_id=key.key_id,
-            client_id=key.client_id, run_id=run_id, round=rnd, num_examples=n_claim,
-            metrics=metrics, mode=config.mode, node=f"node-{i}", hash=config.hash,
-        )  # fmt: skip
+            st,
+            scheme=config.scheme,
+            secret_key=key.secret_key,
+            key_id=key.key_id,
+            client_id=key.client_id,
+            run_id=run_id,
+            round=rnd,
+            num_examples=n_claim,
+            metrics=metrics,
+            mode=config.mode,
+            node=f"node-{i}",
+            hash=config.hash,
+        )
 
     if kind == "inflate_examples":
         return [sign(state, 2**53)]

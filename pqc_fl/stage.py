@@ -34,9 +34,18 @@ TITLE = "PQC-signed federated learning (ML-DSA / Falcon / SLH-DSA)"
 @dataclass(frozen=True)
 class StageConfig:
     schemes: tuple[str, ...] = (
-        "ml-dsa-44", "ml-dsa-65", "ml-dsa-87", "falcon-512", "falcon-1024", "slh-dsa-sha2-128f",
-        "slh-dsa-shake-128f", "ed25519", "ecdsa-p256", "rsa-3072", "ed25519+ml-dsa-44",
-    )  # fmt: skip  # primitive-table schemes (the slow SLH-DSA "s" sets are in the benchmark)
+        "ml-dsa-44",
+        "ml-dsa-65",
+        "ml-dsa-87",
+        "falcon-512",
+        "falcon-1024",
+        "slh-dsa-sha2-128f",
+        "slh-dsa-shake-128f",
+        "ed25519",
+        "ecdsa-p256",
+        "rsa-3072",
+        "ed25519+ml-dsa-44",
+    )  # primitive-table schemes (the slow SLH-DSA "s" sets are in the benchmark)
     budget_s: Annotated[float, Gt(0)] = 0.05  # seconds per primitive-table cell (at least 3 calls)
     fl_rounds: Annotated[int, Ge(1)] = 5  # federated rounds of the accuracy runs
     fl_model: str = "mlp"  # model of the accuracy runs
@@ -102,8 +111,13 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     attacked = run_inprocess(attacked_cfg)
     inprocess_s = time.perf_counter() - t0
     identical = all(np.array_equal(signed.state[k], plain.state[k]) for k in plain.state)
-    out["fl"] = {"signed": signed.rounds, "unsigned": plain.rounds, "attacked": attacked.rounds,
-                 "rejections": attacked.rejections, "identical_weights": identical}  # fmt: skip
+    out["fl"] = {
+        "signed": signed.rounds,
+        "unsigned": plain.rounds,
+        "attacked": attacked.rounds,
+        "rejections": attacked.rejections,
+        "identical_weights": identical,
+    }
     flower = None
     if config.engine == "flower":
         flower = _flower_run(attacked_cfg, attacked.state)
@@ -133,8 +147,12 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     rounds = [r["round"] for r in signed.rounds]
     ax[0].plot(rounds, [r["test_acc"] for r in plain.rounds], "o-", label="unsigned")
     ax[0].plot(rounds, [r["test_acc"] for r in signed.rounds], "x--", label="signed (ML-DSA-44)")
-    ax[0].plot(rounds, [r["test_acc"] for r in attacked_rounds], "s:",
-               label=f"1 tampering client ({config.engine} engine)")  # fmt: skip
+    ax[0].plot(
+        rounds,
+        [r["test_acc"] for r in attacked_rounds],
+        "s:",
+        label=f"1 tampering client ({config.engine} engine)",
+    )
     ax[0].set(xlabel="round", ylabel="test accuracy", title="FedAvg on digits, 3 clients")
     ax[0].legend()
     labels = [f"{c['model']}\nN={c['clients']}" for c in costs]
@@ -190,28 +208,53 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
     section.add_table(
         "Share of round time (client train + digest + sign, then server parse + verify + hash + "
         "aggregate of N updates)",
-        [{"model": c["model"], "params": c["params"], "clients": c["clients"],
-          "train s": c["client_train_s"], "sign ms": 1e3 * c["client_sign_s"],
-          "digest ms": 1e3 * c["client_digest_s"], "server verify ms": 1e3 * c["server_verify_s"],
-          "server hash ms": 1e3 * c["server_hash_s"], "sign+verify %": c["sign_verify_share_pct"],
-          "hash %": c["hash_share_pct"]} for c in costs],
-    )  # fmt: skip
+        [
+            {
+                "model": c["model"],
+                "params": c["params"],
+                "clients": c["clients"],
+                "train s": c["client_train_s"],
+                "sign ms": 1e3 * c["client_sign_s"],
+                "digest ms": 1e3 * c["client_digest_s"],
+                "server verify ms": 1e3 * c["server_verify_s"],
+                "server hash ms": 1e3 * c["server_hash_s"],
+                "sign+verify %": c["sign_verify_share_pct"],
+                "hash %": c["hash_share_pct"],
+            }
+            for c in costs
+        ],
+    )
     section.add_table(
         "Attack suite (ML-DSA-44, digest mode)",
         [{k: c[k] for k in ("attack", "expected", "got", "as_expected")} for c in suite["cases"]],
     )
     section.add_table(
         "Insider integrity attacks: 2 of 10 clients with valid keys (every update refused?)",
-        [{k: r[k] for k in ("attack", "byzantine_updates", "rejected", "reasons",
-                            "all_rejected_as_expected", "honest_rejected", "final_acc",
-                            "attack_free_acc")} for r in integrity],
-    )  # fmt: skip
+        [
+            {
+                k: r[k]
+                for k in (
+                    "attack",
+                    "byzantine_updates",
+                    "rejected",
+                    "reasons",
+                    "all_rejected_as_expected",
+                    "honest_rejected",
+                    "final_acc",
+                    "attack_free_acc",
+                )
+            }
+            for r in integrity
+        ],
+    )
     section.add_table(
         f"Accuracy under attack: {config.byz_attack} updates from 2 of 10 clients "
         f"({config.byz_rounds} rounds); 'none' is each strategy's attack-free run",
-        [{k: r[k] for k in ("strategy", "attack", "byzantine", "final_acc", "rejected")}
-         for r in byz],
-    )  # fmt: skip
+        [
+            {k: r[k] for k in ("strategy", "attack", "byzantine", "final_acc", "rejected")}
+            for r in byz
+        ],
+    )
     section.add_figure(
         "Accuracy with and without signing; crypto share of round time",
         run.save_figure(fig, "figures/pqc_fl_overview"),
@@ -223,10 +266,21 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         (-0.2, "none", "attack-free"),
         (0.2, config.byz_attack, f"{config.byz_attack}, 2 of 10 clients"),
     ):
-        ax2.bar(x2 + off, [next(r["final_acc"] for r in byz if r["strategy"] == s
-                                and r["attack"] == attack) for s in names], 0.4, label=label)  # fmt: skip
-    ax2.set(xticks=x2, ylabel="final test accuracy", ylim=(0, 1),
-            title="Byzantine insiders with valid keys (digits)")  # fmt: skip
+        ax2.bar(
+            x2 + off,
+            [
+                next(r["final_acc"] for r in byz if r["strategy"] == s and r["attack"] == attack)
+                for s in names
+            ],
+            0.4,
+            label=label,
+        )
+    ax2.set(
+        xticks=x2,
+        ylabel="final test accuracy",
+        ylim=(0, 1),
+        title="Byzantine insiders with valid keys (digits)",
+    )
     ax2.set_xticklabels(names)
     ax2.legend(fontsize=7)
     fig2.tight_layout()
@@ -265,12 +319,17 @@ def _flower_run(cfg: Any, reference: dict[str, Any]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as d:  # the demo's secret keys do not outlive the run
         t0 = time.perf_counter()
-        res = run_experiment(dataclasses.replace(cfg, engine="flower"), Path(d, "keys"),
-                             Path(d, "flower.json"))  # fmt: skip
+        res = run_experiment(
+            dataclasses.replace(cfg, engine="flower"), Path(d, "keys"), Path(d, "flower.json")
+        )
         seconds = time.perf_counter() - t0
     state = res.get("state", {})
     match = bool(state) and all(
         np.allclose(state[k], reference[k], rtol=1e-5, atol=1e-6) for k in reference
     )
-    return {"rounds": res["rounds"], "rejections": res["rejections"], "seconds": seconds,
-            "matches_inprocess": match}  # fmt: skip
+    return {
+        "rounds": res["rounds"],
+        "rejections": res["rejections"],
+        "seconds": seconds,
+        "matches_inprocess": match,
+    }

@@ -72,9 +72,11 @@ def make_strategy(
     fraction FedTrimmedAvg cuts at each end.
     """
     common: dict[str, Any] = dict(
-        fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients,
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=num_clients,
         min_available_nodes=num_clients,
-    )  # fmt: skip
+    )
     if name == "fedavg":
         return FedAvg(**common)
     if name == "fedmedian":
@@ -84,8 +86,11 @@ def make_strategy(
     if name == "krum":
         return Krum(num_malicious_nodes=num_malicious, **common)
     if name == "multikrum":  # average the n - f best-scored updates (Blanchard et al., Sec. 5)
-        return MultiKrum(num_malicious_nodes=num_malicious,
-                         num_nodes_to_select=num_clients - num_malicious, **common)  # fmt: skip
+        return MultiKrum(
+            num_malicious_nodes=num_malicious,
+            num_nodes_to_select=num_clients - num_malicious,
+            **common,
+        )
     if name == "bulyan":
         return Bulyan(num_malicious_nodes=num_malicious, **common)
     raise QHybridError(f"strategy={name!r} is not one of {STRATEGIES}")
@@ -217,8 +222,9 @@ class VerifyingStrategy(Strategy):
         errors = [m for m in replies if m.has_error()]  # the inner strategy logs and skips them
         good = [m for m in replies if not m.has_error()]
         if not self.require_signatures:
-            self.verifier.round_stats.append({"round": server_round, "replies": len(good),
-                                              "accepted": len(good), "rejected": 0})  # fmt: skip
+            self.verifier.round_stats.append(
+                {"round": server_round, "replies": len(good), "accepted": len(good), "rejected": 0}
+            )
             return self.inner.aggregate_train(server_round, errors + _unsigned_in_order(good))
         items: list[tuple[str | None, SignedUpdate | bytes]] = []
         early: dict[int, Verdict] = {}
@@ -234,9 +240,12 @@ class VerifyingStrategy(Strategy):
                 items.append((str(msg.metadata.src_node_id), b""))
         verdicts, met = self.verifier.verify_round(server_round, items, early=early)
         self.client_sign_s.append(
-            [float(m.content.config_records[PQC].get("sign_s", 0.0))  # type: ignore[arg-type]
-             for m, v in zip(good, verdicts, strict=True) if v.ok]
-        )  # fmt: skip
+            [
+                float(m.content.config_records[PQC].get("sign_s", 0.0))  # type: ignore[arg-type]
+                for m, v in zip(good, verdicts, strict=True)
+                if v.ok
+            ]
+        )
         if not met:
             return None, None
         kept = sorted(

@@ -104,9 +104,12 @@ class _CNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),  # (B, 16, 8, 8)
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 4, 4)
-        )  # fmt: skip
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),  # (B, 16, 8, 8)
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 32, 4, 4)
+        )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,9 +125,13 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
         return _CNN()
     if name == "mlp-10m":
         return nn.Sequential(
-            nn.Flatten(), nn.Linear(64, 3072), nn.ReLU(), nn.Linear(3072, 3072), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64, 3072),
+            nn.ReLU(),
+            nn.Linear(3072, 3072),
+            nn.ReLU(),
             nn.Linear(3072, 10),
-        )  # fmt: skip
+        )
     raise QHybridError(f"model {name!r} is not one of {MODELS}")
 
 
@@ -156,9 +163,13 @@ def local_train(
     ds = torch.utils.data.TensorDataset(x, y)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
     cfg = TrainConfig(
-        max_steps=config.steps, log_every=max(1, config.steps), progress=False, device="cpu",
-        seed=seed, clip_grad_norm=None,
-    )  # fmt: skip
+        max_steps=config.steps,
+        log_every=max(1, config.steps),
+        progress=False,
+        device="cpu",
+        seed=seed,
+        clip_grad_norm=None,
+    )
     result = train(model, make_loader(ds, config.batch_size, seed=seed), _loss, opt, cfg)
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     return state, len(ds), {"train_loss": float(result.loss)}

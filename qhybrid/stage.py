@@ -77,9 +77,14 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         }
 
     cfg = TrainConfig(
-        max_steps=config.steps, lr_schedule="cosine", warmup_steps=10, eval_every=50, log_every=10,
-        seed=seed, device="cpu",
-    )  # fmt: skip
+        max_steps=config.steps,
+        lr_schedule="cosine",
+        warmup_steps=10,
+        eval_every=50,
+        log_every=10,
+        seed=seed,
+        device="cpu",
+    )
     result = train(
         model,
         make_loader(train_ds, config.batch_size, seed=seed),
@@ -118,7 +123,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
                 "test accuracy": result.last_eval["test_acc"],
                 "wall time (s)": result.wall_time_s,
             }
-        ],  # fmt: skip
+        ],
     )
     section.add_figure(
         "Training curves of the core stage", run.save_figure(fig, "figures/core_curves")

@@ -68,15 +68,19 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise QHybridError(f"--top {args.top} must be >= 1 (how many probabilities to print)")
     noise = depolarizing_noise(args.noise) if args.noise else None
-    out = simulate(problem, args.backend, shots=args.shots, seed=args.seed, device=args.device,
-                   noise=noise)  # fmt: skip
+    out = simulate(
+        problem, args.backend, shots=args.shots, seed=args.seed, device=args.device, noise=noise
+    )
     if isinstance(out, dict):
         result = out
     else:
         top = np.argsort(-out, kind="stable")[: args.top]
         result = {format(int(i), f"0{problem.n_qubits}b"): float(out[i]) for i in top}
-    print(json.dumps({"problem": problem.to_dict(), "backend": args.backend, "result": result},
-                     indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {"problem": problem.to_dict(), "backend": args.backend, "result": result}, indent=1
+        )
+    )
     return 0
 
 
@@ -116,6 +120,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     ren = sub.add_parser("render", help="print one problem as qasm3/qasm3_loop/.../compact")
     _problem_arguments(ren)
-    ren.add_argument("--format", default="compact", help="qasm3, qasm3_loop, qasm3_oracle, "
-                     "compact or answer")  # fmt: skip
+    ren.add_argument(
+        "--format", default="compact", help="qasm3, qasm3_loop, qasm3_oracle, compact or answer"
+    )
     ren.set_defaults(func=_render)

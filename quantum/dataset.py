@@ -324,8 +324,14 @@ def sample_split(
     if len(out) < spec.count:
         logger.warning(
             "split %d: only %d of %d problems have unused marked sets in n=%d..%d, t=%d..%d",
-            split_index, len(out), spec.count, spec.n_min, spec.n_max, spec.t_min, spec.t_max,
-        )  # fmt: skip
+            split_index,
+            len(out),
+            spec.count,
+            spec.n_min,
+            spec.n_max,
+            spec.t_min,
+            spec.t_max,
+        )
     return out
 
 
@@ -394,18 +400,32 @@ def _features() -> Any:
     from datasets import Features, List, Value
 
     types = {
-        "record_id": Value("string"), "problem_id": Value("string"), "split": Value("string"),
-        "index": Value("int64"), "n_qubits": Value("int64"), "marked": List(Value("string")),
-        "n_marked": Value("int64"), "iterations": Value("int64"),
-        "optimal_iterations": Value("int64"), "iteration_rule": Value("string"),
-        "oracle_style": Value("string"), "rendering": Value("string"), "text": Value("string"),
-        "n_chars": Value("int64"), "n_tokens": Value("int64"), "target": Value("string"),
-        "target_n_tokens": Value("int64"), "p_marked_each": Value("float64"),
-        "p_rest_each": Value("float64"), "success_probability": Value("float64"),
-        "probs": List(Value("float64")), "aer_max_abs_diff": Value("float64"),
-        "probs_noisy": List(Value("float64")), "seed": Value("uint64"),
+        "record_id": Value("string"),
+        "problem_id": Value("string"),
+        "split": Value("string"),
+        "index": Value("int64"),
+        "n_qubits": Value("int64"),
+        "marked": List(Value("string")),
+        "n_marked": Value("int64"),
+        "iterations": Value("int64"),
+        "optimal_iterations": Value("int64"),
+        "iteration_rule": Value("string"),
+        "oracle_style": Value("string"),
+        "rendering": Value("string"),
+        "text": Value("string"),
+        "n_chars": Value("int64"),
+        "n_tokens": Value("int64"),
+        "target": Value("string"),
+        "target_n_tokens": Value("int64"),
+        "p_marked_each": Value("float64"),
+        "p_rest_each": Value("float64"),
+        "success_probability": Value("float64"),
+        "probs": List(Value("float64")),
+        "aer_max_abs_diff": Value("float64"),
+        "probs_noisy": List(Value("float64")),
+        "seed": Value("uint64"),
         "generator": Value("string"),
-    }  # fmt: skip
+    }
     return Features({k: types[k] for k in sorted(types)})
 
 
@@ -435,26 +455,43 @@ def _records(spec: DatasetSpec, split: str, start: int, items: list[Drawn]) -> l
                 probs_noisy = [float(f"{x:.10g}") for x in noisy]
         per_problem.append(
             {
-                "problem_id": p.key, "split": split, "index": index, "n_qubits": p.n_qubits,
-                "marked": list(p.marked), "n_marked": p.n_marked, "iterations": p.iterations,
-                "optimal_iterations": p.optimal_iterations, "iteration_rule": p.iteration_rule,
-                "oracle_style": p.oracle_style, "target": target, "target_n_tokens": tt,
-                "p_marked_each": d.p_marked_each, "p_rest_each": d.p_rest_each,
+                "problem_id": p.key,
+                "split": split,
+                "index": index,
+                "n_qubits": p.n_qubits,
+                "marked": list(p.marked),
+                "n_marked": p.n_marked,
+                "iterations": p.iterations,
+                "optimal_iterations": p.optimal_iterations,
+                "iteration_rule": p.iteration_rule,
+                "oracle_style": p.oracle_style,
+                "target": target,
+                "target_n_tokens": tt,
+                "p_marked_each": d.p_marked_each,
+                "p_rest_each": d.p_rest_each,
                 "success_probability": d.success_probability,
                 "probs": None if dense is None else dense.tolist(),
-                "aer_max_abs_diff": aer_diff, "probs_noisy": probs_noisy, "seed": seed,
+                "aer_max_abs_diff": aer_diff,
+                "probs_noisy": probs_noisy,
+                "seed": seed,
                 "generator": GENERATOR_VERSION,
             }
-        )  # fmt: skip
+        )
     records = []
     for fmt in spec.renderings:
         texts = [render(p, fmt) for p in problems]
         for base, text in zip(per_problem, texts, strict=True):
             rec_id = hashlib.sha256(f"{base['problem_id']}:{fmt}".encode()).hexdigest()
             records.append(
-                {**base, "record_id": rec_id, "rendering": fmt, "text": text,
-                 "n_chars": len(text), "n_tokens": count_tokens(text)}
-            )  # fmt: skip
+                {
+                    **base,
+                    "record_id": rec_id,
+                    "rendering": fmt,
+                    "text": text,
+                    "n_chars": len(text),
+                    "n_tokens": count_tokens(text),
+                }
+            )
     records.sort(key=lambda r: (r["index"], spec.renderings.index(r["rendering"])))
     return records
 
@@ -481,18 +518,28 @@ def _write_shard(
     for r in records:
         by_fmt.setdefault(r["rendering"], []).append(r["n_tokens"])
     summary = {
-        "split": split, "shard": shard, "records": len(records), "problems": len(items),
-        "files": files, "sha256": hashlib.sha256(blob).hexdigest(),
-        "n_range": [min((r["n_qubits"] for r in records), default=0),
-                    max((r["n_qubits"] for r in records), default=0)],
-        "t_range": [min((r["n_marked"] for r in records), default=0),
-                    max((r["n_marked"] for r in records), default=0)],
+        "split": split,
+        "shard": shard,
+        "records": len(records),
+        "problems": len(items),
+        "files": files,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "n_range": [
+            min((r["n_qubits"] for r in records), default=0),
+            max((r["n_qubits"] for r in records), default=0),
+        ],
+        "t_range": [
+            min((r["n_marked"] for r in records), default=0),
+            max((r["n_marked"] for r in records), default=0),
+        ],
         "tokens": {f: {"sum": sum(v), "max": max(v)} for f, v in by_fmt.items()},
-        "target_tokens": {"sum": sum(r["target_n_tokens"] for r in records[:: len(spec.renderings)]),
-                          "max": max((r["target_n_tokens"] for r in records), default=0)},
+        "target_tokens": {
+            "sum": sum(r["target_n_tokens"] for r in records[:: len(spec.renderings)]),
+            "max": max((r["target_n_tokens"] for r in records), default=0),
+        },
         "aer_checked": sum(r["aer_max_abs_diff"] is not None for r in records)
         // len(spec.renderings),
-    }  # fmt: skip
+    }
     atomic_write_json(stem.with_suffix(".done.json"), summary)
     return summary
 
@@ -531,8 +578,16 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("numpy", "qiskit", "qiskit-aer", "qiskit-qasm3-import", "transformers",
-                "tokenizers", "datasets", "pyarrow"):  # fmt: skip
+    for pkg in (
+        "numpy",
+        "qiskit",
+        "qiskit-aer",
+        "qiskit-qasm3-import",
+        "transformers",
+        "tokenizers",
+        "datasets",
+        "pyarrow",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -611,10 +666,13 @@ def generate_dataset(spec: DatasetSpec, out_dir: str | Path) -> DatasetInfo:
     atomic_write_json(out / "manifest.json", manifest)
     versions = _versions()
     provenance = {
-        "generator": GENERATOR_VERSION, "seed": spec.seed, "spec": spec_dict,
-        "versions": versions, "bit_order": BIT_ORDER,
+        "generator": GENERATOR_VERSION,
+        "seed": spec.seed,
+        "spec": spec_dict,
+        "versions": versions,
+        "bit_order": BIT_ORDER,
         "iteration_rule": "floor(pi/4 * sqrt(2**n / t)), except a split's off_optimal share",
-    }  # fmt: skip
+    }
     atomic_write_json(out / "provenance.json", provenance)
     atomic_write_text(out / "README.md", dataset_card(spec, manifest, versions))
     files = [out / f for s in summaries.values() for f in s["files"].values()]
@@ -642,19 +700,25 @@ def _manifest(spec: DatasetSpec, summaries: dict[tuple[str, int], Any]) -> dict[
         splits[name] = {
             "records": sum(s["records"] for s in shards),
             "problems": problems,
-            "n_range": [min((s["n_range"][0] for s in nonempty), default=0),
-                        max((s["n_range"][1] for s in nonempty), default=0)],
-            "t_range": [min((s["t_range"][0] for s in nonempty), default=0),
-                        max((s["t_range"][1] for s in nonempty), default=0)],
+            "n_range": [
+                min((s["n_range"][0] for s in nonempty), default=0),
+                max((s["n_range"][1] for s in nonempty), default=0),
+            ],
+            "t_range": [
+                min((s["t_range"][0] for s in nonempty), default=0),
+                max((s["t_range"][1] for s in nonempty), default=0),
+            ],
             "mean_tokens": {f: round(v["sum"] / max(problems, 1), 2) for f, v in tokens.items()},
             "max_tokens": {f: v["max"] for f, v in tokens.items()},
             "mean_target_tokens": round(
                 sum(s["target_tokens"]["sum"] for s in shards) / max(problems, 1), 2
             ),
             "aer_checked": sum(s["aer_checked"] for s in shards),
-            "shards": [{"files": s["files"], "sha256": s["sha256"], "records": s["records"]}
-                       for s in shards],
-        }  # fmt: skip
+            "shards": [
+                {"files": s["files"], "sha256": s["sha256"], "records": s["records"]}
+                for s in shards
+            ],
+        }
     return {"generator": GENERATOR_VERSION, "seed": spec.seed, "splits": splits}
 
 

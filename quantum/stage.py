@@ -115,12 +115,15 @@ def _agreement_table() -> list[dict[str, Any]]:
         qiskit = Statevector(build_circuit(p, measure=False)).probabilities(list(range(p.n_qubits)))
         rows.append(
             {
-                "n": p.n_qubits, "t": p.n_marked, "k": p.iterations, "oracle": p.oracle_style,
+                "n": p.n_qubits,
+                "t": p.n_marked,
+                "k": p.iterations,
+                "oracle": p.oracle_style,
                 "|statevector - exact|": float(np.abs(simulate(p, "statevector") - exact).max()),
                 "|aer - exact|": float(np.abs(simulate(p, "aer") - exact).max()),
                 "|qiskit Statevector - exact|": float(np.abs(qiskit - exact).max()),
             }
-        )  # fmt: skip
+        )
     return rows
 
 

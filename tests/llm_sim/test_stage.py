@@ -14,11 +14,15 @@ def test_stage_end_to_end(tmp_path):
     from transformers import AutoModelForCausalLM
 
     spec = DatasetSpec(
-        renderings=("compact",), train=SplitSpec(2, 5, 1, 4, 60, off_optimal=0.3),
-        test_id=SplitSpec(2, 5, 1, 4, 4), test_ood_n=SplitSpec(7, 9, 1, 2, 4, off_optimal=0.5),
-        test_ood_t=SplitSpec(5, 5, 5, 6, 2), test_ood_k=SplitSpec(2, 5, 1, 2, 2, off_optimal=1.0),
-        aer_check_per_split=0, parquet=False,
-    )  # fmt: skip
+        renderings=("compact",),
+        train=SplitSpec(2, 5, 1, 4, 60, off_optimal=0.3),
+        test_id=SplitSpec(2, 5, 1, 4, 4),
+        test_ood_n=SplitSpec(7, 9, 1, 2, 4, off_optimal=0.5),
+        test_ood_t=SplitSpec(5, 5, 5, 6, 2),
+        test_ood_k=SplitSpec(2, 5, 1, 2, 2, off_optimal=1.0),
+        aer_check_per_split=0,
+        parquet=False,
+    )
     generate_dataset(spec, tmp_path / "ds")
     run = create_run("stage", root=tmp_path)
     context: dict = {"quantum": {"dataset": str(tmp_path / "ds")}}

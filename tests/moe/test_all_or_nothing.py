@@ -111,8 +111,14 @@ def test_every_bad_budget_is_rejected(name: str, n: Any, budget: str, match: str
 def test_a_dense_model_is_rejected(name: str) -> None:
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     dense = transformers.LlamaForCausalLM(cfg).eval()
     batch = tiny_batch(dense)
     if name == "stats":

@@ -35,9 +35,20 @@ def _calib_file(tmp_path: Path) -> Path:
 
 
 def _compress(tmp_path: Path, folder: Path, *sets: str) -> int:
-    out = ["--set", f"model_dir='{folder}'", "--set", f"calib='{_calib_file(tmp_path)}'",
-           "--set", "calib_sequences=32", "--set", "eval_sequences=16", "--set", "seq_len=32",
-           "--set", "merge_to=0"]  # fmt: skip
+    out = [
+        "--set",
+        f"model_dir='{folder}'",
+        "--set",
+        f"calib='{_calib_file(tmp_path)}'",
+        "--set",
+        "calib_sequences=32",
+        "--set",
+        "eval_sequences=16",
+        "--set",
+        "seq_len=32",
+        "--set",
+        "merge_to=0",
+    ]
     for s in sets:
         out += ["--set", s]
     return main(["moe", "compress", "--out", str(tmp_path / "runs"), *out])
@@ -102,8 +113,14 @@ def test_a_dense_llama_folder_is_a_clear_error(
 ) -> None:
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    cfg = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
     assert _compress(tmp_path, tmp_path / "llama") == 2
     err = capsys.readouterr().err

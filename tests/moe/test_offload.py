@@ -19,8 +19,12 @@ from moe.tiny import tiny_batch, tiny_moe
 def _pair(tmp_path: Path, family: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     tiny_moe(family, vocab=256).save_pretrained(tmp_path / "m")
     ref = load_moe_checkpoint(tmp_path / "m")
-    off = load_moe_checkpoint(tmp_path / "m", device_map="auto", max_memory={"cpu": "100KB"},
-                              offload_folder=str(tmp_path / "offload"))  # fmt: skip
+    off = load_moe_checkpoint(
+        tmp_path / "m",
+        device_map="auto",
+        max_memory={"cpu": "100KB"},
+        offload_folder=str(tmp_path / "offload"),
+    )
     layers = find_moe_layers(off)
     assert all(layer.router_weight.device.type == "meta" for layer in layers)  # really offloaded
     return ref, off

@@ -49,9 +49,26 @@ def test_cli_train_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["moe", "train", "--out", str(tmp_path), *small]) == 0
     subject = next(tmp_path.glob("moe-train-*/subject"))
     assert (subject / "subject.json").is_file()
-    code = main(["moe", "compress", "--out", str(tmp_path), "--set", f"model_dir='{subject}'",
-                 "--set", "calib_sequences=32", "--set", "merge_to=4", "--set", "keep_ratio=0.5",
-                 "--set", "distill_steps=2", "--set", "avg_bits=3.0"])  # fmt: skip
+    code = main(
+        [
+            "moe",
+            "compress",
+            "--out",
+            str(tmp_path),
+            "--set",
+            f"model_dir='{subject}'",
+            "--set",
+            "calib_sequences=32",
+            "--set",
+            "merge_to=4",
+            "--set",
+            "keep_ratio=0.5",
+            "--set",
+            "distill_steps=2",
+            "--set",
+            "avg_bits=3.0",
+        ]
+    )
     assert code == 0
     assert "retention" in capsys.readouterr().out
     run = next(tmp_path.glob("moe-compress-*"))

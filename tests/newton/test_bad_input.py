@@ -139,8 +139,9 @@ def test_curvature_kind_and_a_failed_qnewton_leave_the_model_alone():
     model = nn.Linear(2, 2)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(NewtonError, match="kind='exact'"):
-        Curvature(model, [(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))], None,
-                  kind="exact")  # type: ignore[arg-type]  # fmt: skip
+        Curvature(
+            model, [(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))], None, kind="exact"
+        )  # type: ignore[arg-type]
     with pytest.raises(NewtonError):
         QNewton(model.parameters(), damping=INF)
     for p, q in zip(model.parameters(), before, strict=True):

@@ -66,8 +66,15 @@ def test_compare_runs_on_local_mnist_idx_files(tmp_path):
     for split, n in (("train", 24), ("t10k", 8)):
         _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    cfg = CompareConfig(dataset="mnist", mnist_dir=str(tmp_path), hidden=2, epochs=1,
-                        batch_size=24, curvature_batch=8, optimizers=("qnewton", "sgd"))  # fmt: skip
+    cfg = CompareConfig(
+        dataset="mnist",
+        mnist_dir=str(tmp_path),
+        hidden=2,
+        epochs=1,
+        batch_size=24,
+        curvature_batch=8,
+        optimizers=("qnewton", "sgd"),
+    )
     res = compare_optimizers(cfg)
     assert {r["optimizer"] for r in res["summary"]} == {"qnewton", "sgd"}
     assert all(np.isfinite(r["final_train_loss"]) for r in res["summary"])
@@ -81,8 +88,15 @@ def test_the_100k_parameter_mnist_setting_takes_hessian_free_steps(tmp_path):
     for split, n in (("train", 32), ("t10k", 8)):
         _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    cfg = CompareConfig(dataset="mnist", mnist_dir=str(tmp_path), hidden=128, epochs=2,
-                        qnewton_batch_size=32, curvature_batch=16, optimizers=("qnewton",))  # fmt: skip
+    cfg = CompareConfig(
+        dataset="mnist",
+        mnist_dir=str(tmp_path),
+        hidden=128,
+        epochs=2,
+        qnewton_batch_size=32,
+        curvature_batch=16,
+        optimizers=("qnewton",),
+    )
     res = compare_optimizers(cfg)
     rows = res["curves"]["qnewton"]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] or rows[0]["train_loss"] < 1e-3

@@ -31,8 +31,12 @@ def test_crossover_and_paper_mode():
     res = crossover_curves(
         CrossoverConfig(kappas=(10.0, 1e4), gate_times_s=(1e-9, 1e-18), flops=1e10)
     )
-    rows = {(r["io"], r["against"], r["query_model"], r["gate_time_s"], r["kappa"]):
-            math.inf if r["n_star"] is None else r["n_star"] for r in res["rows"]}  # fmt: skip
+    rows = {
+        (r["io"], r["against"], r["query_model"], r["gate_time_s"], r["kappa"]): math.inf
+        if r["n_star"] is None
+        else r["n_star"]
+        for r in res["rows"]
+    }
     # faster gates and smaller kappa move the crossover down
     assert (
         rows[(False, "cholesky", "jennings", 1e-18, 10.0)]

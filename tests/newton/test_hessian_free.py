@@ -139,9 +139,17 @@ def test_hessian_free_step_is_the_damped_gauss_newton_step():
     delta = 0.05
     ggn = curv.dense().numpy()
     expected = curv.theta.numpy() - np.linalg.solve(ggn + delta * np.eye(curv.size), g)
-    opt = QNewton(model.parameters(), damping=delta, method="hessian_free", line_search=False,
-                  max_step_norm=None, adapt_damping=False, cg_max_iter=200, cg_tol=1e-12,
-                  precondition=False)  # fmt: skip
+    opt = QNewton(
+        model.parameters(),
+        damping=delta,
+        method="hessian_free",
+        line_search=False,
+        max_step_norm=None,
+        adapt_damping=False,
+        cg_max_iter=200,
+        cg_tol=1e-12,
+        precondition=False,
+    )
     # Execute
     opt.step(Closure(model, [batch], ce))
     # Assert

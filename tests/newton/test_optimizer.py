@@ -40,8 +40,14 @@ def test_one_step_is_the_exact_damped_newton_step():
     g = torch.autograd.functional.jacobian(loss_of, theta0).numpy()
     delta = 1e-2
     expected = theta0.numpy() - np.linalg.solve(h + delta * np.eye(8), g)
-    opt = QNewton(model.parameters(), damping=delta, structure="full", line_search=False,
-                  max_step_norm=None, scheduler=Scheduler(SchedulerConfig(mode="cholesky")))  # fmt: skip
+    opt = QNewton(
+        model.parameters(),
+        damping=delta,
+        structure="full",
+        line_search=False,
+        max_step_norm=None,
+        scheduler=Scheduler(SchedulerConfig(mode="cholesky")),
+    )
     # Execute
     opt.step(Closure(model, [batch], _ce))
     # Assert
@@ -105,8 +111,13 @@ def test_hhl_in_the_loop_matches_exact_newton_within_1_percent():
         batch = _data(48)
         sched = Scheduler(SchedulerConfig(mode=mode, clock_qubits=6))
         # kappa capped by damping at what 6 clock qubits resolve, in both runs alike
-        opt = QNewton(model.parameters(), damping=1e-2, structure="full", scheduler=sched,
-                      kappa_target=resolvable_kappa(6))  # fmt: skip
+        opt = QNewton(
+            model.parameters(),
+            damping=1e-2,
+            structure="full",
+            scheduler=sched,
+            kappa_target=resolvable_kappa(6),
+        )
         for _ in range(6):
             opt.step(Closure(model, [batch], _ce))
         finals[mode] = float(_ce(model, batch).detach())
@@ -122,8 +133,9 @@ def test_kappa_beyond_the_clock_gets_more_clock_qubits_or_the_classical_route():
     model = nn.Linear(3, 2).double()
     batch = _data(48)
     sched = Scheduler(SchedulerConfig(mode="quantum", clock_qubits=4, max_clock_qubits=6))
-    opt = QNewton(model.parameters(), damping=1e-6, structure="full", scheduler=sched,
-                  adapt_damping=False)  # fmt: skip
+    opt = QNewton(
+        model.parameters(), damping=1e-6, structure="full", scheduler=sched, adapt_damping=False
+    )
     for _ in range(3):
         opt.step(Closure(model, [batch], _ce))
     for rec in sched.log:

@@ -24,8 +24,19 @@ def test_auto_picks_cheapest_and_logs_everything():
     x, info = sched.solve(a, b, kappa=float(np.linalg.cond(a)), tag="w")
     np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-6)
     rec = sched.log[-1]
-    for key in ("n", "kappa", "d", "epsilon", "pred_cholesky", "pred_cg", "pred_quantum", "choice",
-                "backend", "wall_s", "residual"):  # fmt: skip
+    for key in (
+        "n",
+        "kappa",
+        "d",
+        "epsilon",
+        "pred_cholesky",
+        "pred_cg",
+        "pred_quantum",
+        "choice",
+        "backend",
+        "wall_s",
+        "residual",
+    ):
         assert key in rec
     assert rec["choice"] == min(("cholesky", "cg", "quantum"), key=lambda k: rec[f"pred_{k}"])
     assert rec["choice"] != "quantum"  # today's gate times with read-out: classical wins
@@ -88,8 +99,12 @@ def test_decides_on_the_proven_bound_and_logs_its_basis():
     rec = sched.log[-1]
     assert rec["choice"] != "quantum" and rec["kappa_basis"] == "no proven kappa: quantum excluded"
     # the estimate policy takes the risk and says so
-    risky = Scheduler(SchedulerConfig(gate_time_s=1e-18, include_io=False, simulate_hhl=False,
-                                      kappa_policy="estimate"), classical=FIXED)  # fmt: skip
+    risky = Scheduler(
+        SchedulerConfig(
+            gate_time_s=1e-18, include_io=False, simulate_hhl=False, kappa_policy="estimate"
+        ),
+        classical=FIXED,
+    )
     risky.solve(a, b, kappa=2.0, kappa_bound=50.0)
     assert risky.log[-1]["kappa_used"] == 2.0 and "may be below" in risky.log[-1]["kappa_basis"]
     with pytest.raises(NewtonError, match="kappa_bound"):

@@ -49,8 +49,20 @@ def test_cli_keys_and_run(tmp_path: Path, capsys: object) -> None:
         == 0
     )
     assert (tmp_path / "k" / "registry.json").exists()
-    rc = main(["fl", "run", "--out", str(tmp_path / "runs"), "--set", "rounds=1",
-               "--set", "local.steps=2", "--set", "num_clients=2"])  # fmt: skip
+    rc = main(
+        [
+            "fl",
+            "run",
+            "--out",
+            str(tmp_path / "runs"),
+            "--set",
+            "rounds=1",
+            "--set",
+            "local.steps=2",
+            "--set",
+            "num_clients=2",
+        ]
+    )
     assert rc == 0
     (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())

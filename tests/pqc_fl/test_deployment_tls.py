@@ -33,9 +33,13 @@ def _free_port() -> int:
 
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        args, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=log.parent,
+        args,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=log.parent,
         start_new_session=True,  # its own process group: stopped with everything it started
-    )  # fmt: skip
+    )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -67,23 +71,51 @@ def tls_superlink(tmp_path: Path) -> Iterator[tuple[Path, int, dict[str, str]]]:
     make_local_certificates(tmp_path / "certs")
     sizes = [len(p) for p in partition(digits(0)[1], 2, seed=0)]
     provision_keys(tmp_path / "keys", 2, max_examples=sizes)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "FLWR_HOME": str(tmp_path / "flwr")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "FLWR_HOME": str(tmp_path / "flwr"),
+    }
     port = _free_port()
     c = tmp_path / "certs"
-    procs = [_start([str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(c / "ca.pem"),
-                     "--ssl-certfile", str(c / "server.pem"), "--ssl-keyfile", str(c / "server.key"),
-                     "--port", str(port), "--disable-runtime-dependency-installation"],
-                    tmp_path / "superlink.log", env)]  # fmt: skip
+    procs = [
+        _start(
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(c / "ca.pem"),
+                "--ssl-certfile",
+                str(c / "server.pem"),
+                "--ssl-keyfile",
+                str(c / "server.key"),
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+            tmp_path / "superlink.log",
+            env,
+        )
+    ]
     try:
         assert _wait_for(tmp_path / "superlink.log", "Uvicorn running on https://", 60)
         for i in range(2):
-            procs.append(_start(
-                [str(BIN / "flower-supernode"), "--root-certificates", str(c / "ca.pem"),
-                 "--superlink", f"127.0.0.1:{port}", "--node-config",
-                 f"partition-id={i} num-partitions=2", "--port", str(_free_port())],
-                tmp_path / f"supernode{i}.log", env,
-            ))  # fmt: skip
+            procs.append(
+                _start(
+                    [
+                        str(BIN / "flower-supernode"),
+                        "--root-certificates",
+                        str(c / "ca.pem"),
+                        "--superlink",
+                        f"127.0.0.1:{port}",
+                        "--node-config",
+                        f"partition-id={i} num-partitions=2",
+                        "--port",
+                        str(_free_port()),
+                    ],
+                    tmp_path / f"supernode{i}.log",
+                    env,
+                )
+            )
         for i in range(2):
             assert _wait_for(tmp_path / f"supernode{i}.log", "SuperNode ID", 60)
         yield tmp_path, port, env
@@ -103,12 +135,18 @@ def test_signed_federation_over_tls_on_localhost(
     app = tmp / "app"
     app.mkdir()
     shutil.copy(ROOT / "configs" / "pqc_fl_flower_app.toml", app / "pyproject.toml")
-    overrides = (f'num-clients=2 rounds=2 local-steps=5 strategy="fedmedian" '
-                 f'key-dir="{tmp / "keys"}" out="{tmp / "summary.json"}"')  # fmt: skip
+    overrides = (
+        f'num-clients=2 rounds=2 local-steps=5 strategy="fedmedian" '
+        f'key-dir="{tmp / "keys"}" out="{tmp / "summary.json"}"'
+    )
     proc = subprocess.run(
         [str(BIN / "flwr"), "run", str(app), "local-tls", "--stream", "--run-config", overrides],
-        env=env, cwd=tmp, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert _wait_for(tmp / "summary.json", "rounds", 30)
     summary = json.loads((tmp / "summary.json").read_text())
@@ -119,11 +157,20 @@ def test_signed_federation_over_tls_on_localhost(
 
     other = make_local_certificates(tmp / "other")
     bad = _start(
-        [str(BIN / "flower-supernode"), "--root-certificates", str(other["ca"]), "--superlink",
-         f"127.0.0.1:{port}", "--node-config", "partition-id=0 num-partitions=2", "--port",
-         str(_free_port())],
-        tmp / "bad-supernode.log", env,
-    )  # fmt: skip
+        [
+            str(BIN / "flower-supernode"),
+            "--root-certificates",
+            str(other["ca"]),
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--node-config",
+            "partition-id=0 num-partitions=2",
+            "--port",
+            str(_free_port()),
+        ],
+        tmp / "bad-supernode.log",
+        env,
+    )
     try:
         assert _wait_for(tmp / "bad-supernode.log", "CERTIFICATE_VERIFY_FAILED", 90)
         assert "SuperNode ID" not in (tmp / "bad-supernode.log").read_text(errors="replace")

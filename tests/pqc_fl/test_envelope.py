@@ -170,9 +170,15 @@ def test_any_mutation_of_a_valid_update_is_rejected(data: st.DataObject) -> None
     if bytes(blob) == _VALID:
         return
     v = verify_update(
-        bytes(blob), registry=WORLD.registry, run_id="run-attack-suite", round=5,
-        guard=ReplayGuard(), schema=schema_of(WORLD.state), policy=WORLD.policy, node="node-a",
-    )  # fmt: skip
+        bytes(blob),
+        registry=WORLD.registry,
+        run_id="run-attack-suite",
+        round=5,
+        guard=ReplayGuard(),
+        schema=schema_of(WORLD.state),
+        policy=WORLD.policy,
+        node="node-a",
+    )
     assert not v.ok and v.reason in set(Reason) - {Reason.OK}
 
 
@@ -200,8 +206,16 @@ def test_header_and_signature_are_checked_before_any_record_is_parsed(
 
     monkeypatch.setattr(envelope, "parse_tensor_stream", parse)
     roomy = ServerPolicy.only("ml-dsa-44", max_records=10**6)  # past the count cap: signature
-    v = verify_update(blob, registry=w.registry, run_id="run-attack-suite", round=5,
-                      guard=ReplayGuard(), schema=None, policy=roomy, node="node-a")  # fmt: skip
+    v = verify_update(
+        blob,
+        registry=w.registry,
+        run_id="run-attack-suite",
+        round=5,
+        guard=ReplayGuard(),
+        schema=None,
+        policy=roomy,
+        node="node-a",
+    )
     assert v.reason == Reason.BAD_SIGNATURE
     assert w.verify(blob) == Reason.TOO_LARGE  # the default cap stops it even earlier
     monkeypatch.undo()
@@ -222,8 +236,16 @@ def test_blake3_digest_is_the_independent_blake3_of_the_stream_and_is_signed() -
     u = WORLD.honest(hash="blake3")
     assert u.envelope.hash == "blake3" and WORLD.verify(u.to_bytes()) == Reason.OK
     sha_only = ServerPolicy.only("ml-dsa-44", allowed_hashes=frozenset({"sha256"}))
-    v = verify_update(u, registry=WORLD.registry, run_id="run-attack-suite", round=5,
-                      guard=ReplayGuard(), schema=None, policy=sha_only, node="node-a")  # fmt: skip
+    v = verify_update(
+        u,
+        registry=WORLD.registry,
+        run_id="run-attack-suite",
+        round=5,
+        guard=ReplayGuard(),
+        schema=None,
+        policy=sha_only,
+        node="node-a",
+    )
     assert v.reason == Reason.MODE_NOT_ALLOWED
     with pytest.raises(ValueError, match="hash='md5'"):
         WORLD.honest(hash="md5")

@@ -54,13 +54,28 @@ def test_wrapper_rejects_unsigned_malformed_and_relabelled_replies_with_their_re
     many = update_to_content(w.honest())
     many["arrays"] = ArrayRecord({f"t{i}": Array(np.zeros(1, np.float32)) for i in range(5000)})
     s = _strategy(w, min_accepted=1)
-    replies = [_reply(c, n) for c, n in
-               [(good_b, 7), (unsigned, 8), (extra, 9), (inflated, 10), (garbled, 11),
-                (retyped, 12), (many, 13)]]  # fmt: skip
+    replies = [
+        _reply(c, n)
+        for c, n in [
+            (good_b, 7),
+            (unsigned, 8),
+            (extra, 9),
+            (inflated, 10),
+            (garbled, 11),
+            (retyped, 12),
+            (many, 13),
+        ]
+    ]
     arrays, _ = s.aggregate_train(5, replies)  # type: ignore[attr-defined]
     got = [(r["node"], r["reason"]) for r in s.rejections]  # type: ignore[attr-defined]
-    assert got == [("8", "unsigned"), ("9", "malformed"), ("10", "bad_signature"),
-                   ("11", "malformed"), ("12", "malformed"), ("13", "malformed")]  # fmt: skip
+    assert got == [
+        ("8", "unsigned"),
+        ("9", "malformed"),
+        ("10", "bad_signature"),
+        ("11", "malformed"),
+        ("12", "malformed"),
+        ("13", "malformed"),
+    ]
     # the aggregate is exactly b's verified weights (the only accepted reply)
     for k, v in b_state.items():
         np.testing.assert_array_equal(arrays[k].numpy(), v)
@@ -77,7 +92,9 @@ def test_two_nodes_claiming_one_client_are_both_rejected_and_binding_holds() -> 
     b = update_to_content(w.honest(key=w.b, node="3"))
     arrays, _ = s.aggregate_train(5, [_reply(one, 1), _reply(two, 2), _reply(b, 3)])  # type: ignore[attr-defined]
     assert [(r["node"], r["reason"]) for r in s.rejections] == [  # type: ignore[attr-defined]
-        ("1", "duplicate_submission"), ("2", "duplicate_submission")]  # fmt: skip
+        ("1", "duplicate_submission"),
+        ("2", "duplicate_submission"),
+    ]
     assert arrays is not None
 
 
@@ -109,10 +126,17 @@ def test_flower_simulation_wraps_the_strategy(
 ) -> None:
     # Prepare: keys provisioned out of band; for FedAvg client 1 flips a weight bit after signing
     cfg = FLConfig(
-        num_clients=3, rounds=2, local=LocalTrainConfig(steps=5), attack=attack, attacker=1,
-        partition="dirichlet", alpha=1.0, strategy=strategy, byzantine=byzantine,
+        num_clients=3,
+        rounds=2,
+        local=LocalTrainConfig(steps=5),
+        attack=attack,
+        attacker=1,
+        partition="dirichlet",
+        alpha=1.0,
+        strategy=strategy,
+        byzantine=byzantine,
         num_byzantine=int(byzantine != "none"),
-    )  # fmt: skip
+    )
     provision_keys(tmp_path / "keys", cfg.num_clients, cfg.scheme, max_examples=10_000)
     from pqc_fl.flower_app import run_flower_simulation
 
@@ -122,15 +146,17 @@ def test_flower_simulation_wraps_the_strategy(
     # Assert: the forged reply is rejected in both rounds with its reason, the others aggregated
     if byzantine == "non_finite":  # client 2 signs NaN weights with its own key: refused
         assert [(r["round"], r["client"], r["reason"]) for r in summary["rejections"]] == [
-            (1, "client-2", "non_finite"), (2, "client-2", "non_finite"),
-        ]  # fmt: skip
+            (1, "client-2", "non_finite"),
+            (2, "client-2", "non_finite"),
+        ]
     elif attack == "none":  # sign-flipped but well-formed: accepted, the median absorbs it
         assert summary["rejections"] == []
         assert [(r["accepted"], r["rejected"]) for r in summary["rounds"]] == [(3, 0), (3, 0)]
     else:
         assert [(r["round"], r["client"], r["reason"]) for r in summary["rejections"]] == [
-            (1, "client-1", "digest_mismatch"), (2, "client-1", "digest_mismatch"),
-        ]  # fmt: skip
+            (1, "client-1", "digest_mismatch"),
+            (2, "client-1", "digest_mismatch"),
+        ]
         assert [(r["accepted"], r["rejected"]) for r in summary["rounds"]] == [(2, 1), (2, 1)]
     # and the global model is exactly what the in-process engine computes with the same strategy
     ref = run_inprocess(cfg)

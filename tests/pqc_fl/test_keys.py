@@ -65,11 +65,13 @@ def test_registry_save_load_rotate_revoke(tmp_path: Path) -> None:
     with pytest.raises(KeyRegistryError, match="use rotate"):
         reg.register_client_key(generate_client_key("a"), max_examples=10)
     with pytest.raises(KeyRegistryError, match="expected|have"):
-        reg.register(client_id="z", key_id="z1", scheme="ml-dsa-44", public_key=b"short",
-                     max_examples=1)  # fmt: skip
+        reg.register(
+            client_id="z", key_id="z1", scheme="ml-dsa-44", public_key=b"short", max_examples=1
+        )
     with pytest.raises(KeyRegistryError, match="max_examples=-1"):
-        reg.register(client_id="z", key_id="z1", scheme="ml-dsa-44", public_key=a.public_key,
-                     max_examples=-1)  # fmt: skip
+        reg.register(
+            client_id="z", key_id="z1", scheme="ml-dsa-44", public_key=a.public_key, max_examples=-1
+        )
     a2 = generate_client_key("a")
     reg.rotate(client_id="a", key_id=a2.key_id, public_key=a2.public_key, round=3, grace_rounds=1)
     reg.revoke(b.key_id)
@@ -142,8 +144,10 @@ def test_registry_file_edits_fail_the_server_signature(tmp_path: Path) -> None:
 def test_registry_load_applies_the_register_checks(tmp_path: Path, edit: str, match: str) -> None:
     # a file that a (careless or compromised) signer produced: signature valid, content not
     a, a2 = generate_client_key("a"), generate_client_key("a")
-    keys = [KeyRecord(a.key_id, "a", "ml-dsa-44", a.public_key, "active", 0, None, 5),
-            KeyRecord(a2.key_id, "a", "ml-dsa-44", a2.public_key, "retired", 0, 3, 5)]  # fmt: skip
+    keys = [
+        KeyRecord(a.key_id, "a", "ml-dsa-44", a.public_key, "active", 0, None, 5),
+        KeyRecord(a2.key_id, "a", "ml-dsa-44", a2.public_key, "retired", 0, 3, 5),
+    ]
     if edit == "two_active":
         keys[1] = replace(keys[1], status="active", accept_until_round=None)
     elif edit == "short_key":

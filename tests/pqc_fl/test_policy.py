@@ -79,15 +79,30 @@ def test_insider_integrity_attacks_never_reach_the_model(
     caplog.set_level(logging.ERROR)
     base = FLConfig(num_clients=5, rounds=2, local=LocalTrainConfig(steps=3))
     clean = run_inprocess(base)
-    r = run_inprocess(FLConfig(num_clients=5, rounds=2, local=LocalTrainConfig(steps=3),
-                               byzantine=attack, num_byzantine=1))  # fmt: skip
+    r = run_inprocess(
+        FLConfig(
+            num_clients=5,
+            rounds=2,
+            local=LocalTrainConfig(steps=3),
+            byzantine=attack,
+            num_byzantine=1,
+        )
+    )
     per_round = 2 if attack == "double_submission" else 1
     assert [(x["node"], x["reason"]) for x in r.rejections] == [
-        ("node-4", EXPECTED_REASON[attack])] * (2 * per_round)  # fmt: skip
+        ("node-4", EXPECTED_REASON[attack])
+    ] * (2 * per_round)
     # every integrity attack leaves the same model: the four honest clients' aggregate (as in the
     # double-submission run, where both of client 4's updates are refused), not the 5-client one
-    ref = run_inprocess(FLConfig(num_clients=5, rounds=2, local=LocalTrainConfig(steps=3),
-                                 byzantine="double_submission", num_byzantine=1))  # fmt: skip
+    ref = run_inprocess(
+        FLConfig(
+            num_clients=5,
+            rounds=2,
+            local=LocalTrainConfig(steps=3),
+            byzantine="double_submission",
+            num_byzantine=1,
+        )
+    )
     for k in clean.state:
         np.testing.assert_array_equal(r.state[k], ref.state[k])
         assert np.isfinite(r.state[k]).all()
@@ -96,8 +111,13 @@ def test_insider_integrity_attacks_never_reach_the_model(
 
 
 def test_a_robust_strategy_resists_a_sign_flipping_insider_that_ruins_fedavg() -> None:
-    cfg = dict(num_clients=5, rounds=3, local=LocalTrainConfig(steps=10), byzantine="sign_flip",
-               num_byzantine=1)  # fmt: skip
+    cfg = dict(
+        num_clients=5,
+        rounds=3,
+        local=LocalTrainConfig(steps=10),
+        byzantine="sign_flip",
+        num_byzantine=1,
+    )
     avg = run_inprocess(FLConfig(strategy="fedavg", **cfg))  # type: ignore[arg-type]
     med = run_inprocess(FLConfig(strategy="fedmedian", **cfg))  # type: ignore[arg-type]
     clean = run_inprocess(FLConfig(num_clients=5, rounds=3, local=LocalTrainConfig(steps=10)))
@@ -112,16 +132,40 @@ def test_a_round_below_quorum_leaves_the_model_unchanged_and_is_reported(
     from pqc_fl.task import build_model
     from qhybrid.cli import main
 
-    cfg = dict(num_clients=3, rounds=1, local=LocalTrainConfig(steps=2), byzantine="non_finite",
-               num_byzantine=2, min_accepted=0.5)  # fmt: skip
+    cfg = dict(
+        num_clients=3,
+        rounds=1,
+        local=LocalTrainConfig(steps=2),
+        byzantine="non_finite",
+        num_byzantine=2,
+        min_accepted=0.5,
+    )
     r = run_inprocess(FLConfig(**cfg))  # type: ignore[arg-type]
     assert r.rounds[0]["quorum_met"] is False and r.rounds[0]["accepted"] == 1
     assert "below the quorum of 2" in caplog.text
     init = {k: v.detach().numpy() for k, v in build_model("mlp", 0).state_dict().items()}
     assert all(np.array_equal(r.state[k], init[k]) for k in init)
     out = str(tmp_path)
-    assert main(["fl", "run", "--out", out, "--set", "rounds=1", "--set", "local.steps=2",
-                 "--set", "num_clients=3", "--set", 'byzantine="non_finite"',
-                 "--set", "num_byzantine=2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "fl",
+                "run",
+                "--out",
+                out,
+                "--set",
+                "rounds=1",
+                "--set",
+                "local.steps=2",
+                "--set",
+                "num_clients=3",
+                "--set",
+                'byzantine="non_finite"',
+                "--set",
+                "num_byzantine=2",
+            ]
+        )
+        == 0
+    )
     (report,) = tmp_path.glob("*/report.md")
     assert "Quorum not met in rounds [1]" in report.read_text()

@@ -22,10 +22,19 @@ def test_help_lists_every_part():
 
 def test_user_errors_exit_2_with_the_message_and_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "qhybrid.cli", "reproduce", "--set", "core.steps='many'",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "qhybrid.cli",
+            "reproduce",
+            "--set",
+            "core.steps='many'",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: 'core.steps' must be an int, got 'many' (str)"
     assert "Traceback" not in proc.stderr
@@ -51,8 +60,17 @@ def test_reproduce_reports_a_failing_stage_and_keeps_the_others(tmp_path, monkey
     monkeypatch.setitem(pipeline.STAGES, "quantum", "broken_stage")
     out = tmp_path / "runs"
     # Execute: the failing stage sits between two good ones.
-    code = cli.main(["reproduce", "--set", "stages=['core', 'quantum', 'core']",
-                     "--set", "core.steps=20", "--out", str(out)])  # fmt: skip
+    code = cli.main(
+        [
+            "reproduce",
+            "--set",
+            "stages=['core', 'quantum', 'core']",
+            "--set",
+            "core.steps=20",
+            "--out",
+            str(out),
+        ]
+    )
     # Assert
     assert code == 1
     (run,) = out.iterdir()
@@ -108,8 +126,17 @@ def test_reproduce_talks_stage_by_stage_with_a_heartbeat(tmp_path, monkeypatch, 
 def test_ctrl_c_exits_130_with_the_report_marked_interrupted(tmp_path, monkeypatch, capsys):
     _stage_module(tmp_path, monkeypatch, "raise KeyboardInterrupt")
     out = tmp_path / "runs"
-    code = cli.main(["reproduce", "--set", "stages=['core', 'quantum']", "--set", "core.steps=5",
-                     "--out", str(out)])  # fmt: skip
+    code = cli.main(
+        [
+            "reproduce",
+            "--set",
+            "stages=['core', 'quantum']",
+            "--set",
+            "core.steps=5",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 130
     assert err.strip().splitlines()[-1] == "error: interrupted (qhybrid reproduce)"
@@ -138,8 +165,9 @@ def test_help_lists_config_keys_stages_and_presets():
         assert f"\n{stage}: " in proc.stdout
     proc = subprocess.run(
         [sys.executable, "-m", "qhybrid.cli", "grover", "generate", "--help"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert "  train.count (int, default 2000): problems in the split" in proc.stdout
 
 
@@ -159,8 +187,11 @@ def test_help_lists_config_keys_stages_and_presets():
 def test_bad_reproduce_inputs_are_one_error_line(argv, message, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     (tmp_path / "latin.toml").write_bytes("name = 'caf\xe9'\n".encode("latin-1"))
-    subs = {"{file}": str(tmp_path / "file"), "{latin}": str(tmp_path / "latin.toml"),
-            "{tmp}": str(tmp_path)}  # fmt: skip
+    subs = {
+        "{file}": str(tmp_path / "file"),
+        "{latin}": str(tmp_path / "latin.toml"),
+        "{tmp}": str(tmp_path),
+    }
     argv = [subs.get(a, a) for a in argv]
     out = tmp_path / "runs"
     if "--out" not in argv:

@@ -59,8 +59,13 @@ def test_partial_nested_table_keeps_the_fields_own_default():
 
 def test_override_values_are_parsed_as_toml():
     assert parse_overrides(["a=1", "b=1.5", "c=true", 'd="x"', "e=[1, 2]", "f.g=bare"]) == {
-        "a": 1, "b": 1.5, "c": True, "d": "x", "e": [1, 2], "f": {"g": "bare"}
-    }  # fmt: skip
+        "a": 1,
+        "b": 1.5,
+        "c": True,
+        "d": "x",
+        "e": [1, 2],
+        "f": {"g": "bare"},
+    }
 
 
 def test_unknown_key_lists_the_valid_keys():

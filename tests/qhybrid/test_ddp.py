@@ -23,8 +23,19 @@ def _run(args: list[str], tmp_path: Path) -> None:
 
 def test_two_process_ddp_equals_single_process_on_the_global_batch(tmp_path):
     # Prepare / Execute: 2 ranks x batch 8 under torchrun, and 1 process x batch 16.
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          str(WORKER), str(tmp_path / "ddp"), "8"], tmp_path)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKER),
+            str(tmp_path / "ddp"),
+            "8",
+        ],
+        tmp_path,
+    )
     _run([sys.executable, str(WORKER), str(tmp_path / "single"), "16"], tmp_path)
     # Assert
     rank0 = torch.load(tmp_path / "ddp.rank0")

@@ -92,9 +92,15 @@ def _resume_setup(seed: int):
     x, y = regression_data(n=36)
     loader = make_loader(torch.utils.data.TensorDataset(x, y), batch_size=4, seed=7)
     config = cfg(
-        max_steps=10, grad_accum_steps=2, lr_schedule="cosine", warmup_steps=2,
-        clip_grad_norm=0.5, checkpoint_every=2, seed=3, log_every=1,
-    )  # fmt: skip
+        max_steps=10,
+        grad_accum_steps=2,
+        lr_schedule="cosine",
+        warmup_steps=2,
+        clip_grad_norm=0.5,
+        checkpoint_every=2,
+        seed=3,
+        log_every=1,
+    )
     return model, opt, loader, config
 
 
@@ -111,12 +117,28 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(model_b, loader_b, mse, opt_b, config, checkpoint_dir=tmp_path / "ck",
-              metrics_path=tmp_path / "b.jsonl", on_step=crash)  # fmt: skip
+        train(
+            model_b,
+            loader_b,
+            mse,
+            opt_b,
+            config,
+            checkpoint_dir=tmp_path / "ck",
+            metrics_path=tmp_path / "b.jsonl",
+            on_step=crash,
+        )
     assert (tmp_path / "ck" / "latest").read_text().strip() == "step-00000004"
     model_c, opt_c, loader_c, _ = _resume_setup(99)
-    result = train(model_c, loader_c, mse, opt_c, config, checkpoint_dir=tmp_path / "ck",
-                   resume=True, metrics_path=tmp_path / "b.jsonl")  # fmt: skip
+    result = train(
+        model_c,
+        loader_c,
+        mse,
+        opt_c,
+        config,
+        checkpoint_dir=tmp_path / "ck",
+        resume=True,
+        metrics_path=tmp_path / "b.jsonl",
+    )
 
     assert result.step == 10
     for p, q in zip(model_a.state_dict().values(), model_c.state_dict().values(), strict=True):
@@ -138,8 +160,14 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path):
         return loss * float("nan") if calls["n"] == 7 else loss  # step index 6 goes bad
 
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 6") as err:
-        train(model, batches, loss_fn, torch.optim.SGD(model.parameters(), lr=0.05),
-              cfg(max_steps=20, checkpoint_every=2), checkpoint_dir=tmp_path)  # fmt: skip
+        train(
+            model,
+            batches,
+            loss_fn,
+            torch.optim.SGD(model.parameters(), lr=0.05),
+            cfg(max_steps=20, checkpoint_every=2),
+            checkpoint_dir=tmp_path,
+        )
     assert "step-00000006" in str(err.value)
     assert (tmp_path / "latest").read_text().strip() == "step-00000006"
     # The bad step never touched the weights: they equal the last good checkpoint's.
@@ -158,9 +186,14 @@ def test_early_stopping_after_patience_evaluations():
     def eval_fn(m: nn.Module) -> dict[str, float]:
         return {"val_loss": next(values)}
 
-    result = train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=0.01),
-                   cfg(max_steps=100, eval_every=2, early_stop_metric="val_loss",
-                       early_stop_patience=2), eval_fn=eval_fn)  # fmt: skip
+    result = train(
+        model,
+        [(x, y)],
+        mse,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        cfg(max_steps=100, eval_every=2, early_stop_metric="val_loss", early_stop_patience=2),
+        eval_fn=eval_fn,
+    )
     # Evaluations at steps 2, 4, 6, 8: best 0.5 at step 4, then two without improvement.
     assert result.stopped_early and result.step == 8 and result.best_metric == 0.5
     assert [r["val_loss"] for r in result.history if "val_loss" in r] == [1.0, 0.5, 0.6, 0.7]
@@ -174,8 +207,9 @@ def test_closure_optimizer_is_driven_through_step_closure():
     torch.manual_seed(4)
     model, ref = nn.Linear(5, 1), nn.Linear(5, 1)
     ref.load_state_dict(model.state_dict())
-    result = train(model, [(x, y)], mse, ClosureLBFGS(model.parameters(), lr=0.5, max_iter=5),
-                   cfg(max_steps=3))  # fmt: skip
+    result = train(
+        model, [(x, y)], mse, ClosureLBFGS(model.parameters(), lr=0.5, max_iter=5), cfg(max_steps=3)
+    )
     opt = torch.optim.LBFGS(ref.parameters(), lr=0.5, max_iter=5)
 
     def closure() -> torch.Tensor:
@@ -205,8 +239,13 @@ def test_lr_schedule_values():
 def test_the_schedule_reaches_the_optimizer():
     model = nn.Linear(5, 1)
     x, y = regression_data()
-    result = train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=1.0),
-                   cfg(max_steps=4, lr_schedule="linear", min_lr_ratio=0.0))  # fmt: skip
+    result = train(
+        model,
+        [(x, y)],
+        mse,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        cfg(max_steps=4, lr_schedule="linear", min_lr_ratio=0.0),
+    )
     assert [r["lr"] for r in result.history if "lr" in r] == pytest.approx([1.0, 0.75, 0.5, 0.25])
 
 
@@ -251,8 +290,14 @@ def test_empty_data_and_missing_cuda_are_clear_errors():
 def test_checkpoint_folder_contents(tmp_path):
     model = nn.Linear(5, 1)
     x, y = regression_data()
-    train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=0.1),
-          cfg(max_steps=6, checkpoint_every=2, keep_checkpoints=2), checkpoint_dir=tmp_path)  # fmt: skip
+    train(
+        model,
+        [(x, y)],
+        mse,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        cfg(max_steps=6, checkpoint_every=2, keep_checkpoints=2),
+        checkpoint_dir=tmp_path,
+    )
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000004", "step-00000006"]
     final = tmp_path / "step-00000006"
     assert {p.name for p in final.iterdir()} == {
@@ -274,8 +319,14 @@ def test_cuda_training_matches_cpu_and_resumes_exactly(tmp_path):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        train(model, batches, mse, opt, cfg(max_steps=max_steps, device=device, checkpoint_every=3,
-                                            deterministic=True), **kw)  # fmt: skip
+        train(
+            model,
+            batches,
+            mse,
+            opt,
+            cfg(max_steps=max_steps, device=device, checkpoint_every=3, deterministic=True),
+            **kw,
+        )
         return {k: v.cpu() for k, v in model.state_dict().items()}
 
     cpu = run("cpu", 9)
@@ -292,8 +343,14 @@ def test_metrics_file_folder_is_created(tmp_path):
     model = nn.Linear(5, 1)
     x, y = regression_data()
     path = tmp_path / "not" / "yet" / "metrics.jsonl"
-    train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=0.1), cfg(max_steps=2),
-          metrics_path=path)  # fmt: skip
+    train(
+        model,
+        [(x, y)],
+        mse,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        cfg(max_steps=2),
+        metrics_path=path,
+    )
     assert [r["step"] for r in read_metrics(path)] == [1, 2]
 
 
@@ -332,8 +389,14 @@ def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights():
         before.update({k: v.clone() for k, v in model.state_dict().items()})
 
     with pytest.raises(NonFiniteLossError, match="gradient norm is (nan|inf) at step 2"):
-        train(model, batches, loss_fn, torch.optim.SGD(model.parameters(), lr=0.05),
-              cfg(max_steps=10), on_step=on_step)  # fmt: skip
+        train(
+            model,
+            batches,
+            loss_fn,
+            torch.optim.SGD(model.parameters(), lr=0.05),
+            cfg(max_steps=10),
+            on_step=on_step,
+        )
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]) and torch.isfinite(v).all()
     assert all(p.grad is None for p in model.parameters())
@@ -369,8 +432,14 @@ def test_stale_temporary_checkpoints_are_removed_at_start(tmp_path):
     alive.mkdir()
     model = nn.Linear(5, 1)
     x, y = regression_data()
-    train(model, [(x, y)], mse, torch.optim.SGD(model.parameters(), lr=0.01), cfg(max_steps=2),
-          checkpoint_dir=tmp_path)  # fmt: skip
+    train(
+        model,
+        [(x, y)],
+        mse,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        cfg(max_steps=2),
+        checkpoint_dir=tmp_path,
+    )
     assert not dead.exists() and alive.exists()
     assert clean_stale_checkpoints(tmp_path) == []
     assert (tmp_path / "latest").read_text().strip() == "step-00000002"

@@ -43,8 +43,13 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 def small(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("grover") / "ds"
     info = generate_dataset(SMALL, root)
-    assert info.problems == {"train": 60, "test_id": 12, "test_ood_n": 8, "test_ood_t": 8,
-                             "test_ood_k": 10}  # fmt: skip
+    assert info.problems == {
+        "train": 60,
+        "test_id": 12,
+        "test_ood_n": 8,
+        "test_ood_t": 8,
+        "test_ood_k": 10,
+    }
     assert info.records == 2 * 98
     return root
 
@@ -95,10 +100,12 @@ def test_half_of_each_small_pool_is_left_for_training():
     from quantum.dataset import draw_splits
 
     spec = DatasetSpec(
-        train=SplitSpec(2, 2, 1, 1, 10), test_id=SplitSpec(2, 2, 1, 1, 10),
-        test_ood_n=SplitSpec(3, 3, 1, 1, 0), test_ood_t=SplitSpec(3, 3, 2, 2, 0),
+        train=SplitSpec(2, 2, 1, 1, 10),
+        test_id=SplitSpec(2, 2, 1, 1, 10),
+        test_ood_n=SplitSpec(3, 3, 1, 1, 0),
+        test_ood_t=SplitSpec(3, 3, 2, 2, 0),
         test_ood_k=SplitSpec(2, 2, 1, 1, 10, off_optimal=1.0),
-    )  # fmt: skip
+    )
     splits = draw_splits(spec)
     # 4 marked sets at n = 2, t = 1: test_id and test_ood_k share 2, train gets the other 2
     assert len(splits["test_id"]) + len(splits["test_ood_k"]) == 2
@@ -189,11 +196,17 @@ def test_noisy_aer_distributions_are_added_for_small_checked_problems(tmp_path):
     from dataclasses import replace
 
     spec = replace(
-        SMALL, train=SplitSpec(2, 3, 1, 1, 4), test_id=SplitSpec(2, 3, 1, 1, 1),
-        test_ood_n=SplitSpec(4, 4, 1, 1, 1), test_ood_t=SplitSpec(4, 4, 4, 4, 1),
-        test_ood_k=SplitSpec(2, 3, 1, 1, 1, off_optimal=1.0), renderings=("compact",),
-        noise_depolarizing=0.001, noise_max_n=3, parquet=False,
-    )  # fmt: skip
+        SMALL,
+        train=SplitSpec(2, 3, 1, 1, 4),
+        test_id=SplitSpec(2, 3, 1, 1, 1),
+        test_ood_n=SplitSpec(4, 4, 1, 1, 1),
+        test_ood_t=SplitSpec(4, 4, 4, 4, 1),
+        test_ood_k=SplitSpec(2, 3, 1, 1, 1, off_optimal=1.0),
+        renderings=("compact",),
+        noise_depolarizing=0.001,
+        noise_max_n=3,
+        parquet=False,
+    )
     generate_dataset(spec, tmp_path / "noisy")
     recs = read_split(tmp_path / "noisy", "train")
     noisy = [r for r in recs if r["probs_noisy"] is not None]
@@ -250,10 +263,22 @@ def test_bad_spec_is_a_qhybrid_error(cls, kwargs, match):
 def test_cli_generate_and_bad_input_exit_codes(tmp_path, capsys):
     from qhybrid.cli import main
 
-    sets = ["train.count=6", "test_id.count=2", "test_ood_n.count=2", "test_ood_t.count=2",
-            "test_ood_k.count=2", 'renderings=["compact"]']  # fmt: skip
-    argv = ["grover", "generate", "--out", str(tmp_path / "runs"), "--dataset-dir",
-            str(tmp_path / "d")] + [a for s in sets for a in ("--set", s)]  # fmt: skip
+    sets = [
+        "train.count=6",
+        "test_id.count=2",
+        "test_ood_n.count=2",
+        "test_ood_t.count=2",
+        "test_ood_k.count=2",
+        'renderings=["compact"]',
+    ]
+    argv = [
+        "grover",
+        "generate",
+        "--out",
+        str(tmp_path / "runs"),
+        "--dataset-dir",
+        str(tmp_path / "d"),
+    ] + [a for s in sets for a in ("--set", s)]
     assert main(argv) == 0
     assert len(read_split(tmp_path / "d", "train")) == 6
     assert main(["grover", "render", "--n", "3", "--marked", "0111"]) == 2

@@ -123,8 +123,14 @@ def test_answer_parses_back_and_p_rest_follows_from_normalisation():
     assert got.p_rest_each == pytest.approx(d.p_rest_each, rel=1e-4)
     short = render(p, "answer").split(" p_rest")[0]
     assert parse_answer_text(short).p_rest_each == pytest.approx(d.p_rest_each, rel=1e-3)
-    for bad in ["", "marked 0 2 p_marked 1", "marked 0 1 p_marked x", "p_marked 0 . 5",
-                "marked 0 1 marked 1 p_marked 0 . 5", "hello"]:  # fmt: skip
+    for bad in [
+        "",
+        "marked 0 2 p_marked 1",
+        "marked 0 1 p_marked x",
+        "p_marked 0 . 5",
+        "marked 0 1 marked 1 p_marked 0 . 5",
+        "hello",
+    ]:
         with pytest.raises(QHybridError):
             parse_answer_text(bad)
 

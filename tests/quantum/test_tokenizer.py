@@ -45,8 +45,19 @@ def test_compact_and_answer_are_one_token_per_word_and_decode_exactly(tok):
 
 def test_qasm_is_split_into_units(tok):
     assert tok.tokenize("ctrl(12) @ z q[3];") == [
-        "ctrl", "(", "1", "2", ")", "@", "z", "q", "[", "3", "]", ";",
-    ]  # fmt: skip
+        "ctrl",
+        "(",
+        "1",
+        "2",
+        ")",
+        "@",
+        "z",
+        "q",
+        "[",
+        "3",
+        "]",
+        ";",
+    ]
 
 
 def test_save_and_load_with_auto_tokenizer(tok, tmp_path):
