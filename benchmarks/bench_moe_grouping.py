@@ -29,7 +29,12 @@ import torch
 from moe.experiment import Context
 from moe.layers import find_moe_layers
 from moe.merge import _output_cosine, merge_experts
-from moe.subject import SubjectConfig, evaluate, load_or_train
+from moe.subject import (
+    add_subject_arguments,
+    evaluate,
+    load_or_train,
+    subject_from_args,
+)
 from qhybrid.runs import atomic_write_json, environment_info
 
 
@@ -54,22 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, default=5, help="random groupings per subject")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--task", default="tokens", choices=["tokens", "stdlib"])
-    parser.add_argument("--seq-len", type=int, default=24)
-    parser.add_argument("--train-sequences", type=int, default=4096)
-    parser.add_argument("--test-sequences", type=int, default=512)
-    parser.add_argument("--cache", default="runs/moe_subjects")
+    add_subject_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/moe_grouping.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = SubjectConfig(
-        steps=args.steps,
-        task=args.task,
-        seq_len=args.seq_len,
-        train_sequences=args.train_sequences,
-        test_sequences=args.test_sequences,
-    )
+    cfg = subject_from_args(args)
     rows, accounts = [], []
     for seed in args.seeds:
         model, data, _ = load_or_train(cfg, seed, args.cache)

@@ -34,7 +34,14 @@ from moe.layers import expert_bytes
 from moe.plan import load_compressed, save_compressed, tensor_bytes_on_disk
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
-from moe.subject import SubjectConfig, calibration, evaluate, load_or_train
+from moe.subject import (
+    SubjectConfig,
+    add_subject_arguments,
+    calibration,
+    evaluate,
+    load_or_train,
+    subject_from_args,
+)
 from qhybrid.runs import atomic_write_json, environment_info
 
 VARIANTS = {  # name -> (allocation, storage)
@@ -106,27 +113,14 @@ def run_seed(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400, help="subject training steps")
+    add_subject_arguments(parser)
     parser.add_argument("--avg-bits", type=float, default=3.0)
-    parser.add_argument("--task", default="tokens", choices=["tokens", "stdlib"])
-    parser.add_argument("--seq-len", type=int, default=24)
-    parser.add_argument("--train-sequences", type=int, default=4096)
-    parser.add_argument("--test-sequences", type=int, default=512)
     parser.add_argument("--calib-sequences", type=int, default=256)
-    parser.add_argument(
-        "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
-    )
     parser.add_argument("--out", default="benchmarks/results/moe_storage.json")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = SubjectConfig(
-        steps=args.steps,
-        task=args.task,
-        seq_len=args.seq_len,
-        train_sequences=args.train_sequences,
-        test_sequences=args.test_sequences,
-    )
+    cfg = subject_from_args(args)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,13 @@ from typing import Any
 import torch
 
 from moe import experiment as ex
-from moe.subject import SubjectConfig, load_or_train, per_domain, routing_entropy
+from moe.subject import (
+    add_subject_arguments,
+    load_or_train,
+    per_domain,
+    routing_entropy,
+    subject_from_args,
+)
 from qhybrid.runs import atomic_write_json, environment_info
 
 MERGE = "merge 8->4 + LS refit"
@@ -173,20 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
-    parser.add_argument("--steps", type=int, default=400, help="subject training steps")
-    parser.add_argument(
-        "--task",
-        default="tokens",
-        choices=["tokens", "stdlib"],
-        help="subject: the synthetic token task or Python standard-library bytes",
-    )
-    parser.add_argument("--seq-len", type=int, default=24, help="tokens per sequence")
-    parser.add_argument("--train-sequences", type=int, default=4096)
-    parser.add_argument("--test-sequences", type=int, default=512)
+    add_subject_arguments(parser)
     parser.add_argument("--distill-steps", type=int, default=200)
-    parser.add_argument(
-        "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
-    )
     parser.add_argument("--out", default="benchmarks/results/moe_targets.json")
     parser.add_argument(
         "--combine",
@@ -216,13 +210,7 @@ def main() -> None:
             print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v}")
         return
     torch.set_num_threads(args.threads)
-    cfg = SubjectConfig(
-        steps=args.steps,
-        task=args.task,
-        seq_len=args.seq_len,
-        train_sequences=args.train_sequences,
-        test_sequences=args.test_sequences,
-    )
+    cfg = subject_from_args(args)
     rows: list[dict[str, Any]] = []
     subjects = []
     t0 = time.perf_counter()

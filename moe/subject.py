@@ -302,6 +302,34 @@ def calibration_of(ids: torch.Tensor, batch_size: int = 64) -> list[dict[str, to
     return [{k: v for k, v in b.items() if k != "labels"} for b in batches_of(ids, batch_size)]
 
 
+def add_subject_arguments(parser: Any) -> None:
+    """The flags the moe benchmarks share to name their subject (see :func:`subject_from_args`)."""
+    parser.add_argument("--steps", type=int, default=400, help="subject training steps")
+    parser.add_argument(
+        "--task",
+        default="tokens",
+        choices=["tokens", "stdlib"],
+        help="subject: the synthetic token task or Python standard-library bytes",
+    )
+    parser.add_argument("--seq-len", type=int, default=24, help="tokens per sequence")
+    parser.add_argument("--train-sequences", type=int, default=4096)
+    parser.add_argument("--test-sequences", type=int, default=512)
+    parser.add_argument(
+        "--cache", default="runs/moe_subjects", help="trained subjects are kept here"
+    )
+
+
+def subject_from_args(args: Any) -> SubjectConfig:
+    """The :class:`SubjectConfig` named by :func:`add_subject_arguments`' flags."""
+    return SubjectConfig(
+        steps=args.steps,
+        task=args.task,
+        seq_len=args.seq_len,
+        train_sequences=args.train_sequences,
+        test_sequences=args.test_sequences,
+    )
+
+
 def load_or_train(
     cfg: SubjectConfig, seed: int, cache_dir: str | Any | None = None
 ) -> tuple[Any, SubjectData, dict[str, float]]:

@@ -29,7 +29,9 @@ import functools
 import importlib
 import inspect
 import io
+import json
 import math
+import operator
 import re
 import tokenize
 import tomllib
@@ -231,10 +233,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# annotated_types' numeric bounds: (attribute, how it reads, the test)
+_NUMERIC_BOUNDS = (
+    ("gt", ">", operator.gt),
+    ("ge", ">=", operator.ge),
+    ("lt", "<", operator.lt),
+    ("le", "<=", operator.le),
+)
+
+
 def _bound_text(meta: Any) -> str:
-    for name, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-        if getattr(meta, name, None) is not None:
-            return f"{op} {getattr(meta, name)}"
+    for attr, text, _ in _NUMERIC_BOUNDS:
+        if getattr(meta, attr, None) is not None:
+            return f"{text} {getattr(meta, attr)}"
     if isinstance(meta, at.MinLen):
         return f"at least {meta.min_length} items"
     if isinstance(meta, at.MaxLen):
@@ -249,16 +260,12 @@ def _flat_bounds(meta: Sequence[Any]) -> list[Any]:
 def _check_bounds(value: Any, meta: Sequence[Any], where: str) -> None:
     """Check ``value`` against ``annotated_types`` bounds (Gt, Ge, Lt, Le, Interval, MinLen, MaxLen)."""
     for m in _flat_bounds(meta):
-        ok = True
-        if isinstance(m, at.Gt):
-            ok = value > m.gt
-        elif isinstance(m, at.Ge):
-            ok = value >= m.ge
-        elif isinstance(m, at.Lt):
-            ok = value < m.lt
-        elif isinstance(m, at.Le):
-            ok = value <= m.le
-        elif isinstance(m, at.MinLen):
+        ok = all(
+            test(value, getattr(m, attr))
+            for attr, _, test in _NUMERIC_BOUNDS
+            if getattr(m, attr, None) is not None
+        )
+        if isinstance(m, at.MinLen):
             ok = len(value) >= m.min_length
         elif isinstance(m, at.MaxLen):
             ok = len(value) <= m.max_length
@@ -329,7 +336,7 @@ def config_help(config: Any, prefix: str = "") -> str:
         bounds = "".join(f", {_bound_text(m)}" for m in meta)
         comment = comments.get(f.name, "")
         lines.append(
-            f"  {prefix}{f.name} ({_display_type(tp)}, default {json_default(default)}{bounds})"
+            f"  {prefix}{f.name} ({_display_type(tp)}, default {_as_typed(default)}{bounds})"
             + (f": {comment}" if comment else "")
         )
     return "\n".join(lines)
@@ -343,7 +350,7 @@ def _display_type(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _display_type(a) for a in args)
     if origin is Literal:
-        return "one of " + "/".join(json_default(a) for a in args)
+        return "one of " + "/".join(_as_typed(a) for a in args)
     if origin in (tuple, list):
         inner = [a for a in args if a is not Ellipsis]
         return "list" + (f" of {_display_type(inner[0])}" if len(set(inner)) == 1 else "")
@@ -352,10 +359,8 @@ def _display_type(tp: Any) -> str:
     return _type_name(tp)
 
 
-def json_default(value: Any) -> str:
+def _as_typed(value: Any) -> str:
     """A default as a user would type it after ``--set key=``."""
-    import json
-
     try:
         return json.dumps(_jsonable(value))
     except TypeError:

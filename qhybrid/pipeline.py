@@ -154,7 +154,7 @@ HEARTBEAT_SECONDS = 15.0  # longest silence of `qhybrid reproduce` while a stage
 class _Heartbeat:
     """Print ``<stage>: running, <s> s`` every ``every`` seconds while a stage runs (a daemon thread)."""
 
-    def __init__(self, name: str, echo: Callable[[str], None], every: float = 15.0) -> None:
+    def __init__(self, name: str, echo: Callable[[str], None], every: float) -> None:
         self.name, self.echo, self.every = name, echo, every
         self.t0 = time.perf_counter()
         self.stopped = threading.Event()
@@ -174,8 +174,8 @@ class _Heartbeat:
 
 
 def quiet_library_progress() -> None:
-    """Turn off the progress bars of transformers, datasets and the hub (they say nothing here)."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers loads
+    """Turn off the progress bars of transformers and datasets (they say nothing here; the
+    command has also set ``HF_HUB_DISABLE_PROGRESS_BARS``)."""
     if not sys.stderr.isatty():  # our own loops print plain lines there instead
         os.environ.setdefault("TQDM_DISABLE", "1")
     from transformers.utils import logging as hf_logging

@@ -41,6 +41,7 @@ byte-identical (no timestamps, fixed key order, deterministic sampling and Aer s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -335,9 +336,13 @@ def sample_split(
     return out
 
 
+@functools.lru_cache(maxsize=2)
 def _draw(spec: DatasetSpec) -> dict[str, list[Drawn]]:
     """Every split's problems: the test splits first (half of each (n, t) pool at most), then
-    ``train``, which starts with one problem per (n, t) of ``test_id``."""
+    ``train``, which starts with one problem per (n, t) of ``test_id``.
+
+    Cached (callers only read it): ``qhybrid grover generate`` checks a spec before its run folder
+    exists and then generates from the same spec, which draws once."""
     used: set[tuple[int, ...]] = set()
     cap: dict[tuple[int, int], int] = {}
     drawn = {

@@ -33,24 +33,79 @@ _COMPACT = ("qubits", "h", "repeat", "oracle", "flip", "diffuse", "end", "measur
 _STYLES = ("x_mcz_x", "mcp_flag", "phase_oracle", "diagonal")
 _ANSWER = ("marked", "p_marked", "p_rest", "e")
 _QASM = (
-    "OPENQASM", "include", "stdgates", "inc", "gate", "Oracle", "Diffuser", "qubit", "bit",
-    "measure", "for", "int", "in", "ctrl", "negctrl", "inv", "pow", "pi", "x", "z", "p", "u",
-    "cx", "cz", "ccx", "ccz", "mcx", "mcmt", "mcphase", "cp", "cu1", "rz", "ry", "sx", "t", "tdg",
-    "s", "sdg", "q", "c", "f", "flag", "i", "_gate_q_", "Q", "ccz_o", "mcx_o", "_Phase_Oracle",
-    "diagonal", "unitary", "uc", "ucrz", "_",
-)  # fmt: skip
-# Names Qiskit's exporter invents for synthesised sub-gates (a suffix digit is its own token).
-_QISKIT_NAMES = tuple(
-    g + suffix
-    for g in ("z", "cz", "ccz", "mcz", "x", "cx", "ccx", "mcx", "mcmt", "mcphase", "p", "cp")
-    for suffix in ("_o",)
-) + ("_gate_p_", "crz", "crx", "cry", "rccx", "rcccx", "mcx_vchain", "mcx_gray", "gphase", "id")
+    "OPENQASM",
+    "include",
+    "stdgates",
+    "inc",
+    "gate",
+    "Oracle",
+    "Diffuser",
+    "qubit",
+    "bit",
+    "measure",
+    "for",
+    "int",
+    "in",
+    "ctrl",
+    "negctrl",
+    "inv",
+    "pow",
+    "pi",
+    "x",
+    "z",
+    "p",
+    "u",
+    "cx",
+    "cz",
+    "ccx",
+    "ccz",
+    "mcx",
+    "mcmt",
+    "mcphase",
+    "cp",
+    "cu1",
+    "rz",
+    "ry",
+    "sx",
+    "t",
+    "tdg",
+    "s",
+    "sdg",
+    "q",
+    "c",
+    "f",
+    "flag",
+    "i",
+    "_gate_q_",
+    "Q",
+    "ccz_o",
+    "mcx_o",
+    "_Phase_Oracle",
+    "diagonal",
+    "unitary",
+    "uc",
+    "ucrz",
+    "_",
+)
+# Gates Qiskit's exporter synthesises and names itself (a suffix digit is its own token).
+_SYNTHESISED = ("z", "cz", "ccz", "mcz", "x", "cx", "ccx", "mcx", "mcmt", "mcphase", "p", "cp")
+_QISKIT_NAMES = tuple(g + "_o" for g in _SYNTHESISED) + (
+    "_gate_p_",
+    "crz",
+    "crx",
+    "cry",
+    "rccx",
+    "rcccx",
+    "mcx_vchain",
+    "mcx_gray",
+    "gphase",
+    "id",
+)
 _SYMBOLS = tuple(";,.{}[]()@=+-*/:\"'<>!&|~^")
 # Added later, at the end so earlier ids stay put: the exporter's numbered copies (``mcx_0`` reads
 # as ``mcx_`` ``0``) of every gate it may synthesise.
-_RENUMBERED = ("z", "cz", "ccz", "mcz", "x", "cx", "ccx", "mcx", "mcmt", "mcphase", "p", "cp", "h")
 _NUMBERED = tuple(
-    g + "_" for g in (*_RENUMBERED, "rz", "ry", "Oracle", "Diffuser", "unitary", "ucrz")
+    g + "_" for g in (*_SYNTHESISED, "h", "rz", "ry", "Oracle", "Diffuser", "unitary", "ucrz")
 )
 VOCAB: tuple[str, ...] = tuple(
     dict.fromkeys(
