@@ -42,7 +42,9 @@ __all__ = [
     "atomic_write_text",
     "create_run",
     "environment_info",
+    "git_state",
     "read_metrics",
+    "write_results",
 ]
 
 TRACKED_PACKAGES = (
@@ -107,28 +109,60 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _git_revision() -> str | None:
-    here = Path(__file__).resolve().parent
+def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool}`` of the repository holding ``cwd`` (default: qhybrid).
+
+    ``dirty`` is true when a tracked file differs from the commit, so a number made on a dirty tree
+    cannot be traced to code (``benchmarks/check_fresh.py`` calls such a row stale).
+    """
+    here = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def _git_revision() -> str | None:
+    state = git_state()
+    if state["commit"] is None:
         return None
-    return out + ("-dirty" if dirty else "")
+    return str(state["commit"]) + ("-dirty" if state["dirty"] else "")
+
+
+def write_results(
+    path: str | Path, result: Mapping[str, Any], *, depends: tuple[str, ...], command: str = ""
+) -> dict[str, Any]:
+    """Write a benchmark's ``result`` as JSON with its provenance; return what was written.
+
+    ``provenance`` records the git commit and whether the tree was dirty, the paths of the code the
+    numbers depend on (``depends``: packages or files, relative to the repository root; a change to
+    any of them after ``commit`` makes the result stale), the command line, and the machine and
+    library versions of :func:`environment_info`.
+    """
+    import sys
+
+    env = environment_info()
+    provenance = {
+        **git_state(),
+        "depends": list(depends),
+        "command": command or " ".join(["python", *sys.argv]),
+        "created": env["created"],
+        "cpu": env["cpu"],
+        "cpu_count": env["cpu_count"],
+        "gpu": env["gpu"],
+        "versions": env["versions"],
+    }
+    out = {**result, "provenance": provenance}
+    atomic_write_json(path, out)
+    return out
 
 
 def _cpu_name() -> str:
