@@ -4,6 +4,11 @@ Prompts (``TaskFormat.fmt``), both read by the quantum-native tokenizer (``quant
 
 - ``"compact"`` (default): ``quantum.render(problem, "compact")``, e.g.
   ``qubits 5 h repeat 3 oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse end measure``;
+- ``"compact_scaled"``: ``quantum.render(problem, "compact_scaled")``, n and k in binary with k written
+  as the fixed-point number k / 2^ceil(n/2) (the scale of Grover's rotation), e.g.
+  ``qubits 1 0 1 h oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse repeat | 1 1 0 : 0 0 measure``:
+  the register's last six tokens mean the same rotation at every n >= 5, so the number can be
+  computed at an n never seen (see ``docs/llm_sim.md``);
 - ``"qasm3"``: the anchor's full OpenQASM 3 export (GroverGPT-2's input), for fine-tuning a
   pretrained LM with its own tokenizer.
 
@@ -52,7 +57,8 @@ __all__ = [
     "prompt_text",
 ]
 
-PROMPTS = ("compact", "qasm3")
+PROMPTS = ("compact", "compact_scaled", "qasm3")
+_COMPACT_PROMPTS = ("compact", "compact_scaled")
 ANSWERS = ("marked_p", "closed", "dict", "anchor")
 _COPY_ANSWERS = ("marked_p", "closed")  # answers that start by mirroring the flip blocks
 
@@ -63,7 +69,7 @@ class DataError(QHybridError):
 
 @dataclass(frozen=True)
 class TaskFormat:
-    fmt: str = "compact"  # prompt: "compact" (quantum-native tokens) or "qasm3" (anchor QASM)
+    fmt: str = "compact"  # prompt: "compact", "compact_scaled" (k on the sqrt(N) scale) or "qasm3"
     answer: str = "marked_p"  # "marked_p", "closed", "dict" or "anchor" (see module docstring)
     digits: int = 4  # decimals of p_marked in "marked_p" answers
     positions: PositionScheme = field(default_factory=PositionScheme)  # position ids
@@ -76,14 +82,15 @@ class TaskFormat:
         if not isinstance(self.digits, int) or not 1 <= self.digits <= 12:
             raise DataError(f"digits={self.digits!r} must be an int in [1, 12]")
         if self.positions.kind == "coupled" and (
-            self.fmt != "compact" or self.answer not in _COPY_ANSWERS
+            self.fmt not in _COMPACT_PROMPTS or self.answer not in _COPY_ANSWERS
         ):
             raise DataError(
                 f"coupled positions mirror the compact prompt's flip blocks in the answer, so they "
-                f"need fmt='compact' and answer in {_COPY_ANSWERS} (got fmt={self.fmt!r}, "
-                f"answer={self.answer!r}); use positions.kind='sequential' otherwise"
+                f"need fmt in {_COMPACT_PROMPTS} and answer in {_COPY_ANSWERS} (got "
+                f"fmt={self.fmt!r}, answer={self.answer!r}); use positions.kind='sequential' "
+                "otherwise"
             )
-        if self.fmt == "compact" and self.answer not in _COPY_ANSWERS:
+        if self.fmt in _COMPACT_PROMPTS and self.answer not in _COPY_ANSWERS:
             raise DataError(
                 f"answer={self.answer!r} is written in words the compact vocabulary lacks; use "
                 f"{_COPY_ANSWERS} with fmt='compact', or fmt='qasm3' with a pretrained tokenizer"
@@ -94,8 +101,8 @@ def prompt_text(problem: Any, fmt: str = "compact") -> str:
     """The model's input for ``problem`` (a :class:`~quantum.GroverProblem`)."""
     from quantum import render
 
-    if fmt == "compact":  # ends with "measure"; the answer starts with its own keyword
-        return render(problem, "compact")
+    if fmt in _COMPACT_PROMPTS:  # ends with "measure"; the answer starts with its own keyword
+        return render(problem, fmt)
     return render(problem, "qasm3") + "\n>"
 
 

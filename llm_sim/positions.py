@@ -23,7 +23,9 @@ count bits instead of reading the coupled token (both only when ``rng`` is given
 - ``gap``: a random jump of U{0..gap} ids between HEADER and FLIPS (the header's length, which
   grows with the digits of n and k, stops mattering; Ruoss et al. 2023 randomise positions too);
 - ``stride``: each training sequence draws its own largest step s ~ U{1..stride}, then consecutive
-  ids in FLIPS and TAIL differ by U{1..s} instead of 1. A flip section of the 84 tokens training
+  ids in FLIPS and TAIL differ by U{1..s} instead of 1 (in ``compact_scaled`` prompts the register
+  ``repeat ... measure`` and the answer's number keep steps of 1, so the number reads the register's
+  window at fixed relative distances). A flip section of the 84 tokens training
   has at most then spans anything from 84 to ~2,700 ids, so the span of a 366-token section at
   n = 60 (t = 6) with small steps lies inside what training covered, and both dense and sparse ids
   occur. (Steps of U{1..4} in every sequence, tried first, cover spans up to ~210 ids only:
@@ -77,6 +79,7 @@ class PromptLayout:
     first_flip: int  # index of the first ``flip`` token (= header length)
     tail: int  # index of ``diffuse``
     length: int  # prompt tokens
+    register: int | None = None  # ``compact_scaled``: index of ``repeat``; ids step by 1 from it
 
     @property
     def copy_len(self) -> int:
@@ -90,10 +93,11 @@ def prompt_layout(tokens: Sequence[str]) -> PromptLayout:
         first, tail = tokens.index("flip"), tokens.index("diffuse")
     except ValueError:
         raise QHybridError(
-            "coupled positions need the compact prompt ('... flip <bits> ... diffuse end "
+            "coupled positions need a compact prompt ('... flip <bits> ... diffuse ... "
             "measure'); use positions.kind='sequential' for other prompt formats"
         ) from None
-    return PromptLayout(first, tail, len(tokens))
+    after = tokens[tail + 1 : tail + 2]
+    return PromptLayout(first, tail, len(tokens), tail + 1 if after == ["repeat"] else None)
 
 
 def position_ids(
@@ -123,9 +127,10 @@ def position_ids(
     stride = rng.randint(1, scheme.stride) if rng is not None else scheme.eval_stride
     ids = list(range(f0))
     at = f0 + gap
-    for _ in range(lp - f0):
+    exact = layout.register if layout.register is not None else lp
+    for i in range(f0, lp):
         ids.append(at)
-        at += draw.randint(1, stride)
+        at += 1 if i + 1 >= exact else draw.randint(1, stride)
     # mirrors[j]: the id answer token j mirrors (copy part: the flip section; then onwards)
     mirrors = ids[f0 : layout.tail]
     slots = total - lp

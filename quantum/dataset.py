@@ -117,6 +117,9 @@ RECORD_FIELDS: dict[str, str] = {
 }
 
 
+K_DRAWS = ("anchor", "uniform")  # how a split draws its off-optimal k (SplitSpec.k_draw)
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     n_min: int  # smallest number of qubits
@@ -125,6 +128,7 @@ class SplitSpec:
     t_max: int  # most marked states (capped at 2**n - 1 per n)
     count: int  # problems in the split (records = count x renderings)
     off_optimal: float = 0.0  # share of problems with k from {0, k*//2, k*+1, 2k*} (else k*)
+    k_draw: str = "anchor"  # off-optimal k: "anchor" = the set above; "uniform" = U[0, 4 * 2**ceil(n/2))
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_min <= self.n_max <= MAX_QUBITS:
@@ -147,6 +151,8 @@ class SplitSpec:
             raise GroverProblemError(
                 f"off_optimal={self.off_optimal} is a share of problems; use a value in [0, 1]"
             )
+        if self.k_draw not in K_DRAWS:
+            raise GroverProblemError(f"k_draw={self.k_draw!r} is not one of {K_DRAWS}")
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -244,6 +250,16 @@ class DatasetInfo:
 # ---------------------------------------------------------------- sampling
 
 
+def draw_iterations(n_qubits: int, n_marked: int, how: str, rng: np.random.Generator) -> int:
+    """A non-optimal k: from :func:`off_optimal_iterations` (``"anchor"``), or uniform over
+    [0, 4 * 2**ceil(n/2)) (``"uniform"``: every value of a ``compact_scaled`` register with two
+    integer bits, about 2.5 k* at t = 1), which may also hit k*."""
+    if how == "uniform":
+        return int(rng.integers(0, 4 * 2 ** ((n_qubits + 1) // 2)))
+    choices = off_optimal_iterations(n_qubits, n_marked)
+    return choices[int(rng.integers(len(choices)))]
+
+
 def off_optimal_iterations(n_qubits: int, n_marked: int) -> list[int]:
     """The non-optimal iteration counts of ``test_ood_k``: {0, k*//2, k*+1, 2k*} without k*."""
     k_star = optimal_iterations(n_qubits, n_marked)
@@ -305,8 +321,7 @@ def sample_split(
         style = styles[int(rng.integers(len(styles)))] if len(styles) > 1 else styles[0]
         k = None
         if spec.off_optimal and rng.random() < spec.off_optimal:
-            choices = off_optimal_iterations(n, t)
-            k = choices[int(rng.integers(len(choices)))]
+            k = draw_iterations(n, t, spec.k_draw, rng)
         key = (n, *marked, k, style)
         if full or (n, *marked) in used or key in seen:
             misses[pair] += 1

@@ -19,6 +19,20 @@ Formats of :func:`render`:
   read as: n qubits, H on all, repeat k times { oracle of the given style that flips the phase of
   each listed basis state (bits in Qiskit order, qubit 0 last), diffuser }, measure all. Length is
   9 + digits(n) + digits(k) + t (n + 1) tokens: O(n t), independent of k.
+- ``"compact_scaled"``: the same circuit with both numbers in binary and the iteration count on the
+  scale of Grover's rotation, so that a model reads k relative to sqrt(2**n)::
+
+      qubits 1 0 1 h oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse repeat | 1 1 0 : 0 0 measure
+
+  ``qubits`` is n in binary (most significant bit first). ``repeat`` is followed by the register of
+  :func:`scaled_register`: x = k / 2**c with c = ceil(n/2), least significant bit first, its c
+  fraction bits, then the point, then at least two integer bits. The point is ``.`` for even n
+  (x = k / sqrt(N)) and ``:`` for odd n (x = k / sqrt(2N)); ``|`` sits before the three leading
+  fraction bits, the window that carries the rotation angle at every n >= 5. Why: the success
+  probability sin^2((2k+1) asin sqrt(t/N)) -> sin^2(2 x sqrt(t) + ...) depends on k only through
+  x, so the six tokens between ``|`` and ``measure`` mean the same at n = 6 and at n = 60, while the
+  lower fraction bits (only present from n = 7) move the angle by less than one step of n = 6's
+  grid. Length 11 + bits(n) + t (n + 1) + c + max(2, bits(k >> c)): O(n t).
 - ``"answer"``: the exact distribution in its two-level closed form (see
   :class:`~quantum.simulate.TwoLevelDistribution`), same token conventions::
 
@@ -35,14 +49,32 @@ Formats of :func:`render`:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from quantum.problem import GroverProblem, GroverProblemError
 from quantum.simulate import MAX_CIRCUIT_ITERATIONS, TwoLevelDistribution, two_level
 
-__all__ = ["FORMATS", "answer_text", "format_probability", "parse_answer_text", "render"]
+__all__ = [
+    "FORMATS",
+    "answer_text",
+    "format_probability",
+    "parse_answer_text",
+    "parse_compact",
+    "render",
+    "scaled_register",
+]
 
-FORMATS = ("qasm3", "qasm3_loop", "qasm3_oracle", "compact", "answer", "answer_anchor")
+FORMATS = (
+    "qasm3",
+    "qasm3_loop",
+    "qasm3_oracle",
+    "compact",
+    "compact_scaled",
+    "answer",
+    "answer_anchor",
+)
+WINDOW = 3  # fraction bits after the register's "|": the resolution of n = 5 and 6
 _HEADER = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 
 
@@ -137,6 +169,67 @@ def _compact(problem: GroverProblem) -> str:
     )
 
 
+def scaled_register(n_qubits: int, k: int) -> str:
+    r"""k as the binary fixed-point number x = k / 2**c, c = ceil(n/2), least significant bit first.
+
+    The c fraction bits come first (the lowest first), with ``|`` before the top :data:`WINDOW` of
+    them, then the point (``.`` for even n, ``:`` for odd n), then the integer bits, at least two.
+    Exact for every k >= 0: ``parse_compact`` reads k back.
+
+    >>> scaled_register(20, 804)  # 804 / 1024 = 0.1100100100 in binary
+    '0 0 1 0 0 1 0 | 0 1 1 . 0 0'
+    >>> scaled_register(3, 5)  # 5 / 4 = 1.01: fraction bits 1 0, integer 1 0 (LSB first)
+    '| 1 0 : 1 0'
+    """
+    c = (n_qubits + 1) // 2
+    frac = format(k % 2**c, f"0{c}b")[::-1] if c else ""
+    whole = format(k >> c, "02b")[::-1]
+    low, top = frac[: max(0, c - WINDOW)], frac[max(0, c - WINDOW) :]
+    point = "." if n_qubits % 2 == 0 else ":"
+    return " ".join([*low, "|", *top, point, *whole])
+
+
+def _compact_scaled(problem: GroverProblem) -> str:
+    flips = " ".join(f"flip {_spaced(s)}" for s in problem.marked)
+    return (
+        f"qubits {_spaced(format(problem.n_qubits, 'b'))} h oracle {problem.oracle_style} {flips} "
+        f"diffuse repeat {scaled_register(problem.n_qubits, problem.iterations)} measure"
+    )
+
+
+_COMPACT_RE = re.compile(
+    r"qubits((?: \d)+) h repeat((?: \d)+) oracle (\S+)((?: flip(?: [01])+)+) diffuse end measure$"
+)
+_SCALED_RE = re.compile(
+    r"qubits((?: [01])+) h oracle (\S+)((?: flip(?: [01])+)+) diffuse repeat((?: [01])*) \|"
+    r"((?: [01])*) ([.:])((?: [01])+) measure$"
+)
+
+
+def parse_compact(text: str) -> GroverProblem:
+    """The problem of a ``compact`` or ``compact_scaled`` rendering (strict inverse of :func:`render`).
+
+    The rule-based circuit reader of the ``oracle_1/t`` and ``ceiling`` baselines. Raises
+    :class:`GroverProblemError` when ``text`` is not exactly such a rendering.
+    """
+    text = " ".join(str(text).split())
+    m = _COMPACT_RE.match(text)
+    if m:
+        n, k = int(m.group(1).replace(" ", "")), int(m.group(2).replace(" ", ""))
+        style, flips = m.group(3), m.group(4)
+    elif (m := _SCALED_RE.match(text)) is not None:
+        n, style, flips = int(m.group(1).replace(" ", ""), 2), m.group(2), m.group(3)
+        low, top, point, whole = (m.group(i).replace(" ", "") for i in (4, 5, 6, 7))
+        c = (n + 1) // 2
+        if len(low) + len(top) != c or point != ".:"[n % 2] or len(top) != min(c, WINDOW):
+            raise GroverProblemError(f"the register of {text!r} does not fit n={n}")
+        k = int((whole[::-1] + (low + top)[::-1]) or "0", 2)
+    else:
+        raise GroverProblemError(f"{text[:80]!r} is not a compact or compact_scaled rendering")
+    rows = [r.replace(" ", "") for r in flips.split("flip") if r.strip()]
+    return GroverProblem(n, rows, k, style)
+
+
 def _gate_args(n: int, flag: bool) -> str:
     return ", ".join([f"q{i}" for i in range(n)] + (["f"] if flag else []))
 
@@ -211,6 +304,8 @@ def render(problem: GroverProblem, fmt: str) -> str:
     """Render ``problem`` as text; ``fmt`` is one of :data:`FORMATS` (see module docstring)."""
     if fmt == "compact":
         return _compact(problem)
+    if fmt == "compact_scaled":
+        return _compact_scaled(problem)
     if fmt == "answer":
         return answer_text(two_level(problem))
     if fmt == "answer_anchor":

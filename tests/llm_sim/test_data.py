@@ -88,11 +88,12 @@ def test_labels_cover_only_the_answer():
     assert (b["labels"][b["attention_mask"] == 0] == -100).all()
 
 
+@pytest.mark.parametrize("fmt", ["compact", "compact_scaled"])
 @pytest.mark.parametrize("seed", [None, 0, 1])
-def test_coupled_ids_mirror_the_prompt_token_each_answer_token_copies(seed):
+def test_coupled_ids_mirror_the_prompt_token_each_answer_token_copies(seed, fmt):
     """Answer input j carries the id of the prompt token that answer token j + 1 mirrors."""
     p = GroverProblem(7, ["0110101", "1110000", "0000001"], oracle_style="diagonal")
-    e = encode_example(p, TOK, TaskFormat())
+    e = encode_example(p, TOK, TaskFormat(fmt=fmt))
     toks = tokens(e)
     layout = prompt_layout(toks[: toks.index("measure") + 1])
     rng = random.Random(seed) if seed is not None else None
@@ -113,6 +114,24 @@ def test_coupled_ids_mirror_the_prompt_token_each_answer_token_copies(seed):
     if rng is None:  # evaluation: no gap, fixed strides
         assert ids[layout.first_flip] == layout.first_flip
         assert ids == position_ids(layout, len(toks), PositionScheme(gap=40, stride=3))
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1, 2])
+def test_scaled_register_and_number_keep_unit_steps(seed):
+    """In compact_scaled prompts the register (``repeat`` .. ``measure``) and the answer's number
+    have consecutive ids under any gap and strides, so the window sits at fixed relative
+    distances from every digit of the number; the flip section keeps its random strides."""
+    rng = random.Random(seed) if seed is not None else None
+    for p in (GroverProblem(5, ["01101", "10010"], 3), GroverProblem(20, ["0" * 20], 804)):
+        toks = tokens(encode_example(p, TOK, TaskFormat(fmt="compact_scaled")))
+        layout = prompt_layout(toks[: toks.index("measure") + 1])
+        assert toks[layout.register] == "repeat" and layout.register == layout.tail + 1
+        ids = position_ids(layout, len(toks), PositionScheme(gap=40, stride=9), rng)
+        number = ids[layout.register : layout.length] + ids[layout.length + layout.copy_len - 1 :]
+        assert number == list(range(number[0], number[0] + len(number)))
+        window = toks[toks.index("|") : layout.length]  # | f3 f2 f1 point i0 i1 measure
+        assert len(window) == 8
+    assert prompt_layout(tokens(encode_example(p, TOK, TaskFormat()))).register is None
 
 
 def test_copy_answers_mirror_the_flip_section_token_for_token():

@@ -17,7 +17,6 @@ from llm_sim.evaluate import (
     baseline_records,
     eval_inputs,
     evaluate_run,
-    parse_compact_prompt,
 )
 from llm_sim.finetune import FinetuneConfig, finetune
 from llm_sim.model import ModelConfig, build_model
@@ -25,6 +24,7 @@ from llm_sim.positions import PositionScheme
 from llm_sim.training import LLMTrainConfig, read_splits, train_run
 from qhybrid.errors import QHybridError
 from quantum import GroverProblem, build_tokenizer
+from quantum.render import parse_compact
 from quantum.dataset import DatasetSpec, SplitSpec, generate_dataset
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -102,7 +102,7 @@ def test_evaluate_run_writes_tables_curves_and_plot(trained_run, tmp_path):
     tables = saved["tables"]
     assert set(tables) == {"test_id", "test_ood_n", "test_ood_t", "test_ood_k"}
     row = tables["test_id"]["all"]["ceiling"][0]
-    assert row["set_acc"] == 1.0 and row["tvd"] < 1e-4  # parser + closed form is exact
+    assert row["set_acc"] == 1.0 and row["tvd_raw"] < 1e-4  # parser + closed form is exact
     assert all(r["seeds"] == 2 for r in tables["test_ood_n"]["n"]["model"])
     assert "untrained" in tables["test_id"]["all"]
     assert {"optimal", "non-optimal"} == set(saved["curves"]["model"])
@@ -158,7 +158,8 @@ def test_shortcut_baseline_fails_exactly_where_k_is_not_optimal():
     assert recs["ceiling"][1]["p_marked_err"] == pytest.approx(0.0, abs=1e-12)
     assert recs["uniform"][1]["tvd"] == pytest.approx(0.0, abs=1e-12)
     p = GroverProblem(12, ["0" * 12, "1" * 12], 5, "phase_oracle")
-    assert parse_compact_prompt(prompt_text(p)) == p
+    assert parse_compact(prompt_text(p)) == p
+    assert parse_compact(prompt_text(p, "compact_scaled")) == p
 
 
 @pytest.mark.parametrize(

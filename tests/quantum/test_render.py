@@ -152,3 +152,75 @@ def test_anchor_answer_is_the_grovergpt2_truncated_dict():
 def test_unknown_format_is_a_qhybrid_error():
     with pytest.raises(QHybridError, match="unknown rendering format 'qasm2'"):
         render(GroverProblem(2, ["01"]), "qasm2")
+
+
+def test_scaled_register_is_k_over_two_to_the_half_n_lsb_first():
+    from quantum.render import scaled_register
+
+    # 804 / 2^10 = 0.1100100100b: fraction bits LSB first, "|" before the top three, point, integer
+    assert scaled_register(20, 804) == "0 0 1 0 0 1 0 | 0 1 1 . 0 0"
+    assert scaled_register(5, 3) == "| 1 1 0 : 0 0"  # odd n: ":" and c = 3
+    assert scaled_register(2, 7) == "| 1 . 1 1"  # 7 / 2 = 11.1b
+    assert scaled_register(6, 2**10 + 1) == "| 1 0 0 . 0 0 0 0 0 0 0 1"  # more integer bits
+    for n in (2, 5, 6, 7, 20, 60):
+        c = (n + 1) // 2
+        for k in (0, 1, 5, 2**c - 1, 3 * 2**c + 1, 2**40 + 3):
+            words = scaled_register(n, k).split()
+            bits = [w for w in words if w in "01"]
+            point = words.index(".:"[n % 2])
+            frac, whole = bits[:c], bits[c:]
+            value = sum(int(b) * 2.0 ** (i - c) for i, b in enumerate(frac))
+            value += sum(int(b) * 2.0**i for i, b in enumerate(whole))
+            assert value == pytest.approx(k / 2**c, rel=1e-12)
+            assert words.index("|") == max(0, c - 3) and point == c + 1 and len(whole) >= 2
+
+
+def test_scaled_window_carries_the_rotation_at_every_n():
+    """sin^2((2k+1) asin sqrt(t/N)) at a k whose register ends in the same six tokens differs
+    between n = 6 and n = 20 by less than one n = 6 grid step (the format's premise)."""
+    from quantum.render import scaled_register
+
+    for t in (1, 3, 6):
+        for k6 in range(0, 16):
+            k20 = k6 * 2**7 + 37  # same window, other low bits
+            w6, w20 = (scaled_register(n, k).split("|")[1] for n, k in ((6, k6), (20, k20)))
+            assert w6 == w20
+            p6 = two_level(GroverProblem(6, [format(i, "06b") for i in range(t)], k6))
+            p20 = two_level(GroverProblem(20, [format(i, "020b") for i in range(t)], k20))
+            step = 2 * np.arcsin(np.sqrt(t / 64))  # phase step between consecutive k at n = 6
+            assert abs(p6.success_probability - p20.success_probability) <= 2 * step
+
+
+def test_compact_renderings_parse_back_exactly():
+    from quantum.render import parse_compact
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(2, 61))
+        t = int(rng.integers(1, 4))
+        marked = sorted({"".join(rng.choice(["0", "1"], n)) for _ in range(t)})
+        if 2 * len(marked) >= 2**n:
+            continue
+        k = int(rng.choice([0, 1, int(rng.integers(0, 2**20)), 2**45 + 1]))
+        style = str(rng.choice(["x_mcz_x", "mcp_flag", "phase_oracle", "diagonal"]))
+        p = GroverProblem(n, marked, k, style)
+        assert parse_compact(render(p, "compact")) == p
+        assert parse_compact(render(p, "compact_scaled")) == p
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "qubits 1 1 h oracle x_mcz_x flip 0 1 1 diffuse repeat | 1 . 0 0 measure",  # "." for odd n
+        "qubits 1 1 h oracle x_mcz_x flip 0 1 1 diffuse repeat | 1 1 1 : 0 0 measure",  # c = 2, not 3
+        "qubits 1 1 h oracle x_mcz_x flip 0 1 1 diffuse repeat 1 : 0 0 measure",  # no "|"
+        "qubits 1 1 h oracle x_mcz_x flip 0 1 diffuse repeat | 1 1 : 0 0 measure",  # 2 bits, n = 3
+        "qubits 3 h repeat 1 oracle x_mcz_x flip 0 1 1 diffuse end",  # truncated
+    ],
+)
+def test_parse_compact_refuses_what_is_not_a_rendering(text):
+    from quantum.render import parse_compact
+
+    with pytest.raises(QHybridError):
+        parse_compact(text)
