@@ -180,31 +180,65 @@ def collate(
     pad_id: int,
     scheme: PositionScheme,
     rng: random.Random | None = None,
+    *,
+    pack: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example; padding is masked out of attention and loss.
 
     Always returns ``attention_mask``: without it, transformers reads non-consecutive position ids
     as packed sequences and masks attention across every jump.
+
+    With ``pack``, the examples share rows instead: first-fit decreasing into rows as wide as the
+    longest example, each row with a block-diagonal causal mask (``attention_mask`` of shape
+    ``(rows, 1, width, width)``, True = attend), so no token sees another example and the loss is
+    over exactly the same answer tokens (an example's first label is -100, so no prediction crosses
+    a boundary). The same batch in about half the tokens when lengths vary two-fold.
     """
+    draws = [position_ids(e.layout, len(e.input_ids), scheme, rng) for e in examples]
     width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    pos = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-        pos[i, :n] = torch.tensor(position_ids(e.layout, n, scheme, rng))
+    rows = _pack(examples, width) if pack else [[i] for i in range(len(examples))]
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            e, n = examples[i], len(examples[i].input_ids)
+            ids[r, at : at + n] = torch.tensor(e.input_ids)
+            labels[r, at : at + n] = torch.tensor(e.labels)
+            pos[r, at : at + n] = torch.tensor(draws[i])
+            segment[r, at : at + n] = i
+            at += n
+    mask: torch.Tensor = (segment >= 0).long()
+    if pack:
+        same = segment[:, :, None] == segment[:, None, :]
+        mask = (same & (segment[:, :, None] >= 0) & torch.ones(width, width).tril().bool())[:, None]
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos}
+
+
+def _pack(examples: Sequence[Example], width: int) -> list[list[int]]:
+    """First-fit decreasing: rows of example indices whose lengths sum to at most ``width``."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids)):
+        n = len(examples[i].input_ids)
+        r = next((r for r, free in enumerate(room) if free >= n), None)
+        if r is None:
+            rows.append([i])
+            room.append(width - n)
+        else:
+            rows[r].append(i)
+            room[r] -= n
+    return rows
 
 
 class Batches:
     """Training batches, reshuffled and re-randomised every epoch.
 
     Iterating yields one epoch of random batches (not length buckets: a batch of one (n, t) would
-    pull the weights towards that case, and the loss curve zigzags). The order and each sequence's
+    pull the weights towards that case, and the loss curve zigzags); ``pack`` packs each batch's
+    examples into fewer rows (same examples, same loss, about half the tokens; see :func:`collate`). The order and each sequence's
     position gap and strides are functions of ``(seed, epoch)``; :func:`qhybrid.train.train` calls
     :meth:`set_epoch`, so a resumed run sees the same batches as an uninterrupted one.
     """
@@ -218,11 +252,13 @@ class Batches:
         *,
         seed: int = 0,
         randomize: bool = True,
+        pack: bool = False,
     ) -> None:
         if not examples:
             raise DataError("no training examples: the train split is empty")
         self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
         self.scheme, self.seed, self.randomize, self.epoch = scheme, seed, randomize, 0
+        self.pack = pack
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -238,4 +274,4 @@ class Batches:
         draw = rng if self.randomize else None
         for i in range(0, len(order), self.batch_size):
             chunk = [self.examples[j] for j in order[i : i + self.batch_size]]
-            yield collate(chunk, self.pad_id, self.scheme, draw)
+            yield collate(chunk, self.pad_id, self.scheme, draw, pack=self.pack)

@@ -68,6 +68,7 @@ class LLMTrainConfig:
     )
     steps: int = 1500  # optimizer steps
     batch_size: int = 32  # sequences per step
+    pack: bool = True  # pack each batch's sequences into fewer rows: same loss, about 2x the speed
     lr: float = 3e-3  # AdamW peak learning rate (cosine decay, 5% warm-up)
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     eval_every: int = 0  # steps between validation-loss checks (0 = at the end)
@@ -99,16 +100,30 @@ class TrainedModel:
 
 
 def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Next-token cross-entropy on answer tokens (labels != -100), plus Mixtral's router aux loss."""
-    config = getattr(getattr(model, "module", model), "config", None)
-    if hasattr(config, "num_local_experts"):  # Mixtral: the load-balancing loss joins the objective
+    """Next-token cross-entropy on answer tokens (labels != -100), plus Mixtral's router aux loss.
+
+    A packed batch (4-D block-diagonal ``attention_mask``, :func:`llm_sim.data.collate`) is fine for
+    any model; for Mixtral the load-balancing loss is then taken over the real tokens (the mask's
+    diagonal) here, since transformers' own computation expects a 2-D mask.
+    """
+    net = getattr(model, "module", model)
+    if not hasattr(getattr(net, "config", None), "num_local_experts"):
+        return model(**batch).loss, {}
+    mask = batch["attention_mask"]
+    if mask.ndim == 2:  # Mixtral: the load-balancing loss joins the objective
         out = model(**batch, output_router_logits=True)
-    else:
-        out = model(**batch)
-    extras = {}
-    if getattr(out, "aux_loss", None) is not None:
-        extras["aux_loss"] = float(out.aux_loss.detach())
-    return out.loss, extras
+        return out.loss, {"aux_loss": float(out.aux_loss.detach())}
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = net.model(**inputs, output_router_logits=True)
+    logits = net.lm_head(out.last_hidden_state)
+    loss = net.loss_function(logits, batch["labels"], net.config.vocab_size)
+    tokens = mask[:, 0].diagonal(dim1=-2, dim2=-1)  # a real token attends to itself
+    aux = load_balancing_loss_func(
+        out.router_logits, net.num_experts, net.num_experts_per_tok, tokens
+    )
+    return loss + net.router_aux_loss_coef * aux, {"aux_loss": float(aux.detach())}
 
 
 def _problems_of_split(folder: Path) -> list[Any]:
@@ -221,7 +236,12 @@ def train_model(
     train_ex = [encode_example(p, tokenizer, task) for p in splits["train"]]
     val_ex = [encode_example(p, tokenizer, task) for p in splits.get("test_id", [])[:64]]
     batches = Batches(
-        train_ex, config.batch_size, tokenizer.pad_token_id, task.positions, seed=seed
+        train_ex,
+        config.batch_size,
+        tokenizer.pad_token_id,
+        task.positions,
+        seed=seed,
+        pack=config.pack,
     )
     val = [
         collate(val_ex[i : i + 32], tokenizer.pad_token_id, task.positions)

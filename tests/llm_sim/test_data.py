@@ -162,3 +162,39 @@ def test_batches_redraw_gaps_per_epoch_and_repeat_for_the_same_epoch():
     assert len(b) == 2 and sum(x["input_ids"].shape[0] for x in b) == 8
     with pytest.raises(QHybridError, match="no training examples"):
         Batches([], 4, TOK.pad_token_id, PositionScheme())
+
+
+@pytest.mark.parametrize("arch", ["llama", "mixtral"])
+def test_packed_batches_give_the_unpacked_loss_and_gradients(arch):
+    """Packing a batch into fewer rows (block-diagonal masks) changes no number of the step."""
+    import torch
+
+    from llm_sim.model import ModelConfig, build_model
+    from llm_sim.training import lm_loss
+
+    task = TaskFormat(fmt="compact_scaled")
+    problems = [
+        GroverProblem(n, [format(i, f"0{n}b") for i in range(t)], k)
+        for n, t, k in [(2, 1, 0), (3, 2, 5), (4, 3, 1), (5, 1, 7), (6, 6, 2), (6, 1, 31), (3, 1, 0)]
+    ]
+    examples = [encode_example(p, TOK, task) for p in problems]
+    plain = collate(examples, TOK.pad_token_id, task.positions, random.Random(3))
+    packed = collate(examples, TOK.pad_token_id, task.positions, random.Random(3), pack=True)
+    assert packed["input_ids"].shape[0] < plain["input_ids"].shape[0]
+    assert (packed["input_ids"] != TOK.pad_token_id).sum() == plain["attention_mask"].sum()
+    assert sorted(packed["labels"][packed["labels"] != -100].tolist()) == sorted(
+        plain["labels"][plain["labels"] != -100].tolist()
+    )
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, hidden_size=32, num_layers=2, num_heads=2), TOK)
+    grads = []
+    for batch in (plain, packed):
+        loss, extras = lm_loss(model, batch)
+        loss.backward()
+        grads.append((float(loss), extras, [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad()
+    (la, ea, ga), (lb, eb, gb) = grads
+    assert la == pytest.approx(lb, rel=1e-6) and ea.keys() == eb.keys()
+    for key in ea:
+        assert ea[key] == pytest.approx(eb[key], rel=1e-5)
+    assert max(float((a - b).abs().max()) for a, b in zip(ga, gb, strict=True)) < 1e-5
