@@ -139,8 +139,8 @@ def check_against_model(c: CompressConfig, model: Any) -> None:
             f"hidden size {hidden}), so factoring saves nothing; choose a rank below {min(inter, hidden)}"
         )
     if c.avg_bits:
-        check_group_size(hidden, c.group_size, f"{name} experts' gate/up (hidden size)")
-        check_group_size(inter, c.group_size, f"{name} experts' down (expert width)")
+        check_group_size(hidden, c.group_size, f"{name} experts' gate/up projection (hidden size)")
+        check_group_size(inter, c.group_size, f"{name} experts' down projection (expert width)")
     positions = getattr(model.config, "max_position_embeddings", None)
     if isinstance(positions, int) and c.seq_len > positions:
         raise QHybridError(f"seq_len={c.seq_len} exceeds {name}'s {positions} positions")

@@ -178,7 +178,7 @@ def check_group_size(n_in: int, group_size: int, what: str = "expert matrix") ->
     if n_in % group_size:
         fits = [g for g in (8, 16, 32, 64, 128, 256) if n_in % g == 0]
         raise MoEError(
-            f"group_size={group_size} does not divide the {what}'s input width {n_in}; choose a "
+            f"group_size={group_size} does not divide the input width {n_in} of the {what}; choose a "
             f"divisor of {n_in} (e.g. {fits or [n_in]})"
         )
     return group_size

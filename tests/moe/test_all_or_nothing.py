@@ -197,3 +197,17 @@ def test_after_a_merge_the_config_agrees_with_every_weight(subject) -> None:
         assert m.config.moe_experts_per_layer[layer.name] == layer.experts.gate_up_proj.shape[0]
         assert m.config.moe_experts_per_layer[layer.name] == layer.experts.down_proj.shape[0]
         assert m.config.moe_routes_per_layer[layer.name] == layer.num_routes
+
+
+@pytest.mark.parametrize("storage", ["packed", "fake"])
+@pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
+@pytest.mark.parametrize("group_size", [24, 1000, 0, True])
+def test_a_group_size_that_does_not_fit_changes_nothing(
+    storage: str, allocation: str, group_size: Any, subject
+) -> None:
+    model, _, stats = subject
+    m = copy.deepcopy(model)
+    call = lambda: quantize_experts(  # noqa: E731
+        m, stats, avg_bits=3.0, allocation=allocation, storage=storage, group_size=group_size
+    )
+    _rejects(m, call, "group_size")
