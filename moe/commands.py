@@ -52,6 +52,7 @@ class CompressConfig:
     drop_criterion: str = "exact"  # one of moe.drop.CRITERIA
     drop_rounds: Annotated[int, Ge(1)] = 1  # 1 = one-shot; more = iterative, re-estimated stats
     merge_to: Annotated[int, Ge(0)] = 4  # experts kept per layer by merging; 0 = no merging
+    merge_combine: str = "union"  # union (ours, best measured) or average (MC-SMoE) or subspace
     budget: str = "uniform"  # per-layer budget for merging/dropping: uniform or global
     keep_ratio: Annotated[float, Gt(0), Le(1)] = 1.0  # expert neurons kept (pruning); 1 = off
     rank: Annotated[int, Ge(0)] = 0  # low-rank factor rank per expert matrix; 0 = full rank
@@ -80,6 +81,7 @@ class CompressConfig:
             ("allocation", self.allocation, get_args(Allocation)),
             ("storage", self.storage, ("packed", "fake")),
             ("save_dtype", self.save_dtype, ("auto", "float32", "bfloat16", "float16")),
+            ("merge_combine", self.merge_combine, ("union", "average", "subspace")),
         ):
             if value not in known:
                 raise QHybridError(f"{key}={value!r} is not one of {list(known)}")
@@ -239,7 +241,13 @@ def _chain(c: CompressConfig, model: Any, stats: Any, calib: Any, distill: Any) 
             batches=calib,
         )
     if c.merge_to:
-        merge_experts(model, stats(model), num_experts=c.merge_to, budget=c.budget)  # type: ignore[arg-type]
+        merge_experts(
+            model,
+            stats(model),
+            num_experts=c.merge_to,
+            budget=c.budget,  # type: ignore[arg-type]
+            combine=c.merge_combine,  # type: ignore[arg-type]
+        )
     if c.keep_ratio < 1 or c.rank:
         compress_experts(model, stats(model), keep_ratio=c.keep_ratio, rank=c.rank or None)
     distill(model)

@@ -45,7 +45,7 @@ class Context:
     distill_steps: int = 200  # recovery distillation steps (<= 200 per the targets)
     distill_lr: float = 2e-3
     distill_batch: int = 16  # sequences per distillation step
-    cached_tokens: int = 4096  # block inputs kept per layer (refit, NAEE search, bit sensitivity)
+    cached_tokens: int = 16384  # block inputs kept per layer (refit, NAEE search, bit sensitivity)
     gen_sequences: int = 256  # held-out prompts for the generation metrics (0 = off)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -258,6 +258,15 @@ def quantize(avg_bits: float, allocation: str, storage: str = "packed") -> Metho
 METHODS: dict[str, Method] = {
     "baseline": baseline,
     "merge 8->4 + LS refit": merge(4),
+    "merge 8->4 union + LS refit (ours)": merge(4, combine="union"),
+    "merge 8->4 union + LS refit + 200 KD steps": merge(4, combine="union", steps=200),
+    "merge 8->4 HC-SMoE port (no refit)": merge(4, grouping="hc", refit=False),
+    "merge 8->4 HC-SMoE port + LS refit": merge(4, grouping="hc"),
+    "merge 8->4 Sub-MoE port (no refit)": merge(
+        4, grouping="kmeans", combine="subspace", refit=False
+    ),
+    "drop 8->4 REAP": drop(4, criterion="reap"),
+    "drop 8->4 NAEE (exact)": drop(4, criterion="exact"),
     "merge 8->4 MC-SMoE port (no refit)": merge(4, refit=False),
     "merge 8->4 + LS refit + 200 KD steps": merge(4, steps=200),
     "merge 8->4 MC-SMoE port (no refit) + 200 KD steps": merge(4, refit=False, steps=200),
