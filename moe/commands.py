@@ -103,7 +103,7 @@ class CompressConfig:
             )
 
 
-def check_against_model(c: CompressConfig, model: Any) -> None:
+def check_against_model(c: CompressConfig, model: Any, *, checkpoint: bool = True) -> None:
     """Every setting of ``c`` checked against the model's experts, before a run folder exists: expert
     counts (drop_to, merge_to), widths (keep_ratio, rank, group_size), layouts (packed storage and
     pruning need fused SwiGLU experts) and the sequence length."""
@@ -144,7 +144,7 @@ def check_against_model(c: CompressConfig, model: Any) -> None:
         check_group_size(hidden, c.group_size, f"{name} experts' gate/up projection (hidden size)")
         check_group_size(inter, c.group_size, f"{name} experts' down projection (expert width)")
     positions = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(positions, int) and c.seq_len > positions:
+    if checkpoint and isinstance(positions, int) and c.seq_len > positions:  # subjects: own task
         raise QHybridError(f"seq_len={c.seq_len} exceeds {name}'s {positions} positions")
 
 
@@ -207,7 +207,7 @@ def _load_subject(c: CompressConfig) -> tuple[Any, Any]:
     from moe.subject import SubjectConfig, build_subject, load_or_train, make_task
 
     if not c.model_dir:
-        check_against_model(c, build_subject(SubjectConfig(steps=c.steps)))  # before training
+        check_against_model(c, build_subject(SubjectConfig(steps=c.steps)), checkpoint=False)
         model, data, _ = load_or_train(SubjectConfig(steps=c.steps), c.seed)
         return model, data
     path = Path(c.model_dir) / "subject.json"
@@ -219,7 +219,7 @@ def _load_subject(c: CompressConfig) -> tuple[Any, Any]:
     from moe.checkpoint import load_moe_checkpoint
 
     model = load_moe_checkpoint(c.model_dir)
-    check_against_model(c, model)
+    check_against_model(c, model, checkpoint=False)
     return model, make_task(scfg, seed)
 
 
