@@ -35,8 +35,11 @@ __all__ = [
     "FAMILIES",
     "calibration_texts",
     "evaluate_lm",
+    "bytes_by_part",
+    "checkpoint_dtype",
     "is_stock",
     "load_moe_checkpoint",
+    "load_tokenizer",
     "save_result",
     "text_batches",
 ]
@@ -63,59 +66,137 @@ def _read_config(folder: Path) -> dict[str, Any]:
             f"'{folder}' is not a Hugging Face model folder (no config.json); pass a local checkpoint"
         )
     try:
-        d = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        d = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MoEError(f"cannot read {folder / 'config.json'}: {err}") from err
     if not isinstance(d, dict):
         raise MoEError(f"{folder / 'config.json'} does not hold a JSON object")
     return d
 
 
-def load_moe_checkpoint(
-    folder: str | Path, *, dtype: torch.dtype = torch.float32, **from_pretrained: Any
-) -> nn.Module:
-    """A supported MoE checkpoint from ``folder`` in eval mode (see module docstring).
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a folder's weights live in (shards from the index), checked to exist."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+        except (
+            OSError,
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+            KeyError,
+            TypeError,
+            AttributeError,
+        ) as err:
+            raise MoEError(
+                f"{index} is not a safetensors index (a 'weight_map' object): {err}"
+            ) from err
+        files = [folder / str(n) for n in names]
+        for f in files:
+            if not f.is_file():
+                raise MoEError(f"{index} names {f.name}, which is missing from '{folder}'")
+        return files
+    return [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
 
-    ``from_pretrained`` keywords (``device_map``, ``max_memory``, ``offload_folder``) pass through.
+
+def safetensors_header(file: Path) -> dict[str, Any]:
+    """The tensor table of a safetensors file, checked against the file: a garbage, truncated or
+    over-long file is a :class:`MoEError` naming it (before any loader reads it)."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 2 <= n <= size - 8:
+                raise ValueError(f"header length {n} does not fit a file of {size} bytes")
+            header = json.loads(f.read(n))
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise MoEError(
+            f"{file} is not a safetensors file: {err}; re-save or re-download it"
+        ) from err
+    if 8 + n + end != size:
+        raise MoEError(
+            f"{file} is truncated or padded: its header describes {8 + n + end} bytes but the file has "
+            f"{size}; re-save or re-download it"
+        )
+    return tensors
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def checkpoint_dtype(folder: str | Path) -> torch.dtype:
+    """The floating dtype that holds most of a folder's weight bytes (read from safetensors headers;
+    float32 for ``.bin`` checkpoints): compressed results are saved in it."""
+    totals: dict[torch.dtype, int] = {}
+    for file in _weight_files(Path(folder)):
+        for v in safetensors_header(file).values():
+            if v.get("dtype") in _DTYPES:
+                dt = _DTYPES[v["dtype"]]
+                totals[dt] = (
+                    totals.get(dt, 0) + int(v["data_offsets"][1]) - int(v["data_offsets"][0])
+                )
+    return max(totals, key=lambda k: totals[k]) if totals else torch.float32
+
+
+def load_moe_checkpoint(
+    folder: str | Path, *, dtype: torch.dtype | str = torch.float32, **from_pretrained: Any
+) -> nn.Module:
+    """A supported MoE checkpoint from ``folder`` in eval mode, in ``dtype`` (default float32: the
+    passes compute there; :func:`checkpoint_dtype` tells the folder's own dtype to save in).
+
+    ``from_pretrained`` keywords (``device_map``, ``max_memory``, ``offload_folder``) pass through. A
+    folder written by :func:`moe.plan.save_compressed` is loaded with :func:`moe.plan.load_compressed`.
 
     Raises:
-        MoEError: not a model folder, an unsupported or mismatched family, no weights, or weights that
-            do not fit the config.
+        MoEError: not a model folder, an unsupported or mismatched family, no weights, weight files that
+            are garbage or truncated, or weights that do not fit the config — each naming the file.
     """
     import transformers
+
+    from moe.modeling import MODEL_TYPE
 
     folder = Path(folder)
     d = _read_config(folder)
     model_type = d.get("model_type")
+    if model_type == MODEL_TYPE or (model_type in FAMILIES and d.get("moe_compression")):
+        from moe.plan import load_compressed
+
+        return load_compressed(folder, dtype=None if dtype == "auto" else dtype)  # type: ignore[arg-type]
     if model_type not in FAMILIES:
         raise MoEError(
-            f"'{folder}' holds model_type {model_type!r}, which is not a supported sparse-MoE family "
-            f"({', '.join(FAMILIES)}); pass a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE or Switch checkpoint"
+            f"{folder / 'config.json'} holds model_type {model_type!r}, which is not a supported sparse-MoE "
+            f"family ({', '.join(FAMILIES)}); pass a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE or Switch checkpoint"
         )
     arch = (d.get("architectures") or [FAMILIES[model_type]])[0]
-    cls = getattr(transformers, arch, None)
+    cls = getattr(transformers, str(arch), None)
     if (
         cls is None
         or getattr(cls, "config_class", None) is None
         or cls.config_class.model_type != model_type
     ):
         raise MoEError(
-            f"'{folder}': architecture {arch!r} does not belong to model_type {model_type!r}; the folder "
-            f"mixes two families (expected {FAMILIES[model_type]})"
+            f"{folder / 'config.json'}: architecture {arch!r} does not belong to model_type {model_type!r}; "
+            f"the folder mixes two families (expected {FAMILIES[model_type]})"
         )
-    if d.get("moe_compression"):
-        from moe.plan import load_compressed
-
-        return load_compressed(folder)
     if not any((folder / f).is_file() for f in _WEIGHT_FILES):
         raise MoEError(f"'{folder}' has a config but no weights ({', '.join(_WEIGHT_FILES)})")
+    for file in _weight_files(folder):
+        safetensors_header(file)
     try:
-        model, info = cls.from_pretrained(
-            folder, dtype=dtype, output_loading_info=True, **from_pretrained
+        model, info = cls.from_pretrained(  # mismatches come back in info: our message names them
+            folder,
+            dtype=dtype,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **from_pretrained,
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except Exception as err:  # the library boundary: any loader failure is a bad folder
         raise MoEError(
-            f"the weights in '{folder}' do not fit its config or cannot be read: {err}"
+            f"the weights in '{folder}' do not fit {folder / 'config.json'} or cannot be read: {err}"
         ) from err
     bad = {
         k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
@@ -130,8 +211,12 @@ def load_moe_checkpoint(
     return model.eval()
 
 
-def calibration_texts(source: str, *, max_chars: int = 400_000) -> list[str]:
-    """Documents from a ``.txt`` / ``.jsonl`` file or ``"builtin"`` (Python standard-library source)."""
+def calibration_texts(
+    source: str, *, max_chars: int = 400_000, max_bytes: int = 64 << 20
+) -> list[str]:
+    """Documents from a ``.txt`` / ``.jsonl`` file (at most ``max_bytes`` read) or ``"builtin"`` (Python
+    standard-library source). Missing, empty, binary or non-UTF-8 files, folders and devices are a
+    :class:`MoEError` naming the file."""
     if source == "builtin":
         import os
 
@@ -146,11 +231,13 @@ def calibration_texts(source: str, *, max_chars: int = 400_000) -> list[str]:
                 break
         return docs
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise MoEError(
-            f"calibration source {source!r} is neither 'builtin' nor a file; pass a .txt or .jsonl file"
+            f"calibration file {path} does not exist; pass a .txt or .jsonl file or 'builtin'"
         )
-    raw = path.read_text(encoding="utf-8", errors="replace")
+    if not path.is_file():  # a folder, a device (/dev/zero), a FIFO: never read it
+        raise MoEError(f"calibration file {path} is not a regular file; pass a .txt or .jsonl file")
+    raw = _read_text(path, max_bytes)
     if path.suffix == ".jsonl":
         docs = []
         for n, line in enumerate(raw.splitlines(), 1):
@@ -172,30 +259,53 @@ def calibration_texts(source: str, *, max_chars: int = 400_000) -> list[str]:
     return docs
 
 
+def _read_text(path: Path, max_bytes: int) -> str:
+    """At most ``max_bytes`` of ``path`` as UTF-8 text; binary or undecodable files are refused."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(max_bytes)
+    except OSError as err:
+        raise MoEError(f"cannot read calibration file {path}: {err.strerror}") from err
+    if not data.strip():
+        raise MoEError(f"calibration file {path} is empty; pass a file with text")
+    if b"\0" in data:
+        raise MoEError(f"calibration file {path} is binary (it holds NUL bytes); pass UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start >= len(data) - 3:  # a character cut by the max_bytes limit
+            return data[: err.start].decode("utf-8")
+        raise MoEError(
+            f"calibration file {path} is not UTF-8 text (byte {err.start}); pass UTF-8 text"
+        ) from err
+
+
 def text_batches(
     model: nn.Module,
     texts: Sequence[str],
     *,
-    folder: str | Path | None = None,
+    tokenizer: str | Path = "bytes",
     sequences: int = 64,
     seq_len: int = 64,
     batch_size: int = 16,
 ) -> tuple[list[dict[str, torch.Tensor]], str]:
-    """Token batches of ``seq_len`` from ``texts`` (concatenated) and how they were tokenised."""
+    """Token batches of ``seq_len`` from ``texts`` (concatenated) and how they were tokenised:
+    ``tokenizer`` is a folder holding a tokenizer (a model folder) or ``"bytes"`` (UTF-8 bytes modulo
+    the vocabulary, for byte-level models)."""
     config: Any = model.config
     vocab = int(config.vocab_size)
-    ids: list[int] = []
-    how = "UTF-8 bytes (the folder has no tokenizer)"
-    tok = _tokenizer(folder)
     joined = "\n\n".join(texts)
-    if tok is not None:
-        ids = list(tok(joined, add_special_tokens=False)["input_ids"])
-        how = f"the folder's tokenizer ({type(tok).__name__})"
-    else:
+    if str(tokenizer) == "bytes":
         ids = [b % vocab for b in joined.encode("utf-8")]
+        how = "UTF-8 bytes"
+    else:
+        tok = load_tokenizer(tokenizer)
+        ids = list(tok(joined, add_special_tokens=False)["input_ids"])
+        how = f"the tokenizer in {tokenizer} ({type(tok).__name__})"
     if max(ids, default=0) >= vocab:
         raise MoEError(
-            f"the tokenizer produced ids up to {max(ids)} but the model has {vocab}; mismatched folder"
+            f"the tokenizer {tokenizer} produced ids up to {max(ids)} but the model has {vocab}; "
+            "pass the model's own tokenizer"
         )
     n = min(sequences, len(ids) // seq_len)
     if n < 1:
@@ -214,16 +324,20 @@ def text_batches(
     return batches, how
 
 
-def _tokenizer(folder: str | Path | None) -> Any:
-    if folder is None or not any(
-        (Path(folder) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
-    ):
-        return None
+def load_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer saved in ``folder``; a folder without one, or one that does not load, is a
+    :class:`MoEError` naming it and the fix."""
+    folder = Path(folder)
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise MoEError(
+            f"'{folder}' has no tokenizer (tokenizer.json or tokenizer_config.json); pass "
+            "tokenizer='path/to/tokenizer-folder', or tokenizer='bytes' for a byte-level model"
+        )
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # the library boundary: any failure is a broken tokenizer folder
         raise MoEError(f"the tokenizer in '{folder}' does not load: {err}") from err
 
 
@@ -251,14 +365,21 @@ def is_stock(model: nn.Module) -> bool:
     )
 
 
-def save_result(model: nn.Module, folder: str | Path) -> tuple[Path, str]:
-    """Save a compressed model; returns (folder, loader): ``"from_pretrained"`` or ``"load_compressed"``."""
+def save_result(
+    model: nn.Module, folder: str | Path, *, dtype: torch.dtype | None = None
+) -> tuple[Path, str]:
+    """Save a compressed model with its floating weights in ``dtype`` (default: as held); returns
+    (folder, how to load it). A stock architecture is written by ``save_pretrained`` (the model then
+    holds the saved, rounded values) and loads with any ``from_pretrained``; anything else by
+    :func:`moe.plan.save_compressed`, which only ``moe.load_compressed`` and ``trust_remote_code``
+    loaders accept."""
     from moe.plan import get_plan, save_compressed
     from qhybrid.runs import atomic_write_json
 
     folder = Path(folder)
     if not is_stock(model):
-        return save_compressed(model, folder), "load_compressed"
+        how = "moe.load_compressed or AutoModel*.from_pretrained(..., trust_remote_code=True)"
+        return save_compressed(model, folder, dtype=dtype), how
     config: Any = model.config
     key = _INTERMEDIATE_KEY.get(getattr(config, "model_type", ""), "")
     if hasattr(config, key):
@@ -269,9 +390,41 @@ def save_result(model: nn.Module, folder: str | Path) -> tuple[Path, str]:
         for k in ("moe_compression", "moe_experts_per_layer", "moe_routes_per_layer")
         if k in config.__dict__
     }
+    held = next(model.parameters()).dtype
     try:
-        model.save_pretrained(folder)  # type: ignore[operator]
+        model.to(dtype or held).save_pretrained(folder)  # type: ignore[operator]
     finally:
+        model.to(held)
         config.__dict__.update(extra)
     atomic_write_json(folder / "moe_plan.json", plan)  # provenance only; the folder is stock
-    return folder, "from_pretrained"
+    return folder, "AutoModel*.from_pretrained (stock)"
+
+
+PARTS = ("routed experts", "routers", "shared experts", "attention", "embeddings and head", "norms",
+         "other")  # fmt: skip
+
+
+def part_of(key: str) -> str:
+    """Which part of an MoE model a state-dict key belongs to (for the bytes-per-part report)."""
+    if ".experts." in key:
+        return "routed experts"
+    if ".gate.weight" in key or ".router." in key:
+        return "routers"
+    if "shared_expert" in key:
+        return "shared experts"
+    if any(a in key for a in ("self_attn", "SelfAttention", "EncDecAttention", "attention")):
+        return "attention"
+    if any(e in key for e in ("embed", "lm_head", "shared.weight", "wte", "relative_attention")):
+        return "embeddings and head"
+    if "norm" in key:
+        return "norms"
+    return "other"
+
+
+def bytes_by_part(folder: str | Path) -> dict[str, int]:
+    """Bytes on disk of each part of the model in ``folder``, read from its safetensors headers."""
+    out = dict.fromkeys(PARTS, 0)
+    for file in _weight_files(Path(folder)):
+        for k, v in safetensors_header(file).items():
+            out[part_of(k)] += int(v["data_offsets"][1]) - int(v["data_offsets"][0])
+    return out

@@ -52,6 +52,7 @@ class CompressConfig:
     drop_criterion: str = "exact"  # one of moe.drop.CRITERIA
     drop_rounds: Annotated[int, Ge(1)] = 1  # 1 = one-shot; more = iterative, re-estimated stats
     merge_to: Annotated[int, Ge(0)] = 4  # experts kept per layer by merging; 0 = no merging
+    merge_combine: str = "union"  # union (ours, best measured) or average (MC-SMoE) or subspace
     budget: str = "uniform"  # per-layer budget for merging/dropping: uniform or global
     keep_ratio: Annotated[float, Gt(0), Le(1)] = 1.0  # expert neurons kept (pruning); 1 = off
     rank: Annotated[int, Ge(0)] = 0  # low-rank factor rank per expert matrix; 0 = full rank
@@ -60,9 +61,12 @@ class CompressConfig:
     allocation: str = "sensitivity"  # bit allocation: sensitivity, frequency, outlier, uniform
     storage: str = "packed"  # packed (real b-bit codes) or fake (ablation, float)
     steps: Annotated[int, Ge(1)] = 400  # subject training steps when model_dir is empty
+    group_size: Annotated[int, Ge(1)] = 32  # quantisation group (inputs per scale); divides H and I
     calib: str = "builtin"  # checkpoints: a .txt / .jsonl calibration file, or builtin (stdlib)
+    tokenizer: str = "folder"  # checkpoints: folder (model_dir's), bytes (byte-level), or a folder
     seq_len: Annotated[int, Ge(2)] = 64  # checkpoints: tokens per calibration sequence
     eval_sequences: Annotated[int, Ge(1)] = 32  # checkpoints: held-out sequences for metrics
+    save_dtype: str = "auto"  # checkpoints: auto (the input's dtype), float32, bfloat16 or float16
 
     def __post_init__(self) -> None:
         from typing import get_args
@@ -76,6 +80,8 @@ class CompressConfig:
             ("budget", self.budget, ("uniform", "global")),
             ("allocation", self.allocation, get_args(Allocation)),
             ("storage", self.storage, ("packed", "fake")),
+            ("save_dtype", self.save_dtype, ("auto", "float32", "bfloat16", "float16")),
+            ("merge_combine", self.merge_combine, ("union", "average", "subspace")),
         ):
             if value not in known:
                 raise QHybridError(f"{key}={value!r} is not one of {list(known)}")
@@ -84,6 +90,62 @@ class CompressConfig:
                 f"avg_bits={self.avg_bits} cannot be met with widths 2, 3, 4, 8; use 0 (off) or a "
                 "budget in [2, 8]"
             )
+        if self.drop_to and self.merge_to > self.drop_to:
+            raise QHybridError(
+                f"merge_to={self.merge_to} exceeds drop_to={self.drop_to}: merging runs after dropping; "
+                f"choose merge_to <= {self.drop_to}"
+            )
+        if self.drop_rounds > 1 and not self.drop_to:
+            raise QHybridError(f"drop_rounds={self.drop_rounds} needs drop_to > 0")
+        if self.rank and self.avg_bits:
+            raise QHybridError(
+                "rank and avg_bits cannot be combined: low-rank factors are not quantised; use one"
+            )
+
+
+def check_against_model(c: CompressConfig, model: Any, *, checkpoint: bool = True) -> None:
+    """Every setting of ``c`` checked against the model's experts, before a run folder exists: expert
+    counts (drop_to, merge_to), widths (keep_ratio, rank, group_size), layouts (packed storage and
+    pruning need fused SwiGLU experts) and the sequence length."""
+    from moe.compress import round_up
+    from moe.layers import find_moe_layers
+    from moe.modeling import check_group_size
+
+    layers = find_moe_layers(model)
+    name = type(model).__name__
+    experts = min(lay.num_experts for lay in layers)
+    top_k = max(lay.top_k for lay in layers)
+    hidden, inter = layers[0].hidden_size, min(lay.intermediate_size for lay in layers)
+    if c.drop_to and not top_k <= c.drop_to <= experts:
+        raise QHybridError(
+            f"drop_to={c.drop_to} does not fit {name} ({experts} experts per layer, {top_k} per "
+            f"token); choose {top_k} <= drop_to <= {experts}, or 0 (off)"
+        )
+    kept = c.drop_to or experts
+    if c.merge_to > kept:
+        raise QHybridError(
+            f"merge_to={c.merge_to} exceeds the {kept} experts per layer of {name}"
+            f"{' after dropping' if c.drop_to else ''}; choose 1 <= merge_to <= {kept}, or 0 (off)"
+        )
+    fused = all(lay.gated for lay in layers)
+    if (c.keep_ratio < 1 or c.rank or (c.avg_bits and c.storage == "packed")) and not fused:
+        raise QHybridError(
+            f"{name} has Switch experts (ReLU MLPs): neuron pruning, low rank and packed storage need "
+            "fused SwiGLU experts; use storage='fake' for quantisation"
+        )
+    if c.keep_ratio < 1:
+        inter = min(inter, round_up(c.keep_ratio * inter, 8))
+    if c.rank and round_up(c.rank, 8) >= min(inter, hidden):
+        raise QHybridError(
+            f"rank={c.rank} (rounded up to {round_up(c.rank, 8)}) is not below min(expert width {inter}, "
+            f"hidden size {hidden}), so factoring saves nothing; choose a rank below {min(inter, hidden)}"
+        )
+    if c.avg_bits:
+        check_group_size(hidden, c.group_size, f"{name} experts' gate/up projection (hidden size)")
+        check_group_size(inter, c.group_size, f"{name} experts' down projection (expert width)")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if checkpoint and isinstance(positions, int) and c.seq_len > positions:  # subjects: own task
+        raise QHybridError(f"seq_len={c.seq_len} exceeds {name}'s {positions} positions")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -138,19 +200,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load_subject(c: CompressConfig) -> tuple[Any, Any]:
+    """The subject to compress (trained now when ``model_dir`` is empty), checked against ``c`` first."""
     import json
     from pathlib import Path
 
-    from moe.subject import SubjectConfig, load_or_train, make_task
+    from moe.subject import SubjectConfig, build_subject, load_or_train, make_task
 
     if not c.model_dir:
+        check_against_model(c, build_subject(SubjectConfig(steps=c.steps)), checkpoint=False)
         model, data, _ = load_or_train(SubjectConfig(steps=c.steps), c.seed)
         return model, data
-    info = json.loads((Path(c.model_dir) / "subject.json").read_text())
-    from transformers import MixtralForCausalLM
+    path = Path(c.model_dir) / "subject.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        scfg, seed = SubjectConfig(**info["subject"]), int(info["seed"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise QHybridError(f"{path} is not a subject description: {err}") from err
+    from moe.checkpoint import load_moe_checkpoint
 
-    model = MixtralForCausalLM.from_pretrained(c.model_dir).float().eval()
-    return model, make_task(SubjectConfig(**info["subject"]), int(info["seed"]))
+    model = load_moe_checkpoint(c.model_dir)
+    check_against_model(c, model, checkpoint=False)
+    return model, make_task(scfg, seed)
 
 
 def _chain(c: CompressConfig, model: Any, stats: Any, calib: Any, distill: Any) -> None:
@@ -171,7 +241,13 @@ def _chain(c: CompressConfig, model: Any, stats: Any, calib: Any, distill: Any) 
             batches=calib,
         )
     if c.merge_to:
-        merge_experts(model, stats(model), num_experts=c.merge_to, budget=c.budget)  # type: ignore[arg-type]
+        merge_experts(
+            model,
+            stats(model),
+            num_experts=c.merge_to,
+            budget=c.budget,  # type: ignore[arg-type]
+            combine=c.merge_combine,  # type: ignore[arg-type]
+        )
     if c.keep_ratio < 1 or c.rank:
         compress_experts(model, stats(model), keep_ratio=c.keep_ratio, rank=c.rank or None)
     distill(model)
@@ -182,54 +258,101 @@ def _chain(c: CompressConfig, model: Any, stats: Any, calib: Any, distill: Any) 
             avg_bits=c.avg_bits,
             allocation=c.allocation,  # type: ignore[arg-type]
             storage=c.storage,  # type: ignore[arg-type]
+            group_size=c.group_size,
         )
 
 
 def _compress(args: argparse.Namespace) -> int:
+    """Check every input (settings, folder, calibration, tokenizer) before a run folder exists; a
+    run that fails later is removed, so a failed command leaves nothing behind."""
+    import shutil
     from pathlib import Path
 
     from qhybrid.runs import create_run
 
     c = config_from_args(CompressConfig, args)
-    if c.model_dir and not (Path(c.model_dir) / "subject.json").is_file():
-        from moe.checkpoint import load_moe_checkpoint
+    root = Path(args.out or "runs")
+    checkpoint = bool(c.model_dir) and not (Path(c.model_dir) / "subject.json").is_file()
+    if c.model_dir and root.resolve().is_relative_to(Path(c.model_dir).resolve()):
+        raise QHybridError(
+            f"--out '{root}' lies inside model_dir '{c.model_dir}', which is never written; pass "
+            "another --out"
+        )
+    if checkpoint:
+        prepared = _prepare_checkpoint(c)
+    else:
+        subject = _load_subject(c)
+    run = create_run(c.name, c, root=root, seed=c.seed)
+    try:
+        if checkpoint:
+            return _compress_checkpoint(c, run, prepared)
+        return _compress_subject(c, run, *subject)
+    except Exception:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
-        model = load_moe_checkpoint(c.model_dir)  # checks the folder before a run folder is made
-        run = create_run(c.name, c, root=args.out or "runs", seed=c.seed)
-        return _compress_checkpoint(c, run, model)
-    run = create_run(c.name, c, root=args.out or "runs", seed=c.seed)
-    return _compress_subject(c, run)
+
+@dataclass
+class _Prepared:
+    """A checked checkpoint with its calibration and held-out batches."""
+
+    model: Any
+    calib: list[Any]
+    held_out: list[Any]
+    how: str  # how the text was tokenised
+    dtype: Any  # torch dtype the result is saved in
+    parts: dict[str, int]  # bytes on disk per part of the input
 
 
-def _compress_checkpoint(c: CompressConfig, run: Any, model: Any) -> int:
-    import copy
-    import time
+def _prepare_checkpoint(c: CompressConfig) -> _Prepared:
+    import torch
 
-    from moe.checkpoint import calibration_texts, evaluate_lm, save_result, text_batches
-    from moe.compress import distill
-    from moe.experiment import model_summary
-    from moe.layers import MoEError
-    from moe.stats import collect_routing_stats
-    from qhybrid.report import Section, write_report
+    from moe.checkpoint import (
+        bytes_by_part,
+        calibration_texts,
+        checkpoint_dtype,
+        load_moe_checkpoint,
+        text_batches,
+    )
 
+    model = load_moe_checkpoint(c.model_dir)  # checks the folder before anything is built
+    check_against_model(c, model)
     texts = calibration_texts(c.calib)
     batches, how = text_batches(
         model,
         texts,
-        folder=c.model_dir,
+        tokenizer=c.model_dir if c.tokenizer == "folder" else c.tokenizer,
         sequences=c.calib_sequences + c.eval_sequences,
         seq_len=c.seq_len,
     )
     n_eval = max(1, -(-c.eval_sequences // 16))
     if len(batches) <= n_eval:
-        raise MoEError(
-            f"calibration text {c.calib!r} is too short for calibration and held-out batches"
+        raise QHybridError(
+            f"calibration text {c.calib!r} is too short for calibration and held-out batches "
+            f"({len(batches)} batches of 16 x {c.seq_len} tokens); pass more text or a smaller seq_len"
         )
-    calib, held_out = batches[:-n_eval], batches[-n_eval:]
+    auto = c.save_dtype == "auto"
+    dtype = checkpoint_dtype(c.model_dir) if auto else getattr(torch, c.save_dtype)
+    return _Prepared(
+        model, batches[:-n_eval], batches[-n_eval:], how, dtype, bytes_by_part(c.model_dir)
+    )
+
+
+def _compress_checkpoint(c: CompressConfig, run: Any, p: _Prepared) -> int:
+    import copy
+    import time
+
+    from moe.checkpoint import PARTS, bytes_by_part, evaluate_lm, load_moe_checkpoint, save_result
+    from moe.compress import distill
+    from moe.experiment import model_summary
+    from moe.stats import collect_routing_stats
+    from qhybrid.report import Section, write_report
+
+    model, calib = p.model, p.calib
     before: dict[str, Any] = {
         "model": "original",
         **model_summary(model),
-        **evaluate_lm(model, held_out),
+        **evaluate_lm(model, p.held_out),
     }
     teacher = copy.deepcopy(model) if c.distill_steps else None
 
@@ -244,43 +367,50 @@ def _compress_checkpoint(c: CompressConfig, run: Any, model: Any) -> int:
     t0 = time.perf_counter()
     _chain(c, model, stats, calib, recover)
     seconds = time.perf_counter() - t0
-    after: dict[str, Any] = {
-        "model": "compressed",
-        **model_summary(model),
-        **evaluate_lm(model, held_out),
-        "pass seconds": seconds,
-    }
+    summary = model_summary(model)
+    path, loader = save_result(
+        model, run.artefact("compressed", "config.json").parent, dtype=p.dtype
+    )
+    again = load_moe_checkpoint(path)  # what a user gets: the saved folder, reloaded
+    after: dict[str, Any] = {"model": "compressed (reloaded)", **summary, **evaluate_lm(again, p.held_out),
+                             "pass seconds": seconds}  # fmt: skip
     after["retention"] = (
         after["accuracy"] / before["accuracy"] if before["accuracy"] else float("nan")
     )
     after["ppl increase"] = after["perplexity"] / before["perplexity"] - 1
-    path, loader = save_result(model, run.artefact("compressed", "config.json").parent)
+    parts = bytes_by_part(path)
+    part_rows = [{"part": k, "input bytes": p.parts[k], "output bytes": parts[k]} for k in PARTS]
     run.log_metrics({k: v for k, v in after.items() if k != "model"})
     section = Section(
         "MoE compression of a checkpoint",
         text=(
             f"`{c.model_dir}` ({type(model).__name__}), calibrated on {c.calib!r}: {len(calib)} batches of "
-            f"{c.seq_len} tokens, tokenised with {how}; metrics on {len(held_out)} held-out batches after "
-            f"them. Saved to `{path}`; load with `{loader}`."
+            f"{c.seq_len} tokens, tokenised with {p.how}; metrics on {len(p.held_out)} held-out batches after "
+            f"them, the compressed model reloaded from its folder. Saved in {p.dtype} (packed codes and "
+            f"their fp16 scales as they are) to `{path}`; load with {loader}."
         ),
     )
     section.add_table("Before and after", [before, after])
+    section.add_table("Bytes on disk per part", part_rows)
     write_report(run, "qhybrid moe compress", [section])
     print(
         f"retention {after['retention']:.4f}; perplexity {before['perplexity']:.3f} -> {after['perplexity']:.3f}; "
-        f"expert MB {before['expert MB']:.3f} -> {after['expert MB']:.3f}; saved {path} (load with {loader})"
+        f"expert MB {before['expert MB']:.3f} -> {after['expert MB']:.3f}; saved {path} in {p.dtype} (load with {loader})"
     )
+    for row in part_rows:
+        print(
+            f"  {row['part']:20s} {row['input bytes']:>12,d} -> {row['output bytes']:>12,d} bytes"
+        )
     return 0
 
 
-def _compress_subject(c: CompressConfig, run: Any) -> int:
+def _compress_subject(c: CompressConfig, run: Any, model: Any, data: Any) -> int:
     import copy
 
     from moe import experiment as ex
     from moe.plan import save_compressed
     from qhybrid.report import Section, write_report
 
-    model, data = _load_subject(c)
     ctx = ex.Context(
         data, model, seed=c.seed, calib_sequences=c.calib_sequences, distill_steps=c.distill_steps
     )
@@ -295,7 +425,10 @@ def _compress_subject(c: CompressConfig, run: Any) -> int:
     run.log_metrics({k: v for k, v in row.items() if k != "method"})
     section = Section(
         "MoE compression",
-        text=f"Compressed model saved to `{path}` (load with `moe.load_compressed`).",
+        text=(
+            f"Compressed model saved to `{path}` (load with `moe.load_compressed` or "
+            "`AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`)."
+        ),
     )
     section.add_table("Before and after", [base_row, row])
     write_report(run, "qhybrid moe compress", [section])

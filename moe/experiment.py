@@ -22,7 +22,14 @@ from moe.layers import count_expert_params, expert_bytes, find_moe_layers
 from moe.merge import merge_experts
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
-from moe.subject import SubjectData, calibration, distill_batches, evaluate
+from moe.subject import (
+    SubjectData,
+    calibration,
+    distill_batches,
+    evaluate,
+    generation_quality,
+    greedy_continuations,
+)
 
 __all__ = ["METHODS", "Context", "model_summary", "run_method"]
 
@@ -38,13 +45,28 @@ class Context:
     distill_steps: int = 200  # recovery distillation steps (<= 200 per the targets)
     distill_lr: float = 2e-3
     distill_batch: int = 16  # sequences per distillation step
+    cached_tokens: int = 16384  # block inputs kept per layer (refit, NAEE search, bit sensitivity)
+    gen_sequences: int = 256  # held-out prompts for the generation metrics (0 = off)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def calib(self) -> list[dict[str, torch.Tensor]]:
         return calibration(self.data, self.calib_sequences)
 
     def stats(self, model: nn.Module) -> Any:
-        return collect_routing_stats(model, self.calib(), max_cached_tokens=4096)
+        return collect_routing_stats(model, self.calib(), max_cached_tokens=self.cached_tokens)
+
+    def generation(self, model: nn.Module) -> dict[str, float]:
+        """:func:`moe.subject.generation_quality` on the first ``gen_sequences`` test windows, prompts
+        of half a window, against the uncompressed teacher's greedy continuations (computed once)."""
+        if not self.gen_sequences:
+            return {}
+        ids = self.data.test[: self.gen_sequences]
+        prompt = ids.shape[1] // 2
+        if "reference" not in self.extra:
+            self.extra["reference"] = greedy_continuations(
+                self.teacher, ids, prompt=prompt, new=prompt
+            )
+        return generation_quality(model, ids, self.extra["reference"], prompt=prompt)
 
     def distill(self, model: nn.Module, steps: int | None = None) -> None:
         n = self.distill_steps if steps is None else steps
@@ -85,7 +107,7 @@ def run_method(
     fn(model, ctx)
     seconds = time.perf_counter() - t0
     model.eval()
-    metrics = evaluate(model, ctx.data.test)
+    metrics = {**evaluate(model, ctx.data.test), **ctx.generation(model)}
     row: dict[str, Any] = {
         "method": name,
         **getattr(fn, "labels", {}),
@@ -123,17 +145,24 @@ def baseline(model: nn.Module, ctx: Context) -> None:
 baseline.labels = {"recipe": "uncompressed", "LS refit on calib": False, "distill steps": 0}  # type: ignore[attr-defined]
 
 
+_RECIPES = {("router_logits", "average"): "our MC-SMoE port", ("hc", "average"): "our HC-SMoE port",
+            ("kmeans", "subspace"): "our Sub-MoE port"}  # fmt: skip
+
+
 def merge(
     target: int,
     *,
     grouping: str = "router_logits",
+    combine: str = "average",
     align: bool = True,
     budget: str = "uniform",
     refit: bool = True,
     steps: int = 0,
 ) -> Method:
-    """Our port of MC-SMoE's M-SMoE (grouping, alignment, frequency-weighted averaging), optionally
-    with our least-squares refit of the down projections on calibration data and ``steps`` of KD."""
+    """Merging (:func:`moe.merge.merge_experts`): our ports of MC-SMoE (router-logit grouping,
+    alignment, frequency-weighted averaging), HC-SMoE (hierarchical clustering of outputs) and Sub-MoE
+    (k-means on outputs, shared-subspace merging), or our union merge; optionally with our
+    least-squares refit of the down projections on calibration data and ``steps`` of KD."""
 
     def fn(model: nn.Module, ctx: Context) -> None:
         merge_experts(
@@ -141,6 +170,7 @@ def merge(
             ctx.stats(model),
             num_experts=target,
             grouping=grouping,  # type: ignore[arg-type]
+            combine=combine,  # type: ignore[arg-type]
             align=align,
             budget=budget,  # type: ignore[arg-type]
             refit=refit,
@@ -148,7 +178,13 @@ def merge(
         )
         ctx.distill(model, steps)
 
-    recipe = "our MC-SMoE port" + (f", {grouping} groups" if grouping != "router_logits" else "")
+    recipe = _RECIPES.get((grouping, combine))
+    if recipe is None:
+        recipe = (
+            "ours: union of neurons" if combine == "union" else f"{combine} merge"
+        ) + f", {grouping} groups"
+    if grouping == "random" or (grouping == "outputs" and combine == "average"):
+        recipe = f"our MC-SMoE port, {grouping} groups"
     recipe += ", no alignment" if not align else ""
     return labelled(fn, recipe, refit, steps)
 
@@ -222,6 +258,15 @@ def quantize(avg_bits: float, allocation: str, storage: str = "packed") -> Metho
 METHODS: dict[str, Method] = {
     "baseline": baseline,
     "merge 8->4 + LS refit": merge(4),
+    "merge 8->4 union + LS refit (ours)": merge(4, combine="union"),
+    "merge 8->4 union + LS refit + 200 KD steps": merge(4, combine="union", steps=200),
+    "merge 8->4 HC-SMoE port (no refit)": merge(4, grouping="hc", refit=False),
+    "merge 8->4 HC-SMoE port + LS refit": merge(4, grouping="hc"),
+    "merge 8->4 Sub-MoE port (no refit)": merge(
+        4, grouping="kmeans", combine="subspace", refit=False
+    ),
+    "drop 8->4 REAP": drop(4, criterion="reap"),
+    "drop 8->4 NAEE (exact)": drop(4, criterion="exact"),
     "merge 8->4 MC-SMoE port (no refit)": merge(4, refit=False),
     "merge 8->4 + LS refit + 200 KD steps": merge(4, steps=200),
     "merge 8->4 MC-SMoE port (no refit) + 200 KD steps": merge(4, refit=False, steps=200),

@@ -24,14 +24,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from qhybrid.errors import QHybridError
+from moe.modeling import (
+    MoEError,
+    apply_expert,
+    layer_kind,
+    remap_fused,
+    remap_switch,
+    set_counts,
+)
+from moe.modeling import set_expert_map as _register_map
 
 logger = logging.getLogger(__name__)
 
@@ -44,35 +52,6 @@ __all__ = [
     "expert_bytes",
     "find_moe_layers",
 ]
-
-
-class MoEError(QHybridError):
-    """A model, budget or plan that the MoE passes cannot work with."""
-
-
-# Config attributes that hold the routed-expert count, per model family.
-_CONFIG_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-
-
-def _remap_fused(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Forward pre-hook: ``top_k_index`` (T, k) of router outputs -> physical expert ids."""
-    emap = module.expert_map
-    if len(args) >= 2:
-        args = (args[0], emap[args[1]], *args[2:])
-    elif "top_k_index" in kwargs:
-        kwargs = {**kwargs, "top_k_index": emap[kwargs["top_k_index"]]}
-    return args, kwargs
-
-
-def _remap_switch(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Forward pre-hook for Switch: one-hot dispatch (T, 1, R) -> (T, 1, E) via the (R, E) map."""
-    emap = module.expert_map
-    dispatch = args[1]
-    onehot = nn.functional.one_hot(emap, num_classes=module.num_experts).to(
-        dispatch.dtype
-    )  # (R, E)
-    new = torch.einsum("tkr,re->tke", dispatch, onehot)
-    return (args[0], new, *args[2:]), kwargs
 
 
 @dataclass
@@ -239,7 +218,7 @@ class MoELayer:
 
     def set_expert_map(self, emap: torch.Tensor | None) -> None:
         """Route router output r to physical expert ``emap[r]``; ``None`` removes the map."""
-        hook = _remap_fused if self.kind == "fused" else _remap_switch
+        hook = remap_fused if self.kind == "fused" else remap_switch
         if emap is None:
             if hasattr(self.experts, "expert_map"):
                 del self.experts._buffers["expert_map"]
@@ -254,9 +233,7 @@ class MoELayer:
                 f"expert_map of shape {tuple(emap.shape)} / max {int(emap.max())} does not fit layer "
                 f"{self.name} ({self.num_routes} router outputs, {self.num_experts} experts)"
             )
-        self.experts.register_buffer("expert_map", emap.clone())
-        if hook not in self.experts._forward_pre_hooks.values():
-            self.experts.register_forward_pre_hook(hook, with_kwargs=True)
+        _register_map(self.experts, self.kind, emap)
 
     # -- computation (canonical weights; used by statistics, searches and tests) -----------------
     def expert_forward(self, e: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -417,20 +394,6 @@ def store_offloaded(mods: Sequence[nn.Module]) -> None:
             )
 
 
-def apply_expert(
-    act: Callable[[torch.Tensor], torch.Tensor],
-    w_in: torch.Tensor,
-    w_out: torch.Tensor,
-    x: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one expert forward: ``h = act(x W_gateᵀ) ⊙ (x W_upᵀ)`` (P = 2) or ``act(x W_inᵀ)`` (P = 1),
-    ``y = h W_outᵀ``, for ``w_in (P, I, H)``, ``w_out (H, I)`` and x (T, H); returns (y, h)."""
-    h = act(x @ w_in[0].T)
-    if w_in.shape[0] == 2:
-        h = h * (x @ w_in[1].T)
-    return h @ w_out.T, h
-
-
 def check_layers(layers: Sequence[MoELayer], *, writable: bool = False) -> None:
     """Validate every layer before a pass changes any: finite router and expert weights, and with
     ``writable`` experts that are still plain weight tensors (not low-rank factors or packed codes)."""
@@ -443,26 +406,6 @@ def check_layers(layers: Sequence[MoELayer], *, writable: bool = False) -> None:
             )
 
 
-def _layer_kind(module: Any) -> Literal["fused", "switch"] | None:
-    experts = getattr(module, "experts", None)
-    if experts is None:
-        return None
-    if (hasattr(experts, "gate_up_proj") or hasattr(experts, "dense")) and hasattr(module, "gate"):
-        if getattr(experts, "is_transposed", False) or getattr(experts, "has_bias", False):
-            raise MoEError(
-                f"{type(experts).__name__} stores experts transposed or with biases (GPT-OSS layout), "
-                "which qhybrid.moe does not support yet; use Mixtral, Qwen2/3-MoE, OLMoE or Switch models"
-            )
-        if not getattr(experts, "is_concatenated", True):
-            raise MoEError(f"{type(experts).__name__} interleaves gate/up rows; not supported")
-        return "fused"
-    if isinstance(experts, nn.ModuleDict) and hasattr(
-        getattr(module, "router", None), "classifier"
-    ):
-        return "switch"
-    return None
-
-
 def find_moe_layers(model: nn.Module, *, required: bool = True) -> list[MoELayer]:
     """All sparse-MoE blocks of ``model`` in module order.
 
@@ -472,11 +415,11 @@ def find_moe_layers(model: nn.Module, *, required: bool = True) -> list[MoELayer
     layers: list[MoELayer] = []
     config = getattr(model, "config", None)
     for name, module in model.named_modules():
-        kind = _layer_kind(module)
+        kind = layer_kind(module)
         if kind is None:
             continue
         router = module.gate if kind == "fused" else module.router
-        layers.append(MoELayer(name, len(layers), module, router, module.experts, kind, config))
+        layers.append(MoELayer(name, len(layers), module, router, module.experts, kind, config))  # type: ignore[arg-type]
     if required and not layers:
         raise MoEError(
             f"{type(model).__name__} has no sparse-MoE layer (looked for a block with 'experts' and a "
@@ -494,24 +437,11 @@ def sync_config(model: nn.Module, layers: Sequence[MoELayer] | None = None) -> N
     the load-balancing loss is switched off, since it assumes one count for every layer.
     """
     layers = find_moe_layers(model) if layers is None else layers
-    routes = {layer.num_routes for layer in layers}
-    count = max(routes)
-    config: Any = model.config
-    for key in _CONFIG_COUNT_KEYS:
-        if isinstance(getattr(config, key, None), int):
-            setattr(config, key, count)
-    for mod in model.modules():
-        if (
-            hasattr(mod, "num_experts")
-            and hasattr(mod, "num_experts_per_tok")
-            and hasattr(mod, "router_aux_loss_coef")
-        ):
-            setattr(mod, "num_experts", count)  # noqa: B010 (nn.Module attribute typing)
-    if len(routes) > 1:
-        config.output_router_logits = False
-    # The count keys size the routers; merged layers hold fewer physical experts than router outputs.
-    config.moe_experts_per_layer = {layer.name: layer.num_experts for layer in layers}
-    config.moe_routes_per_layer = {layer.name: layer.num_routes for layer in layers}
+    set_counts(
+        model,
+        {layer.name: layer.num_routes for layer in layers},
+        {layer.name: layer.num_experts for layer in layers},
+    )
 
 
 def count_expert_params(model: nn.Module) -> int:

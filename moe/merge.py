@@ -41,16 +41,58 @@ logger = logging.getLogger(__name__)
 __all__ = ["align_expert", "merge_experts", "plan_groups"]
 
 
+Grouping = Literal["router_logits", "outputs", "random", "hc", "kmeans"]
+GROUPINGS = ("router_logits", "outputs", "random", "hc", "kmeans")
+COMBINES = ("average", "union", "subspace")
+
+
+def cluster_groups(
+    s: LayerStats, num_groups: int, outputs: torch.Tensor, method: str, seed: int = 0
+) -> list[list[int]]:
+    """Clusters of experts from their outputs ``outputs (E, T, H)`` on the cached calibration inputs,
+    each led by its most frequent member (first element), clusters ordered by that member:
+
+    * ``"hc"`` — our port of HC-SMoE (Chen et al., arXiv 2410.08589): average-linkage hierarchical
+      clustering of each expert's mean output over the calibration tokens, cosine distance, cut at
+      ``num_groups`` clusters (``scipy.cluster.hierarchy``);
+    * ``"kmeans"`` — our port of Sub-MoE's adaptive clustering (Li et al., arXiv 2506.23266): k-means
+      (scikit-learn, 10 restarts) on the unit-normalised flattened outputs, i.e. on their cosine
+      similarity.
+    """
+    e = outputs.shape[0]
+    if num_groups >= e:
+        return [[i] for i in range(e)]
+    if method == "hc":
+        from scipy.cluster.hierarchy import cut_tree, linkage
+
+        mean = nn.functional.normalize(outputs.double().mean(1), dim=1).numpy()
+        labels = cut_tree(linkage(mean, method="average", metric="cosine"), n_clusters=num_groups)[
+            :, 0
+        ]
+    else:
+        from sklearn.cluster import KMeans
+
+        flat = nn.functional.normalize(outputs.double().flatten(1), dim=1).numpy()
+        labels = KMeans(n_clusters=num_groups, n_init=10, random_state=seed).fit(flat).labels_
+    groups = []
+    for c in sorted(set(labels.tolist())):
+        members = [i for i in range(e) if labels[i] == c]
+        lead = max(members, key=lambda i: (float(s.counts[i]), -i))
+        groups.append([lead] + [i for i in members if i != lead])
+    return sorted(groups, key=lambda g: g[0])
+
+
 def plan_groups(
     s: LayerStats,
     num_groups: int,
     *,
-    grouping: Literal["router_logits", "outputs", "random"] = "router_logits",
+    grouping: Grouping = "router_logits",
     seed: int = 0,
     duplicate_cos: float = 0.9999,
     output_cos: torch.Tensor | None = None,
 ) -> list[list[int]]:
-    """Groups of experts, each led by its dominant expert (first element), dominants in index order."""
+    """Groups of experts, each led by its dominant expert (first element), dominants in index order
+    (MC-SMoE's dominant-expert grouping; ``"hc"`` / ``"kmeans"`` go through :func:`cluster_groups`)."""
     freq = s.counts
     e = s.num_routes
     cos = s.logit_cosine()
@@ -117,12 +159,57 @@ def align_expert(
 
 
 @torch.no_grad()
-def _output_cosine(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
-    """(E, E) cosine similarity of the experts' outputs on the cached inputs (HC-SMoE's signal)."""
+def expert_outputs(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
+    """(E, T, H) every expert's output on the cached inputs x (T, H)."""
     x = x.to(layer.device, layer.router_weight.dtype)
-    outs = torch.stack([layer.expert_forward(e, x)[0].flatten() for e in range(layer.num_experts)])
-    outs = nn.functional.normalize(outs.double(), dim=1)
-    return (outs @ outs.T).cpu()
+    return torch.stack([layer.expert_forward(e, x)[0] for e in range(layer.num_experts)]).cpu()
+
+
+def _output_cosine(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
+    """(E, E) cosine similarity of the experts' flattened outputs on the cached inputs."""
+    outs = nn.functional.normalize(expert_outputs(layer, x).flatten(1).double(), dim=1)
+    return outs @ outs.T
+
+
+def _union(
+    group: list[int], w_in: torch.Tensor, w_out: torch.Tensor, importance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ours: the merged expert keeps the I most important hidden neurons of the union of its members
+    (importance ``E[h_i²] ‖w_out[:, i]‖²`` summed over the tokens routed to the member, so frequent
+    members weigh more); each kept neuron is an original one, not an average. Neurons with identical
+    input weights in several members are one neuron (importances added, down columns averaged by
+    importance). Returns ``(w_in (P, I, H), w_out (H, I))`` — down columns to be refitted."""
+    n = w_in.shape[2]
+    merged: dict[bytes, list[Any]] = {}  # input-weight bytes -> [importance, w_in col, Σ imp·down]
+    for m in group:
+        for i in range(n):
+            col, imp = w_in[m][:, i], float(importance[m, i]) + 1e-30
+            key = col.detach().cpu().contiguous().numpy().tobytes()
+            if key not in merged:
+                merged[key] = [0.0, col, torch.zeros_like(w_out[m][:, i], dtype=torch.float64)]
+            merged[key][0] += imp
+            merged[key][2] += imp * w_out[m][:, i].double()
+    best = sorted(merged.values(), key=lambda t: -t[0])[:n]
+    new_in = torch.stack([c for _, c, _ in best], dim=1)
+    new_out = torch.stack([(acc / imp).to(w_out.dtype) for imp, _, acc in best], dim=1)
+    if new_in.shape[1] < n:  # fewer distinct neurons than a slot: pad with silent neurons
+        pad = n - new_in.shape[1]
+        new_in = torch.cat([new_in, new_in.new_zeros(new_in.shape[0], pad, new_in.shape[2])], 1)
+        new_out = torch.cat([new_out, new_out.new_zeros(new_out.shape[0], pad)], 1)
+    return new_in, new_out
+
+
+def _subspace(group: list[int], w: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Our port of Sub-MoE's subspace merging for one matrix kind, ``w (E, out, in)``: the joint SVD
+    of the members side by side, ``[W_1 … W_k] = U Σ [V_1ᵀ … V_kᵀ]``, keeps the shared left basis
+    ``U_r`` of one expert's rank r = min(out, in) and merges the expert-specific parts by frequency,
+    ``W = U_r Σ_r (Σ_i f_i V_{i,r})ᵀ = U_r U_rᵀ Σ_i f_i W_i``."""
+    mats = [w[m].double() for m in group]
+    u, _, _ = torch.linalg.svd(torch.cat(mats, dim=1), full_matrices=False)
+    r = min(mats[0].shape)
+    ur = u[:, :r]
+    avg = sum(float(fi) * mi for fi, mi in zip(f.tolist(), mats, strict=True))
+    return ur @ (ur.T @ avg)
 
 
 @torch.no_grad()
@@ -179,12 +266,38 @@ def refit_down(
     return out
 
 
+def _average(
+    group: list[int], w_in: torch.Tensor, w_out: torch.Tensor, wts: torch.Tensor, align: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MC-SMoE: members aligned to the dominant (first) member, then averaged with weights ``wts``."""
+    d = group[0]
+    acc_in = torch.zeros_like(w_in[d], dtype=torch.float64)
+    acc_out = torch.zeros_like(w_out[d], dtype=torch.float64)
+    for member, wt in zip(group, wts.tolist(), strict=True):
+        mi, mo = w_in[member], w_out[member]
+        if align and member != d:
+            mi, mo, _ = align_expert((w_in[d], w_out[d]), (mi, mo))
+        acc_in += wt * mi.double()
+        acc_out += wt * mo.double()
+    return acc_in, acc_out
+
+
+def _groups(
+    layer: MoELayer, s: LayerStats, n_groups: int, grouping: str, seed: int
+) -> list[list[int]]:
+    if grouping in ("hc", "kmeans"):
+        return cluster_groups(s, n_groups, expert_outputs(layer, s.sample), grouping, seed)
+    out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
+    return plan_groups(s, n_groups, grouping=grouping, seed=seed, output_cos=out_cos)  # type: ignore[arg-type]
+
+
 def _merge_layer(
     layer: MoELayer,
     s: LayerStats,
     n_groups: int,
     *,
     grouping: str,
+    combine: str,
     align: bool,
     weighting: str,
     refit: bool,
@@ -192,32 +305,25 @@ def _merge_layer(
     seed: int,
 ) -> dict[str, Any]:
     """Merged weights of one layer, computed without changing it (applied by :func:`merge_experts`)."""
-    out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
-    groups = plan_groups(
-        s,
-        n_groups,
-        grouping=grouping,  # type: ignore[arg-type]
-        seed=seed + layer.index,  # type: ignore[arg-type]
-        output_cos=out_cos,
-    )
+    groups = _groups(layer, s, n_groups, grouping, seed + layer.index)
     w_in, w_out = (t.detach() for t in layer.get_weights())
     f = {"frequency": s.counts, "router_weighted": s.weighted_counts}.get(weighting)
     f = torch.ones(s.num_routes, dtype=torch.float64) if f is None else f
+    importance = s.act_sq.to(w_out.device) * w_out.double().pow(2).sum(1)  # (E, I)
     new_in, new_out = [], []
     for group in groups:
-        d = group[0]
-        acc_in = torch.zeros_like(w_in[d], dtype=torch.float64)
-        acc_out = torch.zeros_like(w_out[d], dtype=torch.float64)
         wts = f[group] + 1e-12  # unused experts still count a little: no 0/0
         wts = wts / wts.sum()
-        for member, wt in zip(group, wts.tolist(), strict=True):
-            mi, mo = w_in[member], w_out[member]
-            if align and member != d:
-                mi, mo, _ = align_expert((w_in[d], w_out[d]), (mi, mo))
-            acc_in += wt * mi.double()
-            acc_out += wt * mo.double()
-        new_in.append(acc_in.to(w_in.dtype))
-        new_out.append(acc_out.to(w_out.dtype))
+        if combine == "union":
+            gi, go = _union(group, w_in, w_out, importance)
+        elif combine == "subspace":
+            p, i, h = w_in.shape[1:]
+            flat = w_in.reshape(w_in.shape[0], p * i, h)
+            gi, go = _subspace(group, flat, wts).reshape(p, i, h), _subspace(group, w_out, wts)
+        else:
+            gi, go = _average(group, w_in, w_out, wts, align)
+        new_in.append(gi.to(w_in.dtype))
+        new_out.append(go.to(w_out.dtype))
     emap = torch.empty(layer.num_routes, dtype=torch.long)
     for g, group in enumerate(groups):
         emap[group] = g
@@ -235,7 +341,8 @@ def merge_experts(
     *,
     num_experts: int | Mapping[str, int],
     budget: Literal["uniform", "global"] = "uniform",
-    grouping: Literal["router_logits", "outputs", "random"] = "router_logits",
+    grouping: Grouping = "router_logits",
+    combine: Literal["average", "union", "subspace"] = "average",
     align: bool = True,
     weighting: Literal["frequency", "router_weighted", "uniform"] = "frequency",
     refit: bool = True,
@@ -252,7 +359,12 @@ def merge_experts(
         stats: from :func:`moe.stats.collect_routing_stats` (bound to the weights by fingerprint).
         num_experts: experts kept per layer, or a mapping layer name -> count (see :mod:`moe.budget`).
         budget: ``"uniform"`` or ``"global"`` (``num_experts`` × layers split by frequency).
-        grouping: ``"router_logits"`` (MC-SMoE), ``"outputs"`` (HC-SMoE's signal) or ``"random"``.
+        grouping: ``"router_logits"`` (MC-SMoE), ``"outputs"`` (each member joins the dominant whose
+            outputs are most similar), ``"hc"`` (our HC-SMoE port), ``"kmeans"`` (our Sub-MoE
+            clustering port) or ``"random"``.
+        combine: ``"average"`` (MC-SMoE: align, then frequency-weighted average), ``"union"`` (ours:
+            the most important neurons of the members' union, see :func:`_union`; best with the
+            refit) or ``"subspace"`` (our Sub-MoE port, :func:`_subspace`).
         align: permute members onto their dominant expert before averaging (False: naive averaging).
         weighting: averaging weights — routing frequency, router-weighted frequency, or uniform.
         refit: after averaging, refit each merged expert's down projection by ridge regression on the
@@ -278,8 +390,10 @@ def merge_experts(
     stats.check(layers)
     if weighting not in ("frequency", "router_weighted", "uniform"):
         raise MoEError(f"weighting={weighting!r}; use 'frequency', 'router_weighted' or 'uniform'")
-    if grouping not in ("router_logits", "outputs", "random"):
-        raise MoEError(f"grouping={grouping!r}; use 'router_logits', 'outputs' or 'random'")
+    if grouping not in GROUPINGS:
+        raise MoEError(f"grouping={grouping!r}; use one of {GROUPINGS}")
+    if combine not in COMBINES:
+        raise MoEError(f"combine={combine!r}; use one of {COMBINES}")
     counts = resolve_budget(
         layers,
         num_experts,
@@ -294,6 +408,7 @@ def merge_experts(
                 stats[layer.name],
                 counts[layer.name],
                 grouping=grouping,
+                combine=combine,
                 align=align,
                 weighting=weighting,
                 refit=refit,
@@ -315,6 +430,7 @@ def merge_experts(
                     "groups": m["groups"],
                     "align": align,
                     "grouping": grouping,
+                    "combine": combine,
                     "refit": refit,
                 }
             )

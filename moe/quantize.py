@@ -33,6 +33,7 @@ from torch import nn
 
 from moe.experts import PackedExperts, fake_quantize
 from moe.layers import MoEError, MoELayer, apply_expert, check_layers, expert_bytes, find_moe_layers
+from moe.modeling import check_group_size
 from moe.plan import record
 from moe.stats import RoutingStats
 
@@ -210,6 +211,9 @@ def quantize_experts(
         raise MoEError(f"storage={storage!r}; use 'packed' or 'fake'")
     layers = find_moe_layers(model)
     check_layers(layers, writable=True)
+    for layer in layers:  # every layer's widths before the first changes
+        check_group_size(layer.hidden_size, group_size, f"layer {layer.name} gate/up projection")
+        check_group_size(layer.intermediate_size, group_size, f"layer {layer.name} down projection")
     if storage == "packed":
         if any(not layer.gated for layer in layers):
             raise MoEError("packed storage needs fused experts (not Switch); use storage='fake'")

@@ -83,7 +83,7 @@ class LayerStats:
         """(E,) entropy (nats) of each expert's activation mass a_t = g_t‖E(x_t)‖ over its tokens:
         ``H = log S - (Σ a log a) / S`` with ``S = Σ a``; 0 for unused experts."""
         s = self.mass.clamp_min(1e-30)
-        h = torch.log(s) - self.mass_log_mass / s
+        h = (torch.log(s) - self.mass_log_mass / s).clamp_min(0)  # >= 0; rounding can dip below
         return torch.where(self.mass > 0, h, torch.zeros_like(h))
 
     def nbytes(self) -> int:

@@ -38,6 +38,8 @@ __all__ = [
     "calibration",
     "distill_batches",
     "evaluate",
+    "generation_quality",
+    "greedy_continuations",
     "load_or_train",
     "make_task",
     "per_domain",
@@ -199,6 +201,47 @@ def evaluate(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 256) -> d
         correct += float((logits.argmax(-1) == target)[mask].sum())
         count += int(mask.sum())
     return {"accuracy": correct / count, "perplexity": math.exp(nll / count)}
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model: nn.Module, ids: torch.Tensor, *, prompt: int = 32, new: int = 32, batch_size: int = 128
+) -> torch.Tensor:
+    """(N, new) greedy continuations of the first ``prompt`` tokens of each row of ``ids``
+    (``model.generate`` with the KV cache, no sampling, no early stop)."""
+    model.eval()
+    out = []
+    for i in range(0, ids.shape[0], batch_size):
+        x = ids[i : i + batch_size, :prompt]
+        gen = model.generate(  # type: ignore[operator]
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+        )
+        out.append(gen[:, prompt:])
+    return torch.cat(out)
+
+
+def generation_quality(
+    model: nn.Module, ids: torch.Tensor, reference: torch.Tensor, *, prompt: int = 32
+) -> dict[str, float]:
+    """Free-running generation, the failure REAP (arXiv 2510.13999) attributes to merging: greedy
+    continuations of held-out prompts scored by the share of generated tokens equal to the real text
+    (``gen accuracy``) and to the uncompressed model's own greedy continuation ``reference``
+    (``gen agreement``), and the mean length of the prefix that agrees with it (``gen prefix``)."""
+    new = reference.shape[1]
+    gen = greedy_continuations(model, ids, prompt=prompt, new=new)
+    truth = ids[:, prompt : prompt + new]
+    same = gen == reference
+    prefix = torch.where(same.all(1), new, (~same).float().argmax(1)).float()
+    return {
+        "gen accuracy": float((gen[:, : truth.shape[1]] == truth).float().mean()),
+        "gen agreement": float(same.float().mean()),
+        "gen prefix": float(prefix.mean()),
+    }
 
 
 def train_subject(

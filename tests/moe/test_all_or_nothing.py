@@ -13,7 +13,7 @@ from moe.compress import compress_experts
 from moe.drop import drop_experts
 from moe.layers import MoEError, find_moe_layers
 from moe.merge import merge_experts
-from moe.plan import get_plan, replay
+from moe.plan import build_structure, get_plan
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
 from moe.tiny import tiny_batch, tiny_moe
@@ -160,14 +160,14 @@ def _plan_of(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> 
     return get_plan(m)
 
 
-def test_a_plan_that_fails_late_replays_nothing(subject) -> None:
+def test_a_plan_that_fails_late_builds_nothing(subject) -> None:
     model, batches, _ = subject
     plan = _plan_of(model, batches)
     bad = copy.deepcopy(plan)
     bad["ops"][-1]["expert_map"] = [0, 1, 2]  # the last op no longer fits; the first ones do
     m = copy.deepcopy(model)
-    _rejects(m, lambda: replay(m, bad), "does not fit")
-    replay(m, plan)  # the good plan replays
+    _rejects(m, lambda: build_structure(m, bad), "does not fit")
+    build_structure(m, plan)  # the good plan replays
     assert [layer.num_experts for layer in find_moe_layers(m)] == [3, 3]
 
 
@@ -175,17 +175,17 @@ def test_a_plan_for_another_architecture_or_type_is_rejected(subject) -> None:
     model, batches, _ = subject
     plan = _plan_of(model, batches)
     qwen = tiny_moe("qwen3_moe")
-    _rejects(qwen, lambda: replay(qwen, plan), "model_type 'mixtral'")
+    _rejects(qwen, lambda: build_structure(qwen, plan), "model_type 'mixtral'")
     wrong_arch = copy.deepcopy(plan)
     wrong_arch["base"]["model_type"] = None
-    _rejects(qwen, lambda: replay(qwen, wrong_arch), "architecture 'MixtralForCausalLM'")
+    _rejects(qwen, lambda: build_structure(qwen, wrong_arch), "architecture 'MixtralForCausalLM'")
     m = copy.deepcopy(model)
     _rejects(
         m,
-        lambda: replay(m, {"ops": [{"op": "explode", "layer": "model.layers.0.mlp"}]}),
+        lambda: build_structure(m, {"ops": [{"op": "explode", "layer": "model.layers.0.mlp"}]}),
         "unknown plan op",
     )
-    _rejects(m, lambda: replay(m, {"ops": "drop everything"}), "list 'ops'")
+    _rejects(m, lambda: build_structure(m, {"ops": "drop everything"}), "list 'ops'")
 
 
 def test_after_a_merge_the_config_agrees_with_every_weight(subject) -> None:
@@ -197,3 +197,17 @@ def test_after_a_merge_the_config_agrees_with_every_weight(subject) -> None:
         assert m.config.moe_experts_per_layer[layer.name] == layer.experts.gate_up_proj.shape[0]
         assert m.config.moe_experts_per_layer[layer.name] == layer.experts.down_proj.shape[0]
         assert m.config.moe_routes_per_layer[layer.name] == layer.num_routes
+
+
+@pytest.mark.parametrize("storage", ["packed", "fake"])
+@pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
+@pytest.mark.parametrize("group_size", [24, 1000, 0, True])
+def test_a_group_size_that_does_not_fit_changes_nothing(
+    storage: str, allocation: str, group_size: Any, subject
+) -> None:
+    model, _, stats = subject
+    m = copy.deepcopy(model)
+    call = lambda: quantize_experts(  # noqa: E731
+        m, stats, avg_bits=3.0, allocation=allocation, storage=storage, group_size=group_size
+    )
+    _rejects(m, call, "group_size")

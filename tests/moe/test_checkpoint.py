@@ -48,6 +48,8 @@ def _compress(tmp_path: Path, folder: Path, *sets: str) -> int:
         "seq_len=32",
         "--set",
         "merge_to=0",
+        "--set",
+        "tokenizer='bytes'",
     ]
     for s in sets:
         out += ["--set", s]
@@ -58,7 +60,10 @@ def _result(tmp_path: Path) -> Path:
     return sorted((tmp_path / "runs").glob("moe-compress-*"))[-1] / "compressed"
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize(
+    "family",
+    [f if f == "mixtral" else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES],
+)
 def test_drop_of_every_family_saves_a_stock_checkpoint(family: str, tmp_path: Path) -> None:
     import transformers
     from transformers import AutoConfig
@@ -102,7 +107,7 @@ def test_builtin_corpus_and_bytes_without_a_tokenizer() -> None:
     model = tiny_moe("mixtral", vocab=256)
     texts = calibration_texts("builtin", max_chars=20_000)
     assert any("def " in t for t in texts)
-    batches, how = text_batches(model, texts, sequences=4, seq_len=16)
+    batches, how = text_batches(model, texts, sequences=4, seq_len=16, tokenizer="bytes")
     assert "bytes" in how and batches[0]["input_ids"].shape == (4, 16)
     joined = "\n\n".join(texts).encode("utf-8")
     assert batches[0]["input_ids"][0].tolist() == list(joined[:16])
@@ -158,8 +163,35 @@ def test_mismatched_folders_are_clear_errors(
         calibration_texts(str(bad))
 
 
-def test_bf16_checkpoint_loads_as_float32(tmp_path: Path) -> None:
+def test_bf16_checkpoint_loads_as_float32_for_the_passes(tmp_path: Path) -> None:
     model = tiny_moe("mixtral", vocab=256).to(torch.bfloat16)
     model.save_pretrained(tmp_path / "bf16")
     loaded = load_moe_checkpoint(tmp_path / "bf16")
     assert next(loaded.parameters()).dtype == torch.float32
+    from moe.checkpoint import checkpoint_dtype
+
+    assert checkpoint_dtype(tmp_path / "bf16") == torch.bfloat16
+
+
+@pytest.mark.parametrize("sets", [("drop_to=6",), ("merge_to=4", "avg_bits=3.0")])
+def test_compress_keeps_a_bf16_checkpoint_bf16_and_reports_bytes_per_part(
+    sets: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moe.checkpoint import bytes_by_part
+    from moe.plan import load_compressed
+
+    folder = tmp_path / "bf16"
+    tiny_moe("mixtral", vocab=256).to(torch.bfloat16).save_pretrained(folder)
+    assert _compress(tmp_path, folder, *sets) == 0
+    out = capsys.readouterr().out
+    assert "torch.bfloat16" in out and "attention" in out
+    before, after = bytes_by_part(folder), bytes_by_part(_result(tmp_path))
+    kept = ("attention", "embeddings and head", "norms") + (
+        ("routers",) if "merge_to=4" in sets else ()
+    )
+    for part in kept:
+        assert after[part] == before[part] > 0, part  # bf16 in, bf16 out: nothing doubles
+    again = load_compressed(_result(tmp_path))
+    assert {p.dtype for p in again.parameters()} == {torch.bfloat16}
+    report = next((tmp_path / "runs").glob("moe-compress-*/report.md")).read_text()
+    assert "Bytes on disk per part" in report

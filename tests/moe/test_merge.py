@@ -94,7 +94,7 @@ def test_global_budget_and_bad_input_leave_model_unchanged() -> None:
         with pytest.raises(MoEError):
             merge_experts(model, stats, num_experts=bad)
     with pytest.raises(MoEError, match="grouping"):
-        merge_experts(model, stats, num_experts=4, grouping="kmeans")  # type: ignore[arg-type]
+        merge_experts(model, stats, num_experts=4, grouping="spectral")  # type: ignore[arg-type]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in snapshot.items())
     assert not hasattr(model.config, "moe_compression") or model.config.moe_compression is None
     out = merge_experts(model, stats, num_experts=4, budget="global")
@@ -117,3 +117,52 @@ def test_refit_lowers_the_layer_reconstruction_error() -> None:
         merge_experts(m, stats, num_experts=4, refit=refit)
         errs[refit] = float((find_moe_layers(m)[0].moe_forward(x) - ref).norm() / ref.norm())
     assert errs[True] < 0.8 * errs[False]
+
+
+@pytest.mark.parametrize(
+    ("grouping", "combine"),
+    [("router_logits", "union"), ("hc", "average"), ("kmeans", "subspace"), ("hc", "union")],
+)
+def test_every_grouping_and_combine_is_exact_on_identical_pairs(
+    grouping: str, combine: str
+) -> None:
+    """Pairs of identical experts: output clustering finds the pairs; averaging, the union's neuron
+    selection (duplicated neurons count once)
+    and the shared-subspace merge of a matrix with itself all reproduce the model."""
+    model = tiny_moe("mixtral")
+    _pair_up(model)
+    batches = [tiny_batch(model, seed=i) for i in range(2)]
+    before = [model(**b).logits for b in batches]
+    out = merge_experts(
+        model, collect_routing_stats(model, batches), num_experts=4, grouping=grouping,
+        combine=combine, refit=False,
+    )  # fmt: skip
+    for groups in out["groups"].values():
+        assert sorted(sorted(g) for g in groups) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    for b, y in zip(batches, before, strict=True):
+        assert (model(**b).logits - y).abs().max() < 1e-5
+
+
+def test_subspace_merge_is_the_projected_frequency_average() -> None:
+    """Independent check of our Sub-MoE port: U_r from numpy's SVD of the side-by-side matrices."""
+    from moe.merge import _subspace
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 12, 5, generator=g, dtype=torch.float64)
+    f = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    got = _subspace([0, 1, 2], w, f)
+    u = np.linalg.svd(np.concatenate(list(w.numpy()), axis=1))[0][:, :5]
+    avg = sum(fi * wi for fi, wi in zip(f.numpy(), w.numpy(), strict=True))
+    np.testing.assert_allclose(got.numpy(), u @ u.T @ avg, atol=1e-10)
+
+
+def test_union_keeps_original_neurons_ranked_by_importance() -> None:
+    from moe.merge import _union
+
+    w_in = torch.arange(2 * 2 * 4 * 3, dtype=torch.float64).reshape(2, 2, 4, 3)
+    w_out = torch.ones(2, 3, 4, dtype=torch.float64)
+    importance = torch.tensor([[9.0, 1, 8, 2], [7.0, 6, 0, 5]])
+    new_in, new_out = _union([0, 1], w_in, w_out, importance)
+    want = torch.stack([w_in[0][:, 0], w_in[0][:, 2], w_in[1][:, 0], w_in[1][:, 1]], dim=1)
+    assert torch.equal(new_in, want)
+    assert new_out.shape == (3, 4)
