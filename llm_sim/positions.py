@@ -31,8 +31,11 @@ count bits instead of reading the coupled token (both only when ``rng`` is given
   occur. (Steps of U{1..4} in every sequence, tried first, cover spans up to ~210 ids only:
   copying broke down past n ~ 20.)
 
-Evaluation uses no gap and steps U{1..eval_stride} from a fixed seed (``EVAL_SEED``), the same for
-every problem, so evaluation is deterministic.
+Evaluation puts the flips at the middle of the training gap range (a jump of gap // 2) and uses
+steps U{1..eval_stride} from a fixed seed (``EVAL_SEED``), the same for every problem, so
+evaluation is deterministic. (A jump of 0, used before, is the edge of the training range: the
+copy slots then sit next to the header's digits, and one seed in three copied digits into the
+bit strings at unseen n — named set 0.41 on its failing n at jump 0, 0.94-0.98 at 256 or 512.)
 
 The answer layout (``copy_len`` tokens that mirror FLIPS, then the rest) is a function of the
 prompt alone, so the ids of every answer slot are known before generation starts.
@@ -58,6 +61,7 @@ class PositionScheme:
 
     kind: str = "coupled"  # "coupled", "sequential" or "nope"
     gap: int = 1024  # training: random id jump U{0..gap} between the header and the first flip
+    # (evaluation: gap // 2, the middle of that range)
     stride: int = 32  # training: per sequence s ~ U{1..stride}, then id steps U{1..s} in FLIPS
     eval_stride: int = 2  # evaluation: id steps U{1..eval_stride} from a fixed seed
 
@@ -122,7 +126,7 @@ def position_ids(
         raise QHybridError("coupled positions need the prompt layout")
     f0, lp = layout.first_flip, layout.length
     draw = rng if rng is not None else random.Random(EVAL_SEED)
-    gap = rng.randint(0, scheme.gap) if rng is not None else 0
+    gap = rng.randint(0, scheme.gap) if rng is not None else scheme.gap // 2
     # training: each sequence draws its own largest step, so both dense and sparse ids occur
     stride = rng.randint(1, scheme.stride) if rng is not None else scheme.eval_stride
     ids = list(range(f0))

@@ -128,7 +128,9 @@ class SplitSpec:
     t_max: int  # most marked states (capped at 2**n - 1 per n)
     count: int  # problems in the split (records = count x renderings)
     off_optimal: float = 0.0  # share of problems with k from {0, k*//2, k*+1, 2k*} (else k*)
-    k_draw: str = "anchor"  # off-optimal k: "anchor" = the set above; "uniform" = U[0, 4 * 2**ceil(n/2))
+    k_draw: str = (
+        "anchor"  # off-optimal k: "anchor" = the set above; "uniform" = U[0, 4 * 2**ceil(n/2))
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_min <= self.n_max <= MAX_QUBITS:

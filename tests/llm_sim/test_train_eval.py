@@ -24,8 +24,8 @@ from llm_sim.positions import PositionScheme
 from llm_sim.training import LLMTrainConfig, read_splits, train_run
 from qhybrid.errors import QHybridError
 from quantum import GroverProblem, build_tokenizer
-from quantum.render import parse_compact
 from quantum.dataset import DatasetSpec, SplitSpec, generate_dataset
+from quantum.render import parse_compact
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 DATA = DatasetSpec(
@@ -90,6 +90,19 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     # resuming a finished run trains nothing and loads the saved model
     (again,) = train_run(cfg, tmp_path / "cut", resume=True, progress=False)
     assert again.result is None
+
+
+def test_same_config_seed_and_threads_give_bit_identical_weights_and_outputs(tmp_path):
+    """Training is a function of (config, seed, thread count); so is greedy evaluation."""
+    from llm_sim.evaluate import evaluate_model
+
+    cfg = replace(CONFIG, seeds=(0,), steps=6, task=TaskFormat(fmt="compact_scaled"))
+    runs = [train_run(cfg, tmp_path / name, progress=False)[0] for name in ("a", "b")]
+    files = [(r.path / "model.safetensors").read_bytes() for r in runs]
+    assert files[0] == files[1]
+    problems = [GroverProblem(n, ["0" * (n - 1) + "1"], k) for n, k in ((4, 1), (9, 3), (15, 0))]
+    outputs = [evaluate_model(r.model, r.tokenizer, cfg.task, problems) for r in runs]
+    assert [o["text"] for o in outputs[0]] == [o["text"] for o in outputs[1]]
 
 
 def test_evaluate_run_writes_tables_curves_and_plot(trained_run, tmp_path):
