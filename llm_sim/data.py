@@ -20,6 +20,12 @@ Answers (``TaskFormat.answer``):
   which :func:`~llm_sim.parse.parse_answer` fills in. Fixed-point digits keep their significance at
   every n; a scientific exponent (and p_rest, a cancellation far below anything seen at n <= 6)
   would not.
+- ``"marked_phase"``: the marked states, then the rotation as a chain-of-thought step, then the
+  success probability P = t p_marked: ``marked 0 1 1 0 1 marked 1 0 0 1 0 phase 0 . 4 8 2
+  p_success 0 . 9 4 5 3``. The phase frac((2k+1) theta / pi) (:func:`phase_text`) is close to
+  linear in the ``compact_scaled`` register's window for a given t, and P = sin^2(pi phase) is one
+  function shared by every n and t, so each step is a simpler map than window -> P; the parser
+  reads only P (each marked state P / t, the others (1 - P) / (N - t)), never the phase.
 - ``"closed"``: ``quantum.render(problem, "answer")``, both numbers in scientific notation
   (``... p_marked 4 . 8 0 6 6 e - 0 1 p_rest 1 . 2 8 9 4 e - 0 3``), the earlier default;
 - ``"dict"``: ``{'000': 0.007813, ..., '101': 0.9453, ...}`` over all 2^n states (n <= 6);
@@ -33,6 +39,7 @@ random gap and strides afresh every epoch from ``(seed, epoch)``.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,8 +66,8 @@ __all__ = [
 
 PROMPTS = ("compact", "compact_scaled", "qasm3")
 _COMPACT_PROMPTS = ("compact", "compact_scaled")
-ANSWERS = ("marked_p", "closed", "dict", "anchor")
-_COPY_ANSWERS = ("marked_p", "closed")  # answers that start by mirroring the flip blocks
+ANSWERS = ("marked_p", "marked_phase", "closed", "dict", "anchor")
+_COPY_ANSWERS = ("marked_p", "marked_phase", "closed")  # answers that start with the flip blocks
 
 
 class DataError(QHybridError):
@@ -70,8 +77,8 @@ class DataError(QHybridError):
 @dataclass(frozen=True)
 class TaskFormat:
     fmt: str = "compact"  # prompt: "compact", "compact_scaled" (k on the sqrt(N) scale) or "qasm3"
-    answer: str = "marked_p"  # "marked_p", "closed", "dict" or "anchor" (see module docstring)
-    digits: int = 4  # decimals of p_marked in "marked_p" answers
+    answer: str = "marked_p"  # "marked_p", "marked_phase", "closed", "dict" or "anchor"
+    digits: int = 4  # decimals of p_marked ("marked_p") or p_success ("marked_phase")
     positions: PositionScheme = field(default_factory=PositionScheme)  # position ids
 
     def __post_init__(self) -> None:
@@ -118,9 +125,13 @@ def answer_text(problem: Any, task: TaskFormat) -> str:
 
         return " " + anchor_reasoning(problem)
     dist = two_level(problem)
+    blocks = " ".join(f"marked {' '.join(s)}" for s in problem.marked)
     if task.answer == "marked_p":
-        blocks = " ".join(f"marked {' '.join(s)}" for s in problem.marked)
         return f" {blocks} p_marked {' '.join(f'{dist.p_marked_each:.{task.digits}f}')}"
+    if task.answer == "marked_phase":
+        return f" {blocks} phase {' '.join(phase_text(problem))} p_success " + " ".join(
+            f"{dist.success_probability:.{task.digits}f}"
+        )
     if problem.n_qubits > 6:
         raise DataError(
             f"dict answers list all 2^n states; n_qubits={problem.n_qubits} > 6 is too long, use "
@@ -129,6 +140,18 @@ def answer_text(problem: Any, task: TaskFormat) -> str:
     states = (format(i, f"0{problem.n_qubits}b") for i in range(2**problem.n_qubits))
     items = [f"'{s}': {dist.probability(s):.4g}" for s in states]
     return " {" + ", ".join(items) + "}"
+
+
+def phase_text(problem: Any, decimals: int = 3) -> str:
+    """The rotation in half-turns, frac((2k + 1) asin(sqrt(t/N)) / pi), truncated: ``0.482``.
+
+    P = sin^2(pi * phase) is the success probability, so the phase is the one number the
+    ``marked_phase`` answer derives P from; truncation (not rounding) keeps it below 1.
+    """
+    n, t, k = problem.n_qubits, problem.n_marked, problem.iterations
+    turns = (2 * k + 1) * math.asin(math.sqrt(t / 2**n)) / math.pi
+    scaled = math.floor((turns - math.floor(turns)) * 10**decimals)
+    return f"0.{scaled:0{decimals}d}"
 
 
 def k_regime(problem: Any) -> str:

@@ -91,6 +91,7 @@ def max_new_tokens(problems: Sequence[Any], task: TaskFormat, tokenizer: Any) ->
     """Generation budget per problem from its n, t and the answer format, never from its answer.
 
     ``marked_p``: t blocks of ``marked`` + n bits, ``p_marked``, ``0 .`` and ``digits`` digits;
+    ``marked_phase``: the same blocks, ``phase 0 . ddd`` and ``p_success``, ``0 .``, ``digits``;
     ``closed``: the same blocks and two numbers of ``d . dddd e - dd`` (10 tokens each) with their
     keywords; ``dict`` / ``anchor``: the answer of the problem with the same n, t and k whose
     marked states are the t smallest (the most ``x`` gates and zeros). Plus :data:`SLACK`.
@@ -102,6 +103,8 @@ def max_new_tokens(problems: Sequence[Any], task: TaskFormat, tokenizer: Any) ->
         n, t = p.n_qubits, p.n_marked
         if task.answer == "marked_p":
             need = t * (n + 1) + 3 + task.digits
+        elif task.answer == "marked_phase":
+            need = t * (n + 1) + 6 + 3 + task.digits
         elif task.answer == "closed":
             need = t * (n + 1) + 2 * 11
         else:

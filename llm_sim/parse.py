@@ -5,7 +5,8 @@ Two answer forms are understood:
 - closed form (ours, exact for any n): ``marked=01101,10010 p_each=0.48066 rest_each=0.0012894``,
   or the token form ``marked 0 1 1 0 1 marked 1 0 0 1 0 p_marked 0 . 4 8 0 7`` with an optional
   ``p_rest <number>``; without it every unlisted state gets (1 - t p_marked) / (2^n - t), the
-  two-level form's normalisation. Whitespace anywhere is ignored, so a tokenizer's ``decode`` that
+  two-level form's normalisation; or ``marked ... phase 0 . 4 8 2 p_success 0 . 9 4 5 3``: the
+  success probability P, each marked state P / t (the phase is the model's working, not read). Whitespace anywhere is ignored, so a tokenizer's ``decode`` that
   spaces its tokens still parses;
 - a probability dict (GroverGPT-2, also the tail of its chain-of-thought text):
   ``{'0110': 0.9613, '0000': 0.0026}``; the last dict in the text is used, unlisted states get 0.
@@ -31,6 +32,8 @@ _CLOSED = re.compile(
 _QANSWER = re.compile(
     rf"(?P<marked>(?:marked[01]+)+)p_marked(?P<p>{_NUM})(?:p_rest(?P<rest>{_NUM}))?"
 )
+# marked 0 1 1 marked 1 0 0 phase 0 . 4 8 2 p_success 0 . 9 4 5 3 (the phase is not read)
+_PANSWER = re.compile(rf"(?P<marked>(?:marked[01]+)+)phase{_NUM}p_success(?P<total>{_NUM})")
 _DICT = re.compile(r"\{[^{}]*\}")
 _ENTRY = re.compile(rf"['\"]?\s*([01]+)\s*['\"]?\s*:\s*({_NUM})")
 
@@ -80,7 +83,7 @@ def _parse(text: object) -> Prediction:
     if not text.strip():
         return _fail("empty")
     squeezed = re.sub(r"\s+", "", text)
-    m = _CLOSED.search(squeezed) or _QANSWER.search(squeezed)
+    m = _CLOSED.search(squeezed) or _QANSWER.search(squeezed) or _PANSWER.search(squeezed)
     if m:
         states = [s for s in re.split(r"marked|,", m.group("marked")) if s]
         if len({len(s) for s in states}) != 1:
@@ -89,8 +92,12 @@ def _parse(text: object) -> Prediction:
             return _fail("duplicate_state")
         n, t = len(states[0]), len(states)
         rest: float | None = None
-        p = _number(m.group("p"))
-        if m.group("rest") is not None:
+        if "total" in m.re.groupindex:  # the success probability P: each marked state P / t
+            total = _number(m.group("total"))
+            p = total / t if total is not None and total <= 1 else total  # P > 1: refused below
+        else:
+            p = _number(m.group("p"))
+        if m.groupdict().get("rest") is not None:
             rest = _number(m.group("rest"))
         elif p is not None:  # the two-level normalisation (every state listed: nothing left)
             rest = max(0.0, 1.0 - t * p) / (2.0**n - t) if 2**n > t else 0.0

@@ -254,10 +254,10 @@ class DatasetInfo:
 
 def draw_iterations(n_qubits: int, n_marked: int, how: str, rng: np.random.Generator) -> int:
     """A non-optimal k: from :func:`off_optimal_iterations` (``"anchor"``), or uniform over
-    [0, 4 * 2**ceil(n/2)) (``"uniform"``: every value of a ``compact_scaled`` register with two
-    integer bits, about 2.5 k* at t = 1), which may also hit k*."""
+    [0, 2 * 2**ceil(n/2)) (``"uniform"``: x = k / 2**ceil(n/2) < 2 in the ``compact_scaled``
+    register, past 2 k* + 1 at every n and t), which may also hit k*."""
     if how == "uniform":
-        return int(rng.integers(0, 4 * 2 ** ((n_qubits + 1) // 2)))
+        return int(rng.integers(0, 2 * 2 ** ((n_qubits + 1) // 2)))
     choices = off_optimal_iterations(n_qubits, n_marked)
     return choices[int(rng.integers(len(choices)))]
 

@@ -19,20 +19,22 @@ Formats of :func:`render`:
   read as: n qubits, H on all, repeat k times { oracle of the given style that flips the phase of
   each listed basis state (bits in Qiskit order, qubit 0 last), diffuser }, measure all. Length is
   9 + digits(n) + digits(k) + t (n + 1) tokens: O(n t), independent of k.
-- ``"compact_scaled"``: the same circuit with both numbers in binary and the iteration count on the
-  scale of Grover's rotation, so that a model reads k relative to sqrt(2**n)::
+- ``"compact_scaled"``: the same circuit with the iteration count on the scale of Grover's
+  rotation, so that a model reads k relative to sqrt(2**n)::
 
-      qubits 1 0 1 h oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse repeat | 1 1 0 : 0 0 measure
+      h oracle x_mcz_x flip 0 1 1 0 1 flip 1 0 0 1 0 diffuse repeat | 3 : 0 measure
 
-  ``qubits`` is n in binary (most significant bit first). ``repeat`` is followed by the register of
-  :func:`scaled_register`: x = k / 2**c with c = ceil(n/2), least significant bit first, its c
-  fraction bits, then the point, then at least two integer bits. The point is ``.`` for even n
-  (x = k / sqrt(N)) and ``:`` for odd n (x = k / sqrt(2N)); ``|`` sits before the three leading
-  fraction bits, the window that carries the rotation angle at every n >= 5. Why: the success
-  probability sin^2((2k+1) asin sqrt(t/N)) -> sin^2(2 x sqrt(t) + ...) depends on k only through
-  x, so the six tokens between ``|`` and ``measure`` mean the same at n = 6 and at n = 60, while the
-  lower fraction bits (only present from n = 7) move the angle by less than one step of n = 6's
-  grid. Length 11 + bits(n) + t (n + 1) + c + max(2, bits(k >> c)): O(n t).
+  ``repeat`` is followed by the register of :func:`scaled_register`: x = k / 2**c with
+  c = ceil(n/2) as a fixed-point number whose last three fraction bits form one octal digit:
+  the fraction bits below them in binary (least significant first, present from n = 7), ``|``,
+  the octal digit F, the point, then the integer part I in decimal, so x = I + F / 8 + the low
+  bits. The point is ``.`` for even n (x = k / sqrt(N)) and ``:`` for odd n (x = k / sqrt(2N)).
+  n is not written as a number: it is the length of each flip block (and c with the point's
+  parity). Why: the success probability sin^2((2k+1) asin sqrt(t/N)) -> sin^2(2 x sqrt(t) + ...)
+  depends on k only through x, so ``F <point> I`` means the same rotation at n = 6 and at
+  n = 60, and a model reads it as three content tokens (no bit counting); the low bits, absent
+  at n <= 6, move the angle by less than one step of n = 6's grid. Length
+  9 + t (n + 1) + max(0, c - 3) + digits(I): O(n t).
 - ``"answer"``: the exact distribution in its two-level closed form (see
   :class:`~quantum.simulate.TwoLevelDistribution`), same token conventions::
 
@@ -74,7 +76,7 @@ FORMATS = (
     "answer",
     "answer_anchor",
 )
-WINDOW = 3  # fraction bits after the register's "|": the resolution of n = 5 and 6
+WINDOW = 3  # fraction bits in the register's octal digit: the resolution of n = 5 and 6
 _HEADER = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 
 
@@ -170,29 +172,31 @@ def _compact(problem: GroverProblem) -> str:
 
 
 def scaled_register(n_qubits: int, k: int) -> str:
-    r"""k as the binary fixed-point number x = k / 2**c, c = ceil(n/2), least significant bit first.
+    r"""k as the fixed-point number x = k / 2**c, c = ceil(n/2): ``<low bits> | F <point> I``.
 
-    The c fraction bits come first (the lowest first), with ``|`` before the top :data:`WINDOW` of
-    them, then the point (``.`` for even n, ``:`` for odd n), then the integer bits, at least two.
-    Exact for every k >= 0: ``parse_compact`` reads k back.
+    F is the octal digit of x's first three fraction bits (zero-padded when c < 3), the bits
+    below it follow in binary, least significant first, before ``|``; I is x's integer part in
+    decimal; the point is ``.`` for even n and ``:`` for odd n. Exact for every k >= 0:
+    ``parse_compact`` reads k back.
 
-    >>> scaled_register(20, 804)  # 804 / 1024 = 0.1100100100 in binary
-    '0 0 1 0 0 1 0 | 0 1 1 . 0 0'
-    >>> scaled_register(3, 5)  # 5 / 4 = 1.01: fraction bits 1 0, integer 1 0 (LSB first)
-    '| 1 0 : 1 0'
+    >>> scaled_register(20, 804)  # 804 / 2^10 = 0.110 0100100 in binary: F = 6, low bits LSB first
+    '0 0 1 0 0 1 0 | 6 . 0'
+    >>> scaled_register(3, 5)  # 5 / 4 = 1.01 in binary: F = 010 = 2, I = 1
+    '| 2 : 1'
     """
     c = (n_qubits + 1) // 2
-    frac = format(k % 2**c, f"0{c}b")[::-1] if c else ""
-    whole = format(k >> c, "02b")[::-1]
-    low, top = frac[: max(0, c - WINDOW)], frac[max(0, c - WINDOW) :]
+    frac = k % 2**c
+    low_bits = max(0, c - WINDOW)
+    octal = (frac >> low_bits) if low_bits else frac << (WINDOW - c)
+    low = format(frac % 2**low_bits, f"0{low_bits}b")[::-1] if low_bits else ""
     point = "." if n_qubits % 2 == 0 else ":"
-    return " ".join([*low, "|", *top, point, *whole])
+    return " ".join([*low, "|", str(octal), point, *str(k >> c)])
 
 
 def _compact_scaled(problem: GroverProblem) -> str:
     flips = " ".join(f"flip {_spaced(s)}" for s in problem.marked)
     return (
-        f"qubits {_spaced(format(problem.n_qubits, 'b'))} h oracle {problem.oracle_style} {flips} "
+        f"h oracle {problem.oracle_style} {flips} "
         f"diffuse repeat {scaled_register(problem.n_qubits, problem.iterations)} measure"
     )
 
@@ -201,8 +205,8 @@ _COMPACT_RE = re.compile(
     r"qubits((?: \d)+) h repeat((?: \d)+) oracle (\S+)((?: flip(?: [01])+)+) diffuse end measure$"
 )
 _SCALED_RE = re.compile(
-    r"qubits((?: [01])+) h oracle (\S+)((?: flip(?: [01])+)+) diffuse repeat((?: [01])*) \|"
-    r"((?: [01])*) ([.:])((?: [01])+) measure$"
+    r"h oracle (\S+)((?: flip(?: [01])+)+) diffuse repeat((?: [01])*) \| ([0-7]) ([.:])((?: \d)+) "
+    r"measure$"
 )
 
 
@@ -218,15 +222,23 @@ def parse_compact(text: str) -> GroverProblem:
         n, k = int(m.group(1).replace(" ", "")), int(m.group(2).replace(" ", ""))
         style, flips = m.group(3), m.group(4)
     elif (m := _SCALED_RE.match(text)) is not None:
-        n, style, flips = int(m.group(1).replace(" ", ""), 2), m.group(2), m.group(3)
-        low, top, point, whole = (m.group(i).replace(" ", "") for i in (4, 5, 6, 7))
+        style, flips = m.group(1), m.group(2)
+        low, octal, point, whole = (m.group(i).replace(" ", "") for i in (3, 4, 5, 6))
+        n = len(flips.split("flip")[1].split())
         c = (n + 1) // 2
-        if len(low) + len(top) != c or point != ".:"[n % 2] or len(top) != min(c, WINDOW):
-            raise GroverProblemError(f"the register of {text!r} does not fit n={n}")
-        k = int((whole[::-1] + (low + top)[::-1]) or "0", 2)
+        frac = int(octal) << len(low) | int(low[::-1] or "0", 2)
+        if c < WINDOW:  # the octal digit carries zero padding below the c fraction bits
+            frac, pad = divmod(int(octal), 2 ** (WINDOW - c))
+        if len(low) != max(0, c - WINDOW) or point != ".:"[n % 2] or (c < WINDOW and pad):
+            raise GroverProblemError(f"the register of {text[:80]!r} does not fit n = {n}")
+        if len(whole) > 1 and whole[0] == "0":
+            raise GroverProblemError(f"the integer part of {text[:80]!r} has a leading zero")
+        k = int(whole) << c | frac
     else:
         raise GroverProblemError(f"{text[:80]!r} is not a compact or compact_scaled rendering")
     rows = [r.replace(" ", "") for r in flips.split("flip") if r.strip()]
+    if any(len(r) != n for r in rows):
+        raise GroverProblemError(f"the flip blocks of {text[:80]!r} do not have {n} bits")
     return GroverProblem(n, rows, k, style)
 
 

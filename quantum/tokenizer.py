@@ -107,6 +107,8 @@ _SYMBOLS = tuple(";,.{}[]()@=+-*/:\"'<>!&|~^")
 _NUMBERED = tuple(
     g + "_" for g in (*_SYNTHESISED, "h", "rz", "ry", "Oracle", "Diffuser", "unitary", "ucrz")
 )
+# Added later, at the end: the keywords of llm_sim's ``marked_phase`` answer.
+_PHASE_ANSWER = ("phase", "p_success")
 VOCAB: tuple[str, ...] = tuple(
     dict.fromkeys(
         SPECIAL_TOKENS
@@ -118,6 +120,7 @@ VOCAB: tuple[str, ...] = tuple(
         + _QISKIT_NAMES
         + _SYMBOLS
         + _NUMBERED
+        + _PHASE_ANSWER
     )
 )
 

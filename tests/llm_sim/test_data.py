@@ -20,7 +20,7 @@ def tokens(example) -> list[str]:
     return TOK.convert_ids_to_tokens(example.input_ids)
 
 
-@pytest.mark.parametrize("answer", ["marked_p", "closed"])
+@pytest.mark.parametrize("answer", ["marked_p", "marked_phase", "closed"])
 def test_compact_answers_parse_back_to_the_truth(answer):
     p = GroverProblem(5, ["01101", "10010"])
     text = answer_text(p, TaskFormat(answer=answer))
@@ -129,8 +129,8 @@ def test_scaled_register_and_number_keep_unit_steps(seed):
         ids = position_ids(layout, len(toks), PositionScheme(gap=40, stride=9), rng)
         number = ids[layout.register : layout.length] + ids[layout.length + layout.copy_len - 1 :]
         assert number == list(range(number[0], number[0] + len(number)))
-        window = toks[toks.index("|") : layout.length]  # | f3 f2 f1 point i0 i1 measure
-        assert len(window) == 8
+        window = toks[toks.index("|") : layout.length]  # | F point I measure
+        assert len(window) == 5
     assert prompt_layout(tokens(encode_example(p, TOK, TaskFormat()))).register is None
 
 
@@ -206,3 +206,28 @@ def test_packed_batches_give_the_unpacked_loss_and_gradients(arch):
     for key in ea:
         assert ea[key] == pytest.approx(eb[key], rel=1e-5)
     assert max(float((a - b).abs().max()) for a, b in zip(ga, gb, strict=True)) < 1e-5
+
+
+def test_phase_answer_is_the_rotation_and_only_p_success_is_scored():
+    """phase = frac((2k+1) asin(sqrt(t/N)) / pi), truncated; P = sin^2(pi phase); the parser reads P."""
+    import math
+
+    from llm_sim.data import phase_text
+
+    for n, t, k in [(5, 2, 3), (6, 1, 40), (3, 3, 7), (20, 1, 804), (60, 6, 2**29)]:
+        p = GroverProblem(n, [format(i, f"0{n}b") for i in range(t)], k)
+        phase = float(phase_text(p))
+        theta = math.asin(math.sqrt(t / 2**n))
+        turns = (2 * k + 1) * theta / math.pi
+        assert 0 <= turns - math.floor(turns) - phase < 1e-3
+        success = math.sin(math.pi * phase) ** 2
+        assert abs(success - math.sin((2 * k + 1) * theta) ** 2) < 2 * math.pi * 1e-3
+    assert phase_text(GroverProblem(2, ["01"], 1)) == "0.500"  # theta = pi / 6: 3 theta = pi / 2
+    p = GroverProblem(5, ["01101", "10010"])
+    right = parse_answer("marked 0 1 1 0 1 marked 1 0 0 1 0 phase 0 . 5 6 3 p_success 0 . 9 6 1 3")
+    wrong_phase = parse_answer(
+        "marked 0 1 1 0 1 marked 1 0 0 1 0 phase 0 . 1 p_success 0 . 9 6 1 3"
+    )
+    assert score(right, p) == score(wrong_phase, p)
+    assert right["01101"] == pytest.approx(0.9613 / 2)
+    assert parse_answer("marked 0 1 phase 0 . 1 p_success 1 . 5").reason == "probability_above_one"

@@ -154,25 +154,23 @@ def test_unknown_format_is_a_qhybrid_error():
         render(GroverProblem(2, ["01"]), "qasm2")
 
 
-def test_scaled_register_is_k_over_two_to_the_half_n_lsb_first():
+def test_scaled_register_is_k_over_two_to_the_half_n():
     from quantum.render import scaled_register
 
-    # 804 / 2^10 = 0.1100100100b: fraction bits LSB first, "|" before the top three, point, integer
-    assert scaled_register(20, 804) == "0 0 1 0 0 1 0 | 0 1 1 . 0 0"
-    assert scaled_register(5, 3) == "| 1 1 0 : 0 0"  # odd n: ":" and c = 3
-    assert scaled_register(2, 7) == "| 1 . 1 1"  # 7 / 2 = 11.1b
-    assert scaled_register(6, 2**10 + 1) == "| 1 0 0 . 0 0 0 0 0 0 0 1"  # more integer bits
+    # 804 / 2^10 = 0.110 0100100b: octal digit 6, the seven bits below it LSB first, I = 0
+    assert scaled_register(20, 804) == "0 0 1 0 0 1 0 | 6 . 0"
+    assert scaled_register(5, 3) == "| 3 : 0"  # odd n: ":"; 3 / 8 = 0.011b
+    assert scaled_register(2, 7) == "| 4 . 3"  # 7 / 2 = 3.1b: the one fraction bit, zero-padded
+    assert scaled_register(6, 2**10 + 1) == "| 1 . 1 2 8"  # 1025 / 8 = 128.125
     for n in (2, 5, 6, 7, 20, 60):
         c = (n + 1) // 2
         for k in (0, 1, 5, 2**c - 1, 3 * 2**c + 1, 2**40 + 3):
-            words = scaled_register(n, k).split()
-            bits = [w for w in words if w in "01"]
-            point = words.index(".:"[n % 2])
-            frac, whole = bits[:c], bits[c:]
-            value = sum(int(b) * 2.0 ** (i - c) for i, b in enumerate(frac))
-            value += sum(int(b) * 2.0**i for i, b in enumerate(whole))
+            low, rest = scaled_register(n, k).split("|")
+            octal, point, *whole = rest.split()
+            value = int("".join(whole)) + int(octal) / 8
+            value += sum(int(b) * 2.0 ** (i - c) for i, b in enumerate(low.split()))
             assert value == pytest.approx(k / 2**c, rel=1e-12)
-            assert words.index("|") == max(0, c - 3) and point == c + 1 and len(whole) >= 2
+            assert point == ".:"[n % 2] and len(low.split()) == max(0, c - 3)
 
 
 def test_scaled_window_carries_the_rotation_at_every_n():
@@ -212,10 +210,12 @@ def test_compact_renderings_parse_back_exactly():
     "text",
     [
         "",
-        "qubits 1 1 h oracle x_mcz_x flip 0 1 1 diffuse repeat | 1 . 0 0 measure",  # "." for odd n
-        "qubits 1 1 h oracle x_mcz_x flip 0 1 1 diffuse repeat | 1 1 1 : 0 0 measure",  # c = 2, not 3
-        "qubits 1 1 h oracle x_mcz_x flip 0 1 1 diffuse repeat 1 : 0 0 measure",  # no "|"
-        "qubits 1 1 h oracle x_mcz_x flip 0 1 diffuse repeat | 1 1 : 0 0 measure",  # 2 bits, n = 3
+        "h oracle x_mcz_x flip 0 1 1 diffuse repeat | 1 . 0 measure",  # "." for odd n
+        "h oracle x_mcz_x flip 0 1 1 diffuse repeat 1 | 1 : 0 measure",  # low bits at c = 2
+        "h oracle x_mcz_x flip 0 1 1 diffuse repeat | 1 : 0 measure",  # octal 1 = 0.001: c = 2
+        "h oracle x_mcz_x flip 0 1 1 diffuse repeat | 8 : 0 measure",  # not an octal digit
+        "h oracle x_mcz_x flip 0 1 1 diffuse repeat | 2 : 0 1 measure",  # leading zero
+        "h oracle x_mcz_x flip 0 1 1 flip 0 1 diffuse repeat | 2 : 0 measure",  # ragged blocks
         "qubits 3 h repeat 1 oracle x_mcz_x flip 0 1 1 diffuse end",  # truncated
     ],
 )
