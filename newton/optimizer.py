@@ -75,6 +75,7 @@ def _check_settings(s: dict[str, Any]) -> None:
     check_number("lr", s["lr"], low=0, open_low=True)
     check_number("damping", s["damping"], low=0, open_low=True)
     check_number("min_damping", s["min_damping"], low=0)
+    check_number("damping_floor", s["damping_floor"], low=0, high=1, open_high=True)
     if s["kappa_target"] is not None:
         check_number("kappa_target", s["kappa_target"], low=1, open_low=True)
     check_choice("curvature", s["curvature"], ("ggn", "fisher", "hessian"))
@@ -99,6 +100,38 @@ def _check_settings(s: dict[str, Any]) -> None:
             raise BadValueError(f"{flag}={s[flag]!r} must be True or False")
 
 
+def _check_scalar_loss(model: nn.Module, batches: list[Any], loss_fn: Callable[..., Any]) -> None:
+    """Raise :class:`BadValueError` when ``loss_fn`` does not return a scalar (one forward pass)."""
+    with torch.no_grad():
+        out = loss_fn(model, batches[0])
+    loss = out[0] if isinstance(out, tuple) else out
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise BadValueError(
+            f"loss_fn returned {shape}, not a scalar; QNewton needs the mean loss of the batch "
+            "(reduce it with .mean()). No weight was changed"
+        )
+
+
+def _block_summary(block_info: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-step summary of the solves: kappas, backends, CG iterations."""
+    kappas = [b["kappa"] for b in block_info if b["kappa"] is not None]
+    backends: dict[str, int] = {}
+    for b in block_info:
+        backends[b["backend"]] = backends.get(b["backend"], 0) + 1
+    return {
+        "kappa_max": max(kappas) if kappas else math.nan,
+        "kappa_median": float(np.median(kappas)) if kappas else math.nan,
+        "kappa_undamped_max": max(
+            (b["kappa_undamped"] for b in block_info if b["kappa"] is not None), default=1.0
+        ),
+        "blocks": len(block_info),
+        "method": "hessian_free" if block_info[0]["backend"] == "hessian_free" else "blocks",
+        "cg_iterations": sum(int(b.get("iterations") or 0) for b in block_info),
+        "backends": backends,
+    }
+
+
 class QNewton(torch.optim.Optimizer):
     """Damped block-Newton optimizer with a classical/quantum solve scheduler.
 
@@ -120,8 +153,11 @@ class QNewton(torch.optim.Optimizer):
         sparsify: prune each dense block with the sparsest PD-safe symmetric mask.
         dense_max: blocks up to this size are formed densely; larger ones are matrix-free (CG).
         kappa_matvecs: Lanczos products for blocks without an exact spectrum.
-        min_damping: floor of the Levenberg-Marquardt damping (mini-batch steps overfit their
-            batch when delta shrinks too far).
+        min_damping: absolute floor of the Levenberg-Marquardt damping.
+        damping_floor: floor of the damping relative to the curvature scale ``s`` (the largest
+            curvature seen so far): ``delta >= damping_floor * s``. Mini-batch Newton steps
+            overfit their batch, and grow without bound once the loss is tiny, when delta
+            shrinks too far.
         exact_kappa_below: blocks up to this size get exact ``eigvalsh`` spectra; larger ones Lanczos.
         curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
             None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
@@ -167,6 +203,7 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: int | None = None,
         exact_kappa_below: int = 128,
         min_damping: float = 1e-8,
+        damping_floor: float = 0.01,
         method: Method = "auto",
         hessian_free_above: int = 1000,
         cg_max_iter: int = 10,
@@ -174,11 +211,22 @@ class QNewton(torch.optim.Optimizer):
         precondition: bool = True,
     ) -> None:
         _check_settings(locals())
+        params = list(params)  # type: ignore[assignment]
         defaults = {"lr": lr, "damping": damping}
+        if not params:
+            raise BadValueError(
+                "QNewton got no parameters (an empty params list, e.g. a model without weights); "
+                "pass model.parameters() of a model that has some"
+            )
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise NewtonError(
                 "QNewton takes one param group (its curvature couples all parameters)"
+            )
+        if not self._params():
+            raise BadValueError(
+                "QNewton got parameters, but none requires a gradient (all frozen); unfreeze "
+                "the ones to train (requires_grad_(True))"
             )
         self._scheduler_given = scheduler is not None
         self.scheduler = scheduler or Scheduler()
@@ -198,6 +246,7 @@ class QNewton(torch.optim.Optimizer):
         self.curvature_batch = curvature_batch
         self.exact_kappa_below = exact_kappa_below
         self.min_damping = min_damping
+        self.damping_floor = damping_floor
         if method == "hessian_free" and (sparsify or kappa_target is not None):
             raise BadValueError(
                 "sparsify and kappa_target act on the block solves; use method='blocks' (or "
@@ -217,7 +266,8 @@ class QNewton(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------------------------
     def _params(self) -> list[torch.Tensor]:
-        return [p for p in self.param_groups[0]["params"]]
+        """The parameters QNewton moves: those of the group that require a gradient."""
+        return [p for p in self.param_groups[0]["params"] if p.requires_grad]
 
     @staticmethod
     def _closure_parts(closure: Any) -> tuple[nn.Module, list[Any], Callable[..., Any]]:
@@ -256,24 +306,12 @@ class QNewton(torch.optim.Optimizer):
         if closure is None:
             raise NewtonError("QNewton.step needs a closure (the training loop passes one)")
         model, batches, loss_fn = self._closure_parts(closure)
-        t_start = time.perf_counter()
-        with torch.enable_grad():
-            loss_t = closure()
-        loss = float(loss_t)
         params = self._params()
-        if not math.isfinite(loss):
-            raise NonFiniteError(f"loss is {loss}; QNewton refuses to step (weights unchanged)")
-        grads = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
-        ]
-        g_t = torch.cat(grads).detach()
-        if not torch.isfinite(g_t).all():
-            raise NonFiniteError(
-                "the gradient has NaN or infinite entries; QNewton refuses to step (weights "
-                "unchanged). Check the data, lower lr, or raise damping"
-            )
+        t_start = time.perf_counter()
+        loss_t, g_t = self._loss_and_gradient(closure, model, batches, loss_fn, params)
+        loss = float(loss_t)
         group = self.param_groups[0]
-        lr, delta_lm = float(group["lr"]), float(group["damping"])
+        lr, delta = float(group["lr"]), float(group["damping"])
         theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
         # (2)-(3) curvature and the damped solve: one CG on the whole GGN, or dense/CG blocks
@@ -290,81 +328,44 @@ class QNewton(torch.optim.Optimizer):
                 output_hessian=self._output_hessian.get(id(loss_fn)),
             )
         if self._use_hessian_free(curv.size):
-            direction, quad, block_info = self._hessian_free_direction(curv, g_t, delta_lm)
+            direction, quad, block_info, scale = self._hessian_free_direction(curv, g_t, delta)
             kinds = set(curv.output_hessian_kinds())
             if len(kinds) == 1:  # checked once per loss function, then reused
                 self._output_hessian[id(loss_fn)] = kinds.pop()
-            blocks_n = 1
             t_curv = 0.0
         else:
-            direction, quad, block_info, t_curv = self._block_direction(curv, g_t, delta_lm)
-            blocks_n = len(block_info)
-        g = g_t.double().cpu().numpy()
+            direction, quad, block_info, t_curv = self._block_direction(curv, g_t, delta)
+            scale = max(b["lambda_max"] for b in block_info)
         t_solve = time.perf_counter() - t_start - t_curv
 
-        # (4) safeguards: trust radius, descent check, line search, fallback
+        # (4) safeguards: trust radius, descent check, line search, fallback, rejection
+        g = g_t.double().cpu().numpy()
         gp = float(g @ direction)
-        pnorm = float(np.linalg.norm(direction))
-        t = lr
-        if self.max_step_norm is not None and t * pnorm > self.max_step_norm:
-            t = self.max_step_norm / pnorm
-        p_t = torch.as_tensor(direction, dtype=theta0.dtype, device=theta0.device)
-        accepted, new_loss, fallback = False, math.nan, False
-        if gp < 0 and math.isfinite(gp):
-            tries = self.max_backtracks + 1 if self.line_search else 1
-            for _ in range(tries):
-                self._set_theta(params, theta0 + t * p_t)
-                new_loss = self._eval_loss(model, batches, loss_fn)
-                if not self.line_search and math.isfinite(new_loss):
-                    accepted = True
-                    break
-                if math.isfinite(new_loss) and new_loss <= loss + self.armijo * t * gp:
-                    accepted = True
-                    break
-                t *= 0.5
-        if not accepted:
-            fallback = True
-            step = -self.fallback_lr * g_t
-            self._set_theta(params, theta0 + step.to(theta0))
-            new_loss = self._eval_loss(model, batches, loss_fn)
-            if not math.isfinite(new_loss):
-                self._set_theta(params, theta0)
-                raise NonFiniteError(
-                    "both the Newton step and the fallback gradient step gave a non-finite loss; "
-                    "weights restored. Lower fallback_lr or raise damping"
-                )
-
-        # (5) Levenberg-Marquardt
+        t, new_loss, outcome = self._safeguarded_update(
+            model, batches, loss_fn, params, theta0, direction, g_t, gp, loss, lr
+        )
+        # (5) Levenberg-Marquardt, floored relative to the curvature scale
         rho = math.nan
-        if accepted:
-            predicted = -(t * gp + 0.5 * t * t * quad)
-            rho = reduction_ratio(loss - new_loss, predicted)
+        if outcome == "newton":
+            rho = reduction_ratio(loss - new_loss, -(t * gp + 0.5 * t * t * quad))
+        floor = self._damping_floor(scale)
         if self.adapt_damping:
-            group["damping"] = LevenbergMarquardt(
-                delta=delta_lm, min_delta=self.min_damping
-            ).update(rho if accepted else -1.0)
-
-        kappas = [b["kappa"] for b in block_info if b["kappa"] is not None]
-        backends: dict[str, int] = {}
-        for b in block_info:
-            backends[b["backend"]] = backends.get(b["backend"], 0) + 1
+            group["damping"] = LevenbergMarquardt(delta=max(delta, floor), min_delta=floor).update(
+                rho if outcome == "newton" else -1.0
+            )
         info = {
             "loss": loss,
             "loss_after": new_loss,
-            "step_size": t if accepted else 0.0,
-            "fallback": fallback,
+            "step_size": t,
+            "outcome": outcome,
+            "fallback": outcome == "fallback",
+            "rejected": outcome == "rejected",
             "rho": rho,
-            "damping": delta_lm,
+            "damping": delta,
+            "damping_floor": floor,
+            "curvature_scale": self.state[params[0]]["curvature_scale"],
             "quad": quad,
-            "kappa_max": max(kappas) if kappas else math.nan,
-            "kappa_median": float(np.median(kappas)) if kappas else math.nan,
-            "kappa_undamped_max": max(
-                (b["kappa_undamped"] for b in block_info if b["kappa"] is not None), default=1.0
-            ),
-            "blocks": blocks_n,
-            "method": "hessian_free" if block_info[0]["backend"] == "hessian_free" else "blocks",
-            "cg_iterations": sum(int(b.get("iterations") or 0) for b in block_info),
-            "backends": backends,
+            **_block_summary(block_info),
             "matvecs": curv.matvecs,
             "curvature_s": t_curv,
             "solve_s": t_solve,
@@ -373,6 +374,98 @@ class QNewton(torch.optim.Optimizer):
         }
         self.history.append(info)
         return loss_t
+
+    def _loss_and_gradient(
+        self,
+        closure: Callable[[], Any],
+        model: nn.Module,
+        batches: list[Any],
+        loss_fn: Callable[..., Any],
+        params: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1) ``closure()``: the loss and the flat gradient, both checked finite (nothing changed yet)."""
+        try:
+            with torch.enable_grad():
+                loss_t = closure()
+        except RuntimeError as err:  # torch's "grad can be implicitly created only for scalar outputs"
+            _check_scalar_loss(model, batches, loss_fn)
+            raise err
+        if not isinstance(loss_t, torch.Tensor) or loss_t.numel() != 1:
+            _check_scalar_loss(model, batches, loss_fn)
+            raise NewtonError(
+                f"the closure returned {type(loss_t).__name__} "
+                f"{tuple(getattr(loss_t, 'shape', ()))}; QNewton needs the mean loss as a scalar "
+                "tensor (qhybrid.train.Closure returns one)"
+            )
+        loss = float(loss_t)
+        if not math.isfinite(loss):
+            raise NonFiniteError(f"loss is {loss}; QNewton refuses to step (weights unchanged)")
+        grads = [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
+        ]
+        g_t = torch.cat(grads).detach()
+        if not torch.isfinite(g_t).all():
+            raise NonFiniteError(
+                "the gradient has NaN or infinite entries; QNewton refuses to step (weights "
+                "unchanged). Check the data, lower lr, or raise damping"
+            )
+        return loss_t, g_t
+
+    def _safeguarded_update(
+        self,
+        model: nn.Module,
+        batches: list[Any],
+        loss_fn: Callable[..., Any],
+        params: list[torch.Tensor],
+        theta0: torch.Tensor,
+        direction: np.ndarray,
+        g_t: torch.Tensor,
+        gp: float,
+        loss: float,
+        lr: float,
+    ) -> tuple[float, float, str]:
+        """Trust radius, Armijo backtracking, gradient fallback, rejection.
+
+        Returns (step size, loss after, outcome): ``"newton"`` (the line search accepted
+        ``t p``), ``"fallback"`` (a gradient step of ``fallback_lr`` that lowered the loss) or
+        ``"rejected"`` (neither lowered the loss: the weights are restored, trust-region style).
+        """
+        pnorm = float(np.linalg.norm(direction))
+        t = lr
+        if self.max_step_norm is not None and t * pnorm > self.max_step_norm:
+            t = self.max_step_norm / pnorm
+        p_t = torch.as_tensor(direction, dtype=theta0.dtype, device=theta0.device)
+        if gp < 0 and math.isfinite(gp):
+            tries = self.max_backtracks + 1 if self.line_search else 1
+            for _ in range(tries):
+                self._set_theta(params, theta0 + t * p_t)
+                new_loss = self._eval_loss(model, batches, loss_fn)
+                if math.isfinite(new_loss) and (
+                    not self.line_search or new_loss <= loss + self.armijo * t * gp
+                ):
+                    return t, new_loss, "newton"
+                t *= 0.5
+        if self.fallback_lr > 0:
+            self._set_theta(params, theta0 - self.fallback_lr * g_t.to(theta0))
+            new_loss = self._eval_loss(model, batches, loss_fn)
+            if math.isfinite(new_loss) and new_loss < loss:
+                return self.fallback_lr, new_loss, "fallback"
+        self._set_theta(params, theta0)
+        return 0.0, loss, "rejected"
+
+    def _damping_floor(self, scale: float) -> float:
+        """``max(min_damping, damping_floor * s)``, ``s`` the largest curvature seen so far.
+
+        ``s`` is a running maximum: of the Rayleigh quotients ``p.C p / p.p`` of the CG search
+        directions (Hessian-free; free by-products of CG, each a lower bound of lambda_max), or of
+        the blocks' lambda_max. A floor relative to it makes the damping scale with the loss (a
+        loss times 100 gets a floor times 100) and keeps the step from growing without bound
+        once the loss, and with it the curvature, becomes tiny.
+        """
+        state = self.state[self._params()[0]]
+        s = max(float(state.get("curvature_scale", 0.0)), scale if math.isfinite(scale) else 0.0)
+        state["curvature_scale"] = s
+        return max(self.min_damping, self.damping_floor * s)
 
     def _use_hessian_free(self, n_params: int) -> bool:
         """``auto``: Hessian-free past ``hessian_free_above`` parameters, unless a block-only
@@ -411,7 +504,7 @@ class QNewton(torch.optim.Optimizer):
 
     def _hessian_free_direction(
         self, curv: Curvature, g_t: torch.Tensor, delta: float
-    ) -> tuple[np.ndarray, float, list[dict[str, Any]]]:
+    ) -> tuple[np.ndarray, float, list[dict[str, Any]], float]:
         """Truncated preconditioned CG on ``(C + delta I) p = -g`` over all parameters.
 
         Products ``C v`` replay the step's cached linearisation (:meth:`Curvature.matvec`), so a
@@ -434,16 +527,24 @@ class QNewton(torch.optim.Optimizer):
             with torch.enable_grad():
                 return curv.matvec(v).detach() + delta * v
 
-        x, info = cg_solve(
-            matvec,
-            -g,
-            tol=self.cg_tol,
-            maxiter=self.cg_max_iter,
-            x0=x0,
-            precondition=(lambda r: r / diag) if diag is not None else None,
-            truncate=True,
-            progress_tol=5e-4,
-        )
+        try:
+            x, info = cg_solve(
+                matvec,
+                -g,
+                tol=self.cg_tol,
+                maxiter=self.cg_max_iter,
+                x0=x0,
+                precondition=(lambda r: r / diag) if diag is not None else None,
+                truncate=True,
+                progress_tol=5e-4,
+            )
+        except NonFiniteError as err:
+            raise NonFiniteError(
+                f"a {self.curvature} curvature product (curvature={self.curvature!r}, "
+                f"damping={delta:g}) is NaN or infinite although the loss and gradient are "
+                "finite; no weight was changed. The loss's second derivative overflows at these "
+                "outputs: check the loss, or use curvature='fisher'"
+            ) from err
         if not torch.isfinite(x).all():
             raise NonFiniteError("the Hessian-free CG returned NaN/inf; raise the damping")
         state["direction"] = x.detach()
@@ -463,7 +564,8 @@ class QNewton(torch.optim.Optimizer):
             "iterations": info.iterations,
             "products": curv.matvecs,
         }
-        return x.double().cpu().numpy(), quad, [rec]
+        scale = float(info.extra.get("rayleigh_max", 0.0)) - delta  # undamped curvature
+        return x.double().cpu().numpy(), quad, [rec], scale
 
     def _solve_block(
         self, curv: Curvature, blk: Block, mat: torch.Tensor | None, gb: np.ndarray, delta_lm: float
@@ -538,6 +640,7 @@ class QNewton(torch.optim.Optimizer):
                 min(KAPPA_CAP, est.lambda_max / max(lmin, est.lambda_max / KAPPA_CAP, 1e-300))
             ),
             "kappa_upper": bound,  # proven upper bound of the solved block, None when unproven
+            "lambda_max": float(est.lambda_max),
             "proof": proof,
             "delta": float(delta),
             "d": int(d),
