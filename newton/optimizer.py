@@ -75,7 +75,7 @@ def _check_settings(s: dict[str, Any]) -> None:
     check_number("lr", s["lr"], low=0, open_low=True)
     check_number("damping", s["damping"], low=0, open_low=True)
     check_number("min_damping", s["min_damping"], low=0)
-    check_number("damping_floor", s["damping_floor"], low=0, high=1, open_high=True)
+    check_number("damping_floor", s["damping_floor"], low=0)
     if s["kappa_target"] is not None:
         check_number("kappa_target", s["kappa_target"], low=1, open_low=True)
     check_choice("curvature", s["curvature"], ("ggn", "fisher", "hessian"))
@@ -155,9 +155,10 @@ class QNewton(torch.optim.Optimizer):
         kappa_matvecs: Lanczos products for blocks without an exact spectrum.
         min_damping: absolute floor of the Levenberg-Marquardt damping.
         damping_floor: floor of the damping relative to the curvature scale ``s`` (the largest
-            curvature seen so far): ``delta >= damping_floor * s``. Mini-batch Newton steps
-            overfit their batch, and grow without bound once the loss is tiny, when delta
-            shrinks too far.
+            curvature seen so far) and the ``B`` examples of the curvature batch:
+            ``delta >= damping_floor * s / B``, an isotropic prior worth ``damping_floor``
+            examples. Mini-batch Newton steps overfit their batch, and grow without bound once
+            the loss is tiny, when delta shrinks too far.
         exact_kappa_below: blocks up to this size get exact ``eigvalsh`` spectra; larger ones Lanczos.
         curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
             None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
@@ -186,7 +187,7 @@ class QNewton(torch.optim.Optimizer):
         *,
         scheduler: Scheduler | None = None,
         lr: float = 1.0,
-        damping: float = 1e-3,
+        damping: float = 0.3,
         curvature: CurvatureKind = "ggn",
         structure: Structure = "layer",
         block_size: int = 512,
@@ -203,11 +204,11 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: int | None = None,
         exact_kappa_below: int = 128,
         min_damping: float = 1e-8,
-        damping_floor: float = 0.01,
+        damping_floor: float = 2.5,
         method: Method = "auto",
-        hessian_free_above: int = 1000,
+        hessian_free_above: int = 0,
         cg_max_iter: int = 10,
-        cg_tol: float = 1e-4,
+        cg_tol: float = 0.3,
         precondition: bool = True,
     ) -> None:
         _check_settings(locals())
@@ -311,7 +312,8 @@ class QNewton(torch.optim.Optimizer):
         loss_t, g_t = self._loss_and_gradient(closure, model, batches, loss_fn, params)
         loss = float(loss_t)
         group = self.param_groups[0]
-        lr, delta = float(group["lr"]), float(group["damping"])
+        lr, delta_lm = float(group["lr"]), float(group["damping"])
+        state = self.state[params[0]]
         theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
         # (2)-(3) curvature and the damped solve: one CG on the whole GGN, or dense/CG blocks
@@ -327,6 +329,9 @@ class QNewton(torch.optim.Optimizer):
                 kind=self.curvature,
                 output_hessian=self._output_hessian.get(id(loss_fn)),
             )
+        examples = curv.batch_size()
+        # this step's damping: LM's, floored for this batch (a short batch gets more damping)
+        delta = max(delta_lm, self._damping_floor(state.get("curvature_scale", 0.0), examples))
         if self._use_hessian_free(curv.size):
             direction, quad, block_info, scale = self._hessian_free_direction(curv, g_t, delta)
             kinds = set(curv.output_hessian_kinds())
@@ -348,11 +353,14 @@ class QNewton(torch.optim.Optimizer):
         rho = math.nan
         if outcome == "newton":
             rho = reduction_ratio(loss - new_loss, -(t * gp + 0.5 * t * t * quad))
-        floor = self._damping_floor(scale)
+        # LM's own floor: the running curvature scale over the largest batch seen
+        state["curvature_scale"] = max(state.get("curvature_scale", 0.0), scale)
+        state["examples"] = max(state.get("examples", 0), examples)
+        floor = self._damping_floor(state["curvature_scale"], state["examples"])
         if self.adapt_damping:
-            group["damping"] = LevenbergMarquardt(delta=max(delta, floor), min_delta=floor).update(
-                rho if outcome == "newton" else -1.0
-            )
+            group["damping"] = LevenbergMarquardt(
+                delta=max(delta_lm, floor), min_delta=floor
+            ).update(rho if outcome == "newton" else -1.0)
         info = {
             "loss": loss,
             "loss_after": new_loss,
@@ -363,7 +371,7 @@ class QNewton(torch.optim.Optimizer):
             "rho": rho,
             "damping": delta,
             "damping_floor": floor,
-            "curvature_scale": self.state[params[0]]["curvature_scale"],
+            "curvature_scale": state["curvature_scale"],
             "quad": quad,
             **_block_summary(block_info),
             "matvecs": curv.matvecs,
@@ -453,19 +461,19 @@ class QNewton(torch.optim.Optimizer):
         self._set_theta(params, theta0)
         return 0.0, loss, "rejected"
 
-    def _damping_floor(self, scale: float) -> float:
-        """``max(min_damping, damping_floor * s)``, ``s`` the largest curvature seen so far.
+    def _damping_floor(self, scale: float, examples: int) -> float:
+        """``max(min_damping, damping_floor * s / B)``: ``s`` the curvature scale, ``B`` examples.
 
         ``s`` is a running maximum: of the Rayleigh quotients ``p.C p / p.p`` of the CG search
         directions (Hessian-free; free by-products of CG, each a lower bound of lambda_max), or of
-        the blocks' lambda_max. A floor relative to it makes the damping scale with the loss (a
-        loss times 100 gets a floor times 100) and keeps the step from growing without bound
-        once the loss, and with it the curvature, becomes tiny.
+        the blocks' lambda_max. The floor reads as an isotropic prior worth ``damping_floor``
+        examples of curvature ``s`` added to the ``B`` examples of the batch's mean-loss GGN:
+        it scales with the loss (a loss times 100 gets a floor times 100), shrinks as batches
+        grow less noisy, and keeps the step from growing without bound once the loss, and with
+        it the curvature, becomes tiny (it stays at the largest curvature seen).
         """
-        state = self.state[self._params()[0]]
-        s = max(float(state.get("curvature_scale", 0.0)), scale if math.isfinite(scale) else 0.0)
-        state["curvature_scale"] = s
-        return max(self.min_damping, self.damping_floor * s)
+        s = scale if math.isfinite(scale) else 0.0
+        return max(self.min_damping, self.damping_floor * s / max(examples, 1))
 
     def _use_hessian_free(self, n_params: int) -> bool:
         """``auto``: Hessian-free past ``hessian_free_above`` parameters, unless a block-only
