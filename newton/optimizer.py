@@ -63,15 +63,26 @@ from newton.spectrum import KAPPA_CAP, estimate_condition_number
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Method", "QNewton"]
+__all__ = ["Method", "QNewton", "check_settings"]
 
 Method = Literal["auto", "hessian_free", "blocks"]
 CG_DECAY = 0.95  # warm start: CG begins from this share of the previous direction (Martens 2010)
 EMA_BETA = 0.95  # decay of the squared-gradient average behind the diagonal preconditioner
 
 
-def _check_settings(s: dict[str, Any]) -> None:
-    """Every QNewton setting, before anything is built (each error names its value)."""
+def check_settings(settings: dict[str, Any]) -> None:
+    """Check QNewton keyword arguments (the rest at their defaults) before anything is built.
+
+    Each error is a :class:`~newton.errors.BadValueError` naming the value, the range and the fix.
+    """
+    import inspect
+
+    sig = inspect.signature(QNewton.__init__)
+    defaults = {k: p.default for k, p in sig.parameters.items() if k not in ("self", "params")}
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise BadValueError(f"unknown QNewton setting(s) {unknown}; known: {sorted(defaults)}")
+    s = {**defaults, **settings}
     check_number("lr", s["lr"], low=0, open_low=True)
     check_number("damping", s["damping"], low=0, open_low=True)
     check_number("min_damping", s["min_damping"], low=0)
@@ -211,7 +222,9 @@ class QNewton(torch.optim.Optimizer):
         cg_tol: float = 0.3,
         precondition: bool = True,
     ) -> None:
-        _check_settings(locals())
+        check_settings(
+            {k: v for k, v in locals().items() if k not in ("self", "params", "__class__")}
+        )
         params = list(params)  # type: ignore[assignment]
         defaults = {"lr": lr, "damping": damping}
         if not params:
@@ -346,7 +359,7 @@ class QNewton(torch.optim.Optimizer):
         # (4) safeguards: trust radius, descent check, line search, fallback, rejection
         g = g_t.double().cpu().numpy()
         gp = float(g @ direction)
-        t, new_loss, outcome = self._safeguarded_update(
+        t, new_loss, outcome, evals = self._safeguarded_update(
             model, batches, loss_fn, params, theta0, direction, g_t, gp, loss, lr
         )
         # (5) Levenberg-Marquardt, floored relative to the curvature scale
@@ -369,6 +382,7 @@ class QNewton(torch.optim.Optimizer):
             "fallback": outcome == "fallback",
             "rejected": outcome == "rejected",
             "rho": rho,
+            "line_search_evals": evals,
             "damping": delta,
             "damping_floor": floor,
             "curvature_scale": state["curvature_scale"],
@@ -395,7 +409,9 @@ class QNewton(torch.optim.Optimizer):
         try:
             with torch.enable_grad():
                 loss_t = closure()
-        except RuntimeError as err:  # torch's "grad can be implicitly created only for scalar outputs"
+        except (
+            RuntimeError
+        ) as err:  # torch's "grad can be implicitly created only for scalar outputs"
             _check_scalar_loss(model, batches, loss_fn)
             raise err
         if not isinstance(loss_t, torch.Tensor) or loss_t.numel() != 1:
@@ -431,10 +447,10 @@ class QNewton(torch.optim.Optimizer):
         gp: float,
         loss: float,
         lr: float,
-    ) -> tuple[float, float, str]:
+    ) -> tuple[float, float, str, int]:
         """Trust radius, Armijo backtracking, gradient fallback, rejection.
 
-        Returns (step size, loss after, outcome): ``"newton"`` (the line search accepted
+        Returns (step size, loss after, outcome, loss evaluations): ``"newton"`` (the line search accepted
         ``t p``), ``"fallback"`` (a gradient step of ``fallback_lr`` that lowered the loss) or
         ``"rejected"`` (neither lowered the loss: the weights are restored, trust-region style).
         """
@@ -443,23 +459,26 @@ class QNewton(torch.optim.Optimizer):
         if self.max_step_norm is not None and t * pnorm > self.max_step_norm:
             t = self.max_step_norm / pnorm
         p_t = torch.as_tensor(direction, dtype=theta0.dtype, device=theta0.device)
+        evals = 0
         if gp < 0 and math.isfinite(gp):
             tries = self.max_backtracks + 1 if self.line_search else 1
             for _ in range(tries):
                 self._set_theta(params, theta0 + t * p_t)
                 new_loss = self._eval_loss(model, batches, loss_fn)
+                evals += 1
                 if math.isfinite(new_loss) and (
                     not self.line_search or new_loss <= loss + self.armijo * t * gp
                 ):
-                    return t, new_loss, "newton"
+                    return t, new_loss, "newton", evals
                 t *= 0.5
         if self.fallback_lr > 0:
             self._set_theta(params, theta0 - self.fallback_lr * g_t.to(theta0))
             new_loss = self._eval_loss(model, batches, loss_fn)
+            evals += 1
             if math.isfinite(new_loss) and new_loss < loss:
-                return self.fallback_lr, new_loss, "fallback"
+                return self.fallback_lr, new_loss, "fallback", evals
         self._set_theta(params, theta0)
-        return 0.0, loss, "rejected"
+        return 0.0, loss, "rejected", evals
 
     def _damping_floor(self, scale: float, examples: int) -> float:
         """``max(min_damping, damping_floor * s / B)``: ``s`` the curvature scale, ``B`` examples.
@@ -504,11 +523,25 @@ class QNewton(torch.optim.Optimizer):
         quad = 0.0
         block_info: list[dict[str, Any]] = []
         for blk in blocks:
-            rec = self._solve_block(curv, blk, mats.get(blk), g[blk.slice], delta_lm)
+            mat = mats.get(blk)
+            if mat is not None and not torch.isfinite(mat).all():
+                raise self._nonfinite_curvature(delta_lm, f"the curvature block {blk.name}")
+            try:
+                rec = self._solve_block(curv, blk, mat, g[blk.slice], delta_lm)
+            except NonFiniteError as err:
+                raise self._nonfinite_curvature(delta_lm, f"block {blk.name}") from err
             direction[blk.slice] = rec.pop("p")
             quad += rec.pop("pAp")
             block_info.append(rec)
         return direction, quad, block_info, t_curv
+
+    def _nonfinite_curvature(self, delta: float, what: str) -> NonFiniteError:
+        return NonFiniteError(
+            f"{what} is NaN or infinite (curvature={self.curvature!r}, damping={delta:g}) "
+            "although the loss and gradient are finite; no weight was changed. The loss's "
+            "second derivative overflows at these outputs: check the loss, or use "
+            "curvature='fisher'"
+        )
 
     def _hessian_free_direction(
         self, curv: Curvature, g_t: torch.Tensor, delta: float
@@ -547,12 +580,7 @@ class QNewton(torch.optim.Optimizer):
                 progress_tol=5e-4,
             )
         except NonFiniteError as err:
-            raise NonFiniteError(
-                f"a {self.curvature} curvature product (curvature={self.curvature!r}, "
-                f"damping={delta:g}) is NaN or infinite although the loss and gradient are "
-                "finite; no weight was changed. The loss's second derivative overflows at these "
-                "outputs: check the loss, or use curvature='fisher'"
-            ) from err
+            raise self._nonfinite_curvature(delta, "a curvature product") from err
         if not torch.isfinite(x).all():
             raise NonFiniteError("the Hessian-free CG returned NaN/inf; raise the damping")
         state["direction"] = x.detach()
