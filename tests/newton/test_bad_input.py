@@ -30,6 +30,7 @@ from qhybrid.train import Closure
 def _ce(m, b):
     return nn.functional.cross_entropy(m(b[0]), b[1])
 
+
 INF, NAN = math.inf, math.nan
 
 
