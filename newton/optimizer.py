@@ -2,21 +2,27 @@
 
 One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
 
-1. ``loss = closure()``: gradients on the step's micro-batches; a NaN/inf loss or gradient raises
-   :class:`~newton.errors.NonFiniteError` before any weight changes.
+1. ``loss = closure()``: gradients on the step's micro-batches; a NaN/inf loss or gradient, or a
+   loss that is not a scalar, raises a :class:`~newton.errors.NewtonError` before any weight
+   changes (so does a NaN/inf curvature product, in step 3).
 2. Curvature ``C`` (GGN by default) on the same batches (:mod:`newton.curvature`).
-3. Hessian-free (``method="hessian_free"``, the default past ``hessian_free_above`` parameters):
-   one truncated, preconditioned CG on ``(C + delta I) p = -g`` over all parameters, warm-started
-   from the last direction, each product replaying the step's cached linearisation (Martens 2010).
-   Blocks (``method="blocks"``, small models, HHL): per block, eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
+3. Hessian-free (``method="hessian_free"``; ``"auto"``, the default, takes it unless a
+   scheduler, a kappa target or sparsification is asked for): one truncated, preconditioned CG
+   on ``(C + delta I) p = -g`` over all parameters, warm-started from the last direction, to a
+   residual of ``cg_tol`` times the gradient's norm; each product replays the step's cached
+   linearisation (Martens 2010). Blocks (``method="blocks"``, where the scheduler and HHL act):
+   per block, eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
    ``delta = max(delta_LM, delta_kappa)`` (:mod:`newton.damping`), optional symmetric
    sparsification (:mod:`newton.sparsify`), then ``(C_b + delta I) p_b = -g_b`` through the
    :class:`~newton.scheduler.Scheduler`.
 4. Safeguards: the step is capped at ``max_step_norm`` (trust radius); a backtracking Armijo line
    search on the loss; when the direction is not a descent direction or the search fails, a plain
-   gradient step of size ``fallback_lr`` instead (counted in the step info).
+   gradient step of size ``fallback_lr`` if that lowers the loss; else the step is rejected and
+   the weights restored (trust-region style). The outcome is in the step info.
 5. Levenberg-Marquardt: the ratio of actual to predicted decrease adapts ``delta_LM``, kept in the
-   param group (``"damping"``) so it is checkpointed with the optimizer state.
+   param group (``"damping"``) so it is checkpointed with the optimizer state, never below the
+   floor ``damping_floor * s / B``: ``s`` the largest curvature seen so far (Rayleigh quotients
+   of the CG directions, or the blocks' lambda_max), ``B`` the examples of the curvature batch.
 
 Math:
     p = -(C + delta I)^{-1} g  (whole, by truncated CG; or block-diagonal),   theta <- theta + t p,
@@ -47,7 +53,12 @@ from newton.curvature import (
     head_of_batch,
     make_blocks,
 )
-from newton.damping import LevenbergMarquardt, combined_damping, reduction_ratio
+from newton.damping import (
+    LevenbergMarquardt,
+    combined_damping,
+    damping_floor,
+    reduction_ratio,
+)
 from newton.errors import (
     BadValueError,
     NewtonError,
@@ -177,15 +188,19 @@ class QNewton(torch.optim.Optimizer):
         method: ``"auto"`` (Hessian-free past ``hessian_free_above`` parameters, blocks below or
             when a ``scheduler``, ``kappa_target`` or ``sparsify`` is given), ``"hessian_free"``
             or ``"blocks"`` (where the scheduler, HHL, kappa targets and sparsification act).
-        hessian_free_above: parameter count above which ``"auto"`` takes Hessian-free steps.
-        cg_max_iter: Hessian-free CG iterations per step (each one GGN product).
-        cg_tol: Hessian-free CG relative residual to stop at.
+        hessian_free_above: parameter count above which ``"auto"`` takes Hessian-free steps
+            (0: at every size; measured faster than blocks on all tasks, docs/newton.md).
+        cg_max_iter: Hessian-free CG iterations per step at most (each one GGN product).
+        cg_tol: Hessian-free CG stops at a residual of ``cg_tol`` times the gradient's norm.
+
+    The defaults (``damping``, ``damping_floor``, ``cg_tol``, ``hessian_free_above``) were chosen
+    by ``benchmarks/bench_newton_defaults.py`` on three tasks; docs/newton.md gives the numbers.
         precondition: Hessian-free diagonal preconditioner ``(v + delta)^(3/4)``, ``v`` a running
             average of squared gradients.
 
     Example:
         >>> model = torch.nn.Linear(3, 1)
-        >>> opt = QNewton(model.parameters(), damping=1e-3)
+        >>> opt = QNewton(model.parameters())
         >>> opt.requires_closure
         True
     """
@@ -481,18 +496,8 @@ class QNewton(torch.optim.Optimizer):
         return 0.0, loss, "rejected", evals
 
     def _damping_floor(self, scale: float, examples: int) -> float:
-        """``max(min_damping, damping_floor * s / B)``: ``s`` the curvature scale, ``B`` examples.
-
-        ``s`` is a running maximum: of the Rayleigh quotients ``p.C p / p.p`` of the CG search
-        directions (Hessian-free; free by-products of CG, each a lower bound of lambda_max), or of
-        the blocks' lambda_max. The floor reads as an isotropic prior worth ``damping_floor``
-        examples of curvature ``s`` added to the ``B`` examples of the batch's mean-loss GGN:
-        it scales with the loss (a loss times 100 gets a floor times 100), shrinks as batches
-        grow less noisy, and keeps the step from growing without bound once the loss, and with
-        it the curvature, becomes tiny (it stays at the largest curvature seen).
-        """
-        s = scale if math.isfinite(scale) else 0.0
-        return max(self.min_damping, self.damping_floor * s / max(examples, 1))
+        """The damping floor (:func:`newton.damping.damping_floor`) for this curvature scale."""
+        return damping_floor(scale, examples, self.damping_floor, self.min_damping)
 
     def _use_hessian_free(self, n_params: int) -> bool:
         """``auto``: Hessian-free past ``hessian_free_above`` parameters, unless a block-only
