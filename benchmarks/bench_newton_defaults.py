@@ -13,7 +13,7 @@ run rises above 2x; the default must pass every task at both batches.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_newton_defaults.py
 
-Writes benchmarks/results/newton_defaults.json.
+Writes benchmarks/results/newton_defaults.json (or ``--out``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--out", default="benchmarks/results/newton_defaults.json")
     args = ap.parse_args()
+    env = environment_info(0)  # provenance before anything is written
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     seeds = list(range(args.seeds))
@@ -91,7 +93,7 @@ def main() -> None:
                     row["passes"] = row["seeds_reached"] == len(seeds) and row["max_rise"] <= 2
                     rows.append(row)
                     print({k: v for k, v in row.items() if k != "per_seed"}, flush=True)
-    out = Path(__file__).parent / "results" / "newton_defaults.json"
+    out = Path(args.out)
     atomic_write_json(
         out,
         {
@@ -100,7 +102,7 @@ def main() -> None:
             "args": vars(args),
             "machine_load_1min_at_end": os.getloadavg()[0],
             "total_s": time.perf_counter() - t0,
-            "env": environment_info(0),
+            "env": env,
         },
     )
     print(f"wrote {out}")

@@ -31,7 +31,8 @@ its running minimum.
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_newton_hf.py --hidden 1540
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_newton_hf.py --task friedman --hidden 64
 
-Writes benchmarks/results/newton_hf.json, newton_hf_h1540.json or newton_hf_friedman.json.
+Writes benchmarks/results/newton_hf.json, newton_hf_h1540.json or newton_hf_friedman.json (or
+``--out``); the provenance (commit, dirty tree) is taken before anything is written.
 """
 
 from __future__ import annotations
@@ -300,7 +301,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--stability-epochs", type=int, default=100)
     ap.add_argument("--cost-epochs", type=int, default=10)
+    ap.add_argument("--out", default="", help="JSON path (default: benchmarks/results/...)")
     args = ap.parse_args()
+    env = environment_info(0)  # provenance before anything is written
     torch.set_num_threads(1)
     t_all = time.perf_counter()
     load_start = os.getloadavg()[0]
@@ -331,7 +334,7 @@ def main() -> None:
     print(summary, flush=True)
     name = "newton_hf" if args.task == "digits" and args.hidden == 32 else None
     name = name or (f"newton_hf_h{args.hidden}" if args.task == "digits" else "newton_hf_friedman")
-    out = Path(__file__).parent / "results" / f"{name}.json"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{name}.json"
     n_in, n_out = tasks[0].train.tensors[0].shape[1], tasks[0].d_out
     atomic_write_json(
         out,
@@ -351,7 +354,7 @@ def main() -> None:
             "loader_ms_per_epoch": loader_ms_per_epoch(tasks[0], (256, args.qnewton_batch)),
             "machine_load_1min": {"start": load_start, "end": os.getloadavg()[0]},
             "total_s": time.perf_counter() - t_all,
-            "env": environment_info(0),
+            "env": env,
         },
     )
     print(f"wrote {out}")
