@@ -120,6 +120,15 @@ def check_settings(settings: dict[str, Any]) -> None:
     for flag in ("adapt_damping", "line_search", "sparsify", "precondition"):
         if not isinstance(s[flag], bool):
             raise BadValueError(f"{flag}={s[flag]!r} must be True or False")
+    if s["method"] == "hessian_free" and (s["sparsify"] or s["kappa_target"] is not None):
+        raise BadValueError(
+            "sparsify and kappa_target act on the block solves; use method='blocks' (or "
+            "'auto', which picks blocks when they are set)"
+        )
+    if s["method"] == "hessian_free" and s["curvature"] == "hessian":
+        raise BadValueError(
+            "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"
+        )
 
 
 def _check_scalar_loss(model: nn.Module, batches: list[Any], loss_fn: Callable[..., Any]) -> None:
@@ -276,15 +285,6 @@ class QNewton(torch.optim.Optimizer):
         self.exact_kappa_below = exact_kappa_below
         self.min_damping = min_damping
         self.damping_floor = damping_floor
-        if method == "hessian_free" and (sparsify or kappa_target is not None):
-            raise BadValueError(
-                "sparsify and kappa_target act on the block solves; use method='blocks' (or "
-                "'auto', which picks blocks when they are set)"
-            )
-        if method == "hessian_free" and curvature == "hessian":
-            raise NewtonError(
-                "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"
-            )
         self.method: Method = method
         self.hessian_free_above = hessian_free_above
         self.cg_max_iter = cg_max_iter
@@ -345,18 +345,7 @@ class QNewton(torch.optim.Optimizer):
         theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
 
         # (2)-(3) curvature and the damped solve: one CG on the whole GGN, or dense/CG blocks
-        curv_batches = batches
-        if self.curvature_batch is not None:
-            curv_batches = [head_of_batch(b, self.curvature_batch) for b in batches]
-        with torch.enable_grad():
-            curv = Curvature(
-                model,
-                curv_batches,
-                loss_fn,
-                params,
-                kind=self.curvature,
-                output_hessian=self._output_hessian.get(id(loss_fn)),
-            )
+        curv = self._curvature(model, batches, loss_fn, params)
         examples = curv.batch_size()
         # this step's damping: LM's, floored for this batch (a short batch gets more damping)
         delta = max(delta_lm, self._damping_floor(state.get("curvature_scale", 0.0), examples))
@@ -381,14 +370,7 @@ class QNewton(torch.optim.Optimizer):
         rho = math.nan
         if outcome == "newton":
             rho = reduction_ratio(loss - new_loss, -(t * gp + 0.5 * t * t * quad))
-        # LM's own floor: the running curvature scale over the largest batch seen
-        state["curvature_scale"] = max(state.get("curvature_scale", 0.0), scale)
-        state["examples"] = max(state.get("examples", 0), examples)
-        floor = self._damping_floor(state["curvature_scale"], state["examples"])
-        if self.adapt_damping:
-            group["damping"] = LevenbergMarquardt(
-                delta=max(delta_lm, floor), min_delta=floor
-            ).update(rho if outcome == "newton" else -1.0)
+        floor = self._adapt_damping(delta_lm, scale, examples, rho if outcome == "newton" else -1.0)
         info = {
             "loss": loss,
             "loss_after": new_loss,
@@ -412,6 +394,39 @@ class QNewton(torch.optim.Optimizer):
         self.history.append(info)
         return loss_t
 
+    def _curvature(
+        self,
+        model: nn.Module,
+        batches: list[Any],
+        loss_fn: Callable[..., Any],
+        params: list[torch.Tensor],
+    ) -> Curvature:
+        """The curvature on the step's batches, or their first ``curvature_batch`` examples."""
+        if self.curvature_batch is not None:
+            batches = [head_of_batch(b, self.curvature_batch) for b in batches]
+        with torch.enable_grad():
+            return Curvature(
+                model,
+                batches,
+                loss_fn,
+                params,
+                kind=self.curvature,
+                output_hessian=self._output_hessian.get(id(loss_fn)),
+            )
+
+    def _adapt_damping(self, delta_lm: float, scale: float, examples: int, rho: float) -> float:
+        """(5) Levenberg-Marquardt on ``rho``, floored: the running curvature scale over the
+        largest batch seen (a short last batch gets its extra damping for its own step only).
+        Returns the floor."""
+        state = self.state[self._params()[0]]
+        state["curvature_scale"] = max(state.get("curvature_scale", 0.0), scale)
+        state["examples"] = max(state.get("examples", 0), examples)
+        floor = self._damping_floor(state["curvature_scale"], state["examples"])
+        if self.adapt_damping:
+            lm = LevenbergMarquardt(delta=max(delta_lm, floor), min_delta=floor)
+            self.param_groups[0]["damping"] = lm.update(rho)
+        return floor
+
     def _loss_and_gradient(
         self,
         closure: Callable[[], Any],
@@ -421,14 +436,12 @@ class QNewton(torch.optim.Optimizer):
         params: list[torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(1) ``closure()``: the loss and the flat gradient, both checked finite (nothing changed yet)."""
-        try:
+        try:  # a non-scalar loss fails in backward ("grad can be implicitly created only ...")
             with torch.enable_grad():
                 loss_t = closure()
-        except (
-            RuntimeError
-        ) as err:  # torch's "grad can be implicitly created only for scalar outputs"
-            _check_scalar_loss(model, batches, loss_fn)
-            raise err
+        except RuntimeError:
+            _check_scalar_loss(model, batches, loss_fn)  # names the loss when it is the cause
+            raise
         if not isinstance(loss_t, torch.Tensor) or loss_t.numel() != 1:
             _check_scalar_loss(model, batches, loss_fn)
             raise NewtonError(
