@@ -1,267 +1,364 @@
-"""Hessian-free QNewton against SGD and Adam on the digits MLP (64-32-10, 2,410 parameters).
+"""QNewton at its constructor defaults against SGD and Adam, to SGD's final test metric.
 
-Per seed (5 seeds), every optimizer trains for ``--epochs`` epochs on the same split and
-initialisation; the training wall time (evaluation excluded) and test accuracy are recorded after
-every epoch. The targets (issue 12):
+Tasks (``--task``, ``--hidden``): the digits MLP 64-32-10 (2,410 parameters), the digits MLP
+64-1540-10 (115,510 parameters), and Friedman #1 regression with a 10-64-1 MLP (769 parameters,
+test MSE instead of accuracy). Per seed (5 seeds), same split and initialisation for every method.
 
-- QNewton's wall time to SGD's final test accuracy <= 2x Adam's (median over seeds);
-- QNewton's epochs to that accuracy <= 1/3 of the epochs SGD needs to reach it;
-- one Hessian-free step costs <= 12 gradient evaluations of the same batch (measured wall time).
+1. SGD (momentum 0.9, batch 256, ``--epochs`` epochs): the learning rate with the best median final
+   test metric. Its final test metric on each seed is that seed's target.
+2. Adam (batch 256, up to ``--max-epochs``): per learning rate, the time to the target on each
+   seed. Tuned lr: most seeds reaching the target, then the smallest median wall time.
+3. Timed rounds: per seed, Adam (tuned lr) and QNewton (``QNewton(model.parameters())``, batch
+   ``--qnewton-batch``) run interleaved, ``--rounds`` times each in rotating order, so machine
+   load hits both; each run stops at the target. A seed's time is the median over its rounds.
+   When the lr fastest on the seeds it reaches is another one (it misses some), it runs in the
+   same rounds too and its ratios are reported beside, over the seeds it reached.
+   QNewton at batch 256 (the other methods' batch) is run once per seed as well.
+4. Stability: QNewton at its defaults for ``--stability-epochs`` epochs per seed; the largest
+   ratio of the epoch's training loss to its running minimum.
+5. Step cost: one QNewton step over one gradient evaluation (``closure()``) of the same batch,
+   medians over the steps of ``--cost-epochs`` epochs of real training, by CPU time (process
+   time, one thread) and wall time; the target is judged on CPU time, because on a loaded machine
+   a 10 ms step is preempted more often than the 1 ms evaluation timed next to it.
 
-Times are CPU times of the process (``time.process_time``, one torch thread), which other jobs on a
-shared machine disturb far less than wall time; the wall times are recorded beside them.
+A seed on which a method misses the target is a failure on that seed. A ratio is reported only
+for seeds on which both methods reached the target, and a target is met only when every seed
+reached it with both and meets it: per seed, not on a median (house rule).
 
-Hyperparameters come from grids, each chosen on the median over the same 5 seeds, and each grid
-is checked to have its best value inside (not on an edge):
-SGD (momentum 0.9, batch 256): learning rate, by final test accuracy (the target it sets);
-Adam (batch 256): learning rate, by wall time to SGD's final accuracy;
-QNewton (Hessian-free, full batch): initial damping x curvature batch, by the same wall time.
-Selection is on the test split, for all three alike (digits has no separate validation split here).
+Targets (issue 23): defaults reach SGD's final metric on 5 of 5 seeds; QNewton's wall time to it
+<= 1.5x Adam's; one step <= 12 gradient evaluations; no run whose training loss rises above 2x
+its running minimum.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_newton_hf.py [--epochs 20] [--seeds 5]
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_newton_hf.py --hidden 1540 --seeds 3
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_newton_hf.py
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_newton_hf.py --hidden 1540
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_newton_hf.py --task friedman --hidden 64
 
-Writes benchmarks/results/newton_hf.json (64-32-10) or newton_hf_h<hidden>.json (the bigger task:
-64-1540-10 has 115,510 parameters).
+Writes benchmarks/results/newton_hf.json, newton_hf_h1540.json or newton_hf_friedman.json (or
+``--out``); the provenance (commit, dirty tree) is taken before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
+import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from newton.data import digits_datasets
-from newton.experiments import CompareConfig, _ce, _mlp, compare_optimizers
+from newton.errors import NonFiniteError
+from newton.experiments import CompareConfig, Task, make_task, train_curve
 from newton.optimizer import QNewton
+from qhybrid.errors import NonFiniteLossError
 from qhybrid.runs import atomic_write_json, environment_info
-from qhybrid.train import Closure
+from qhybrid.train import Closure, make_loader, seed_everything
 
-SGD_LRS = (0.03, 0.1, 0.3, 1.0, 3.0)
-ADAM_LRS = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-QN_DAMPINGS = (0.03, 0.3, 3.0)
-QN_CURV_BATCHES = (256, 512)
-QN_BATCHES = (512, 1437)  # 1437 = the whole training split: one QNewton step per epoch
-
-
-def _reach(rows: list[dict[str, float]], acc: float) -> dict[str, float] | None:
-    return next((r for r in rows if r["test_acc"] >= acc - 1e-9), None)
+LR_GRIDS = {
+    ("digits", "sgd"): (0.03, 0.1, 0.3, 1.0, 3.0),
+    ("digits", "adam"): (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+    ("friedman", "sgd"): (0.003, 0.01, 0.03, 0.1, 0.3),
+    ("friedman", "adam"): (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+}
 
 
 def _median(xs: list[float]) -> float:
-    return float(statistics.median(xs))
+    return float(statistics.median(xs)) if xs else math.nan
 
 
-def _run(seed: int, epochs: int, hidden: int, name: str, **kw: Any) -> list[dict[str, float]]:
-    cfg = CompareConfig(hidden=hidden, epochs=epochs, optimizers=(name,), seed=seed, **kw)
-    return compare_optimizers(cfg)["curves"][name]
+def _hit(task: Task, rows: list[dict[str, float]], target: float) -> dict[str, float] | None:
+    return next((r for r in rows if task.reached(r[task.metric], target)), None)
 
 
-def _edge(best: Any, grid: tuple[Any, ...]) -> bool:
-    return best in (grid[0], grid[-1])
+def _run(
+    name: str, cfg: CompareConfig, task: Task, target: float | None
+) -> tuple[list[dict[str, float]], Any]:
+    """One run, stopped at the target; a run whose loss goes non-finite is a miss, not a crash."""
+    try:
+        return train_curve(name, cfg, task, stop_at=target)
+    except (NonFiniteLossError, NonFiniteError) as err:  # diverged at this lr: a miss
+        print(f"  {name} seed {cfg.seed}: {err}", flush=True)
+        return [], None
 
 
-def hf_step_cost(
-    seed: int,
-    damping: float,
-    curvature_batch: int,
-    batch_size: int,
-    cg_max_iter: int = 10,
-    steps: int = 20,
-    hidden: int = 32,
-) -> dict[str, float]:
-    """Median CPU time of one QNewton step over that of one gradient evaluation, same batch."""
-    torch.manual_seed(seed)
-    train_ds, _ = digits_datasets(0.2, seed)
-    batch = tuple(t[:batch_size] for t in train_ds.tensors)
-    model = _mlp(64, hidden, 10)
-    opt = QNewton(
-        model.parameters(),
-        damping=damping,
-        method="hessian_free",
-        curvature_batch=curvature_batch or None,
-        cg_max_iter=cg_max_iter,
-    )
-    closure = Closure(model, [batch], _ce)
-    step_s: list[float] = []
-    grad_s: list[float] = []
-    products, iters = [], []
-    for _ in range(steps):
-        for _ in range(5):
-            t = time.process_time()
-            closure()
-            grad_s.append(time.process_time() - t)
-        t = time.process_time()
-        opt.step(closure)
-        step_s.append(time.process_time() - t)
-        products.append(opt.history[-1]["matvecs"])
-        iters.append(opt.history[-1]["cg_iterations"])
+def sgd_targets(base: CompareConfig, seeds: list[int], tasks: dict[int, Task]) -> dict[str, Any]:
+    """SGD's lr grid; the chosen lr's final test metric per seed is that seed's target."""
+    grid = LR_GRIDS[(base.dataset, "sgd")]
+    finals: dict[float, dict[int, float]] = {}
+    for lr in grid:
+        finals[lr] = {}
+        for s in seeds:
+            rows, _ = _run("sgd", replace(base, sgd_lr=lr, seed=s), tasks[s], None)
+            finals[lr][s] = rows[-1][tasks[s].metric] if rows else math.nan
+    sign = 1.0 if tasks[seeds[0]].higher_is_better else -1.0
+
+    def score(lr: float) -> float:
+        vals = list(finals[lr].values())
+        return -math.inf if any(math.isnan(v) for v in vals) else sign * _median(vals)
+
+    lr = max(grid, key=score)
+    print(f"SGD lr {lr}; median final {tasks[seeds[0]].metric} {sign * score(lr):.4f}", flush=True)
+    return {"lr": lr, "on_edge": lr in (grid[0], grid[-1]), "targets": finals[lr], "grid": finals}
+
+
+def adam_grid(
+    base: CompareConfig, seeds: list[int], tasks: dict[int, Task], targets: dict[int, float]
+) -> dict[str, Any]:
+    """Adam's lr grid. Tuned lr: most seeds reaching the target, then the smallest median wall
+    time. Also named: the lr with the smallest median over the seeds it reaches, misses aside."""
+    grid = LR_GRIDS[(base.dataset, "adam")]
+    table: dict[float, dict[int, float | None]] = {}
+    for lr in grid:
+        table[lr] = {}
+        for s in seeds:
+            rows, _ = _run("adam", replace(base, adam_lr=lr, seed=s), tasks[s], targets[s])
+            hit = _hit(tasks[s], rows, targets[s])
+            table[lr][s] = hit["wall_s"] if hit else None
+
+    def median_reached(lr: float) -> float:
+        times = [t for t in table[lr].values() if t is not None]
+        return _median(times) if times else math.inf
+
+    def n_reached(lr: float) -> int:
+        return sum(t is not None for t in table[lr].values())
+
+    lr = min(grid, key=lambda x: (-n_reached(x), median_reached(x)))
+    fastest = min(grid, key=median_reached)
+    print(f"Adam lr {lr} ({n_reached(lr)}/{len(seeds)} seeds); fastest {fastest}", flush=True)
     return {
-        "step_ms": 1e3 * _median(step_s),
-        "grad_eval_ms": 1e3 * _median(grad_s),
-        "step_in_grad_evals": _median(step_s) / _median(grad_s),
-        "ggn_products_per_step": _median(products),
-        "cg_iterations_per_step": _median(iters),
-        "batch": len(batch[0]),
-        "curvature_batch": curvature_batch or len(batch[0]),
-        "cg_max_iter": cg_max_iter,
+        "lr": lr,
+        "on_edge": lr in (grid[0], grid[-1]),
+        "fastest_lr": fastest,
+        "fastest_lr_seeds_reached": n_reached(fastest),
+        "wall_s_to_target": table,
     }
+
+
+def timed_rounds(
+    base: CompareConfig,
+    seeds: list[int],
+    tasks: dict[int, Task],
+    targets: dict[int, float],
+    rounds: int,
+    fast_lr: float,
+) -> dict[int, dict[str, Any]]:
+    """Adam (tuned lr, and the fastest-median lr when it differs) and QNewton (defaults),
+    interleaved per seed, the order rotating from round to round."""
+    lrs = {"adam": base.adam_lr, "adam_fast": fast_lr}
+    names = ["adam", "qnewton"] + (["adam_fast"] if fast_lr != base.adam_lr else [])
+    runs: dict[int, dict[str, list[dict[str, float] | None]]] = {
+        s: {n: [] for n in names} for s in seeds
+    }
+    for r in range(rounds):
+        for s in seeds:
+            k = (r + s) % len(names)
+            for name in names[k:] + names[:k]:
+                cfg = replace(base, seed=s, adam_lr=lrs.get(name, base.adam_lr))
+                rows, _ = _run(name.removesuffix("_fast"), cfg, tasks[s], targets[s])
+                runs[s][name].append(_hit(tasks[s], rows, targets[s]))
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    out: dict[int, dict[str, Any]] = {}
+    for s in seeds:
+        rec: dict[str, Any] = {"target": targets[s]}
+        for name, hits in runs[s].items():
+            ok = all(h is not None for h in hits)
+            rec[f"{name}_reached"] = ok
+            rec[f"{name}_epochs"] = hits[0]["epoch"] if ok and hits[0] else None
+            for clock in ("wall_s", "cpu_s"):
+                times = [h[clock] for h in hits if h is not None]
+                rec[f"{name}_{clock}"] = _median(times) if ok else None
+                rec[f"{name}_{clock}_rounds"] = times
+        for adam, suffix in (("adam", ""), ("adam_fast", "_vs_fastest_lr")):
+            both = rec.get(f"{adam}_reached") and rec["qnewton_reached"]
+            for clock in ("wall_s", "cpu_s"):
+                ratio = rec[f"qnewton_{clock}"] / rec[f"{adam}_{clock}"] if both else None
+                rec[f"{clock.removesuffix('_s')}_ratio{suffix}"] = ratio
+        out[s] = rec
+    return out
+
+
+def stability(base: CompareConfig, seeds: list[int], tasks: dict[int, Task]) -> dict[int, Any]:
+    """QNewton at its defaults for ``base.epochs`` epochs: the largest loss / running minimum."""
+    out = {}
+    for s in seeds:
+        rows, opt = _run("qnewton", replace(base, seed=s), tasks[s], None)
+        losses = [r["train_loss"] for r in rows]
+        rises = [v / min(losses[: i + 1]) for i, v in enumerate(losses)]
+        worst = max(range(len(rises)), key=rises.__getitem__) if rises else 0
+        out[s] = {
+            "epochs": len(rows),
+            "max_rise": max(rises) if rises else math.inf,
+            "worst_epoch": worst + 1,
+            "min_train_loss": min(losses) if losses else math.nan,
+            "final_train_loss": losses[-1] if losses else math.nan,
+            "rejected_steps": sum(h["rejected"] for h in opt.history) if opt else None,
+            "fallback_steps": sum(h["fallback"] for h in opt.history) if opt else None,
+            "final_damping": opt.param_groups[0]["damping"] if opt else None,
+        }
+        print(f"stability seed {s}: max rise {out[s]['max_rise']:.3f}", flush=True)
+    return out
+
+
+def step_cost(base: CompareConfig, task: Task, epochs: int) -> dict[str, float]:
+    """Median time of ``opt.step(closure)`` over that of ``closure()`` on the same batch, during
+    ``epochs`` epochs of training at the defaults (wall and CPU clocks)."""
+    from newton.experiments import _mlp
+
+    x_tr = task.train.tensors[0]
+    seed_everything(base.seed)
+    model = _mlp(x_tr.shape[1], base.hidden, task.d_out)
+    opt = QNewton(model.parameters())
+    loader = make_loader(task.train, base.qnewton_batch_size, seed=base.seed)
+    times: dict[str, list[float]] = {
+        "grad_wall": [],
+        "grad_cpu": [],
+        "step_wall": [],
+        "step_cpu": [],
+    }
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        for batch in loader:
+            if len(batch[0]) < base.qnewton_batch_size:
+                continue  # the short last batch: not "the same batch size"
+            closure = Closure(model, [batch], task.loss_fn)
+            for what, fn in (("grad", closure), ("step", lambda c=closure: opt.step(c))):
+                w, c = time.perf_counter(), time.process_time()
+                fn()
+                times[f"{what}_wall"].append(time.perf_counter() - w)
+                times[f"{what}_cpu"].append(time.process_time() - c)
+    med = {k: _median(v) for k, v in times.items()}
+    hist = opt.history
+    return {
+        "steps": len(times["step_wall"]),
+        "batch": base.qnewton_batch_size,
+        "step_ms_wall": 1e3 * med["step_wall"],
+        "grad_eval_ms_wall": 1e3 * med["grad_wall"],
+        "step_in_grad_evals_wall": med["step_wall"] / med["grad_wall"],
+        "step_in_grad_evals_cpu": med["step_cpu"] / med["grad_cpu"],
+        "ggn_products_per_step": _median([h["matvecs"] for h in hist]),
+        "cg_iterations_per_step": _median([h["cg_iterations"] for h in hist]),
+        "line_search_evals_per_step": _median([h["line_search_evals"] for h in hist]),
+    }
+
+
+def loader_ms_per_epoch(task: Task, batch_sizes: tuple[int, ...]) -> dict[int, float]:
+    """Wall time of one pass over the shared loop's loader alone (it is in every method's time)."""
+    out = {}
+    for b in batch_sizes:
+        loader = make_loader(task.train, b, seed=0)
+        t = time.perf_counter()
+        for epoch in range(5):
+            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            for _ in loader:
+                pass
+        out[b] = 1e3 * (time.perf_counter() - t) / 5
+    return out
+
+
+def summarise(
+    per_seed: dict[int, dict[str, Any]],
+    at_256: dict[int, bool],
+    stab: dict[int, Any],
+    cost: dict[str, float],
+) -> dict[str, Any]:
+    """Per-seed rule: a target is met only if every seed meets it (no medians of infinities)."""
+    seeds = sorted(per_seed)
+    both = [s for s in seeds if per_seed[s]["wall_ratio"] is not None]
+    out: dict[str, Any] = {"seeds": seeds, "seeds_both_reached": both}
+    for clock in ("wall", "cpu", "wall_vs_fastest_lr"):
+        key = f"{clock}_ratio" if "_vs_" not in clock else "wall_ratio_vs_fastest_lr"
+        got = {s: per_seed[s].get(key) for s in seeds}
+        ratios = [v for v in got.values() if v is not None]
+        out[f"{key}_per_seed"] = got
+        out[f"{key}_seeds"] = [s for s in seeds if got[s] is not None]
+        out[f"{key}_worst"] = max(ratios) if ratios else None
+        out[f"{key}_median"] = _median(ratios) if ratios else None
+        out[f"{key}_mean"] = statistics.mean(ratios) if ratios else None
+    out["qnewton_defaults_reached"] = sum(per_seed[s]["qnewton_reached"] for s in seeds)
+    out["qnewton_defaults_reached_batch_256"] = sum(at_256.values())
+    out["adam_reached"] = sum(per_seed[s]["adam_reached"] for s in seeds)
+    out["max_loss_rise"] = max(v["max_rise"] for v in stab.values())
+    all_both = len(both) == len(seeds)
+    out["targets"] = {
+        "defaults_reach_sgd_on_every_seed": out["qnewton_defaults_reached"] == len(seeds),
+        "defaults_reach_sgd_on_every_seed_batch_256": all(at_256.values()),
+        "wall_le_1.5x_adam_on_every_seed": all_both and out["wall_ratio_worst"] <= 1.5,
+        # CPU clock: under load a 10 ms step is preempted more often than a 1 ms gradient
+        # evaluation, so the wall ratio overstates the step's cost (both are in the JSON)
+        "step_le_12_grad_evals_cpu": cost["step_in_grad_evals_cpu"] <= 12,
+        "no_late_rise_above_2x": out["max_loss_rise"] <= 2.0,
+    }
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=("digits", "friedman"), default="digits")
     ap.add_argument("--hidden", type=int, default=32, help="1540 gives 115,510 parameters")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=20, help="SGD's budget (sets the target)")
+    ap.add_argument("--max-epochs", type=int, default=40, help="Adam's and QNewton's budget")
+    ap.add_argument("--qnewton-batch", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--stability-epochs", type=int, default=100)
+    ap.add_argument("--cost-epochs", type=int, default=10)
+    ap.add_argument("--out", default="", help="JSON path (default: benchmarks/results/...)")
     args = ap.parse_args()
+    env = environment_info(0)  # provenance before anything is written
     torch.set_num_threads(1)
-    seeds = list(range(args.seeds))
     t_all = time.perf_counter()
-
-    sgd = {
-        lr: {s: _run(s, args.epochs, args.hidden, "sgd", sgd_lr=lr) for s in seeds}
-        for lr in SGD_LRS
-    }
-    sgd_final = {lr: _median([runs[s][-1]["test_acc"] for s in seeds]) for lr, runs in sgd.items()}
-    sgd_lr = max(sgd_final, key=sgd_final.__getitem__)
-    print("SGD lr -> median final test acc", sgd_final, "chosen", sgd_lr, flush=True)
-    target = {s: sgd[sgd_lr][s][-1]["test_acc"] for s in seeds}
-    sgd_epochs = {s: _reach(sgd[sgd_lr][s], target[s])["epoch"] for s in seeds}  # type: ignore[index]
-
-    def wall_to_target(
-        runs: dict[int, list[dict[str, float]]], clock: str = "cpu_s"
-    ) -> tuple[float, float, list[Any]]:
-        hits = [_reach(runs[s], target[s]) for s in seeds]
-        walls = [h[clock] if h else math.inf for h in hits]
-        epochs = [h["epoch"] if h else math.inf for h in hits]
-        return _median(walls), _median(epochs), hits
-
-    adam = {
-        lr: {s: _run(s, args.epochs, args.hidden, "adam", adam_lr=lr) for s in seeds}
-        for lr in ADAM_LRS
-    }
-    adam_wall = {lr: wall_to_target(runs)[0] for lr, runs in adam.items()}
-    adam_lr = min(adam_wall, key=adam_wall.__getitem__)
-    print("Adam lr -> median wall to target", adam_wall, "chosen", adam_lr, flush=True)
-
-    qn: dict[tuple[float, int, int], dict[int, list[dict[str, float]]]] = {}
-    for key in itertools.product(QN_DAMPINGS, QN_CURV_BATCHES, QN_BATCHES):
-        damping, cb, batch = key
-        qn[key] = {
-            s: _run(
-                s,
-                args.epochs,
-                args.hidden,
-                "qnewton",
-                damping=damping,
-                curvature_batch=cb,
-                qnewton_batch_size=batch,
-                method="hessian_free",
-            )
-            for s in seeds
-        }
-        print(
-            "QNewton damping",
-            damping,
-            "curvature batch",
-            cb,
-            "batch",
-            batch,
-            "median wall to target",
-            wall_to_target(qn[key])[0],
-            flush=True,
-        )
-    qn_wall = {k: wall_to_target(runs)[0] for k, runs in qn.items()}
-    qn_best = min(qn_wall, key=qn_wall.__getitem__)
-    cost = hf_step_cost(0, *qn_best, hidden=args.hidden)
-    print("HF step cost", cost, flush=True)
-    # what fewer CG iterations would cost (the epochs above are for cg_max_iter = 10)
-    cost_vs_iters = [
-        hf_step_cost(0, *qn_best, cg_max_iter=k, hidden=args.hidden) for k in (2, 4, 6)
-    ] + [cost]
-
-    sgd_row = {"sgd_epochs": _median(list(sgd_epochs.values()))}
-    sgd_row["sgd_cpu_s"] = _median([_reach(sgd[sgd_lr][s], target[s])["cpu_s"] for s in seeds])  # type: ignore[index]
-    a_wall, a_epochs, _ = wall_to_target(adam[adam_lr])
-    q_wall, q_epochs, _ = wall_to_target(qn[qn_best])
-    a_real = wall_to_target(adam[adam_lr], "wall_s")[0]
-    q_real = wall_to_target(qn[qn_best], "wall_s")[0]
-    summary = {
-        "target_test_acc_median": _median(list(target.values())),
-        "sgd_lr": sgd_lr,
-        "adam_lr": adam_lr,
-        "qnewton_damping": qn_best[0],
-        "qnewton_curvature_batch": qn_best[1],
-        "qnewton_batch": qn_best[2],
-        **sgd_row,
-        "adam_cpu_s": a_wall,
-        "adam_wall_s": a_real,
-        "adam_epochs": a_epochs,
-        "qnewton_cpu_s": q_wall,
-        "qnewton_wall_s": q_real,
-        "qnewton_epochs": q_epochs,
-        "cpu_ratio_qnewton_over_adam": q_wall / a_wall,
-        "wall_ratio_qnewton_over_adam": q_real / a_real,
-        "epoch_ratio_qnewton_over_sgd": q_epochs / sgd_row["sgd_epochs"],
-        "hf_step_in_grad_evals": cost["step_in_grad_evals"],
-        "edges": {
-            "sgd_lr_on_edge": _edge(sgd_lr, SGD_LRS),
-            "adam_lr_on_edge": _edge(adam_lr, ADAM_LRS),
-            "qnewton_damping_on_edge": _edge(qn_best[0], QN_DAMPINGS),
-        },
-    }
-    summary["targets"] = {
-        "wall_le_2x_adam": summary["wall_ratio_qnewton_over_adam"] <= 2.0,
-        "cpu_le_2x_adam": summary["cpu_ratio_qnewton_over_adam"] <= 2.0,
-        "epochs_le_third_of_sgd": summary["epoch_ratio_qnewton_over_sgd"] <= 1 / 3,
-        "hf_step_le_12_grad_evals": cost["step_in_grad_evals"] <= 12,
-    }
-    print(summary)
-    per_seed = [
-        {
-            "seed": s,
-            "target_acc": target[s],
-            "sgd_epochs": sgd_epochs[s],
-            **{
-                f"{n}_{k}": (h[k] if h else None)
-                for n, runs in (("adam", adam[adam_lr]), ("qnewton", qn[qn_best]))
-                for h in [_reach(runs[s], target[s])]
-                for k in ("epoch", "wall_s")
-            },
-        }
-        for s in seeds
-    ]
-    name = "newton_hf.json" if args.hidden == 32 else f"newton_hf_h{args.hidden}.json"
-    out = Path(__file__).parent / "results" / name
+    load_start = os.getloadavg()[0]
+    seeds = list(range(args.seeds))
+    base = CompareConfig(
+        dataset=args.task,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        qnewton_batch_size=args.qnewton_batch,
+        optimizers=("sgd",),
+    )
+    tasks = {s: make_task(replace(base, seed=s)) for s in seeds}
+    sgd = sgd_targets(base, seeds, tasks)
+    targets = sgd["targets"]
+    longer = replace(base, epochs=args.max_epochs)
+    adam = adam_grid(longer, seeds, tasks, targets)
+    tuned = replace(longer, adam_lr=adam["lr"])
+    per_seed = timed_rounds(tuned, seeds, tasks, targets, args.rounds, adam["fastest_lr"])
+    at_256 = {}
+    for s in seeds:
+        cfg = replace(tuned, seed=s, qnewton_batch_size=256)
+        rows, _ = _run("qnewton", cfg, tasks[s], targets[s])
+        at_256[s] = _hit(tasks[s], rows, targets[s]) is not None
+    stab = stability(replace(base, epochs=args.stability_epochs), seeds, tasks)
+    cost = step_cost(base, tasks[0], args.cost_epochs)
+    print("step cost", cost, flush=True)
+    summary = summarise(per_seed, at_256, stab, cost)
+    print(summary, flush=True)
+    name = "newton_hf" if args.task == "digits" and args.hidden == 32 else None
+    name = name or (f"newton_hf_h{args.hidden}" if args.task == "digits" else "newton_hf_friedman")
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"{name}.json"
+    n_in, n_out = tasks[0].train.tensors[0].shape[1], tasks[0].d_out
     atomic_write_json(
         out,
         {
+            "task": args.task,
+            "metric": tasks[0].metric,
+            "parameters": (n_in + 1) * args.hidden + (args.hidden + 1) * n_out,
             "summary": summary,
             "per_seed": per_seed,
-            "hf_step_cost": cost,
-            "hf_step_cost_vs_cg_iterations": cost_vs_iters,
-            "grids": {
-                "sgd_final_acc": {str(k): v for k, v in sgd_final.items()},
-                "adam_cpu_s": {str(k): v for k, v in adam_wall.items()},
-                "qnewton_cpu_s": {
-                    f"damping={k[0]},curv_batch={k[1]},batch={k[2]}": v for k, v in qn_wall.items()
-                },
-            },
-            "curves": {
-                "sgd": sgd[sgd_lr],
-                "adam": adam[adam_lr],
-                "qnewton": qn[qn_best],
-            },
+            "qnewton_defaults_reached_at_batch_256": at_256,
+            "stability": stab,
+            "step_cost": cost,
+            "sgd": sgd,
+            "adam": adam,
+            "qnewton_settings": "QNewton(model.parameters()): constructor defaults",
             "args": vars(args),
-            "parameters": 64 * args.hidden + args.hidden + 10 * args.hidden + 10,
+            "loader_ms_per_epoch": loader_ms_per_epoch(tasks[0], (256, args.qnewton_batch)),
+            "machine_load_1min": {"start": load_start, "end": os.getloadavg()[0]},
             "total_s": time.perf_counter() - t_all,
-            "env": environment_info(0),
+            "env": env,
         },
     )
     print(f"wrote {out}")

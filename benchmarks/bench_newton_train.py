@@ -27,7 +27,9 @@ HHL_KEYS = ("n_params", "relative_gap", "max_rel_error", "kappa_target", "max_ka
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--noise-steps", type=int, default=30)
+    ap.add_argument("--out", default="benchmarks/results/newton_train.json")
     args = ap.parse_args()
+    env = environment_info(0)  # provenance before anything is written
     hhl = hhl_in_the_loop(HHLLoopConfig())
     hhl_row = {k: hhl[k] for k in HHL_KEYS}
     hhl_row["final_exact"] = hhl["runs"]["cholesky"]["final_loss"]
@@ -45,7 +47,7 @@ def main() -> None:
         ),
     }
     print(targets)
-    out = Path(__file__).parent / "results" / "newton_train.json"
+    out = Path(args.out)
     atomic_write_json(
         out,
         {
@@ -53,7 +55,7 @@ def main() -> None:
             "noise": noise["rows"],
             "targets": targets,
             "args": vars(args),
-            "env": environment_info(0),
+            "env": env,
         },
     )
     print(f"wrote {out}")

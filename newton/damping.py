@@ -12,7 +12,14 @@ The damped step solves ``(H + delta I) p = -g``. Two rules set ``delta``:
    This is the knob that trades Newton accuracy (small delta) against quantum cost, which grows
    with kappa; Shampoo's relative ridge ``eps * lambda_max`` is the precedent.
 
-The step uses ``delta = max(delta_LM, delta_kappa)``.
+3. the floor: ``delta >= c s / B``, ``s`` the largest curvature seen so far and ``B`` the examples
+   of the curvature batch. The GGN of a mean loss over ``B`` examples plus this floor is the GGN
+   of the same examples plus an isotropic prior worth ``c`` examples of curvature ``s``: it scales
+   with the loss, shrinks as batches (and their noise) grow, and stays put when the loss and with
+   it the curvature become tiny, so the step ``-(C + delta I)^{-1} g`` cannot grow without bound
+   (Martens 2010 damps with a fixed scale for the same reason).
+
+The step uses ``delta = max(delta_LM, delta_kappa, floor)``.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 
 from newton.errors import NewtonError, check_number
 
-__all__ = ["LevenbergMarquardt", "combined_damping", "kappa_target_damping"]
+__all__ = ["LevenbergMarquardt", "combined_damping", "damping_floor", "kappa_target_damping"]
 
 
 def kappa_target_damping(lambda_max: float, lambda_min: float, kappa_target: float) -> float:
@@ -90,3 +97,18 @@ def reduction_ratio(actual: float, predicted: float) -> float:
     if predicted <= 0:
         return -math.inf
     return actual / predicted
+
+
+def damping_floor(
+    curvature_scale: float, examples: int, prior_examples: float, min_damping: float = 0.0
+) -> float:
+    """``max(min_damping, prior_examples * curvature_scale / examples)`` (rule 3 above).
+
+    Args:
+        curvature_scale: the largest curvature seen so far (a non-finite value counts as 0).
+        examples: examples in the curvature batch (at least 1).
+        prior_examples: the prior's weight ``c``, in examples; 0 = no relative floor.
+        min_damping: an absolute floor beside it.
+    """
+    s = curvature_scale if math.isfinite(curvature_scale) else 0.0
+    return max(min_damping, prior_examples * s / max(examples, 1))

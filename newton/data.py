@@ -1,4 +1,5 @@
-"""Datasets for the Newton experiments: scikit-learn's bundled digits, and MNIST from local IDX files.
+"""Datasets for the Newton experiments: scikit-learn's bundled digits, Friedman #1 regression, and
+MNIST from local IDX files.
 
 Nothing is downloaded. MNIST is read from a folder the user already has, holding the four files
 ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
@@ -19,7 +20,7 @@ import torch
 
 from newton.errors import NewtonError
 
-__all__ = ["digits_datasets", "load_mnist", "read_idx"]
+__all__ = ["digits_datasets", "friedman_datasets", "load_mnist", "read_idx"]
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -124,6 +125,33 @@ def digits_datasets(
     def ds(a: np.ndarray, b: np.ndarray) -> torch.utils.data.TensorDataset:
         return torch.utils.data.TensorDataset(
             torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.long)
+        )
+
+    return ds(x_tr, y_tr), ds(x_te, y_te)
+
+
+def friedman_datasets(
+    test_fraction: float = 0.2, seed: int = 0, *, n: int = 2000, noise: float = 1.0
+) -> tuple[torch.utils.data.TensorDataset, torch.utils.data.TensorDataset]:
+    """Friedman #1 regression as (train, test): 10 uniform features, targets standardised.
+
+    ``y = 10 sin(pi x1 x2) + 20 (x3 - 1/2)^2 + 10 x4 + 5 x5 + noise`` (x6..x10 are irrelevant), drawn
+    by :func:`sklearn.datasets.make_friedman1` (Friedman, Annals of Statistics 1991). The targets
+    are standardised with the training split's mean and deviation, so the test MSE of predicting
+    the mean is about 1 and the noise floor is ``noise^2 / var(y)`` (about 0.04 at noise 1).
+    Targets have shape ``(N, 1)``, for an MLP with one output and ``mse_loss``.
+    """
+    from sklearn.datasets import make_friedman1
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_friedman1(n_samples=n, noise=noise, random_state=seed)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed)
+    mu, sd = y_tr.mean(), y_tr.std() + 1e-12
+
+    def ds(a: np.ndarray, b: np.ndarray) -> torch.utils.data.TensorDataset:
+        return torch.utils.data.TensorDataset(
+            torch.tensor(a, dtype=torch.float32),
+            torch.tensor((b - mu) / sd, dtype=torch.float32).reshape(-1, 1),
         )
 
     return ds(x_tr, y_tr), ds(x_te, y_te)

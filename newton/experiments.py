@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from newton.cost import ClassicalCostModel, QuantumCostModel, crossover_size, paper_mode_costs
-from newton.data import digits_datasets, load_mnist
+from newton.data import digits_datasets, friedman_datasets, load_mnist
 from newton.errors import BadValueError, check_choice, check_int, check_number
 from newton.optimizer import QNewton
 from newton.scheduler import Scheduler, SchedulerConfig
@@ -36,10 +36,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CompareConfig",
+    "Task",
     "CrossoverConfig",
     "HHLLoopConfig",
     "NoiseConfig",
     "compare_optimizers",
+    "make_task",
+    "train_curve",
     "crossover_curves",
     "hhl_in_the_loop",
     "noise_robustness",
@@ -50,48 +53,53 @@ def _ce(model: nn.Module, batch: Any) -> torch.Tensor:
     return nn.functional.cross_entropy(model(batch[0]), batch[1])
 
 
+def _mse(model: nn.Module, batch: Any) -> torch.Tensor:
+    return nn.functional.mse_loss(model(batch[0]), batch[1])
+
+
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out))
 
 
+QNEWTON_SETTINGS = ("damping", "damping_floor", "curvature_batch", "cg_max_iter", "cg_tol", "lr")
+
+
 @dataclass(frozen=True)
 class CompareConfig:
-    """QNewton vs SGD vs Adam on an MLP."""
+    """QNewton vs SGD vs Adam on an MLP (a classifier, or a regressor on Friedman #1)."""
 
-    dataset: str = "digits"  # "digits" (bundled with scikit-learn) or "mnist" (local IDX files)
+    dataset: str = "digits"  # "digits", "friedman" (regression) or "mnist" (local IDX files)
     mnist_dir: str = ""  # folder with the four MNIST IDX files when dataset = "mnist"
     max_train: int = 0  # MNIST: use only this many training images (0 = all)
     hidden: int = 32  # MLP hidden width
     epochs: int = 6  # passes over the training set
     batch_size: int = 256  # examples per step (SGD and Adam; QNewton too unless set below)
-    qnewton_batch_size: int = 512  # examples per QNewton step; 0 = batch_size (bench_newton_hf)
-    curvature_batch: int = 512  # examples per step used for QNewton's GGN (0 = all)
-    damping: float = 0.3  # QNewton initial Levenberg-Marquardt damping (grid in bench_newton_hf)
-    min_damping: float = 1e-8  # QNewton LM floor; 0.1 hurt the 8-epoch benchmark (docs)
-    kappa_target: float = 0.0  # QNewton kappa-targeted damping; 0 = off
-    block_size: int = 512  # QNewton largest curvature block
-    method: str = "auto"  # QNewton: auto | hessian_free | blocks (auto: Hessian-free past 1,000)
-    cg_max_iter: int = 10  # QNewton Hessian-free: CG iterations per step
-    lr: float = 1.0  # QNewton step scale before the line search
-    sgd_lr: float = 1.0  # best final test accuracy of {0.03, ..., 3} on digits (bench_newton_hf)
+    qnewton_batch_size: int = 512  # examples per QNewton step; 0 = batch_size
+    # QNewton settings; None = QNewton's constructor default (docs/newton.md, "Defaults")
+    damping: float | None = None  # initial Levenberg-Marquardt damping
+    damping_floor: float | None = None  # damping floor, in examples of the curvature scale
+    curvature_batch: int | None = None  # examples per step used for the GGN
+    cg_max_iter: int | None = None  # Hessian-free CG iterations per step at most
+    cg_tol: float | None = None  # Hessian-free CG relative residual to stop at
+    lr: float | None = None  # step scale before the line search
+    kappa_target: float = 0.0  # QNewton kappa-targeted damping (block steps); 0 = off
+    method: str = "auto"  # QNewton: auto | hessian_free | blocks
+    sgd_lr: float = 1.0  # best final test accuracy on digits 64-32-10 (bench_newton_hf)
     sgd_momentum: float = 0.9
-    adam_lr: float = (
-        0.1  # fastest to SGD's accuracy of {3e-3, ..., 0.3} on digits (bench_newton_hf)
-    )
+    adam_lr: float = 0.03  # tuned on digits 64-32-10 (bench_newton_hf: all seeds reach the target)
     target_loss: float = 0.3  # train loss whose first crossing gives "wall time to target"
-    test_fraction: float = 0.2  # digits: held-out share
+    test_fraction: float = 0.2  # digits, friedman: held-out share
     optimizers: tuple[str, ...] = ("qnewton", "sgd", "adam")  # which to run
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, ("digits", "mnist"))
-        for name in ("hidden", "epochs", "batch_size", "cg_max_iter", "block_size"):
+        check_choice("dataset", self.dataset, ("digits", "friedman", "mnist"))
+        for name in ("hidden", "epochs", "batch_size"):
             check_int(name, getattr(self, name))
-        for name in ("max_train", "qnewton_batch_size", "curvature_batch", "seed"):
+        for name in ("max_train", "qnewton_batch_size", "seed"):
             check_int(name, getattr(self, name), low=0)
-        for name in ("damping", "lr", "sgd_lr", "adam_lr"):
+        for name in ("sgd_lr", "adam_lr"):
             check_number(name, getattr(self, name), low=0, open_low=True)
-        check_number("min_damping", self.min_damping, low=0)
         check_number("sgd_momentum", self.sgd_momentum, low=0, high=1, open_high=True)
         check_number("target_loss", self.target_loss, low=0)
         check_number(
@@ -106,130 +114,170 @@ class CompareConfig:
             check_choice("optimizers entry", name, ("qnewton", "sgd", "adam"))
         if self.dataset == "mnist" and not self.mnist_dir:
             raise BadValueError('dataset="mnist" needs mnist_dir="..." (a folder of IDX files)')
+        from newton.optimizer import check_settings
+
+        check_settings(self.qnewton_settings())
+
+    def qnewton_settings(self) -> dict[str, Any]:
+        """The QNewton keyword arguments this config sets (the rest keep their defaults)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in QNEWTON_SETTINGS}
+        out = {k: v for k, v in out.items() if v is not None}
+        if self.kappa_target:
+            out["kappa_target"] = self.kappa_target
+        return {**out, "method": self.method}
 
 
-def _datasets(cfg: CompareConfig) -> tuple[Any, Any]:
-    if cfg.dataset == "digits":
-        return digits_datasets(cfg.test_fraction, cfg.seed)
+@dataclass(frozen=True)
+class Task:
+    """A dataset with its loss and test metric (``test_acc``: higher is better; ``test_mse``: lower)."""
+
+    train: Any
+    test: Any
+    loss_fn: Any
+    metric: str
+    d_out: int
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "test_acc"
+
+    def reached(self, value: float, target: float) -> bool:
+        """Whether ``value`` of the metric is at least as good as ``target``."""
+        return value >= target - 1e-9 if self.higher_is_better else value <= target + 1e-12
+
+
+def make_task(cfg: CompareConfig) -> Task:
+    """The config's dataset, loss and metric."""
+    if cfg.dataset == "friedman":
+        train_ds, test_ds = friedman_datasets(cfg.test_fraction, cfg.seed)
+        return Task(train_ds, test_ds, _mse, "test_mse", 1)
     if cfg.dataset == "mnist":
-        return load_mnist(cfg.mnist_dir, max_train=cfg.max_train)
-    from newton.errors import NewtonError
-
-    raise NewtonError(f"dataset={cfg.dataset!r} must be 'digits' or 'mnist'")
+        train_ds, test_ds = load_mnist(cfg.mnist_dir, max_train=cfg.max_train)
+    else:
+        train_ds, test_ds = digits_datasets(cfg.test_fraction, cfg.seed)
+    y_tr, y_te = train_ds.tensors[1], test_ds.tensors[1]
+    return Task(train_ds, test_ds, _ce, "test_acc", int(max(y_tr.max(), y_te.max())) + 1)
 
 
 def _make_optimizer(name: str, model: nn.Module, cfg: CompareConfig) -> torch.optim.Optimizer:
     if name == "qnewton":
-        return QNewton(
-            model.parameters(),
-            damping=cfg.damping,
-            min_damping=cfg.min_damping,
-            kappa_target=cfg.kappa_target or None,
-            block_size=cfg.block_size,
-            curvature_batch=cfg.curvature_batch or None,
-            method=cfg.method,  # type: ignore[arg-type]
-            cg_max_iter=cfg.cg_max_iter,
-            lr=cfg.lr,
-        )
+        return QNewton(model.parameters(), **cfg.qnewton_settings())
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.sgd_lr, momentum=cfg.sgd_momentum)
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.adam_lr)
-    from newton.errors import NewtonError
+    return torch.optim.Adam(model.parameters(), lr=cfg.adam_lr)
 
-    raise NewtonError(f"optimizer {name!r} must be qnewton, sgd or adam")
+
+def train_curve(
+    name: str, cfg: CompareConfig, task: Task, *, stop_at: float | None = None
+) -> tuple[list[dict[str, float]], Any]:
+    """Train one optimizer; per epoch the train loss, test loss and metric, and the training
+    time so far (wall and process CPU, evaluation excluded). Returns (rows, optimizer).
+
+    ``stop_at``: stop at the first epoch whose test metric reaches this target (or after
+    ``cfg.epochs``), through the loop's early stopping on a countdown that stops improving there.
+    """
+    x_tr, y_tr = task.train.tensors
+    x_te, y_te = task.test.tensors
+    seed_everything(cfg.seed)
+    model = _mlp(x_tr.shape[1], cfg.hidden, task.d_out)
+    opt = _make_optimizer(name, model, cfg)
+    batch_size = cfg.batch_size
+    if name == "qnewton" and cfg.qnewton_batch_size:
+        batch_size = cfg.qnewton_batch_size
+    steps_per_epoch = math.ceil(len(task.train) / batch_size)
+    clock = {"start": time.perf_counter(), "eval_s": 0.0}
+    cpu = {"start": time.process_time(), "eval_s": 0.0}
+    rows: list[dict[str, float]] = []
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        t, c = time.perf_counter(), time.process_time()
+        le = m(x_te)
+        rec = {
+            "train_loss": float(task.loss_fn(m, (x_tr, y_tr))),
+            "test_loss": float(task.loss_fn(m, (x_te, y_te))),
+        }
+        if task.metric == "test_acc":
+            rec["test_acc"] = float((le.argmax(-1) == y_te).float().mean())
+        else:
+            rec["test_mse"] = rec["test_loss"]
+        rec["wall_s"] = t - clock["start"] - clock["eval_s"]  # training time only
+        rec["cpu_s"] = c - cpu["start"] - cpu["eval_s"]  # CPU time of this process
+        rec["epoch"] = len(rows) + 1
+        rows.append(rec)
+        clock["eval_s"] += time.perf_counter() - t
+        cpu["eval_s"] += time.process_time() - c
+        done = stop_at is not None and task.reached(rec[task.metric], stop_at)
+        return {**rec, "until_target": math.inf if done else -rec["epoch"]}
+
+    train(
+        model,
+        make_loader(task.train, batch_size, seed=cfg.seed),
+        task.loss_fn,
+        opt,
+        TrainConfig(
+            max_steps=cfg.epochs * steps_per_epoch,
+            max_epochs=cfg.epochs,
+            eval_every=steps_per_epoch,
+            clip_grad_norm=None,
+            progress=False,
+            seed=cfg.seed,
+            device="cpu",
+            log_every=steps_per_epoch,
+            early_stop_metric="until_target" if stop_at is not None else None,
+            early_stop_patience=1 if stop_at is not None else 0,
+        ),
+        eval_fn=eval_fn,
+    )
+    return rows, opt
+
+
+def _step_records(opt: QNewton) -> list[dict[str, Any]]:
+    """Per QNewton step: kappa (None, valid JSON, for Hessian-free steps), damping, CG, outcome."""
+    out = []
+    for i, h in enumerate(opt.history):
+        kappas = ("kappa_max", "kappa_median", "kappa_undamped_max")
+        out.append(
+            {
+                "step": i + 1,
+                **{k: h[k] if math.isfinite(h[k]) else None for k in kappas},
+                "damping": h["damping"],
+                "cg_iterations": h["cg_iterations"],
+                "fallback": float(h["fallback"]),
+                "rejected": float(h["rejected"]),
+            }
+        )
+    return out
 
 
 def compare_optimizers(cfg: CompareConfig) -> dict[str, Any]:
     """Train the same MLP with each optimizer; per-epoch curves and the summary table."""
-    train_ds, test_ds = _datasets(cfg)
-    x_tr, y_tr = train_ds.tensors
-    x_te, y_te = test_ds.tensors
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    task = make_task(cfg)
     curves: dict[str, list[dict[str, float]]] = {}
     kappa: list[dict[str, Any]] = []
     for name in cfg.optimizers:
-        seed_everything(cfg.seed)
-        model = _mlp(x_tr.shape[1], cfg.hidden, n_classes)
-        opt = _make_optimizer(name, model, cfg)
-        batch_size = cfg.batch_size
-        if name == "qnewton" and cfg.qnewton_batch_size:
-            batch_size = cfg.qnewton_batch_size
-        steps_per_epoch = math.ceil(len(train_ds) / batch_size)
-        clock = {"start": time.perf_counter(), "eval_s": 0.0}
-        cpu = {"start": time.process_time(), "eval_s": 0.0}
-        rows: list[dict[str, float]] = []
-
-        def eval_fn(
-            m: nn.Module, rows: list[dict[str, float]] = rows, clock: Any = clock, cpu: Any = cpu
-        ) -> dict[str, float]:
-            t, c = time.perf_counter(), time.process_time()
-            lt, le = m(x_tr), m(x_te)
-            rec = {
-                "train_loss": float(nn.functional.cross_entropy(lt, y_tr)),
-                "test_loss": float(nn.functional.cross_entropy(le, y_te)),
-                "test_acc": float((le.argmax(-1) == y_te).float().mean()),
-            }
-            rec["wall_s"] = t - clock["start"] - clock["eval_s"]  # training time only
-            # CPU time of this process: the fairer clock on a shared machine (one torch thread)
-            rec["cpu_s"] = c - cpu["start"] - cpu["eval_s"]
-            rec["epoch"] = len(rows) + 1
-            rows.append(rec)
-            clock["eval_s"] += time.perf_counter() - t
-            cpu["eval_s"] += time.process_time() - c
-            return rec
-
-        train(
-            model,
-            make_loader(train_ds, batch_size, seed=cfg.seed),
-            _ce,
-            opt,
-            TrainConfig(
-                max_steps=cfg.epochs * steps_per_epoch,
-                max_epochs=cfg.epochs,
-                eval_every=steps_per_epoch,
-                clip_grad_norm=None,
-                progress=False,
-                seed=cfg.seed,
-                device="cpu",
-                log_every=steps_per_epoch,
-            ),
-            eval_fn=eval_fn,
-        )
-        curves[name] = rows
+        curves[name], opt = train_curve(name, cfg, task)
         if isinstance(opt, QNewton):
-            for i, h in enumerate(opt.history):
-                kappa.append(
-                    {
-                        "step": i + 1,
-                        # None (valid JSON) for Hessian-free steps, which solve no blocks
-                        **{
-                            k: h[k] if math.isfinite(h[k]) else None
-                            for k in ("kappa_max", "kappa_median", "kappa_undamped_max")
-                        },
-                        "damping": h["damping"],
-                        "cg_iterations": h["cg_iterations"],
-                        "fallback": float(h["fallback"]),
-                    }
-                )
+            kappa = _step_records(opt)
     summary = []
-    sgd_final = curves["sgd"][-1]["test_acc"] if "sgd" in curves else None
+    sgd_final = curves["sgd"][-1][task.metric] if "sgd" in curves else None
     for name, rows in curves.items():
         hit = [r for r in rows if r["train_loss"] <= cfg.target_loss]
-        reach = [r for r in rows if sgd_final is not None and r["test_acc"] >= sgd_final - 1e-9]
+        reach = [
+            r for r in rows if sgd_final is not None and task.reached(r[task.metric], sgd_final)
+        ]
         summary.append(
             {
                 "optimizer": name,
-                "final_test_acc": rows[-1]["test_acc"],
+                f"final_{task.metric}": rows[-1][task.metric],
                 "final_train_loss": rows[-1]["train_loss"],
-                "epochs_to_sgd_final_acc": reach[0]["epoch"] if reach else None,
-                "wall_s_to_sgd_final_acc": reach[0]["wall_s"] if reach else None,
+                "epochs_to_sgd_final": reach[0]["epoch"] if reach else None,
+                "wall_s_to_sgd_final": reach[0]["wall_s"] if reach else None,
                 f"wall_s_to_loss_{cfg.target_loss:g}": hit[0]["wall_s"] if hit else None,
                 "epochs_to_target_loss": hit[0]["epoch"] if hit else None,
                 "train_wall_s": rows[-1]["wall_s"],
             }
         )
-    return {"curves": curves, "summary": summary, "kappa": kappa}
+    return {"curves": curves, "summary": summary, "kappa": kappa, "metric": task.metric}
 
 
 @dataclass(frozen=True)
@@ -504,15 +552,21 @@ def plot_compare(result: dict[str, Any]) -> Any:
     """Loss and accuracy against epochs and against training time (CPU and wall); kappa or CG."""
     import matplotlib.pyplot as plt
 
+    metric = result.get("metric", "test_acc")
+    label = "test accuracy" if metric == "test_acc" else "test MSE"
     fig, ax = plt.subplots(1, 4, figsize=(17, 3.4))
     for name, rows in result["curves"].items():
         ep = [r["epoch"] for r in rows]
-        ax[0].plot(ep, [r["test_acc"] for r in rows], "o-", label=name)
+        ax[0].plot(ep, [r[metric] for r in rows], "o-", label=name)
         ax[1].plot([r["wall_s"] for r in rows], [r["train_loss"] for r in rows], "o-", label=name)
-        ax[2].plot([r["wall_s"] for r in rows], [r["test_acc"] for r in rows], "o-", label=name)
-    ax[0].set(xlabel="epoch", ylabel="test accuracy")
+        ax[2].plot([r["wall_s"] for r in rows], [r[metric] for r in rows], "o-", label=name)
+    ax[0].set(xlabel="epoch", ylabel=label)
     ax[1].set(xlabel="training wall time (s)", ylabel="train loss", yscale="log")
-    ax[2].set(xlabel="training wall time (s)", ylabel="test accuracy", ylim=(0.8, 1.0))
+    ax[2].set(xlabel="training wall time (s)", ylabel=label)
+    if metric == "test_acc":
+        ax[2].set_ylim(0.8, 1.0)
+    else:
+        ax[2].set_yscale("log")
     ax[0].legend()
     k = [r for r in result["kappa"] if r["kappa_max"] is not None]
     if k:

@@ -2,21 +2,27 @@
 
 One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
 
-1. ``loss = closure()``: gradients on the step's micro-batches; a NaN/inf loss or gradient raises
-   :class:`~newton.errors.NonFiniteError` before any weight changes.
+1. ``loss = closure()``: gradients on the step's micro-batches; a NaN/inf loss or gradient, or a
+   loss that is not a scalar, raises a :class:`~newton.errors.NewtonError` before any weight
+   changes (so does a NaN/inf curvature product, in step 3).
 2. Curvature ``C`` (GGN by default) on the same batches (:mod:`newton.curvature`).
-3. Hessian-free (``method="hessian_free"``, the default past ``hessian_free_above`` parameters):
-   one truncated, preconditioned CG on ``(C + delta I) p = -g`` over all parameters, warm-started
-   from the last direction, each product replaying the step's cached linearisation (Martens 2010).
-   Blocks (``method="blocks"``, small models, HHL): per block, eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
+3. Hessian-free (``method="hessian_free"``; ``"auto"``, the default, takes it unless a
+   scheduler, a kappa target or sparsification is asked for): one truncated, preconditioned CG
+   on ``(C + delta I) p = -g`` over all parameters, warm-started from the last direction, to a
+   residual of ``cg_tol`` times the gradient's norm; each product replays the step's cached
+   linearisation (Martens 2010). Blocks (``method="blocks"``, where the scheduler and HHL act):
+   per block, eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
    ``delta = max(delta_LM, delta_kappa)`` (:mod:`newton.damping`), optional symmetric
    sparsification (:mod:`newton.sparsify`), then ``(C_b + delta I) p_b = -g_b`` through the
    :class:`~newton.scheduler.Scheduler`.
 4. Safeguards: the step is capped at ``max_step_norm`` (trust radius); a backtracking Armijo line
    search on the loss; when the direction is not a descent direction or the search fails, a plain
-   gradient step of size ``fallback_lr`` instead (counted in the step info).
+   gradient step of size ``fallback_lr`` if that lowers the loss; else the step is rejected and
+   the weights restored (trust-region style). The outcome is in the step info.
 5. Levenberg-Marquardt: the ratio of actual to predicted decrease adapts ``delta_LM``, kept in the
-   param group (``"damping"``) so it is checkpointed with the optimizer state.
+   param group (``"damping"``) so it is checkpointed with the optimizer state, never below the
+   floor ``damping_floor * s / B``: ``s`` the largest curvature seen so far (Rayleigh quotients
+   of the CG directions, or the blocks' lambda_max), ``B`` the examples of the curvature batch.
 
 Math:
     p = -(C + delta I)^{-1} g  (whole, by truncated CG; or block-diagonal),   theta <- theta + t p,
@@ -47,7 +53,12 @@ from newton.curvature import (
     head_of_batch,
     make_blocks,
 )
-from newton.damping import LevenbergMarquardt, combined_damping, reduction_ratio
+from newton.damping import (
+    LevenbergMarquardt,
+    combined_damping,
+    damping_floor,
+    reduction_ratio,
+)
 from newton.errors import (
     BadValueError,
     NewtonError,
@@ -63,18 +74,30 @@ from newton.spectrum import KAPPA_CAP, estimate_condition_number
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Method", "QNewton"]
+__all__ = ["Method", "QNewton", "check_settings"]
 
 Method = Literal["auto", "hessian_free", "blocks"]
 CG_DECAY = 0.95  # warm start: CG begins from this share of the previous direction (Martens 2010)
 EMA_BETA = 0.95  # decay of the squared-gradient average behind the diagonal preconditioner
 
 
-def _check_settings(s: dict[str, Any]) -> None:
-    """Every QNewton setting, before anything is built (each error names its value)."""
+def check_settings(settings: dict[str, Any]) -> None:
+    """Check QNewton keyword arguments (the rest at their defaults) before anything is built.
+
+    Each error is a :class:`~newton.errors.BadValueError` naming the value, the range and the fix.
+    """
+    import inspect
+
+    sig = inspect.signature(QNewton.__init__)
+    defaults = {k: p.default for k, p in sig.parameters.items() if k not in ("self", "params")}
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise BadValueError(f"unknown QNewton setting(s) {unknown}; known: {sorted(defaults)}")
+    s = {**defaults, **settings}
     check_number("lr", s["lr"], low=0, open_low=True)
     check_number("damping", s["damping"], low=0, open_low=True)
     check_number("min_damping", s["min_damping"], low=0)
+    check_number("damping_floor", s["damping_floor"], low=0)
     if s["kappa_target"] is not None:
         check_number("kappa_target", s["kappa_target"], low=1, open_low=True)
     check_choice("curvature", s["curvature"], ("ggn", "fisher", "hessian"))
@@ -97,6 +120,47 @@ def _check_settings(s: dict[str, Any]) -> None:
     for flag in ("adapt_damping", "line_search", "sparsify", "precondition"):
         if not isinstance(s[flag], bool):
             raise BadValueError(f"{flag}={s[flag]!r} must be True or False")
+    if s["method"] == "hessian_free" and (s["sparsify"] or s["kappa_target"] is not None):
+        raise BadValueError(
+            "sparsify and kappa_target act on the block solves; use method='blocks' (or "
+            "'auto', which picks blocks when they are set)"
+        )
+    if s["method"] == "hessian_free" and s["curvature"] == "hessian":
+        raise BadValueError(
+            "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"
+        )
+
+
+def _check_scalar_loss(model: nn.Module, batches: list[Any], loss_fn: Callable[..., Any]) -> None:
+    """Raise :class:`BadValueError` when ``loss_fn`` does not return a scalar (one forward pass)."""
+    with torch.no_grad():
+        out = loss_fn(model, batches[0])
+    loss = out[0] if isinstance(out, tuple) else out
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise BadValueError(
+            f"loss_fn returned {shape}, not a scalar; QNewton needs the mean loss of the batch "
+            "(reduce it with .mean()). No weight was changed"
+        )
+
+
+def _block_summary(block_info: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-step summary of the solves: kappas, backends, CG iterations."""
+    kappas = [b["kappa"] for b in block_info if b["kappa"] is not None]
+    backends: dict[str, int] = {}
+    for b in block_info:
+        backends[b["backend"]] = backends.get(b["backend"], 0) + 1
+    return {
+        "kappa_max": max(kappas) if kappas else math.nan,
+        "kappa_median": float(np.median(kappas)) if kappas else math.nan,
+        "kappa_undamped_max": max(
+            (b["kappa_undamped"] for b in block_info if b["kappa"] is not None), default=1.0
+        ),
+        "blocks": len(block_info),
+        "method": "hessian_free" if block_info[0]["backend"] == "hessian_free" else "blocks",
+        "cg_iterations": sum(int(b.get("iterations") or 0) for b in block_info),
+        "backends": backends,
+    }
 
 
 class QNewton(torch.optim.Optimizer):
@@ -120,8 +184,12 @@ class QNewton(torch.optim.Optimizer):
         sparsify: prune each dense block with the sparsest PD-safe symmetric mask.
         dense_max: blocks up to this size are formed densely; larger ones are matrix-free (CG).
         kappa_matvecs: Lanczos products for blocks without an exact spectrum.
-        min_damping: floor of the Levenberg-Marquardt damping (mini-batch steps overfit their
-            batch when delta shrinks too far).
+        min_damping: absolute floor of the Levenberg-Marquardt damping.
+        damping_floor: floor of the damping relative to the curvature scale ``s`` (the largest
+            curvature seen so far) and the ``B`` examples of the curvature batch:
+            ``delta >= damping_floor * s / B``, an isotropic prior worth ``damping_floor``
+            examples. Mini-batch Newton steps overfit their batch, and grow without bound once
+            the loss is tiny, when delta shrinks too far.
         exact_kappa_below: blocks up to this size get exact ``eigvalsh`` spectra; larger ones Lanczos.
         curvature_batch: examples per micro-batch used for the curvature (the gradient uses all);
             None = all. Forming a dense GGN block costs O(n_b^2 x examples x outputs), so a
@@ -129,15 +197,19 @@ class QNewton(torch.optim.Optimizer):
         method: ``"auto"`` (Hessian-free past ``hessian_free_above`` parameters, blocks below or
             when a ``scheduler``, ``kappa_target`` or ``sparsify`` is given), ``"hessian_free"``
             or ``"blocks"`` (where the scheduler, HHL, kappa targets and sparsification act).
-        hessian_free_above: parameter count above which ``"auto"`` takes Hessian-free steps.
-        cg_max_iter: Hessian-free CG iterations per step (each one GGN product).
-        cg_tol: Hessian-free CG relative residual to stop at.
+        hessian_free_above: parameter count above which ``"auto"`` takes Hessian-free steps
+            (0: at every size; measured faster than blocks on all tasks, docs/newton.md).
+        cg_max_iter: Hessian-free CG iterations per step at most (each one GGN product).
+        cg_tol: Hessian-free CG stops at a residual of ``cg_tol`` times the gradient's norm.
+
+    The defaults (``damping``, ``damping_floor``, ``cg_tol``, ``hessian_free_above``) were chosen
+    by ``benchmarks/bench_newton_defaults.py`` on three tasks; docs/newton.md gives the numbers.
         precondition: Hessian-free diagonal preconditioner ``(v + delta)^(3/4)``, ``v`` a running
             average of squared gradients.
 
     Example:
         >>> model = torch.nn.Linear(3, 1)
-        >>> opt = QNewton(model.parameters(), damping=1e-3)
+        >>> opt = QNewton(model.parameters())
         >>> opt.requires_closure
         True
     """
@@ -150,7 +222,7 @@ class QNewton(torch.optim.Optimizer):
         *,
         scheduler: Scheduler | None = None,
         lr: float = 1.0,
-        damping: float = 1e-3,
+        damping: float = 0.3,
         curvature: CurvatureKind = "ggn",
         structure: Structure = "layer",
         block_size: int = 512,
@@ -167,18 +239,32 @@ class QNewton(torch.optim.Optimizer):
         curvature_batch: int | None = None,
         exact_kappa_below: int = 128,
         min_damping: float = 1e-8,
+        damping_floor: float = 2.5,
         method: Method = "auto",
-        hessian_free_above: int = 1000,
+        hessian_free_above: int = 0,
         cg_max_iter: int = 10,
-        cg_tol: float = 1e-4,
+        cg_tol: float = 0.3,
         precondition: bool = True,
     ) -> None:
-        _check_settings(locals())
+        check_settings(
+            {k: v for k, v in locals().items() if k not in ("self", "params", "__class__")}
+        )
+        params = list(params)  # type: ignore[assignment]
         defaults = {"lr": lr, "damping": damping}
+        if not params:
+            raise BadValueError(
+                "QNewton got no parameters (an empty params list, e.g. a model without weights); "
+                "pass model.parameters() of a model that has some"
+            )
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise NewtonError(
                 "QNewton takes one param group (its curvature couples all parameters)"
+            )
+        if not self._params():
+            raise BadValueError(
+                "QNewton got parameters, but none requires a gradient (all frozen); unfreeze "
+                "the ones to train (requires_grad_(True))"
             )
         self._scheduler_given = scheduler is not None
         self.scheduler = scheduler or Scheduler()
@@ -198,15 +284,7 @@ class QNewton(torch.optim.Optimizer):
         self.curvature_batch = curvature_batch
         self.exact_kappa_below = exact_kappa_below
         self.min_damping = min_damping
-        if method == "hessian_free" and (sparsify or kappa_target is not None):
-            raise BadValueError(
-                "sparsify and kappa_target act on the block solves; use method='blocks' (or "
-                "'auto', which picks blocks when they are set)"
-            )
-        if method == "hessian_free" and curvature == "hessian":
-            raise NewtonError(
-                "method='hessian_free' needs a PSD curvature for CG; use curvature='ggn' or 'fisher'"
-            )
+        self.damping_floor = damping_floor
         self.method: Method = method
         self.hessian_free_above = hessian_free_above
         self.cg_max_iter = cg_max_iter
@@ -217,7 +295,8 @@ class QNewton(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------------------------
     def _params(self) -> list[torch.Tensor]:
-        return [p for p in self.param_groups[0]["params"]]
+        """The parameters QNewton moves: those of the group that require a gradient."""
+        return [p for p in self.param_groups[0]["params"] if p.requires_grad]
 
     @staticmethod
     def _closure_parts(closure: Any) -> tuple[nn.Module, list[Any], Callable[..., Any]]:
@@ -256,11 +335,121 @@ class QNewton(torch.optim.Optimizer):
         if closure is None:
             raise NewtonError("QNewton.step needs a closure (the training loop passes one)")
         model, batches, loss_fn = self._closure_parts(closure)
-        t_start = time.perf_counter()
-        with torch.enable_grad():
-            loss_t = closure()
-        loss = float(loss_t)
         params = self._params()
+        t_start = time.perf_counter()
+        loss_t, g_t = self._loss_and_gradient(closure, model, batches, loss_fn, params)
+        loss = float(loss_t)
+        group = self.param_groups[0]
+        lr, delta_lm = float(group["lr"]), float(group["damping"])
+        state = self.state[params[0]]
+        theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+
+        # (2)-(3) curvature and the damped solve: one CG on the whole GGN, or dense/CG blocks
+        curv = self._curvature(model, batches, loss_fn, params)
+        examples = curv.batch_size()
+        # this step's damping: LM's, floored for this batch (a short batch gets more damping)
+        delta = max(delta_lm, self._damping_floor(state.get("curvature_scale", 0.0), examples))
+        if self._use_hessian_free(curv.size):
+            direction, quad, block_info, scale = self._hessian_free_direction(curv, g_t, delta)
+            kinds = set(curv.output_hessian_kinds())
+            if len(kinds) == 1:  # checked once per loss function, then reused
+                self._output_hessian[id(loss_fn)] = kinds.pop()
+            t_curv = 0.0
+        else:
+            direction, quad, block_info, t_curv = self._block_direction(curv, g_t, delta)
+            scale = max(b["lambda_max"] for b in block_info)
+        t_solve = time.perf_counter() - t_start - t_curv
+
+        # (4) safeguards: trust radius, descent check, line search, fallback, rejection
+        g = g_t.double().cpu().numpy()
+        gp = float(g @ direction)
+        t, new_loss, outcome, evals = self._safeguarded_update(
+            model, batches, loss_fn, params, theta0, direction, g_t, gp, loss, lr
+        )
+        # (5) Levenberg-Marquardt, floored relative to the curvature scale
+        rho = math.nan
+        if outcome == "newton":
+            rho = reduction_ratio(loss - new_loss, -(t * gp + 0.5 * t * t * quad))
+        floor = self._adapt_damping(delta_lm, scale, examples, rho if outcome == "newton" else -1.0)
+        info = {
+            "loss": loss,
+            "loss_after": new_loss,
+            "step_size": t,
+            "outcome": outcome,
+            "fallback": outcome == "fallback",
+            "rejected": outcome == "rejected",
+            "rho": rho,
+            "line_search_evals": evals,
+            "damping": delta,
+            "damping_floor": floor,
+            "curvature_scale": state["curvature_scale"],
+            "quad": quad,
+            **_block_summary(block_info),
+            "matvecs": curv.matvecs,
+            "curvature_s": t_curv,
+            "solve_s": t_solve,
+            "step_s": time.perf_counter() - t_start,
+            "block_info": block_info,
+        }
+        self.history.append(info)
+        return loss_t
+
+    def _curvature(
+        self,
+        model: nn.Module,
+        batches: list[Any],
+        loss_fn: Callable[..., Any],
+        params: list[torch.Tensor],
+    ) -> Curvature:
+        """The curvature on the step's batches, or their first ``curvature_batch`` examples."""
+        if self.curvature_batch is not None:
+            batches = [head_of_batch(b, self.curvature_batch) for b in batches]
+        with torch.enable_grad():
+            return Curvature(
+                model,
+                batches,
+                loss_fn,
+                params,
+                kind=self.curvature,
+                output_hessian=self._output_hessian.get(id(loss_fn)),
+            )
+
+    def _adapt_damping(self, delta_lm: float, scale: float, examples: int, rho: float) -> float:
+        """(5) Levenberg-Marquardt on ``rho``, floored: the running curvature scale over the
+        largest batch seen (a short last batch gets its extra damping for its own step only).
+        Returns the floor."""
+        state = self.state[self._params()[0]]
+        state["curvature_scale"] = max(state.get("curvature_scale", 0.0), scale)
+        state["examples"] = max(state.get("examples", 0), examples)
+        floor = self._damping_floor(state["curvature_scale"], state["examples"])
+        if self.adapt_damping:
+            lm = LevenbergMarquardt(delta=max(delta_lm, floor), min_delta=floor)
+            self.param_groups[0]["damping"] = lm.update(rho)
+        return floor
+
+    def _loss_and_gradient(
+        self,
+        closure: Callable[[], Any],
+        model: nn.Module,
+        batches: list[Any],
+        loss_fn: Callable[..., Any],
+        params: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1) ``closure()``: the loss and the flat gradient, both checked finite (nothing changed yet)."""
+        try:  # a non-scalar loss fails in backward ("grad can be implicitly created only ...")
+            with torch.enable_grad():
+                loss_t = closure()
+        except RuntimeError:
+            _check_scalar_loss(model, batches, loss_fn)  # names the loss when it is the cause
+            raise
+        if not isinstance(loss_t, torch.Tensor) or loss_t.numel() != 1:
+            _check_scalar_loss(model, batches, loss_fn)
+            raise NewtonError(
+                f"the closure returned {type(loss_t).__name__} "
+                f"{tuple(getattr(loss_t, 'shape', ()))}; QNewton needs the mean loss as a scalar "
+                "tensor (qhybrid.train.Closure returns one)"
+            )
+        loss = float(loss_t)
         if not math.isfinite(loss):
             raise NonFiniteError(f"loss is {loss}; QNewton refuses to step (weights unchanged)")
         grads = [
@@ -272,107 +461,56 @@ class QNewton(torch.optim.Optimizer):
                 "the gradient has NaN or infinite entries; QNewton refuses to step (weights "
                 "unchanged). Check the data, lower lr, or raise damping"
             )
-        group = self.param_groups[0]
-        lr, delta_lm = float(group["lr"]), float(group["damping"])
-        theta0 = torch.cat([p.detach().reshape(-1) for p in params]).clone()
+        return loss_t, g_t
 
-        # (2)-(3) curvature and the damped solve: one CG on the whole GGN, or dense/CG blocks
-        curv_batches = batches
-        if self.curvature_batch is not None:
-            curv_batches = [head_of_batch(b, self.curvature_batch) for b in batches]
-        with torch.enable_grad():
-            curv = Curvature(
-                model,
-                curv_batches,
-                loss_fn,
-                params,
-                kind=self.curvature,
-                output_hessian=self._output_hessian.get(id(loss_fn)),
-            )
-        if self._use_hessian_free(curv.size):
-            direction, quad, block_info = self._hessian_free_direction(curv, g_t, delta_lm)
-            kinds = set(curv.output_hessian_kinds())
-            if len(kinds) == 1:  # checked once per loss function, then reused
-                self._output_hessian[id(loss_fn)] = kinds.pop()
-            blocks_n = 1
-            t_curv = 0.0
-        else:
-            direction, quad, block_info, t_curv = self._block_direction(curv, g_t, delta_lm)
-            blocks_n = len(block_info)
-        g = g_t.double().cpu().numpy()
-        t_solve = time.perf_counter() - t_start - t_curv
+    def _safeguarded_update(
+        self,
+        model: nn.Module,
+        batches: list[Any],
+        loss_fn: Callable[..., Any],
+        params: list[torch.Tensor],
+        theta0: torch.Tensor,
+        direction: np.ndarray,
+        g_t: torch.Tensor,
+        gp: float,
+        loss: float,
+        lr: float,
+    ) -> tuple[float, float, str, int]:
+        """Trust radius, Armijo backtracking, gradient fallback, rejection.
 
-        # (4) safeguards: trust radius, descent check, line search, fallback
-        gp = float(g @ direction)
+        Returns (step size, loss after, outcome, loss evaluations): ``"newton"`` (the line search accepted
+        ``t p``), ``"fallback"`` (a gradient step of ``fallback_lr`` that lowered the loss) or
+        ``"rejected"`` (neither lowered the loss: the weights are restored, trust-region style).
+        """
         pnorm = float(np.linalg.norm(direction))
         t = lr
         if self.max_step_norm is not None and t * pnorm > self.max_step_norm:
             t = self.max_step_norm / pnorm
         p_t = torch.as_tensor(direction, dtype=theta0.dtype, device=theta0.device)
-        accepted, new_loss, fallback = False, math.nan, False
+        evals = 0
         if gp < 0 and math.isfinite(gp):
             tries = self.max_backtracks + 1 if self.line_search else 1
             for _ in range(tries):
                 self._set_theta(params, theta0 + t * p_t)
                 new_loss = self._eval_loss(model, batches, loss_fn)
-                if not self.line_search and math.isfinite(new_loss):
-                    accepted = True
-                    break
-                if math.isfinite(new_loss) and new_loss <= loss + self.armijo * t * gp:
-                    accepted = True
-                    break
+                evals += 1
+                if math.isfinite(new_loss) and (
+                    not self.line_search or new_loss <= loss + self.armijo * t * gp
+                ):
+                    return t, new_loss, "newton", evals
                 t *= 0.5
-        if not accepted:
-            fallback = True
-            step = -self.fallback_lr * g_t
-            self._set_theta(params, theta0 + step.to(theta0))
+        if self.fallback_lr > 0:
+            self._set_theta(params, theta0 - self.fallback_lr * g_t.to(theta0))
             new_loss = self._eval_loss(model, batches, loss_fn)
-            if not math.isfinite(new_loss):
-                self._set_theta(params, theta0)
-                raise NonFiniteError(
-                    "both the Newton step and the fallback gradient step gave a non-finite loss; "
-                    "weights restored. Lower fallback_lr or raise damping"
-                )
+            evals += 1
+            if math.isfinite(new_loss) and new_loss < loss:
+                return self.fallback_lr, new_loss, "fallback", evals
+        self._set_theta(params, theta0)
+        return 0.0, loss, "rejected", evals
 
-        # (5) Levenberg-Marquardt
-        rho = math.nan
-        if accepted:
-            predicted = -(t * gp + 0.5 * t * t * quad)
-            rho = reduction_ratio(loss - new_loss, predicted)
-        if self.adapt_damping:
-            group["damping"] = LevenbergMarquardt(
-                delta=delta_lm, min_delta=self.min_damping
-            ).update(rho if accepted else -1.0)
-
-        kappas = [b["kappa"] for b in block_info if b["kappa"] is not None]
-        backends: dict[str, int] = {}
-        for b in block_info:
-            backends[b["backend"]] = backends.get(b["backend"], 0) + 1
-        info = {
-            "loss": loss,
-            "loss_after": new_loss,
-            "step_size": t if accepted else 0.0,
-            "fallback": fallback,
-            "rho": rho,
-            "damping": delta_lm,
-            "quad": quad,
-            "kappa_max": max(kappas) if kappas else math.nan,
-            "kappa_median": float(np.median(kappas)) if kappas else math.nan,
-            "kappa_undamped_max": max(
-                (b["kappa_undamped"] for b in block_info if b["kappa"] is not None), default=1.0
-            ),
-            "blocks": blocks_n,
-            "method": "hessian_free" if block_info[0]["backend"] == "hessian_free" else "blocks",
-            "cg_iterations": sum(int(b.get("iterations") or 0) for b in block_info),
-            "backends": backends,
-            "matvecs": curv.matvecs,
-            "curvature_s": t_curv,
-            "solve_s": t_solve,
-            "step_s": time.perf_counter() - t_start,
-            "block_info": block_info,
-        }
-        self.history.append(info)
-        return loss_t
+    def _damping_floor(self, scale: float, examples: int) -> float:
+        """The damping floor (:func:`newton.damping.damping_floor`) for this curvature scale."""
+        return damping_floor(scale, examples, self.damping_floor, self.min_damping)
 
     def _use_hessian_free(self, n_params: int) -> bool:
         """``auto``: Hessian-free past ``hessian_free_above`` parameters, unless a block-only
@@ -403,15 +541,29 @@ class QNewton(torch.optim.Optimizer):
         quad = 0.0
         block_info: list[dict[str, Any]] = []
         for blk in blocks:
-            rec = self._solve_block(curv, blk, mats.get(blk), g[blk.slice], delta_lm)
+            mat = mats.get(blk)
+            if mat is not None and not torch.isfinite(mat).all():
+                raise self._nonfinite_curvature(delta_lm, f"the curvature block {blk.name}")
+            try:
+                rec = self._solve_block(curv, blk, mat, g[blk.slice], delta_lm)
+            except NonFiniteError as err:
+                raise self._nonfinite_curvature(delta_lm, f"block {blk.name}") from err
             direction[blk.slice] = rec.pop("p")
             quad += rec.pop("pAp")
             block_info.append(rec)
         return direction, quad, block_info, t_curv
 
+    def _nonfinite_curvature(self, delta: float, what: str) -> NonFiniteError:
+        return NonFiniteError(
+            f"{what} is NaN or infinite (curvature={self.curvature!r}, damping={delta:g}) "
+            "although the loss and gradient are finite; no weight was changed. The loss's "
+            "second derivative overflows at these outputs: check the loss, or use "
+            "curvature='fisher'"
+        )
+
     def _hessian_free_direction(
         self, curv: Curvature, g_t: torch.Tensor, delta: float
-    ) -> tuple[np.ndarray, float, list[dict[str, Any]]]:
+    ) -> tuple[np.ndarray, float, list[dict[str, Any]], float]:
         """Truncated preconditioned CG on ``(C + delta I) p = -g`` over all parameters.
 
         Products ``C v`` replay the step's cached linearisation (:meth:`Curvature.matvec`), so a
@@ -434,16 +586,19 @@ class QNewton(torch.optim.Optimizer):
             with torch.enable_grad():
                 return curv.matvec(v).detach() + delta * v
 
-        x, info = cg_solve(
-            matvec,
-            -g,
-            tol=self.cg_tol,
-            maxiter=self.cg_max_iter,
-            x0=x0,
-            precondition=(lambda r: r / diag) if diag is not None else None,
-            truncate=True,
-            progress_tol=5e-4,
-        )
+        try:
+            x, info = cg_solve(
+                matvec,
+                -g,
+                tol=self.cg_tol,
+                maxiter=self.cg_max_iter,
+                x0=x0,
+                precondition=(lambda r: r / diag) if diag is not None else None,
+                truncate=True,
+                progress_tol=5e-4,
+            )
+        except NonFiniteError as err:
+            raise self._nonfinite_curvature(delta, "a curvature product") from err
         if not torch.isfinite(x).all():
             raise NonFiniteError("the Hessian-free CG returned NaN/inf; raise the damping")
         state["direction"] = x.detach()
@@ -463,7 +618,8 @@ class QNewton(torch.optim.Optimizer):
             "iterations": info.iterations,
             "products": curv.matvecs,
         }
-        return x.double().cpu().numpy(), quad, [rec]
+        scale = float(info.extra.get("rayleigh_max", 0.0)) - delta  # undamped curvature
+        return x.double().cpu().numpy(), quad, [rec], scale
 
     def _solve_block(
         self, curv: Curvature, blk: Block, mat: torch.Tensor | None, gb: np.ndarray, delta_lm: float
@@ -538,6 +694,7 @@ class QNewton(torch.optim.Optimizer):
                 min(KAPPA_CAP, est.lambda_max / max(lmin, est.lambda_max / KAPPA_CAP, 1e-300))
             ),
             "kappa_upper": bound,  # proven upper bound of the solved block, None when unproven
+            "lambda_max": float(est.lambda_max),
             "proof": proof,
             "delta": float(delta),
             "d": int(d),

@@ -78,7 +78,9 @@ def cg_solve(
 
     Math (Hestenes-Stiefel with preconditioner ``M``, ``precondition(r) = M^{-1} r``):
         z = M^{-1} r,  alpha = r.z / p.A p,  x += alpha p,  r -= alpha A p,  p = z + (r.z)'/(r.z) p
-    The quadratic ``phi(x) = x.A x / 2 - b.x = -x.(b + r) / 2`` is tracked for free; with
+    The quadratic ``phi(x) = x.A x / 2 - b.x = -x.(b + r) / 2`` is tracked for free, and so is
+    the largest Rayleigh quotient ``p.A p / p.p`` of the search directions (a lower bound of
+    ``lambda_max(A)``, returned as ``extra["rayleigh_max"]``); with
     ``progress_tol > 0`` CG also stops when ``phi`` improved by less than ``progress_tol * k`` in
     relative terms over the last ``k = max(10, i / 10)`` iterations (Martens 2010, section 4.4).
 
@@ -122,6 +124,7 @@ def cg_solve(
     p = z * 1.0
     rz = float(r @ z)
     phis: list[float] = [float(-(x @ (b + r))) / 2]
+    rayleigh_max = 0.0
     it = 0
     stopped = "tolerance"
     while float((r @ r) ** 0.5) > tol * bn:
@@ -145,6 +148,7 @@ def cg_solve(
                 f"CG found p.A p = {pap:.3g} <= 0: the operator is not positive definite; add "
                 "damping or use a PSD curvature ('ggn', 'fisher')"
             )
+        rayleigh_max = max(rayleigh_max, pap / float(p @ p))
         alpha = rz / pap
         x = x + alpha * p
         r = r - alpha * ap
@@ -165,7 +169,7 @@ def cg_solve(
         wall_s=wall,
         residual=res,
         iterations=it,
-        extra={"phi": phis[-1], "stopped": stopped},
+        extra={"phi": phis[-1], "stopped": stopped, "rayleigh_max": rayleigh_max},
     )
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from newton.commands import SolveConfig
 from newton.curvature import Curvature, make_blocks
 from newton.damping import LevenbergMarquardt, kappa_target_damping
-from newton.errors import NewtonError
+from newton.errors import NewtonError, NonFiniteError
 from newton.experiments import CompareConfig, CrossoverConfig, HHLLoopConfig, NoiseConfig
 from newton.optimizer import QNewton
 from newton.scheduler import SchedulerConfig
@@ -24,6 +24,12 @@ from newton.solvers import cg_solve, quantum_model_solve
 from newton.spectrum import estimate_condition_number
 from newton.stage import StageConfig
 from qhybrid.errors import QHybridError
+from qhybrid.train import Closure
+
+
+def _ce(m, b):
+    return nn.functional.cross_entropy(m(b[0]), b[1])
+
 
 INF, NAN = math.inf, math.nan
 
@@ -62,6 +68,15 @@ CASES = [
     (_qnewton, {"curvature_batch": 0}, "curvature_batch=0"),
     (_qnewton, {"exact_kappa_below": -1}, "exact_kappa_below=-1"),
     (_qnewton, {"min_damping": -1.0}, "min_damping=-1.0"),
+    (_qnewton, {"damping_floor": -1.0}, "damping_floor=-1.0"),
+    (_qnewton, {"damping_floor": NAN}, "damping_floor=nan"),
+    (_qnewton, {"damping": NAN}, "damping=nan"),
+    (_qnewton, {"cg_tol": INF}, "cg_tol=inf"),
+    (_qnewton, {"lr": INF}, "lr=inf"),
+    (_qnewton, {"curvature_batch": -8}, "curvature_batch=-8"),
+    (lambda **kw: QNewton([]), {}, "no parameters"),
+    (lambda **kw: QNewton(nn.ReLU().parameters()), {}, "no parameters"),
+    (lambda **kw: QNewton(nn.Linear(2, 2).requires_grad_(False).parameters()), {}, "frozen"),
     (_qnewton, {"hessian_free_above": -5}, "hessian_free_above=-5"),
     (_qnewton, {"cg_max_iter": 0}, "cg_max_iter=0"),
     (_qnewton, {"cg_tol": -1e-3}, "cg_tol=-0.001"),
@@ -112,6 +127,10 @@ CASES = [
     (CompareConfig, {"dataset": "mnist"}, "mnist_dir"),
     (CompareConfig, {"optimizers": ("qnewton", "rmsprop")}, "'rmsprop'"),
     (CompareConfig, {"damping": INF}, "damping=inf"),
+    (CompareConfig, {"damping_floor": -2.5}, "damping_floor=-2.5"),
+    (CompareConfig, {"cg_max_iter": 0}, "cg_max_iter=0"),
+    (CompareConfig, {"curvature_batch": 0}, "curvature_batch=0"),
+    (CompareConfig, {"dataset": "friedman2"}, "dataset='friedman2'"),
     (CompareConfig, {"kappa_target": 0.5}, "kappa_target=0.5"),
     (CompareConfig, {"test_fraction": 1.0}, "test_fraction=1.0"),
     (HHLLoopConfig, {"features": 9}, "> 16"),
@@ -153,7 +172,8 @@ CLI_CASES = [
     (["newton", "solve", "--set", "kappa=0.5"], "kappa=0.5"),
     (["newton", "solve", "--set", 'backend="gpu"'], "backend='gpu'"),
     (["newton", "compare", "--set", "epochs=0"], "epochs=0"),
-    (["newton", "compare", "--set", "block_size=0"], "block_size=0"),
+    (["newton", "compare", "--set", "cg_max_iter=0"], "cg_max_iter=0"),
+    (["newton", "compare", "--set", "damping_floor=-1.0"], "damping_floor=-1.0"),
     (["newton", "compare", "--set", 'method="lbfgs"'], "method='lbfgs'"),
     (["newton", "hhl-loop", "--set", "clock_qubits=0"], "clock_qubits=0"),
     (["newton", "crossover", "--set", "d=0"], "d=0"),
@@ -168,3 +188,62 @@ def test_cli_exits_2_naming_the_value(argv, text, capsys, tmp_path):
     assert main([*argv[:2], "--out", str(tmp_path), *argv[2:]]) == 2
     assert text in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # no run folder was created
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _unchanged(model, before):
+    return all(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize("method", ["hessian_free", "blocks"])
+def test_non_scalar_loss_is_named_before_any_weight_changes(method):
+    model = nn.Linear(3, 2)
+    before = _weights(model)
+    batch = (torch.randn(8, 3), torch.randint(0, 2, (8,)))
+
+    def per_example(m, b):  # forgot the reduction
+        return nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")
+
+    with pytest.raises(NewtonError, match="not a scalar"):
+        QNewton(model.parameters(), method=method).step(Closure(model, [batch], per_example))
+    assert _unchanged(model, before)
+
+
+@pytest.mark.parametrize("method", ["hessian_free", "blocks"])
+def test_non_finite_curvature_products_are_named_before_any_weight_changes(method):
+    # |z|^1.5 at z = 0: finite loss (1) and gradient (0 from this term), infinite second derivative
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)
+    before = _weights(model)
+
+    def loss_fn(m, x):
+        z = m(x)
+        return (z.abs() ** 1.5).mean() + ((z - 1) ** 2).mean()
+
+    opt = QNewton(model.parameters(), method=method)
+    with pytest.raises(NonFiniteError, match=r"curvature='ggn', damping=0.3"):
+        opt.step(Closure(model, [torch.randn(8, 3)], loss_fn))
+    assert _unchanged(model, before) and not opt.history
+
+
+def test_frozen_parameters_stay_frozen():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    frozen = _weights(model[0])
+    batch = (torch.randn(16, 3), torch.randint(0, 2, (16,)))
+    opt = QNewton(model.parameters())
+    loss0 = float(opt.step(Closure(model, [batch], _ce)))
+    assert _unchanged(model[0], frozen)
+    assert opt.history[-1]["loss_after"] < loss0
+
+
+def test_unknown_qnewton_setting_is_named():
+    from newton.optimizer import check_settings
+
+    with pytest.raises(NewtonError, match="unknown QNewton setting"):
+        check_settings({"dampnig": 0.1})

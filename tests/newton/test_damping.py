@@ -37,3 +37,15 @@ def test_levenberg_marquardt_rule():
     assert lm.update(float("nan")) == pytest.approx(4.0 / 3.0)  # failed step counts as poor
     with pytest.raises(NewtonError):
         LevenbergMarquardt(delta=0.0)
+
+
+def test_damping_floor_is_a_prior_of_c_examples_of_the_curvature_scale():
+    from newton.damping import damping_floor
+
+    # the mean GGN of B examples plus the floor = the mean over B examples plus c examples of s
+    assert damping_floor(4.0, 512, 2.5) == pytest.approx(2.5 * 4.0 / 512)
+    assert damping_floor(4.0, 256, 2.5) == pytest.approx(2 * damping_floor(4.0, 512, 2.5))
+    assert damping_floor(400.0, 512, 2.5) == pytest.approx(100 * damping_floor(4.0, 512, 2.5))
+    assert damping_floor(1e-9, 512, 2.5, min_damping=1e-8) == 1e-8
+    assert damping_floor(float("nan"), 512, 2.5) == 0.0
+    assert damping_floor(4.0, 0, 2.5) == pytest.approx(10.0)  # an empty batch counts as one

@@ -124,6 +124,17 @@ def test_preconditioning_and_warm_start_cut_iterations_and_truncation_returns():
     assert 0.5 * x @ a @ x - b @ x < 0
 
 
+def test_cg_rayleigh_quotients_bound_lambda_max_from_below():
+    # the by-product behind QNewton's curvature scale: every p.A p / p.p lies in the spectrum's
+    # range, and CG run to convergence on a 5-eigenvalue matrix sees the top of it
+    q, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((30, 30)))
+    eig = np.repeat([0.1, 1.0, 3.0, 10.0, 40.0], 6)
+    a = (q * eig) @ q.T
+    _, info = cg_solve(a, np.ones(30), tol=1e-12, maxiter=100)
+    assert 0.1 <= info.extra["rayleigh_max"] <= 40.0 * (1 + 1e-9)
+    assert info.extra["rayleigh_max"] >= 0.5 * 40.0
+
+
 def test_hessian_free_step_is_the_damped_gauss_newton_step():
     # Prepare: an MLP (GGN != Hessian); the step's exact solution from the dense GGN
     torch.manual_seed(1)
@@ -166,14 +177,16 @@ def test_hessian_free_step_is_the_damped_gauss_newton_step():
 def test_auto_method_switches_on_parameter_count():
     small = nn.Linear(3, 2).double()
     big = nn.Sequential(nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 3)).double()
-    for model, method in ((small, "blocks"), (big, "hessian_free")):
+
+    def ce(m, b):
+        return nn.functional.cross_entropy(m(b[0]), b[1])
+
+    # the default: Hessian-free at every size; a threshold keeps small models on blocks
+    for model, above, method in ((small, 0, "hessian_free"), (small, 1000, "blocks"),
+                                 (big, 1000, "hessian_free")):  # fmt: skip
         x = torch.randn(16, model[0].in_features if isinstance(model, nn.Sequential) else 3)
         batch = (x.double(), torch.randint(0, 2, (16,)))
-
-        def ce(m, b):
-            return nn.functional.cross_entropy(m(b[0]), b[1])
-
-        opt = QNewton(model.parameters(), damping=0.1)
+        opt = QNewton(model.parameters(), damping=0.1, hessian_free_above=above)
         opt.step(Closure(model, [batch], ce))
         assert opt.history[-1]["method"] == method
     # block-only features keep a big model on blocks, where they act

@@ -93,10 +93,14 @@ def test_trains_through_the_shared_loop_with_kappa_target():
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
     data = [_data(32, seed=s) for s in range(4)]
     opt = QNewton(model.parameters(), damping=1e-3, kappa_target=100.0, block_size=16)
+
+    def full_loss() -> float:  # over all four batches (one batch's loss is mostly its noise)
+        return sum(float(_ce(model, b)) for b in data) / len(data)
+
+    before = full_loss()
     result = train(model, data, _ce, opt, TrainConfig(max_steps=12, progress=False, device="cpu"))
     assert result.step == 12
-    losses = [h["loss"] for h in opt.history]
-    assert losses[-1] < 0.85 * losses[0]
+    assert full_loss() < 0.85 * before
     # kappa-targeted damping keeps every block at or below the target
     assert all(b["kappa"] <= 100.0 * (1 + 1e-6) for h in opt.history for b in h["block_info"])
     assert len(opt.scheduler.log) == sum(h["blocks"] for h in opt.history)
@@ -179,3 +183,48 @@ def test_cuda_step_matches_cpu():
         opt.step(Closure(model, [(x.to(device), y.to(device))], _ce))
         steps[device] = torch.cat([p.detach().cpu().reshape(-1) for p in model.parameters()])
     torch.testing.assert_close(steps["cpu"], steps["cuda"])
+
+
+def test_a_step_that_lowers_the_loss_neither_way_is_rejected():
+    # the solve's direction is uphill and the gradient fallback overshoots: trust-region style,
+    # the weights are restored and the damping doubles
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = QNewton(model.parameters(), scheduler=_WrongSign(), fallback_lr=1e4)
+    loss0 = float(opt.step(Closure(model, [_data()], _ce)))
+    rec = opt.history[-1]
+    assert rec["outcome"] == "rejected" and rec["step_size"] == 0.0
+    assert rec["loss_after"] == loss0
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    assert opt.param_groups[0]["damping"] == pytest.approx(2 * max(0.3, rec["damping_floor"]))
+
+
+def test_damping_floor_scales_with_the_loss_and_the_curvature_scale_is_below_lambda_max():
+    from newton.curvature import Curvature
+
+    batch = _data(64)
+    out = {}
+    for scale in (1.0, 100.0):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2)).double()
+        if scale == 1.0:  # the GGN at the start, formed densely (an independent computation)
+            lam_max = float(np.linalg.eigvalsh(Curvature(model, [batch], _ce).dense()).max())
+
+        def loss(m, b, scale=scale):
+            return scale * _ce(m, b)
+
+        # damping scaled with the loss: the damped system is the same up to that factor
+        opt = QNewton(model.parameters(), damping=0.3 * scale, precondition=False)
+        opt.step(Closure(model, [batch], loss))
+        out[scale] = (
+            opt.history[-1],
+            torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+        )
+    rec, theta = out[1.0]
+    rec100, theta100 = out[100.0]
+    assert 0 < rec["curvature_scale"] <= lam_max * (1 + 1e-9)
+    assert rec["damping_floor"] == pytest.approx(2.5 * rec["curvature_scale"] / 64, rel=1e-12)
+    assert rec100["damping_floor"] == pytest.approx(100 * rec["damping_floor"], rel=1e-6)
+    torch.testing.assert_close(theta100, theta, rtol=1e-6, atol=1e-9)
