@@ -54,6 +54,7 @@ T = TypeVar("T")
 __all__ = [
     "Unique",
     "add_config_arguments",
+    "check_arguments",
     "check_fields",
     "config_from_args",
     "config_help",
@@ -326,6 +327,20 @@ def check_fields(config: Any, *, strict: bool = False) -> None:
         if get_origin(item) is Annotated and isinstance(value, tuple | list):
             for i, v in enumerate(value):
                 _check_bounds(v, get_args(item)[1:], f"{name}[{i}]")
+
+
+def check_arguments(
+    fn: Any, values: Mapping[str, Any], *, skip: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Check a function's arguments against its own annotations, exactly as a config field is
+    checked (type, ``Literal`` choices, finite floats, ``Annotated`` bounds); return them normalised
+    (a list becomes a tuple, an int a float). The signature is then the one declaration of the
+    values a public function takes. Names in ``skip`` (models, tensors, callables) are not checked.
+    """
+    hints = get_type_hints(fn, include_extras=True)
+    return {
+        k: _coerce(v, hints[k], k) if k in hints and k not in skip else v for k, v in values.items()
+    }
 
 
 @functools.cache

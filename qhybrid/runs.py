@@ -42,6 +42,7 @@ __all__ = [
     "atomic_write_text",
     "create_run",
     "environment_info",
+    "fresh_run",
     "git_state",
     "read_metrics",
     "write_results",
@@ -77,6 +78,11 @@ def atomic_open(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
     path = Path(path)
+    if path.exists() and not path.is_file():  # a rename would replace the device or FIFO itself
+        raise QHybridError(
+            f"'{path}' is a folder, device or FIFO, not a regular file; write to a new path or "
+            "to a regular file"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -291,6 +297,29 @@ def create_run(
     atomic_write_json(path / "env.json", environment_info(seed))
     logger.info("run folder %s", path)
     return Run(path)
+
+
+@contextlib.contextmanager
+def fresh_run(
+    name: str, config: Any = None, *, root: str | Path = "runs", seed: int | None = None
+) -> Iterator[Run]:
+    """:func:`create_run` for a command whose config passed its checks; the folder is removed
+    again if the command fails (or is interrupted) inside the ``with`` block, so a command that
+    fails before its first result leaves nothing behind.
+
+    Example:
+        >>> with fresh_run("demo", root=tmp) as run:  # doctest: +SKIP
+        ...     results = experiment()  # an exception here removes run.path
+        ...     atomic_write_json(run.artefact("results.json"), results)
+    """
+    import shutil
+
+    run = create_run(name, config, root=root, seed=seed)
+    try:
+        yield run
+    except BaseException:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
