@@ -59,8 +59,8 @@ _WHERE = {
     "solve": "newton.solvers",
     "hhl_solve": "newton.hhl",
     "read_idx": "newton.data",
-    "sparsify": "newton.sparsify",
-    "sparsify_to_budget": "newton.sparsify",
+    "sparsify": "newton.sparsity",
+    "sparsify_to_budget": "newton.sparsity",
 }
 
 

@@ -14,36 +14,68 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from newton.errors import BadValueError
+from newton.values import (
+    DEFAULT_MAX_CPU_S,
+    DEFAULT_MAX_MEMORY_GB,
+    FLOPS,
+    ClockQubits,
+    Count,
+    CpuSeconds,
+    Epsilon,
+    Kappa,
+    MemoryGB,
+    Seed,
+    ShotsOrZero,
+    check_declared,
+    check_work,
+)
 from qhybrid.config import add_config_arguments, config_from_args
+
+__all__ = ["SolveConfig", "register"]
+
+SolveBackend = Literal["auto", "cholesky", "cg", "hhl", "quantum_model"]
 
 
 @dataclass(frozen=True)
 class SolveConfig:
     """One linear solve on a random SPD system, for trying the backends."""
 
-    n: int = 8  # system size
-    kappa: float = 10.0  # condition number of the random SPD matrix
-    backend: str = "auto"  # auto (scheduler) | cholesky | cg | hhl | quantum_model
-    clock_qubits: int = 6  # HHL phase-estimation qubits
-    shots: int = 0  # HHL shots (0 = statevector)
-    epsilon: float = 1e-2  # target precision (quantum model and scheduler)
-    seed: int = 0
+    n: Count = 8  # system size
+    kappa: Kappa = 10.0  # condition number of the random SPD matrix
+    backend: SolveBackend = "auto"  # auto (scheduler) | cholesky | cg | hhl | quantum_model
+    clock_qubits: ClockQubits = 6  # HHL phase-estimation qubits
+    shots: ShotsOrZero = 0  # HHL shots (0 = statevector)
+    epsilon: Epsilon = 1e-2  # target precision (quantum model and scheduler)
+    seed: Seed = 0
+    max_cpu_s: CpuSeconds = DEFAULT_MAX_CPU_S  # refuse solves estimated above (CPU-core s)
+    max_memory_gb: MemoryGB = DEFAULT_MAX_MEMORY_GB  # refuse solves estimated above (GB)
 
     def __post_init__(self) -> None:
-        from newton.errors import check_choice, check_int, check_number
+        from newton.hhl import HHL_MAX_N
 
-        check_int("n", self.n, high=100_000)
-        check_number("kappa", self.kappa, low=1)
-        check_choice("backend", self.backend, ("auto", "cholesky", "cg", "hhl", "quantum_model"))
-        check_int("clock_qubits", self.clock_qubits, high=12)
-        check_int("shots", self.shots, low=0)
-        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
-        check_int("seed", self.seed, low=0)
+        check_declared(self)
+        if self.backend == "hhl" and self.n > HHL_MAX_N:
+            raise BadValueError(
+                f"backend='hhl' simulates N <= {HHL_MAX_N}, got n={self.n}; use a smaller n or "
+                "backend='quantum_model' (the modelled quantum solver)"
+            )
+        # a random orthogonal basis (QR), the matrix, the solve and its check: about 5 n^3 flops
+        # (float64, at a fifth of FLOPS) on about five n x n arrays
+        check_work(
+            5.0 * self.n**3 / (FLOPS / 5),
+            5 * 8 * self.n**2 / 1e9,
+            max_cpu_s=self.max_cpu_s,
+            max_memory_gb=self.max_memory_gb,
+            what="this solve",
+            drivers=f"a dense {self.n} x {self.n} system",
+        )
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    """Add the ``qhybrid newton`` experiments (each with ``--config/--set/--out``) to ``parser``."""
     sub = parser.add_subparsers(dest="newton_command", metavar="EXPERIMENT")
     specs = [
         (
@@ -92,14 +124,15 @@ def _finish(run: Any, title: str, section: Any) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from newton.experiments import CompareConfig, compare_optimizers, plot_compare
+    from newton.experiments import CompareConfig, compare_optimizers, make_task, plot_compare
     from qhybrid.report import Section
-    from qhybrid.runs import atomic_write_json, create_run
+    from qhybrid.runs import atomic_write_json, fresh_run
 
     cfg = config_from_args(CompareConfig, args)
-    run = create_run("newton-compare", cfg, root=args.out, seed=cfg.seed)
-    res = compare_optimizers(cfg)
-    atomic_write_json(run.artefact("compare.json"), res)
+    task = make_task(cfg)  # the data (local MNIST files) is read before a run folder exists
+    with fresh_run("newton-compare", cfg, root=args.out, seed=cfg.seed) as run:
+        res = compare_optimizers(cfg, task)
+        atomic_write_json(run.artefact("compare.json"), res)
     for name, rows in res["curves"].items():
         for r in rows:
             run.log_metrics({"optimizer": name, **r})
@@ -114,29 +147,31 @@ def _compare(args: argparse.Namespace) -> int:
     return _finish(run, "Newton: optimizer comparison", sec)
 
 
+HHL_KEYS = (
+    "n_params",
+    "relative_gap",
+    "max_rel_error",
+    "kappa_target",
+    "hhl_solves",
+    "classical_routes",
+    "min_fidelity",
+    "mean_p_success",
+    "min_p_success_amplified",
+)
+
+
 def _hhl_loop(args: argparse.Namespace) -> int:
     from newton.experiments import HHLLoopConfig, hhl_in_the_loop, plot_hhl_loop
     from qhybrid.report import Section
-    from qhybrid.runs import atomic_write_json, create_run
+    from qhybrid.runs import atomic_write_json, fresh_run
 
     cfg = config_from_args(HHLLoopConfig, args)
-    run = create_run("newton-hhl-loop", cfg, root=args.out, seed=cfg.seed)
-    res = hhl_in_the_loop(cfg)
-    atomic_write_json(run.artefact("hhl_loop.json"), res)
+    with fresh_run("newton-hhl-loop", cfg, root=args.out, seed=cfg.seed) as run:
+        res = hhl_in_the_loop(cfg)
+        atomic_write_json(run.artefact("hhl_loop.json"), res)
     for rec in res["runs"]["quantum"]["solves"]:
         run.log_metrics(rec)
-    keys = (
-        "n_params",
-        "relative_gap",
-        "max_rel_error",
-        "kappa_target",
-        "hhl_solves",
-        "classical_routes",
-        "min_fidelity",
-        "mean_p_success",
-        "min_p_success_amplified",
-    )
-    row = {k: res[k] for k in keys}
+    row = {k: res[k] for k in HHL_KEYS}
     row.update({f"final_loss_{m}": res["runs"][m]["final_loss"] for m in res["runs"]})
     sec = Section("HHL in the loop")
     sec.add_table("Exact Newton vs HHL Newton", [row])
@@ -150,12 +185,12 @@ def _hhl_loop(args: argparse.Namespace) -> int:
 def _crossover(args: argparse.Namespace) -> int:
     from newton.experiments import CrossoverConfig, crossover_curves, plot_crossover
     from qhybrid.report import Section
-    from qhybrid.runs import atomic_write_json, create_run
+    from qhybrid.runs import atomic_write_json, fresh_run
 
     cfg = config_from_args(CrossoverConfig, args)
-    run = create_run("newton-crossover", cfg, root=args.out)
-    res = crossover_curves(cfg)
-    atomic_write_json(run.artefact("crossover.json"), res)
+    with fresh_run("newton-crossover", cfg, root=args.out) as run:
+        res = crossover_curves(cfg)
+        atomic_write_json(run.artefact("crossover.json"), res)
     sec = Section("Crossover")
     sec.add_table(
         "Paper mode: largest kappa still sent to the quantum solver (dense N x N)",
@@ -171,15 +206,15 @@ def _crossover(args: argparse.Namespace) -> int:
 def _noise(args: argparse.Namespace) -> int:
     from newton.experiments import NoiseConfig, noise_robustness, plot_noise
     from qhybrid.report import Section
-    from qhybrid.runs import atomic_write_json, create_run
+    from qhybrid.runs import atomic_write_json, fresh_run
 
     cfg = config_from_args(NoiseConfig, args)
-    run = create_run("newton-noise", cfg, root=args.out, seed=cfg.seed)
-    res = noise_robustness(cfg)
-    atomic_write_json(
-        run.artefact("noise.json"),
-        {"rows": res["rows"], "curves": {str(k): v for k, v in res["curves"].items()}},
-    )
+    with fresh_run("newton-noise", cfg, root=args.out, seed=cfg.seed) as run:
+        res = noise_robustness(cfg)
+        atomic_write_json(
+            run.artefact("noise.json"),
+            {"rows": res["rows"], "curves": {str(k): v for k, v in res["curves"].items()}},
+        )
     sec = Section("Injected solve errors")
     sec.add_table("Slowdown to the target loss", res["rows"])
     sec.add_figure("Train loss per step", run.save_figure(plot_noise(res), "figures/newton_noise"))
@@ -204,7 +239,11 @@ def _solve(args: argparse.Namespace) -> int:
     if cfg.backend == "auto":
         est = estimate_condition_number(a)
         x, info = Scheduler(
-            SchedulerConfig(epsilon=cfg.epsilon, clock_qubits=cfg.clock_qubits)
+            SchedulerConfig(
+                epsilon=cfg.epsilon,
+                clock_qubits=cfg.clock_qubits,
+                max_clock_qubits=max(10, cfg.clock_qubits),
+            )
         ).solve(a, b, kappa=est.kappa, kappa_bound=est.upper_bound if est.certified else None)
     else:
         opts: dict[str, Any] = {}

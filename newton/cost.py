@@ -32,15 +32,17 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from newton.errors import NewtonError
+from newton.values import NonNegative, Positive, check_declared
 
 __all__ = [
     "QUERY_MODELS",
     "ClassicalCostModel",
+    "QueryModel",
     "QuantumCostModel",
     "QuantumEstimate",
     "crossover_size",
@@ -50,7 +52,7 @@ __all__ = [
 ]
 
 QueryModel = Literal["jennings", "jennings_qb", "dalzell", "hhl"]
-QUERY_MODELS: tuple[str, ...] = ("jennings", "jennings_qb", "dalzell", "hhl")
+QUERY_MODELS: tuple[QueryModel, ...] = get_args(QueryModel)
 GATE_TIMES_S = {"today": 1e-6, "fast": 1e-9, "attosecond": 1e-18}  # logical gate time scenarios
 
 
@@ -74,7 +76,7 @@ def _check(kappa: float, epsilon: float) -> None:
         raise NewtonError(f"epsilon={epsilon} must lie in (0, 1)")
 
 
-def query_count(model: str, kappa: float, epsilon: float, alpha: float = 1.0) -> float:
+def query_count(model: QueryModel, kappa: float, epsilon: float, alpha: float = 1.0) -> float:
     """Block-encoding queries of a QLSA to precision ``epsilon`` (see the module docstring)."""
     _check(kappa, epsilon)
     if model == "jennings":
@@ -121,21 +123,14 @@ class QuantumEstimate:
 class QuantumCostModel:
     """Quantum solve time ``Q * c_BE * t_gate (+ load) (* read-out shots)``."""
 
-    query_model: str = "jennings"  # one of QUERY_MODELS
-    gate_time_s: float = (
-        1e-6  # logical gate time; 1e-6 today's scale, 1e-18 the "attosecond" what-if
-    )
-    gates_per_query: float = 100.0  # gates per block-encoding call per system qubit (sparse oracle)
-    load_gates_per_entry: float = 4.0  # state preparation of b: O(N) gates
+    query_model: QueryModel = "jennings"  # one of QUERY_MODELS
+    gate_time_s: Positive = 1e-6  # logical gate time; 1e-6 today's, 1e-18 the "attosecond" what-if
+    gates_per_query: Positive = 100.0  # gates per block-encoding call per system qubit (sparse)
+    load_gates_per_entry: NonNegative = 4.0  # state preparation of b: O(N) gates
     include_io: bool = True  # state loading + tomographic read-out (N / eps^2 runs)
 
     def __post_init__(self) -> None:
-        if self.query_model not in QUERY_MODELS:
-            raise NewtonError(
-                f"query_model={self.query_model!r} is not one of {list(QUERY_MODELS)}"
-            )
-        if not self.gate_time_s > 0:
-            raise NewtonError(f"gate_time_s={self.gate_time_s} must be > 0")
+        check_declared(self)
 
     def estimate(
         self, *, n: int, kappa: float, d: int, epsilon: float, alpha: float | None = None

@@ -26,8 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
-from newton.errors import NewtonError, check_number
+from annotated_types import Gt
+
+from newton.errors import BadValueError, NewtonError
+from newton.values import NonNegative, Positive, check_declared
 
 __all__ = ["LevenbergMarquardt", "combined_damping", "damping_floor", "kappa_target_damping"]
 
@@ -54,22 +58,20 @@ def kappa_target_damping(lambda_max: float, lambda_min: float, kappa_target: flo
 class LevenbergMarquardt:
     """Adaptive damping ``delta`` driven by the ratio of actual to predicted decrease."""
 
-    delta: float = 1e-3  # current damping
-    increase: float = 2.0  # factor applied when rho < low
-    decrease: float = 3.0  # divisor applied when rho > high
-    low: float = 0.25
-    high: float = 0.75
-    min_delta: float = 1e-8
-    max_delta: float = 1e8
+    delta: Positive = 1e-3  # current damping
+    increase: Annotated[float, Gt(1)] = 2.0  # factor applied when rho < low
+    decrease: Annotated[float, Gt(1)] = 3.0  # divisor applied when rho > high
+    low: NonNegative = 0.25
+    high: NonNegative = 0.75
+    min_delta: NonNegative = 1e-8
+    max_delta: Positive = 1e8
 
     def __post_init__(self) -> None:
-        check_number("delta", self.delta, low=0, open_low=True)
-        check_number("increase", self.increase, low=1, open_low=True)
-        check_number("decrease", self.decrease, low=1, open_low=True)
-        check_number("min_delta", self.min_delta, low=0)
-        check_number("max_delta", self.max_delta, low=self.min_delta, open_low=True)
-        if not 0 <= self.low < self.high:
-            raise NewtonError(f"need 0 <= low < high, got low={self.low}, high={self.high}")
+        check_declared(self)
+        if not self.low < self.high:
+            raise BadValueError(f"need 0 <= low < high, got low={self.low}, high={self.high}")
+        if not self.min_delta < self.max_delta:
+            raise BadValueError(f"max_delta={self.max_delta} must be > min_delta={self.min_delta}")
 
     def update(self, rho: float) -> float:
         """Adapt delta to the reduction ratio ``rho`` of the last step and return it."""

@@ -13,6 +13,8 @@ then the data in C order, big-endian.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +27,25 @@ __all__ = ["digits_datasets", "friedman_datasets", "load_mnist", "read_idx"]
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (``.gz`` allowed) into a numpy array with its declared shape and type."""
+MAX_IDX_BYTES = 1 << 30  # the largest IDX file read (MNIST's training images: 47 MB)
+
+
+def read_idx(path: str | Path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read one IDX file (``.gz`` allowed) into a numpy array with its declared shape and type.
+
+    At most ``max_bytes`` are read (and decompressed); a missing, non-regular (a device, a FIFO),
+    oversized, corrupt or truncated file is a :class:`~newton.errors.NewtonError` naming it.
+    """
     path = Path(path)
     if not path.is_file():
-        raise NewtonError(f"IDX file '{path}' does not exist")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        raise NewtonError(f"IDX file '{path}' does not exist or is not a regular file")
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            raw = f.read(max_bytes + 1)
+    except (OSError, EOFError, zlib.error) as err:
+        raise NewtonError(f"'{path}' cannot be read as an IDX file: {err}") from err
+    if len(raw) > max_bytes:
+        raise NewtonError(f"'{path}' holds more than {max_bytes:,} bytes; it is not an IDX file")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise NewtonError(f"'{path}' is not an IDX file (it must start with two zero bytes)")
     code, ndim = raw[2], raw[3]
@@ -43,7 +56,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise NewtonError(f"'{path}' is truncated inside its header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[code])
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if len(raw) - header != count * dtype.itemsize:
         raise NewtonError(
             f"'{path}' declares shape {shape} ({count * dtype.itemsize} data bytes) but holds "

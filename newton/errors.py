@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from qhybrid.errors import QHybridError
+from qhybrid.errors import ConfigError, QHybridError
 
 __all__ = [
     "BadValueError",
@@ -56,8 +56,11 @@ class BoundsError(NewtonError):
     """Eigenvalue bounds that do not contain the spectrum they claim to bound."""
 
 
-class BadValueError(NewtonError):
-    """A setting or argument outside its meaningful range (n <= 0, kappa < 1, a NaN, ...)."""
+class BadValueError(NewtonError, ConfigError):
+    """A setting or argument outside its meaningful range (n <= 0, kappa < 1, a NaN, ...).
+
+    Also a :class:`~qhybrid.errors.ConfigError`: the config machinery passes it through as it is.
+    """
 
 
 def check_int(name: str, value: Any, *, low: int = 1, high: int | None = None) -> int:

@@ -13,7 +13,7 @@ One step (``optimizer.step(closure)``, called by :func:`qhybrid.train.train`):
    linearisation (Martens 2010). Blocks (``method="blocks"``, where the scheduler and HHL act):
    per block, eigenvalue range (exact ``eigvalsh`` up to 512, Lanczos above), damping
    ``delta = max(delta_LM, delta_kappa)`` (:mod:`newton.damping`), optional symmetric
-   sparsification (:mod:`newton.sparsify`), then ``(C_b + delta I) p_b = -g_b`` through the
+   sparsification (:mod:`newton.sparsity`), then ``(C_b + delta I) p_b = -g_b`` through the
    :class:`~newton.scheduler.Scheduler`.
 4. Safeguards: the step is capped at ``max_step_norm`` (trust radius); a backtracking Armijo line
    search on the loss; when the direction is not a descent direction or the search fails, a plain
@@ -59,18 +59,20 @@ from newton.damping import (
     damping_floor,
     reduction_ratio,
 )
-from newton.errors import (
-    BadValueError,
-    NewtonError,
-    NonFiniteError,
-    check_choice,
-    check_int,
-    check_number,
-)
+from newton.errors import BadValueError, NewtonError, NonFiniteError
 from newton.scheduler import Scheduler
 from newton.solvers import cg_solve
-from newton.sparsify import direction_cosine, sparsify_to_budget
+from newton.sparsity import direction_cosine, sparsify_to_budget
 from newton.spectrum import KAPPA_CAP, estimate_condition_number
+from newton.values import (
+    Count,
+    Fraction,
+    KappaTarget,
+    NonNegative,
+    NonNegativeCount,
+    Positive,
+    check_declared,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,9 @@ EMA_BETA = 0.95  # decay of the squared-gradient average behind the diagonal pre
 def check_settings(settings: dict[str, Any]) -> None:
     """Check QNewton keyword arguments (the rest at their defaults) before anything is built.
 
-    Each error is a :class:`~newton.errors.BadValueError` naming the value, the range and the fix.
+    Each value is checked against its kind in ``QNewton.__init__``'s signature (the one
+    declaration, :mod:`newton.values`); the cross-field rules follow. Each error is a
+    :class:`~newton.errors.BadValueError` naming the value, the range and the fix.
     """
     import inspect
 
@@ -93,33 +97,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
         raise BadValueError(f"unknown QNewton setting(s) {unknown}; known: {sorted(defaults)}")
-    s = {**defaults, **settings}
-    check_number("lr", s["lr"], low=0, open_low=True)
-    check_number("damping", s["damping"], low=0, open_low=True)
-    check_number("min_damping", s["min_damping"], low=0)
-    check_number("damping_floor", s["damping_floor"], low=0)
-    if s["kappa_target"] is not None:
-        check_number("kappa_target", s["kappa_target"], low=1, open_low=True)
-    check_choice("curvature", s["curvature"], ("ggn", "fisher", "hessian"))
-    check_choice("structure", s["structure"], ("layer", "block", "full"))
-    check_choice("method", s["method"], ("auto", "hessian_free", "blocks"))
-    check_int("block_size", s["block_size"])
-    check_int("max_backtracks", s["max_backtracks"], low=0)
-    check_number("armijo", s["armijo"], low=0, high=1, open_low=True, open_high=True)
-    if s["max_step_norm"] is not None:
-        check_number("max_step_norm", s["max_step_norm"], low=0, open_low=True)
-    check_number("fallback_lr", s["fallback_lr"], low=0)
-    check_int("dense_max", s["dense_max"])
-    check_int("kappa_matvecs", s["kappa_matvecs"])
-    if s["curvature_batch"] is not None:
-        check_int("curvature_batch", s["curvature_batch"])
-    check_int("exact_kappa_below", s["exact_kappa_below"], low=0)
-    check_int("hessian_free_above", s["hessian_free_above"], low=0)
-    check_int("cg_max_iter", s["cg_max_iter"])
-    check_number("cg_tol", s["cg_tol"], low=0)
-    for flag in ("adapt_damping", "line_search", "sparsify", "precondition"):
-        if not isinstance(s[flag], bool):
-            raise BadValueError(f"{flag}={s[flag]!r} must be True or False")
+    s = check_declared(QNewton.__init__, {**defaults, **settings})
     if s["method"] == "hessian_free" and (s["sparsify"] or s["kappa_target"] is not None):
         raise BadValueError(
             "sparsify and kappa_target act on the block solves; use method='blocks' (or "
@@ -221,29 +199,29 @@ class QNewton(torch.optim.Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         *,
         scheduler: Scheduler | None = None,
-        lr: float = 1.0,
-        damping: float = 0.3,
+        lr: Positive = 1.0,
+        damping: Positive = 0.3,
         curvature: CurvatureKind = "ggn",
         structure: Structure = "layer",
-        block_size: int = 512,
-        kappa_target: float | None = None,
+        block_size: Count = 512,
+        kappa_target: KappaTarget | None = None,
         adapt_damping: bool = True,
         line_search: bool = True,
-        max_backtracks: int = 8,
-        armijo: float = 1e-4,
-        max_step_norm: float | None = 10.0,
-        fallback_lr: float = 0.1,
+        max_backtracks: NonNegativeCount = 8,
+        armijo: Fraction = 1e-4,
+        max_step_norm: Positive | None = 10.0,
+        fallback_lr: NonNegative = 0.1,
         sparsify: bool = False,
-        dense_max: int = 2048,
-        kappa_matvecs: int = 40,
-        curvature_batch: int | None = None,
-        exact_kappa_below: int = 128,
-        min_damping: float = 1e-8,
-        damping_floor: float = 2.5,
+        dense_max: Count = 2048,
+        kappa_matvecs: Count = 40,
+        curvature_batch: Count | None = None,
+        exact_kappa_below: NonNegativeCount = 128,
+        min_damping: NonNegative = 1e-8,
+        damping_floor: NonNegative = 2.5,
         method: Method = "auto",
-        hessian_free_above: int = 0,
-        cg_max_iter: int = 10,
-        cg_tol: float = 0.3,
+        hessian_free_above: NonNegativeCount = 0,
+        cg_max_iter: Count = 10,
+        cg_tol: NonNegative = 0.3,
         precondition: bool = True,
     ) -> None:
         check_settings(

@@ -24,59 +24,69 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from annotated_types import Interval
 
-from newton.cost import ClassicalCostModel, QuantumCostModel, paper_mode_costs
-from newton.errors import NewtonError, check_choice, check_int, check_number
+from newton.cost import ClassicalCostModel, QuantumCostModel, QueryModel, paper_mode_costs
+from newton.errors import BadValueError, NewtonError
+from newton.hhl import HHL_MAX_N
 from newton.solvers import cg_solve, cholesky_solve, quantum_model_solve
 from newton.systems import SolveInfo
+from newton.values import (
+    ClockQubits,
+    Epsilon,
+    NonNegative,
+    Positive,
+    Seed,
+    Shots,
+    check_declared,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Scheduler", "SchedulerConfig"]
 
 
+SolveMode = Literal["auto", "cholesky", "cg", "quantum"]
+KappaPolicy = Literal["proven", "estimate"]
+Backend = Literal["cholesky", "cg", "quantum"]
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """How the scheduler chooses and runs a backend."""
 
-    mode: Literal["auto", "cholesky", "cg", "quantum"] = "auto"  # auto = cheapest predicted
-    epsilon: float = 1e-2  # target relative precision of a quantum solve (and CG's cost model)
-    query_model: str = "jennings"  # jennings | jennings_qb | dalzell | hhl (see newton.cost)
-    gate_time_s: float = 1e-6  # logical gate time; 1e-18 is the paper's "attosecond" what-if
+    mode: SolveMode = "auto"  # auto = cheapest predicted
+    epsilon: Epsilon = 1e-2  # target relative precision of a quantum solve (and CG's cost model)
+    query_model: QueryModel = "jennings"  # jennings | jennings_qb | dalzell | hhl (newton.cost)
+    gate_time_s: Positive = 1e-6  # logical gate time; 1e-18 is the paper's "attosecond" what-if
     include_io: bool = True  # charge state loading and tomographic read-out to the quantum solver
     paper_mode: bool = False  # Q-Newton's unit-cost rule d kappa log(N kappa/eps) vs N^2.373
-    hhl_max_n: int = 16  # quantum choices up to this N run real HHL on Aer
+    hhl_max_n: Annotated[int, Interval(ge=1, le=HHL_MAX_N)] = (
+        16  # quantum choices up to N: HHL on Aer
+    )
     simulate_hhl: bool = True  # False: every quantum choice uses the modelled solver
-    clock_qubits: int = 6  # HHL phase-estimation qubits (the minimum; see max_clock_qubits)
+    clock_qubits: ClockQubits = 6  # HHL phase-estimation qubits (the minimum; see max_clock_qubits)
     # a solve whose kappa the clock cannot resolve (newton.hhl.resolvable_kappa) gets more clock
     # qubits, up to this many; beyond that it goes to Cholesky, logged as a classical route
-    max_clock_qubits: int = 10
-    hhl_shots: int | None = None  # None = Aer statevector read-out; else shots per circuit
-    cg_tol: float = 1e-8  # CG stopping tolerance (relative residual)
+    max_clock_qubits: ClockQubits = 10
+    hhl_shots: Shots | None = None  # None = Aer statevector read-out; else shots per circuit
+    cg_tol: NonNegative = 1e-8  # CG stopping tolerance (relative residual)
     # "proven": decide on the proven kappa bound; a solve without one never goes to the quantum
     # solver in auto mode (logged). "estimate": decide on the estimate (risk: it can be below
     # the true kappa; logged with every decision).
-    kappa_policy: Literal["proven", "estimate"] = "proven"
-    seed: int = 0  # seeds HHL shots and the modelled solver's error direction
+    kappa_policy: KappaPolicy = "proven"
+    seed: Seed = 0  # seeds HHL shots and the modelled solver's error direction
 
     def __post_init__(self) -> None:
-        from newton.cost import QUERY_MODELS
-
-        check_choice("mode", self.mode, ("auto", "cholesky", "cg", "quantum"))
-        check_number("epsilon", self.epsilon, low=0, high=1, open_low=True, open_high=True)
-        check_choice("query_model", self.query_model, QUERY_MODELS)
-        check_number("gate_time_s", self.gate_time_s, low=0, open_low=True)
-        check_choice("kappa_policy", self.kappa_policy, ("proven", "estimate"))
-        check_int("clock_qubits", self.clock_qubits, high=12)
-        check_int("max_clock_qubits", self.max_clock_qubits, low=self.clock_qubits, high=12)
-        check_int("hhl_max_n", self.hhl_max_n, high=16)
-        if self.hhl_shots is not None:
-            check_int("hhl_shots", self.hhl_shots)
-        check_number("cg_tol", self.cg_tol, low=0)
-        check_int("seed", self.seed, low=0)
+        check_declared(self)
+        if self.max_clock_qubits < self.clock_qubits:
+            raise BadValueError(
+                f"max_clock_qubits={self.max_clock_qubits} must be >= clock_qubits="
+                f"{self.clock_qubits} (the clock only grows)"
+            )
 
 
 class Scheduler:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from newton.errors import NewtonError, NotSymmetricError
-from newton.sparsify import direction_cosine, row_sparsity, sparsify, sparsify_to_budget
+from newton.sparsity import direction_cosine, row_sparsity, sparsify, sparsify_to_budget
 
 
 def _block(n: int = 40, seed: int = 0) -> np.ndarray:
