@@ -49,7 +49,8 @@ def child(folder: str, mode: str, pass_name: str) -> dict[str, Any]:
     import torch
     import transformers
 
-    from moe.checkpoint import calibration_texts, load_moe_checkpoint, text_batches
+    from moe.calibration import calibration_texts, text_batches
+    from moe.checkpoint import load_moe_checkpoint
     from moe.drop import drop_experts
     from moe.merge import merge_experts
     from moe.quantize import quantize_experts

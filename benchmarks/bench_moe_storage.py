@@ -1,9 +1,9 @@
 """Real low-bit storage of the experts: bytes on disk, resident bytes and perplexity, measured.
 
 For each seed: train (or reload from ``--cache``) the Mixtral-style subject, save it in fp32 with
-:func:`moe.plan.save_compressed`, then quantise copies to ``--avg-bits`` average bits with packed storage
+:func:`moe.checkpoint.save_compressed`, then quantise copies to ``--avg-bits`` average bits with packed storage
 (allocations: uniform, QuantMoE-Bench frequency, our sensitivity knapsack) and with fake quantisation
-(the ablation: rounded weights kept in fp32), save each, reload it with :func:`moe.plan.load_compressed`
+(the ablation: rounded weights kept in fp32), save each, reload it with :func:`moe.checkpoint.load_compressed`
 and measure
 
 * expert bytes on disk — from the safetensors header's data offsets (every ``.experts.`` tensor) — and
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from moe.layers import expert_bytes
-from moe.plan import load_compressed, save_compressed, tensor_bytes_on_disk
+from moe.checkpoint import load_compressed, save_compressed, tensor_bytes_on_disk
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
 from moe.subject import (

@@ -39,7 +39,7 @@ _WHERE = {
     "count_expert_params": "moe.layers", "expert_bytes": "moe.layers", "RoutingStats": "moe.stats",
     "collect_routing_stats": "moe.stats", "drop_experts": "moe.drop", "merge_experts": "moe.merge",
     "allocate_bits": "moe.quantize", "quantize_experts": "moe.quantize",
-    "load_compressed": "moe.plan", "save_compressed": "moe.plan",
+    "load_compressed": "moe.checkpoint", "save_compressed": "moe.checkpoint",
     "load_moe_checkpoint": "moe.checkpoint",
 }  # fmt: skip
 

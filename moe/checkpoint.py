@@ -1,47 +1,65 @@
-"""Local Hugging Face MoE checkpoints in, compressed checkpoints out.
+"""Local Hugging Face MoE checkpoints in, compressed checkpoints out: every load and save of moe.
 
-:func:`load_moe_checkpoint` opens a ``from_pretrained`` folder of a supported family and refuses anything
-else before building a model: a ``model_type`` outside :data:`FAMILIES` (a dense Llama, say), an
-``architectures`` entry of another family, no weight file, or weights whose keys or shapes do not match
-the config (missing, unexpected or mismatched keys). A folder written by :func:`moe.plan.save_compressed`
-is loaded with :func:`moe.plan.load_compressed`.
+The flow of a compression: :func:`load_moe_checkpoint` -> calibration batches
+(:mod:`moe.calibration`) -> routing statistics (:mod:`moe.stats`) -> passes (:mod:`moe.drop`,
+:mod:`moe.merge`, :mod:`moe.compress`, :mod:`moe.quantize`, each recorded in the plan,
+:mod:`moe.plan`) -> :func:`save_result` -> :func:`load_compressed`.
 
-:func:`calibration_texts` reads calibration text from a ``.txt`` file (blank-line separated documents), a
-``.jsonl`` file (the ``"text"`` field of each line), or ``"builtin"``: source files of the Python standard
-library, present on every machine. :func:`text_batches` tokenises them with the folder's tokenizer when
-it has one, else as UTF-8 bytes (id = byte mod vocabulary size; labelled in the report).
+Loading. :func:`load_moe_checkpoint` opens a ``from_pretrained`` folder of a supported family and
+refuses anything else before building a model: a ``model_type`` outside :data:`FAMILIES` (a dense
+Llama, say), an ``architectures`` entry of another family, no weight file, weight files whose
+safetensors header does not describe the file (:func:`safetensors_header`), or weights whose keys or
+shapes do not match the config (missing, unexpected or mismatched keys). A folder written by
+:func:`save_compressed` is loaded with :func:`load_compressed`. Every loader failure is one
+:class:`~moe.modeling.MoEError` naming the file.
 
-:func:`save_result` writes with stock ``save_pretrained`` when the compressed model is still a stock
-architecture (dropped experts, uniformly pruned neurons: every layer with the same counts, no expert map,
-plain expert tensors), so ``AutoModel*.from_pretrained`` loads it; otherwise (merged experts with an
-expert map, non-uniform counts, low-rank factors, packed low-bit codes) with
-:func:`moe.plan.save_compressed`, loaded by :func:`moe.plan.load_compressed`.
+Saving. :func:`save_result` writes with stock ``save_pretrained`` when the compressed model is still
+a stock architecture (dropped experts, uniformly pruned neurons: every layer with the same counts, no
+expert map, plain expert tensors), so ``AutoModel*.from_pretrained`` loads it; otherwise (merged
+experts with an expert map, non-uniform counts, low-rank factors, packed low-bit codes) with
+:func:`save_compressed`: ``model.safetensors``, ``moe_plan.json``, the loading code
+(``modeling_qhybrid_moe.py``, a copy of :mod:`moe.modeling`) and a ``config.json`` of model type
+``qhybrid_moe`` that holds the family's config (``base_config``, with the *base* expert counts) and
+the plan. :func:`load_compressed` — and ``AutoModelForCausalLM.from_pretrained(folder,
+trust_remote_code=True)``, through the copied file — builds the stock model from the base config,
+reshapes it by the plan and loads the weights strictly. Every other loader fails on the folder (see
+:mod:`moe.modeling`): a stock config holds one expert count for every layer, so non-uniform layers,
+expert maps and packed codes would otherwise reload as random weights. Every file is written to a
+temporary file and renamed (never onto a device, a FIFO or a folder).
+
+Sizes. :func:`bytes_by_part` and :func:`tensor_bytes_on_disk` read the bytes of each tensor from the
+safetensors headers: measurements of the files, not counts from shapes and bit widths.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from moe import modeling
 from moe.layers import MoEError, find_moe_layers
+from moe.modeling import CONFIG_COUNT_KEYS, PackedExperts
+from moe.plan import get_plan
+from qhybrid.runs import atomic_write_json, atomic_write_text
 
 __all__ = [
     "FAMILIES",
-    "calibration_texts",
-    "evaluate_lm",
+    "PARTS",
     "bytes_by_part",
     "checkpoint_dtype",
     "is_stock",
+    "load_compressed",
     "load_moe_checkpoint",
-    "load_tokenizer",
+    "parameters",
+    "safetensors_header",
+    "save_compressed",
     "save_result",
-    "text_batches",
+    "tensor_bytes_on_disk",
 ]
 
 # model_type -> the architecture class we load it as
@@ -56,6 +74,7 @@ FAMILIES = {
 _INTERMEDIATE_KEY = {"mixtral": "intermediate_size", "qwen2_moe": "moe_intermediate_size",
                      "qwen3_moe": "moe_intermediate_size", "olmoe": "intermediate_size",
                      "switch_transformers": "d_ff"}  # fmt: skip
+_MOE_KEYS = ("moe_compression", "moe_experts_per_layer", "moe_routes_per_layer")  # config extras
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")  # fmt: skip
 
@@ -157,15 +176,12 @@ def load_moe_checkpoint(
     """
     import transformers
 
-    from moe.modeling import MODEL_TYPE
-
     folder = Path(folder)
     d = _read_config(folder)
     model_type = d.get("model_type")
-    if model_type == MODEL_TYPE or (model_type in FAMILIES and d.get("moe_compression")):
-        from moe.plan import load_compressed
-
-        return load_compressed(folder, dtype=None if dtype == "auto" else dtype)  # type: ignore[arg-type]
+    if model_type == modeling.MODEL_TYPE or (model_type in FAMILIES and d.get("moe_compression")):
+        wanted = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        return load_compressed(folder, dtype=None if isinstance(wanted, str) else wanted)
     if model_type not in FAMILIES:
         raise MoEError(
             f"{folder / 'config.json'} holds model_type {model_type!r}, which is not a supported sparse-MoE "
@@ -211,152 +227,6 @@ def load_moe_checkpoint(
     return model.eval()
 
 
-def calibration_texts(
-    source: str, *, max_chars: int = 400_000, max_bytes: int = 64 << 20
-) -> list[str]:
-    """Documents from a ``.txt`` / ``.jsonl`` file (at most ``max_bytes`` read) or ``"builtin"`` (Python
-    standard-library source). Missing, empty, binary or non-UTF-8 files, folders and devices are a
-    :class:`MoEError` naming the file."""
-    if source == "builtin":
-        import os
-
-        root = Path(os.__file__).parent
-        files = sorted(root.glob("*.py"))
-        docs, total = [], 0
-        for f in files:
-            text = f.read_text(encoding="utf-8", errors="replace")
-            docs.append(text)
-            total += len(text)
-            if total >= max_chars:
-                break
-        return docs
-    path = Path(source)
-    if not path.exists():
-        raise MoEError(
-            f"calibration file {path} does not exist; pass a .txt or .jsonl file or 'builtin'"
-        )
-    if not path.is_file():  # a folder, a device (/dev/zero), a FIFO: never read it
-        raise MoEError(f"calibration file {path} is not a regular file; pass a .txt or .jsonl file")
-    raw = _read_text(path, max_bytes)
-    if path.suffix == ".jsonl":
-        docs = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MoEError(f"{path}:{n} is not JSON: {err}") from err
-            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                raise MoEError(f"{path}:{n} has no string field 'text'")
-            docs.append(item["text"])
-    else:
-        docs = [p for p in raw.split("\n\n") if p.strip()]
-    if not docs or sum(len(t) for t in docs) < 16:
-        raise MoEError(
-            f"calibration file {path} holds no text; pass a file with at least a few lines"
-        )
-    return docs
-
-
-def _read_text(path: Path, max_bytes: int) -> str:
-    """At most ``max_bytes`` of ``path`` as UTF-8 text; binary or undecodable files are refused."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(max_bytes)
-    except OSError as err:
-        raise MoEError(f"cannot read calibration file {path}: {err.strerror}") from err
-    if not data.strip():
-        raise MoEError(f"calibration file {path} is empty; pass a file with text")
-    if b"\0" in data:
-        raise MoEError(f"calibration file {path} is binary (it holds NUL bytes); pass UTF-8 text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if err.start >= len(data) - 3:  # a character cut by the max_bytes limit
-            return data[: err.start].decode("utf-8")
-        raise MoEError(
-            f"calibration file {path} is not UTF-8 text (byte {err.start}); pass UTF-8 text"
-        ) from err
-
-
-def text_batches(
-    model: nn.Module,
-    texts: Sequence[str],
-    *,
-    tokenizer: str | Path = "bytes",
-    sequences: int = 64,
-    seq_len: int = 64,
-    batch_size: int = 16,
-) -> tuple[list[dict[str, torch.Tensor]], str]:
-    """Token batches of ``seq_len`` from ``texts`` (concatenated) and how they were tokenised:
-    ``tokenizer`` is a folder holding a tokenizer (a model folder) or ``"bytes"`` (UTF-8 bytes modulo
-    the vocabulary, for byte-level models)."""
-    config: Any = model.config
-    vocab = int(config.vocab_size)
-    joined = "\n\n".join(texts)
-    if str(tokenizer) == "bytes":
-        ids = [b % vocab for b in joined.encode("utf-8")]
-        how = "UTF-8 bytes"
-    else:
-        tok = load_tokenizer(tokenizer)
-        ids = list(tok(joined, add_special_tokens=False)["input_ids"])
-        how = f"the tokenizer in {tokenizer} ({type(tok).__name__})"
-    if max(ids, default=0) >= vocab:
-        raise MoEError(
-            f"the tokenizer {tokenizer} produced ids up to {max(ids)} but the model has {vocab}; "
-            "pass the model's own tokenizer"
-        )
-    n = min(sequences, len(ids) // seq_len)
-    if n < 1:
-        raise MoEError(
-            f"calibration text gives {len(ids)} tokens, fewer than one sequence of {seq_len}"
-        )
-    x = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
-    batches = []
-    for i in range(0, n, batch_size):
-        b = x[i : i + batch_size]
-        batch = {"input_ids": b, "attention_mask": torch.ones_like(b)}
-        if getattr(config, "is_encoder_decoder", False):
-            batch["decoder_input_ids"] = b.clone()
-            batch["decoder_attention_mask"] = torch.ones_like(b)
-        batches.append(batch)
-    return batches, how
-
-
-def load_tokenizer(folder: str | Path) -> Any:
-    """The tokenizer saved in ``folder``; a folder without one, or one that does not load, is a
-    :class:`MoEError` naming it and the fix."""
-    folder = Path(folder)
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise MoEError(
-            f"'{folder}' has no tokenizer (tokenizer.json or tokenizer_config.json); pass "
-            "tokenizer='path/to/tokenizer-folder', or tokenizer='bytes' for a byte-level model"
-        )
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except Exception as err:  # the library boundary: any failure is a broken tokenizer folder
-        raise MoEError(f"the tokenizer in '{folder}' does not load: {err}") from err
-
-
-@torch.no_grad()
-def evaluate_lm(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Next-token accuracy and perplexity (decoder next token for Switch) over ``batches``."""
-    model.eval()
-    correct, nll, count = 0.0, 0.0, 0
-    for batch in batches:
-        logits = model(**batch).logits.float()
-        target = batch.get("decoder_input_ids", batch["input_ids"])
-        logits, target = logits[:, :-1], target[:, 1:]
-        lp = logits.log_softmax(-1)
-        nll += float(-lp.gather(-1, target[..., None]).sum())
-        correct += float((logits.argmax(-1) == target).sum())
-        count += target.numel()
-    return {"accuracy": correct / count, "perplexity": math.exp(nll / count)}
-
-
 def is_stock(model: nn.Module) -> bool:
     """True when the stock architecture class can hold the model from its config alone."""
     layers = find_moe_layers(model)
@@ -371,12 +241,9 @@ def save_result(
     """Save a compressed model with its floating weights in ``dtype`` (default: as held); returns
     (folder, how to load it). A stock architecture is written by ``save_pretrained`` (the model then
     holds the saved, rounded values) and loads with any ``from_pretrained``; anything else by
-    :func:`moe.plan.save_compressed`, which only ``moe.load_compressed`` and ``trust_remote_code``
+    :func:`save_compressed`, which only ``moe.load_compressed`` and ``trust_remote_code``
     loaders accept."""
-    from moe.plan import get_plan, save_compressed
-    from qhybrid.runs import atomic_write_json
-
-    folder = Path(folder)
+    folder = _output_folder(folder)
     if not is_stock(model):
         how = "moe.load_compressed or AutoModel*.from_pretrained(..., trust_remote_code=True)"
         return save_compressed(model, folder, dtype=dtype), how
@@ -385,14 +252,11 @@ def save_result(
     if hasattr(config, key):
         setattr(config, key, find_moe_layers(model)[0].intermediate_size)
     plan = get_plan(model)
-    extra = {
-        k: config.__dict__.pop(k)
-        for k in ("moe_compression", "moe_experts_per_layer", "moe_routes_per_layer")
-        if k in config.__dict__
-    }
+    extra = {k: config.__dict__.pop(k) for k in _MOE_KEYS if k in config.__dict__}
     held = next(model.parameters()).dtype
+    pretrained: Any = model.to(dtype or held)  # a transformers PreTrainedModel
     try:
-        model.to(dtype or held).save_pretrained(folder)  # type: ignore[operator]
+        pretrained.save_pretrained(folder)
     finally:
         model.to(held)
         config.__dict__.update(extra)
@@ -421,6 +285,16 @@ def part_of(key: str) -> str:
     return "other"
 
 
+def parameters(folder: str | Path) -> int:
+    """Parameters of the model in ``folder``, counted from its safetensors headers' shapes (no
+    tensor is read): the size of a model before it is loaded."""
+    return sum(
+        math.prod(int(d) for d in v.get("shape", []))
+        for file in _weight_files(Path(folder))
+        for v in safetensors_header(file).values()
+    )
+
+
 def bytes_by_part(folder: str | Path) -> dict[str, int]:
     """Bytes on disk of each part of the model in ``folder``, read from its safetensors headers."""
     out = dict.fromkeys(PARTS, 0)
@@ -428,3 +302,126 @@ def bytes_by_part(folder: str | Path) -> dict[str, int]:
         for k, v in safetensors_header(file).items():
             out[part_of(k)] += int(v["data_offsets"][1]) - int(v["data_offsets"][0])
     return out
+
+
+def _state_to_save(
+    model: nn.Module, dtype: torch.dtype | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Unique tensors of the state dict (tied weights once, named in ``aliases``), floating tensors
+    cast to ``dtype`` except the packed experts' codes and fp16 scales."""
+    packed = {
+        f"{name}.{b}"
+        for name, mod in model.named_modules()
+        if isinstance(mod, PackedExperts)
+        for b, _ in mod.named_buffers()
+    }
+    seen: dict[tuple[Any, ...], str] = {}
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for k, v in model.state_dict().items():
+        v = v.detach()
+        ptr = (v.data_ptr(), v.dtype, tuple(v.shape), v.stride()) if v.numel() else (id(v),)
+        if ptr in seen:
+            aliases[k] = seen[ptr]
+            continue
+        seen[ptr] = k
+        if dtype is not None and v.is_floating_point() and k not in packed:
+            v = v.to(dtype)
+        unique[k] = v.contiguous().cpu().clone()
+    return unique, aliases
+
+
+def save_compressed(
+    model: nn.Module, path: str | Path, *, dtype: torch.dtype | None = None
+) -> Path:
+    """Write the compressed model to ``path`` (module docstring): weights (floating tensors in
+    ``dtype``, default as held; packed codes and scales as they are), the plan, the loading code and a
+    ``qhybrid_moe`` config that only :func:`load_compressed` and ``trust_remote_code`` loaders accept."""
+    path = _output_folder(path)
+    plan = get_plan(model)
+    unique, aliases = _state_to_save(model, dtype)
+    _save_tensors(unique, path / "model.safetensors", {"aliases": json.dumps(aliases)})
+    config: Any = model.config
+    # base_config holds no model_type: transformers would pick a nested config of its own type
+    base = {k: v for k, v in config.to_dict().items() if k not in (*_MOE_KEYS, "model_type")}
+    base["architectures"] = [type(model).__name__]
+    base.update({k: v for k, v in plan["base"].items() if k in CONFIG_COUNT_KEYS})
+    if dtype is not None:
+        base["dtype"] = str(dtype).removeprefix("torch.")
+    auto = (
+        "AutoModelForSeq2SeqLM"
+        if getattr(config, "is_encoder_decoder", False)
+        else "AutoModelForCausalLM"
+    )
+    cls = "QHybridMoeForSeq2SeqLM" if auto == "AutoModelForSeq2SeqLM" else "QHybridMoeForCausalLM"
+    module = Path(modeling.MODELING_FILE).stem
+    wrapper = {
+        "model_type": modeling.MODEL_TYPE,
+        "architectures": [cls],
+        "auto_map": {"AutoConfig": f"{module}.QHybridMoeConfig", auto: f"{module}.{cls}"},
+        "vocab_size": modeling.LOAD_HINT,  # a stock config refuses a string here: no silent load
+        "base_model_type": config.model_type,
+        "base_config": base,
+        "moe_compression": plan,
+    }
+    atomic_write_text(path / modeling.MODELING_FILE, Path(modeling.__file__).read_text())
+    atomic_write_json(path / "moe_plan.json", plan)
+    atomic_write_json(path / "config.json", wrapper)
+    return path
+
+
+def _output_folder(path: str | Path) -> Path:
+    """``path`` as a folder to write into (made if new); a file or device there is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MoEError(f"'{path}' is a file or device, not a folder; save into a new folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file`` into a temporary file beside ``file``, renamed onto it only when
+    ``file`` is new or a regular file (never a device, a FIFO or a folder)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    if file.exists() and not file.is_file():
+        raise MoEError(f"'{file}' is a folder, device or FIFO, not a regular file; save elsewhere")
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def tensor_bytes_on_disk(path: str | Path) -> dict[str, int]:
+    """Bytes each tensor occupies in ``path/model.safetensors``, read from the file's own header
+    (``data_offsets``, checked against the file): a measurement of the file, not a count from
+    shapes and bit widths."""
+    file = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    return {
+        k: int(v["data_offsets"][1]) - int(v["data_offsets"][0])
+        for k, v in safetensors_header(file).items()
+    }
+
+
+def load_compressed(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Load a model written by :func:`save_compressed` (or a stock result of :func:`save_result`);
+    the result equals the saved model exactly (``dtype`` casts the floating parameters afterwards).
+    Raises :class:`MoEError` naming the file for a folder that is not one, a plan that does not fit,
+    or weights that do not match it."""
+    path = Path(path)
+    d = modeling.read_folder_config(path) if (path / "config.json").is_file() else {}
+    if d and d.get("model_type") != modeling.MODEL_TYPE and not d.get("moe_compression"):
+        return load_moe_checkpoint(path, dtype=dtype or "auto").to(device)
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise MoEError(f"'{path}' is not a save_compressed folder: {path / name} is missing")
+    return modeling.load_folder(path, dtype=dtype, device=device)

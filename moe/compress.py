@@ -31,13 +31,18 @@ from moe.experts import LowRankExperts
 from moe.layers import MoEError, check_layers, find_moe_layers
 from moe.plan import record
 from moe.stats import RoutingStats
+from moe.values import Count, KeepRatio, NonNegative, Positive, Seed, check_options
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LowRankExperts", "compress_experts", "distill", "round_up"]
 
 
+Trainable = Literal["experts", "all_but_router"]  # what distillation trains (routers: never)
+
+
 def round_up(n: float, multiple: int) -> int:
+    """The smallest positive multiple of ``multiple`` that is at least ``n``."""
     return max(multiple, int(math.ceil(n / multiple)) * multiple)
 
 
@@ -45,9 +50,9 @@ def compress_experts(
     model: nn.Module,
     stats: RoutingStats,
     *,
-    keep_ratio: float = 1.0,
-    rank: int | None = None,
-    multiple: int = 8,
+    keep_ratio: KeepRatio = 1.0,
+    rank: Count | None = None,
+    multiple: Count = 8,
 ) -> dict[str, Any]:
     """Prune hidden neurons to ``keep_ratio`` and/or factor experts to rank ``rank``, in place.
 
@@ -61,19 +66,10 @@ def compress_experts(
     Returns:
         ``{"intermediate": {layer: I'}, "rank": {layer: r}}``.
     """
+    check_options(compress_experts, locals())
     layers = find_moe_layers(model)
     check_layers(layers, writable=True)
     stats.check(layers)
-    if (
-        isinstance(keep_ratio, bool)
-        or not isinstance(keep_ratio, (int, float))
-        or not 0 < keep_ratio <= 1
-    ):
-        raise MoEError(f"keep_ratio={keep_ratio} must lie in (0, 1]")
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise MoEError(f"rank={rank} must be >= 1 or None")
-    if multiple < 1:
-        raise MoEError(f"multiple={multiple} must be >= 1")
     for layer in layers:
         if not layer.gated:
             raise MoEError(
@@ -110,12 +106,12 @@ def distill(
     teacher: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,
-    steps: int = 200,
-    lr: float = 1e-3,
-    temperature: float = 2.0,
-    ce_weight: float = 0.0,
-    trainable: Literal["experts", "all_but_router"] = "experts",
-    seed: int = 0,
+    steps: Count = 200,
+    lr: Positive = 1e-3,
+    temperature: Positive = 2.0,
+    ce_weight: NonNegative = 0.0,
+    trainable: Trainable = "experts",
+    seed: Seed = 0,
     device: str = "cpu",
 ) -> Any:
     """Knowledge distillation from ``teacher`` into ``student`` (routers frozen), via qhybrid.train.
@@ -123,6 +119,7 @@ def distill(
     Loss: ``distillation_loss(student, teacher, T, mask=attention_mask) + ce_weight · CE(labels)``.
     Returns the :class:`qhybrid.train.TrainResult`.
     """
+    check_options(distill, locals(), skip=("student", "teacher", "batches", "device"))
     from qhybrid.train import TrainConfig, distillation_loss, train
 
     layers = find_moe_layers(student)

@@ -22,7 +22,7 @@ import itertools
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,24 +31,11 @@ from moe.budget import resolve_budget
 from moe.layers import MoEError, MoELayer, check_layers, find_moe_layers
 from moe.plan import record
 from moe.stats import LayerStats, RoutingStats, collect_routing_stats
+from moe.values import CRITERIA, Budget, Count, Criterion, check_options
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CRITERIA", "drop_experts", "expert_scores", "search_subset"]
-
-Criterion = Literal[
-    "frequency",
-    "weighted_frequency",
-    "saliency",
-    "reap",
-    "entropy",
-    "weight_norm",
-    "stable_rank",
-    "exact",
-    "greedy",
-]
-CRITERIA: tuple[str, ...] = ("frequency", "weighted_frequency", "saliency", "reap", "entropy",
-                             "weight_norm", "stable_rank", "exact", "greedy")  # fmt: skip
 
 
 @torch.no_grad()
@@ -197,8 +184,8 @@ def drop_experts(
     *,
     num_experts: int | Mapping[str, int],
     criterion: Criterion = "frequency",
-    budget: Literal["uniform", "global"] = "uniform",
-    rounds: int = 1,
+    budget: Budget = "uniform",
+    rounds: Count = 1,
     batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
     """Drop experts down to ``num_experts`` per layer, in place.
@@ -219,16 +206,13 @@ def drop_experts(
         MoEError: no MoE layers, a merged layer, an impossible budget, stats that do not fit, or
             iterative dropping without batches; the model is then unchanged.
     """
+    check_options(drop_experts, locals(), skip=("model", "stats", "num_experts", "batches"))
     layers = find_moe_layers(model)
     check_layers(layers, writable=True)
     stats.check(layers)
-    if criterion not in CRITERIA:
-        raise MoEError(f"criterion={criterion!r}; choose one of {CRITERIA}")
     for layer in layers:
         if layer.has_expert_map:
             raise MoEError(f"layer {layer.name} is merged; drop experts before merging")
-    if rounds < 1:
-        raise MoEError(f"rounds={rounds} must be >= 1")
     cached = list(batches) if batches is not None else None
     if rounds > 1 and not cached:
         raise MoEError("iterative dropping (rounds > 1) re-estimates statistics: pass batches=")

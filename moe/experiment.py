@@ -8,8 +8,9 @@ model, times the pass (statistics collection included), evaluates the result and
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from moe.subject import (
     greedy_continuations,
 )
 
-__all__ = ["METHODS", "Context", "model_summary", "run_method"]
+__all__ = ["METHODS", "Context", "evaluate_lm", "model_summary", "run_method"]
 
 
 @dataclass
@@ -92,6 +93,22 @@ def model_summary(model: nn.Module) -> dict[str, float]:
         "total params": others + count_expert_params(model),  # packed experts count their weights
         "MoE MFLOPs/token": flops / 1e6,
     }
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Next-token accuracy and perplexity (decoder next token for Switch) over ``batches``."""
+    model.eval()
+    correct, nll, count = 0.0, 0.0, 0
+    for batch in batches:
+        logits = model(**batch).logits.float()
+        target = batch.get("decoder_input_ids", batch["input_ids"])
+        logits, target = logits[:, :-1], target[:, 1:]
+        lp = logits.log_softmax(-1)
+        nll += float(-lp.gather(-1, target[..., None]).sum())
+        correct += float((logits.argmax(-1) == target).sum())
+        count += target.numel()
+    return {"accuracy": correct / count, "perplexity": math.exp(nll / count)}
 
 
 def run_method(

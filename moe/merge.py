@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,15 +35,19 @@ from moe.budget import resolve_budget
 from moe.layers import MoEError, MoELayer, apply_expert, check_layers, find_moe_layers
 from moe.plan import record
 from moe.stats import LayerStats, RoutingStats
+from moe.values import (
+    Budget,
+    Combine,
+    Grouping,
+    NonNegative,
+    Seed,
+    Weighting,
+    check_options,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["align_expert", "merge_experts", "plan_groups"]
-
-
-Grouping = Literal["router_logits", "outputs", "random", "hc", "kmeans"]
-GROUPINGS = ("router_logits", "outputs", "random", "hc", "kmeans")
-COMBINES = ("average", "union", "subspace")
 
 
 def cluster_groups(
@@ -283,7 +287,7 @@ def _average(
 
 
 def _groups(
-    layer: MoELayer, s: LayerStats, n_groups: int, grouping: str, seed: int
+    layer: MoELayer, s: LayerStats, n_groups: int, grouping: Grouping, seed: int
 ) -> list[list[int]]:
     if grouping in ("hc", "kmeans"):
         return cluster_groups(s, n_groups, expert_outputs(layer, s.sample), grouping, seed)
@@ -296,10 +300,10 @@ def _merge_layer(
     s: LayerStats,
     n_groups: int,
     *,
-    grouping: str,
-    combine: str,
+    grouping: Grouping,
+    combine: Combine,
     align: bool,
-    weighting: str,
+    weighting: Weighting,
     refit: bool,
     ridge: float,
     seed: int,
@@ -340,14 +344,14 @@ def merge_experts(
     stats: RoutingStats,
     *,
     num_experts: int | Mapping[str, int],
-    budget: Literal["uniform", "global"] = "uniform",
+    budget: Budget = "uniform",
     grouping: Grouping = "router_logits",
-    combine: Literal["average", "union", "subspace"] = "average",
+    combine: Combine = "average",
     align: bool = True,
-    weighting: Literal["frequency", "router_weighted", "uniform"] = "frequency",
+    weighting: Weighting = "frequency",
     refit: bool = True,
-    ridge: float = 1e-2,
-    seed: int = 0,
+    ridge: NonNegative = 1e-2,
+    seed: Seed = 0,
 ) -> dict[str, Any]:
     """Merge each MoE layer's experts into ``num_experts`` groups, in place (see module docstring).
 
@@ -380,6 +384,7 @@ def merge_experts(
         MoEError: no MoE layers, non-finite weights, stats of other weights, an impossible budget,
             an already merged layer, or a failed alignment / refit; the model is then unchanged.
     """
+    check_options(merge_experts, locals(), skip=("model", "stats", "num_experts"))
     layers = find_moe_layers(model)
     check_layers(layers, writable=True)
     for layer in layers:
@@ -388,12 +393,6 @@ def merge_experts(
                 f"layer {layer.name} is already merged; merge once, from the unmerged model"
             )
     stats.check(layers)
-    if weighting not in ("frequency", "router_weighted", "uniform"):
-        raise MoEError(f"weighting={weighting!r}; use 'frequency', 'router_weighted' or 'uniform'")
-    if grouping not in GROUPINGS:
-        raise MoEError(f"grouping={grouping!r}; use one of {GROUPINGS}")
-    if combine not in COMBINES:
-        raise MoEError(f"combine={combine!r}; use one of {COMBINES}")
     counts = resolve_budget(
         layers,
         num_experts,

@@ -24,9 +24,8 @@ Bit allocation (one width per expert, chosen from ``bits_choices``, mean over al
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,12 +35,11 @@ from moe.layers import MoEError, MoELayer, apply_expert, check_layers, expert_by
 from moe.modeling import check_group_size
 from moe.plan import record
 from moe.stats import RoutingStats
+from moe.values import Allocation, AverageBits, BitsChoices, Count, Storage, check_options
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["allocate_bits", "fake_quantize", "quantize_experts"]
-
-Allocation = Literal["sensitivity", "frequency", "outlier", "uniform"]
 
 
 @torch.no_grad()
@@ -87,27 +85,15 @@ def _outlier_score(layer: MoELayer) -> torch.Tensor:
     return torch.tensor(scores, dtype=torch.float64)
 
 
-def _check_widths(bits_choices: Sequence[int], avg_bits: float, group_size: int) -> list[int]:
-    if isinstance(bits_choices, (str, bytes)) or not all(
-        isinstance(b, int) and not isinstance(b, bool) for b in bits_choices
-    ):
-        raise MoEError(f"bits_choices={bits_choices!r} must be a sequence of integer widths")
-    choices = sorted(set(bits_choices))
-    if not choices or any(b < 1 or b > 8 for b in choices):
-        raise MoEError(f"bits_choices={list(bits_choices)} must be widths in 1..8")
-    if (
-        isinstance(avg_bits, bool)
-        or not isinstance(avg_bits, (int, float))
-        or not math.isfinite(avg_bits)
-    ):
-        raise MoEError(f"avg_bits={avg_bits!r} must be a finite number of bits")
+def _check_widths(bits_choices: Sequence[int], avg_bits: float) -> list[int]:
+    """The widths in order, checked to reach the budget ``avg_bits`` (the kinds are checked by
+    :func:`moe.values.check_options` first)."""
+    choices = sorted(bits_choices)
     if not choices[0] <= avg_bits <= choices[-1]:
         raise MoEError(
             f"avg_bits={avg_bits} cannot be met with widths {choices}; choose a budget in "
             f"[{choices[0]}, {choices[-1]}]"
         )
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise MoEError(f"group_size={group_size!r} must be a positive integer")
     return choices
 
 
@@ -115,16 +101,17 @@ def allocate_bits(
     model: nn.Module,
     stats: RoutingStats,
     *,
-    avg_bits: float = 3.0,
+    avg_bits: AverageBits = 3.0,
     allocation: Allocation = "sensitivity",
-    bits_choices: Sequence[int] = (2, 3, 4, 8),
-    group_size: int = 32,
+    bits_choices: BitsChoices = (2, 3, 4, 8),
+    group_size: Count = 32,
 ) -> dict[str, list[int]]:
     """Bits per expert of every MoE layer (see module docstring); does not change the model."""
+    opts = check_options(allocate_bits, locals())
     layers = find_moe_layers(model)
     check_layers(layers)
     stats.check(layers)
-    choices = _check_widths(bits_choices, avg_bits, group_size)
+    choices = _check_widths(opts["bits_choices"], avg_bits)
     sizes = []  # (layer, expert, weights)
     for layer in layers:
         w_in, w_out = layer.get_weights()
@@ -191,11 +178,11 @@ def quantize_experts(
     model: nn.Module,
     stats: RoutingStats,
     *,
-    avg_bits: float = 3.0,
+    avg_bits: AverageBits = 3.0,
     allocation: Allocation = "sensitivity",
-    bits_choices: Sequence[int] = (2, 3, 4, 8),
-    group_size: int = 32,
-    storage: Literal["packed", "fake"] = "packed",
+    bits_choices: BitsChoices = (2, 3, 4, 8),
+    group_size: Count = 32,
+    storage: Storage = "packed",
 ) -> dict[str, Any]:
     """Allocate bits per expert and quantise the experts in place, all layers or none.
 
@@ -207,8 +194,7 @@ def quantize_experts(
         ``{"bits": {layer: [bits per expert]}, "avg_bits": mean bits per expert weight,
         "bytes": measured bytes of the expert tensors after quantisation}``.
     """
-    if storage not in ("packed", "fake"):
-        raise MoEError(f"storage={storage!r}; use 'packed' or 'fake'")
+    check_options(quantize_experts, locals())
     layers = find_moe_layers(model)
     check_layers(layers, writable=True)
     for layer in layers:  # every layer's widths before the first changes

@@ -56,6 +56,7 @@ __all__ = [
     "add_config_arguments",
     "check_arguments",
     "check_fields",
+    "check_work",
     "config_from_args",
     "config_help",
     "config_to_dict",
@@ -341,6 +342,30 @@ def check_arguments(
     return {
         k: _coerce(v, hints[k], k) if k in hints and k not in skip else v for k, v in values.items()
     }
+
+
+def check_work(
+    estimate: float,
+    cap: float,
+    *,
+    what: str,
+    drivers: str,
+    key: str = "max_cpu_s",
+    unit: str = "CPU-core seconds",
+    docs: str = "",
+) -> None:
+    """Refuse work estimated above its cap before anything runs: a :class:`ConfigError` naming the
+    estimate, what drives it (``drivers``: the keys and their values) and the override
+    (``--set key=...``); a NaN or infinite estimate is refused too."""
+    if estimate <= cap:
+        return
+    shown = f"{estimate:,.1f}" if math.isfinite(estimate) else "more than any cap"
+    raise_to = math.ceil(estimate * 1.5) if math.isfinite(estimate) else "<a larger value>"
+    raise ConfigError(
+        f"{what} is estimated at {shown} {unit} ({drivers}), above {key}={cap:g}; make it "
+        f"smaller, or raise the cap with --set {key}={raise_to}"
+        + (f" (see {docs})" if docs else "")
+    )
 
 
 @functools.cache

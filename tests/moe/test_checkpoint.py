@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe.checkpoint import FAMILIES, calibration_texts, load_moe_checkpoint, text_batches
+from moe.calibration import calibration_texts, text_batches
+from moe.checkpoint import FAMILIES, load_moe_checkpoint
 from moe.layers import MoEError, find_moe_layers
 from moe.tiny import tiny_batch, tiny_moe
 from qhybrid.cli import main
@@ -89,7 +90,7 @@ def test_prune_is_stock_and_merge_plus_packed_bits_needs_load_compressed(
     import transformers
 
     from moe.experts import PackedExperts
-    from moe.plan import load_compressed
+    from moe.checkpoint import load_compressed
 
     folder = _save(tmp_path, family)
     assert _compress(tmp_path, folder, "keep_ratio=0.5") == 0
@@ -177,8 +178,7 @@ def test_bf16_checkpoint_loads_as_float32_for_the_passes(tmp_path: Path) -> None
 def test_compress_keeps_a_bf16_checkpoint_bf16_and_reports_bytes_per_part(
     sets: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from moe.checkpoint import bytes_by_part
-    from moe.plan import load_compressed
+    from moe.checkpoint import bytes_by_part, load_compressed
 
     folder = tmp_path / "bf16"
     tiny_moe("mixtral", vocab=256).to(torch.bfloat16).save_pretrained(folder)

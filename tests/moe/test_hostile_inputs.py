@@ -73,9 +73,9 @@ SETTINGS = [
     (("rank=8", "avg_bits=3.0"), "rank and avg_bits cannot be combined"),
     (("drop_rounds=2",), "drop_rounds=2 needs drop_to"),
     (("keep_ratio=0",), "keep_ratio"),
-    (("storage='disk'", "avg_bits=3.0"), "storage='disk'"),
+    (("storage='disk'", "avg_bits=3.0"), "'storage' = 'disk' is not one of"),
     (("seq_len=4096",), "seq_len=4096 exceeds"),
-    (("save_dtype='int8'",), "save_dtype='int8'"),
+    (("save_dtype='int8'",), "'save_dtype' = 'int8' is not one of"),
     (("calib_sequences=-1",), "calib_sequences"),
 ]  # fmt: skip
 

@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 import torch
 
-from moe.checkpoint import FAMILIES, bytes_by_part, save_result
+from moe.checkpoint import FAMILIES, bytes_by_part, load_compressed, save_result
 from moe.compress import compress_experts
 from moe.drop import drop_experts
 from moe.merge import merge_experts
 from moe.modeling import MODEL_TYPE
-from moe.plan import load_compressed
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
 from moe.tiny import tiny_batch, tiny_moe

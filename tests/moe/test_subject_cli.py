@@ -74,7 +74,7 @@ def test_cli_train_then_compress(tmp_path: Path, capsys: pytest.CaptureFixture[s
     run = next(tmp_path.glob("moe-compress-*"))
     plan = json.loads((run / "compressed" / "moe_plan.json").read_text())
     assert [op["op"] for op in plan["ops"]][:2] == ["merge", "merge"]
-    from moe.plan import load_compressed
+    from moe.checkpoint import load_compressed
 
     assert load_compressed(run / "compressed").config.moe_compression["ops"] == plan["ops"]
 
