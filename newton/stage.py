@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from newton.errors import BadValueError
 from newton.values import (
     DEFAULT_MAX_CPU_S,
     ClockQubits,
@@ -50,7 +51,11 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         check_declared(self)
-        configure(self, seed=0)  # the experiments' checks and work caps, before any stage runs
+        try:  # the experiments' checks and work caps, before any stage runs
+            configure(self, seed=0)
+        except BadValueError as err:  # name the keys as reproduce spells them
+            text = str(err).replace("--set max_", "--set newton.max_")
+            raise BadValueError(f"newton stage: {text}") from None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ it and the override (``--set max_cpu_s=...``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -31,6 +30,7 @@ from annotated_types import Ge, Gt, Interval
 
 from newton.errors import BadValueError
 from qhybrid.config import check_arguments, check_fields
+from qhybrid.config import check_work as qhybrid_check_work
 from qhybrid.errors import ConfigError
 
 __all__ = [
@@ -106,24 +106,13 @@ def check_work(
 ) -> None:
     """Refuse work estimated above ``max_cpu_s`` CPU-core seconds or ``max_memory_gb`` GB, naming
     what drives it and the override (see the module docstring)."""
-    if not seconds <= max_cpu_s:  # NaN or inf estimates are refused too
-        shown = f"{seconds:,.0f}" if math.isfinite(seconds) else "more than any cap"
-        raise BadValueError(
-            f"{what} is estimated at {shown} CPU-core seconds ({drivers}), above max_cpu_s="
-            f"{max_cpu_s:g}; make it smaller, or raise the cap with --set max_cpu_s="
-            f"{_raised(seconds)} (see docs/newton.md#work-caps)"
-        )
-    if not gigabytes <= max_memory_gb:
-        raise BadValueError(
-            f"{what} is estimated to hold {gigabytes:,.1f} GB ({drivers}), above max_memory_gb="
-            f"{max_memory_gb:g}; make it smaller, or raise the cap with --set max_memory_gb="
-            f"{_raised(gigabytes)} (see docs/newton.md#work-caps)"
-        )
-
-
-def _raised(estimate: float) -> str:
-    """A cap that admits ``estimate`` with room to spare (or a note that none does)."""
-    return f"{math.ceil(estimate * 1.5)}" if math.isfinite(estimate) else "<a larger value>"
+    docs = "docs/newton.md#work-caps"
+    try:
+        qhybrid_check_work(seconds, max_cpu_s, what=what, drivers=drivers, docs=docs)
+        qhybrid_check_work(gigabytes, max_memory_gb, what=what, drivers=drivers, docs=docs,
+                           key="max_memory_gb", unit="GB")  # fmt: skip
+    except ConfigError as err:
+        raise BadValueError(str(err)) from None
 
 
 def mlp_parameters(d_in: int, hidden: int, d_out: int) -> int:
