@@ -31,6 +31,7 @@ from moe.subject import (
     generation_quality,
     greedy_continuations,
 )
+from moe.values import Allocation, Budget, Combine, Criterion, Grouping, Storage
 
 __all__ = ["METHODS", "Context", "evaluate_lm", "model_summary", "run_method"]
 
@@ -51,9 +52,11 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def calib(self) -> list[dict[str, torch.Tensor]]:
+        """The first ``calib_sequences`` training sequences as calibration batches."""
         return calibration(self.data, self.calib_sequences)
 
     def stats(self, model: nn.Module) -> Any:
+        """Routing statistics of ``model`` on the calibration batches (block inputs cached)."""
         return collect_routing_stats(model, self.calib(), max_cached_tokens=self.cached_tokens)
 
     def generation(self, model: nn.Module) -> dict[str, float]:
@@ -70,6 +73,7 @@ class Context:
         return generation_quality(model, ids, self.extra["reference"], prompt=prompt)
 
     def distill(self, model: nn.Module, steps: int | None = None) -> None:
+        """``steps`` (default ``distill_steps``) of recovery distillation from the teacher."""
         n = self.distill_steps if steps is None else steps
         if n > 0:
             batches = distill_batches(self.data, n, batch_size=self.distill_batch, seed=self.seed)
@@ -149,17 +153,31 @@ def _experts_per_layer(model: nn.Module) -> int:
 Method = Callable[[nn.Module, Context], None]
 
 
-def labelled(fn: Method, recipe: str, refit: bool, distill_steps: int) -> Method:
-    """Attach what a method is to it; :func:`run_method` copies these labels into every row."""
-    fn.labels = {"recipe": recipe, "LS refit on calib": refit, "distill steps": distill_steps}  # type: ignore[attr-defined]
-    return fn
+@dataclass(frozen=True)
+class Labelled:
+    """A method with what it is (its recipe, the LS refit, its distillation steps); :func:`run_method`
+    copies the labels into every row."""
+
+    fn: Method
+    labels: dict[str, Any]
+
+    def __call__(self, model: nn.Module, ctx: Context) -> None:
+        """Apply the method to ``model`` in place."""
+        self.fn(model, ctx)
 
 
-def baseline(model: nn.Module, ctx: Context) -> None:
+def labelled(fn: Method, recipe: str, refit: bool, distill_steps: int) -> Labelled:
+    """``fn`` with its labels."""
+    return Labelled(
+        fn, {"recipe": recipe, "LS refit on calib": refit, "distill steps": distill_steps}
+    )
+
+
+def _uncompressed(model: nn.Module, ctx: Context) -> None:
     return None
 
 
-baseline.labels = {"recipe": "uncompressed", "LS refit on calib": False, "distill steps": 0}  # type: ignore[attr-defined]
+baseline = labelled(_uncompressed, "uncompressed", False, 0)  # the model as it is
 
 
 _RECIPES = {("router_logits", "average"): "our MC-SMoE port", ("hc", "average"): "our HC-SMoE port",
@@ -169,13 +187,13 @@ _RECIPES = {("router_logits", "average"): "our MC-SMoE port", ("hc", "average"):
 def merge(
     target: int,
     *,
-    grouping: str = "router_logits",
-    combine: str = "average",
+    grouping: Grouping = "router_logits",
+    combine: Combine = "average",
     align: bool = True,
-    budget: str = "uniform",
+    budget: Budget = "uniform",
     refit: bool = True,
     steps: int = 0,
-) -> Method:
+) -> Labelled:
     """Merging (:func:`moe.merge.merge_experts`): our ports of MC-SMoE (router-logit grouping,
     alignment, frequency-weighted averaging), HC-SMoE (hierarchical clustering of outputs) and Sub-MoE
     (k-means on outputs, shared-subspace merging), or our union merge; optionally with our
@@ -186,10 +204,10 @@ def merge(
             model,
             ctx.stats(model),
             num_experts=target,
-            grouping=grouping,  # type: ignore[arg-type]
-            combine=combine,  # type: ignore[arg-type]
+            grouping=grouping,
+            combine=combine,
             align=align,
-            budget=budget,  # type: ignore[arg-type]
+            budget=budget,
             refit=refit,
             seed=ctx.seed,
         )
@@ -209,19 +227,22 @@ def merge(
 def drop(
     target: int,
     *,
-    criterion: str = "frequency",
+    criterion: Criterion = "frequency",
     rounds: int = 1,
-    budget: str = "uniform",
+    budget: Budget = "uniform",
     steps: int = 0,
-) -> Method:
+) -> Labelled:
+    """Dropping (:func:`moe.drop.drop_experts`): our ports of the MC-Suite criteria or of NAEE's
+    subset search (``exact``, ``greedy``), one-shot or in ``rounds``, then ``steps`` of KD."""
+
     def fn(model: nn.Module, ctx: Context) -> None:
         drop_experts(
             model,
             ctx.stats(model),
             num_experts=target,
-            criterion=criterion,  # type: ignore[arg-type]
+            criterion=criterion,
             rounds=rounds,
-            budget=budget,  # type: ignore[arg-type]
+            budget=budget,
             batches=ctx.calib(),
         )
         ctx.distill(model, steps)
@@ -231,15 +252,15 @@ def drop(
 
 
 def drop_with_recovery(
-    target: int, *, criterion: str = "saliency", rounds: int = 2, steps_per_round: int = 100
-) -> Method:
+    target: int, *, criterion: Criterion = "saliency", rounds: int = 2, steps_per_round: int = 100
+) -> Labelled:
     """MC-Suite's iterative procedure: drop a share, distil for a few steps, re-estimate, repeat."""
 
     def fn(model: nn.Module, ctx: Context) -> None:
         start = _experts_per_layer(model)
         for r in range(1, rounds + 1):
             n = round(start - (start - target) * r / rounds)
-            drop_experts(model, ctx.stats(model), num_experts=n, criterion=criterion)  # type: ignore[arg-type]
+            drop_experts(model, ctx.stats(model), num_experts=n, criterion=criterion)
             ctx.distill(model, steps_per_round)
 
     return labelled(
@@ -249,7 +270,9 @@ def drop_with_recovery(
 
 def merge_compress(
     target: int, keep_ratio: float, rank: int | None = None, steps: int = 200
-) -> Method:
+) -> Labelled:
+    """Merging with the LS refit, then neuron pruning (or low rank), then ``steps`` of KD."""
+
     def fn(model: nn.Module, ctx: Context) -> None:
         merge_experts(model, ctx.stats(model), num_experts=target, refit=True)
         compress_experts(model, ctx.stats(model), keep_ratio=keep_ratio, rank=rank)
@@ -258,21 +281,24 @@ def merge_compress(
     return labelled(fn, "our MC-SMoE port + neuron pruning", True, steps)
 
 
-def quantize(avg_bits: float, allocation: str, storage: str = "packed") -> Method:
+def quantize(avg_bits: float, allocation: Allocation, storage: Storage = "packed") -> Labelled:
+    """Mixed-precision quantisation (:func:`moe.quantize.quantize_experts`): ours (sensitivity) or
+    our ports of the QuantMoE-Bench heuristics, packed or fake storage."""
+
     def fn(model: nn.Module, ctx: Context) -> None:
         quantize_experts(
             model,
             ctx.stats(model),
             avg_bits=avg_bits,
-            allocation=allocation,  # type: ignore[arg-type]
-            storage=storage,  # type: ignore[arg-type]
+            allocation=allocation,
+            storage=storage,
         )
 
     source = "ours" if allocation == "sensitivity" else "our QuantMoE-Bench port"
     return labelled(fn, f"{source} ({allocation}), {storage} storage", False, 0)
 
 
-METHODS: dict[str, Method] = {
+METHODS: dict[str, Labelled] = {
     "baseline": baseline,
     "merge 8->4 + LS refit": merge(4),
     "merge 8->4 union + LS refit (ours)": merge(4, combine="union"),

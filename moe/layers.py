@@ -69,6 +69,7 @@ class MoELayer:
     # -- shapes -----------------------------------------------------------------------------------
     @property
     def gated(self) -> bool:
+        """Fused SwiGLU experts (gate and up projections), not Switch ReLU MLPs."""
         return self.kind == "fused"
 
     @property
@@ -83,6 +84,7 @@ class MoELayer:
 
     @property
     def hidden_size(self) -> int:
+        """The model width H the router reads."""
         return int(self.router_weight.shape[1])
 
     @property
@@ -97,6 +99,7 @@ class MoELayer:
 
     @property
     def top_k(self) -> int:
+        """Experts per token (1 for Switch)."""
         return int(getattr(self.router, "top_k", 1))
 
     @property
@@ -127,9 +130,11 @@ class MoELayer:
 
     @property
     def has_expert_map(self) -> bool:
+        """Whether merged experts share router outputs through an expert map."""
         return getattr(self.experts, "expert_map", None) is not None
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
+        """The experts' activation function applied to ``x``."""
         if self.kind == "fused":
             return self.experts.act_fn(x)  # type: ignore[no-any-return]
         return self.experts["expert_0"].act(x)  # type: ignore[no-any-return]

@@ -292,7 +292,7 @@ def _groups(
     if grouping in ("hc", "kmeans"):
         return cluster_groups(s, n_groups, expert_outputs(layer, s.sample), grouping, seed)
     out_cos = _output_cosine(layer, s.sample) if grouping == "outputs" else None
-    return plan_groups(s, n_groups, grouping=grouping, seed=seed, output_cos=out_cos)  # type: ignore[arg-type]
+    return plan_groups(s, n_groups, grouping=grouping, seed=seed, output_cos=out_cos)
 
 
 def _merge_layer(
@@ -337,6 +337,29 @@ def _merge_layer(
     if not (bool(merged_in.isfinite().all()) and bool(merged_out.isfinite().all())):
         raise MoEError(f"merging layer {layer.name} produced non-finite weights; try refit=False")
     return {"groups": groups, "emap": emap, "w_in": merged_in, "w_out": merged_out}
+
+
+def _write_merged(
+    layers: list[MoELayer], merged: dict[str, dict[str, Any]], how: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Write every layer's merged weights and expert map (nothing here can fail: every shape was
+    checked first); the plan's ops, each with ``how`` it was merged."""
+    ops = []
+    for layer in layers:
+        m = merged[layer.name]
+        layer.set_weights(m["w_in"], m["w_out"])
+        layer.set_expert_map(m["emap"])
+        ops.append(
+            {
+                "op": "merge",
+                "layer": layer.name,
+                "expert_map": m["emap"].tolist(),
+                "groups": m["groups"],
+                **how,
+            }
+        )
+        logger.info("merged %s: %d -> %d experts", layer.name, layer.num_routes, len(m["groups"]))
+    return ops
 
 
 def merge_experts(
@@ -416,25 +439,6 @@ def merge_experts(
             )
             for layer in layers
         }
-        ops = []
-        for layer in layers:  # nothing below can fail: every shape was checked above
-            m = merged[layer.name]
-            layer.set_weights(m["w_in"], m["w_out"])
-            layer.set_expert_map(m["emap"])
-            ops.append(
-                {
-                    "op": "merge",
-                    "layer": layer.name,
-                    "expert_map": m["emap"].tolist(),
-                    "groups": m["groups"],
-                    "align": align,
-                    "grouping": grouping,
-                    "combine": combine,
-                    "refit": refit,
-                }
-            )
-            logger.info(
-                "merged %s: %d -> %d experts", layer.name, layer.num_routes, len(m["groups"])
-            )
-    record(model, ops)
+        how = {"align": align, "grouping": grouping, "combine": combine, "refit": refit}
+        record(model, _write_merged(layers, merged, how))
     return {"groups": {k: v["groups"] for k, v in merged.items()}, "counts": counts}

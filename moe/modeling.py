@@ -295,11 +295,13 @@ class PackedExperts(nn.Module):
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
     def num_weights(self) -> int:
+        """Weights the packed experts stand for (what they would hold in float)."""
         return self.num_experts * 3 * self.intermediate_dim * self.hidden_dim
 
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        """The routed experts' weighted outputs, each dequantised only when a token routes to it."""
         out = torch.zeros_like(hidden_states)
         i, h = self.intermediate_dim, self.hidden_dim
         for e in top_k_index.unique().tolist():
@@ -369,6 +371,7 @@ class LowRankExperts(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        """The routed experts' weighted outputs through the rank-r factors (grouped or eager)."""
         impl = getattr(self.config, "_experts_implementation", "eager")
         if impl == "grouped_mm":
             return self._grouped(hidden_states, top_k_index, top_k_weights)
@@ -762,6 +765,7 @@ class QHybridMoeForCausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *args: Any, **kwargs: Any) -> nn.Module:
+        """The stock model with the plan replayed and the saved weights (class docstring)."""
         if args:
             raise MoEError(
                 "from_pretrained of a qhybrid compressed MoE folder takes no positional args"
@@ -770,6 +774,7 @@ class QHybridMoeForCausalLM(nn.Module):
 
     @classmethod
     def register_for_auto_class(cls, auto_class: Any = None) -> None:
+        """Nothing to register: the folder's ``auto_map`` names this class already."""
         return None
 
 

@@ -28,15 +28,15 @@ __all__ = ["get_plan", "record"]
 
 def get_plan(model: nn.Module) -> dict[str, Any]:
     """The model's plan (a fresh empty one when no pass has run)."""
-    plan = getattr(model.config, "moe_compression", None)  # type: ignore[union-attr]
+    plan: dict[str, Any] | None = getattr(_config(model), "moe_compression", None)
     if plan is None:
         return {"base": _base_snapshot(model), "ops": []}
-    return copy.deepcopy(plan)  # type: ignore[no-any-return]
+    return copy.deepcopy(plan)
 
 
 def _base_snapshot(model: nn.Module) -> dict[str, Any]:
     """The config counts to rebuild the stock model with, and what it is (checked on replay)."""
-    config = model.config  # type: ignore[union-attr]
+    config = _config(model)
     base: dict[str, Any] = {
         k: getattr(config, k)
         for k in CONFIG_COUNT_KEYS
@@ -51,5 +51,11 @@ def record(model: nn.Module, ops: list[dict[str, Any]]) -> None:
     """Append ``ops`` to the model's plan and resync the config's expert counts."""
     plan = get_plan(model)
     plan["ops"].extend(ops)
-    model.config.moe_compression = plan  # type: ignore[union-attr]
+    _config(model).moe_compression = plan
     sync_config(model)
+
+
+def _config(model: nn.Module) -> Any:
+    """A transformers model's config (``nn.Module`` does not declare one)."""
+    held: Any = model
+    return held.config

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from moe.layers import MoEError, MoELayer, check_layers, find_moe_layers
+from moe.values import NonNegativeCount, check_options
 
 __all__ = ["LayerStats", "RoutingStats", "collect_routing_stats"]
 
@@ -87,6 +88,7 @@ class LayerStats:
         return torch.where(self.mass > 0, h, torch.zeros_like(h))
 
     def nbytes(self) -> int:
+        """Bytes the statistics hold (they do not grow with the number of tokens)."""
         return sum(
             t.numel() * t.element_size()
             for t in (
@@ -188,7 +190,7 @@ def collect_routing_stats(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
     *,
-    max_cached_tokens: int = 2048,
+    max_cached_tokens: NonNegativeCount = 2048,
 ) -> RoutingStats:
     """Run ``model(**batch)`` over ``batches`` and accumulate routing statistics of every MoE layer.
 
@@ -201,6 +203,7 @@ def collect_routing_stats(
     Returns:
         :class:`RoutingStats`; its memory does not grow with the number of tokens.
     """
+    check_options(collect_routing_stats, locals(), skip=("model", "batches"))
     layers = find_moe_layers(model)
     check_layers(layers)
     stats = {

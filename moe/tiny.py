@@ -16,6 +16,38 @@ __all__ = ["FAMILIES", "tiny_moe", "tiny_batch"]
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "switch")
 
 
+# family -> (transformers config class, model class)
+_CLASSES = {
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"),
+    "switch": ("SwitchTransformersConfig", "SwitchTransformersForConditionalGeneration"),
+}
+
+
+def _config_kwargs(
+    family: str, *, num_experts: int, top_k: int, hidden: int, intermediate: int, layers: int,
+    vocab: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The config keywords of a tiny model of ``family``."""
+    if family == "switch":
+        return dict(vocab_size=vocab, d_model=hidden, d_kv=8, d_ff=intermediate, num_layers=layers,
+                    num_decoder_layers=layers, num_heads=4, num_experts=num_experts,
+                    encoder_sparse_step=1, decoder_sparse_step=1, expert_capacity=10_000)  # fmt: skip
+    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  num_experts_per_tok=top_k, intermediate_size=intermediate)  # fmt: skip
+    own = {
+        "mixtral": dict(num_local_experts=num_experts),
+        "qwen2_moe": dict(moe_intermediate_size=intermediate, num_experts=num_experts,
+                          shared_expert_intermediate_size=intermediate),
+        "qwen3_moe": dict(head_dim=8, moe_intermediate_size=intermediate, num_experts=num_experts),
+        "olmoe": dict(num_experts=num_experts, eos_token_id=vocab - 1, pad_token_id=0),
+    }  # fmt: skip
+    return {**common, **own[family]}
+
+
 def tiny_moe(
     family: str = "mixtral",
     *,
@@ -31,71 +63,16 @@ def tiny_moe(
     """A tiny model of ``family`` in fp32, eval mode, with nonzero router weights."""
     import importlib
 
-    tf: Any = importlib.import_module("transformers")
-
-    torch.manual_seed(seed)
-    common = dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        num_experts_per_tok=top_k,
-    )
-    if family == "mixtral":
-        cfg = tf.MixtralConfig(
-            **common, intermediate_size=intermediate, num_local_experts=num_experts, **overrides
-        )
-        model = tf.MixtralForCausalLM(cfg)
-    elif family == "qwen2_moe":
-        cfg = tf.Qwen2MoeConfig(
-            **common,
-            intermediate_size=intermediate,
-            moe_intermediate_size=intermediate,
-            num_experts=num_experts,
-            shared_expert_intermediate_size=intermediate,
-            **overrides,
-        )
-        model = tf.Qwen2MoeForCausalLM(cfg)
-    elif family == "qwen3_moe":
-        cfg = tf.Qwen3MoeConfig(
-            **common,
-            intermediate_size=intermediate,
-            head_dim=8,
-            moe_intermediate_size=intermediate,
-            num_experts=num_experts,
-            **overrides,
-        )
-        model = tf.Qwen3MoeForCausalLM(cfg)
-    elif family == "olmoe":
-        cfg = tf.OlmoeConfig(
-            **common,
-            intermediate_size=intermediate,
-            num_experts=num_experts,
-            eos_token_id=vocab - 1,
-            pad_token_id=0,
-            **overrides,
-        )
-        model = tf.OlmoeForCausalLM(cfg)
-    elif family == "switch":
-        cfg = tf.SwitchTransformersConfig(
-            vocab_size=vocab,
-            d_model=hidden,
-            d_kv=8,
-            d_ff=intermediate,
-            num_layers=layers,
-            num_decoder_layers=layers,
-            num_heads=4,
-            num_experts=num_experts,
-            encoder_sparse_step=1,
-            decoder_sparse_step=1,
-            expert_capacity=10_000,
-            **overrides,
-        )
-        model = tf.SwitchTransformersForConditionalGeneration(cfg)
-    else:
+    if family not in _CLASSES:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    tf: Any = importlib.import_module("transformers")
+    config_class, model_class = (getattr(tf, name) for name in _CLASSES[family])
+    kwargs = _config_kwargs(
+        family, num_experts=num_experts, top_k=top_k, hidden=hidden, intermediate=intermediate,
+        layers=layers, vocab=vocab,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = model_class(config_class(**kwargs, **overrides))
     # Some families initialise routers to zero; random routers make routing (and tests) non-trivial.
     with torch.no_grad():
         for name, p in model.named_parameters():

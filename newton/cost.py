@@ -157,12 +157,15 @@ class ClassicalCostModel:
     flops: float | None = None  # float64 FLOP/s; None = measure this machine once
 
     def rate(self) -> float:
+        """Float64 FLOP/s: the given ``flops``, else measured once (:func:`measure_flops`)."""
         return self.flops if self.flops is not None else measure_flops()
 
     def cholesky_s(self, n: int) -> float:
+        """Seconds of a Cholesky solve: ``(N^3 / 3 + 2 N^2)`` flops over :meth:`rate`."""
         return (n**3 / 3 + 2 * n**2) / self.rate()
 
     def cg_s(self, n: int, *, d: int, kappa: float, epsilon: float) -> float:
+        """Seconds of CG to precision ``epsilon``: ``ceil(sqrt(kappa) ln(2 / epsilon))`` iterations of ``2 N d`` flops."""
         iters = math.ceil(math.sqrt(kappa) * math.log(2 / epsilon))
         return iters * 2.0 * n * d / self.rate()
 

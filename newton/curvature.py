@@ -70,10 +70,12 @@ class Block:
 
     @property
     def size(self) -> int:
+        """Parameters in the block."""
         return self.stop - self.start
 
     @property
     def slice(self) -> slice:
+        """The block's positions in the flat parameter vector."""
         return slice(self.start, self.stop)
 
 
@@ -194,7 +196,7 @@ def _mse_hvp(z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return 2.0 * u / z.numel()
 
 
-_CLOSED_FORMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+_CLOSED_FORMS: dict[OutputHessianKind, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cross_entropy": _cross_entropy_hvp,
     "mse": _mse_hvp,
 }
@@ -215,7 +217,7 @@ def output_hessian_kind(
     scale = float(ref.norm()) + 1e-30
     for kind, fn in _CLOSED_FORMS.items():
         if z.ndim >= 1 and float((fn(z, u) - ref).norm()) <= 1e-5 * scale:
-            return kind  # type: ignore[return-value]
+            return kind
     return "autodiff"
 
 
@@ -377,6 +379,7 @@ class Curvature:
 
     # -- the loss as a function of theta --------------------------------------------------------
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The flat vector ``theta`` as ``{parameter name: view of its shape}``."""
         out, off = {}, 0
         for name, shape, n in zip(self.names, self.shapes, self.numels, strict=True):
             out[name] = theta[off : off + n].view(shape)
@@ -386,8 +389,8 @@ class Curvature:
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batches at ``theta`` (differentiable with torch.func)."""
         fm = _FunctionalModel(self.model, self.unflatten(theta))
-        total = sum(_loss_only(self.loss_fn(fm, b)) for b in self.batches)
-        return total / len(self.batches)  # type: ignore[return-value]
+        losses = [_loss_only(self.loss_fn(fm, b)) for b in self.batches]
+        return torch.stack(losses).sum() / len(self.batches)
 
     def gradient(self) -> torch.Tensor:
         """The flat gradient at ``theta``."""
@@ -600,4 +603,5 @@ class Curvature:
         return [lin.kind for lin in self._lin or []]
 
     def batch_size(self) -> int:
+        """Examples in the curvature batches."""
         return sum(_batch_len(b) for b in self.batches)

@@ -219,6 +219,7 @@ class Task:
 
     @property
     def higher_is_better(self) -> bool:
+        """Whether a larger metric is better (accuracy) rather than smaller (MSE)."""
         return self.metric == "test_acc"
 
     def reached(self, value: float, target: float) -> bool:
@@ -728,6 +729,7 @@ def plot_compare(result: dict[str, Any]) -> Any:
 
 
 def plot_hhl_loop(result: dict[str, Any]) -> Any:
+    """Train loss per Newton step, exact (Cholesky) against HHL on Aer."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -741,6 +743,7 @@ def plot_hhl_loop(result: dict[str, Any]) -> Any:
 
 
 def plot_crossover(result: dict[str, Any]) -> Any:
+    """Crossover N* against kappa per gate time: without and with I/O against Cholesky, and without I/O against the best classical solver."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
@@ -779,6 +782,7 @@ def plot_crossover(result: dict[str, Any]) -> Any:
 
 
 def plot_noise(result: dict[str, Any]) -> Any:
+    """Train loss per step for each injected solve error epsilon."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))

@@ -355,6 +355,75 @@ def hhl_solve(
         (True, 'hhl_aer')
     """
     t_start = time.perf_counter()
+    a, b = _check_input(a, b, clock_qubits, shots)
+    n_orig = a.shape[0]
+    bnorm = float(np.linalg.norm(b))
+    if bnorm == 0:
+        return np.zeros(n_orig), SolveInfo(backend="hhl_aer", n=n_orig, wall_s=0.0, residual=0.0)
+    eig = np.linalg.eigvalsh(a)  # N <= 16: the check costs microseconds
+    lmin, lmax = check_lambda_bounds(lambda_bounds, eig)
+    ap, bp = _pad(a, b, lmin)  # padded eigenvalue inside [lmin, lmax]; b is 0 there
+    hc = build_hhl_circuit(
+        ap, bp, clock_qubits=clock_qubits, lambda_min=lmin, lambda_max=lmax, clock_state=clock_state
+    )
+    if shots is None:
+        readout = _statevector_readout(hc, bp, bnorm, seed)
+    else:
+        readout = _shots_readout(hc, bp, bnorm, seed, shots)
+    x = readout.x[:n_orig]
+    info = _solve_info(a, b, x, hc, readout, (lmin, lmax), shots)
+    info.wall_s = time.perf_counter() - t_start
+    return x, info
+
+
+def _solve_info(
+    a: np.ndarray,
+    b: np.ndarray,
+    x: np.ndarray,
+    hc: HHLCircuit,
+    readout: _Readout,
+    bounds: tuple[float, float],
+    shots: int | None,
+) -> SolveInfo:
+    """The solve's record: residual and error against ``numpy.linalg.solve`` (N <= 16), the
+    resources, and the exact amplitude-amplification model of the success probability."""
+    lmin, lmax = bounds
+    bnorm = float(np.linalg.norm(b))
+    exact = np.linalg.solve(a, b)  # the check every solve reports
+    amp = amplitude_amplification(min(1.0, max(0.0, readout.p_success)))
+    t = hc.clock_qubits
+    return SolveInfo(
+        backend="hhl_aer",
+        n=a.shape[0],
+        kappa=lmax / lmin,
+        lambda_min=lmin,
+        lambda_max=lmax,
+        wall_s=0.0,
+        residual=float(np.linalg.norm(a @ x - b) / bnorm),
+        p_success=readout.p_success,
+        extra={
+            "padded_n": len(readout.x),
+            "clock_qubits": t,
+            "qubits": hc.n_system + t + 1,
+            "scale_c": hc.scale_c,
+            "shots": shots,
+            "circuits": readout.circuits,
+            "transpile_s": readout.transpile_s,
+            "simulate_s": readout.simulate_s,
+            "rel_error": float(np.linalg.norm(x - exact) / np.linalg.norm(exact)),
+            "kappa_resolvable": resolvable_kappa(t),
+            "kappa_bounds": lmax / lmin,
+            "aa_rounds": amp["rounds"],
+            "p_success_amplified": amp["p_amplified"],
+            "aa_circuit_uses": amp["circuit_uses"],
+        },
+    )
+
+
+def _check_input(
+    a: np.ndarray, b: np.ndarray, clock_qubits: int, shots: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as real float64 arrays, checked (see :func:`hhl_solve`'s Raises)."""
     if np.iscomplexobj(a) or np.iscomplexobj(b):
         raise NotRealError(
             "hhl_solve takes a real symmetric A and a real b, got complex input; write a Hermitian "
@@ -376,106 +445,87 @@ def hhl_solve(
         raise NewtonError(f"clock_qubits={clock_qubits!r} must be an integer in 1..12")
     if not 1 <= clock_qubits <= 12:
         raise TooLargeForHHLError(f"clock_qubits={clock_qubits} must lie in 1..12")
-    if shots is not None and (not isinstance(shots, int) or shots < 1):
-        raise NewtonError(f"shots={shots!r} must be an integer >= 1 or None (state vector)")
-    n_orig = a.shape[0]
-    bnorm = float(np.linalg.norm(b))
-    if bnorm == 0:
-        return np.zeros(n_orig), SolveInfo(backend="hhl_aer", n=n_orig, wall_s=0.0, residual=0.0)
-    eig = np.linalg.eigvalsh(a)  # N <= 16: the check costs microseconds
-    lmin, lmax = check_lambda_bounds(lambda_bounds, eig)
-    ap, bp = _pad(a, b, lmin)  # padded eigenvalue inside [lmin, lmax]; b is 0 there
-    hc = build_hhl_circuit(
-        ap, bp, clock_qubits=clock_qubits, lambda_min=lmin, lambda_max=lmax, clock_state=clock_state
-    )
-    dim, t = ap.shape[0], clock_qubits
+    if shots is not None and (
+        isinstance(shots, bool) or not isinstance(shots, int) or not 1 <= shots <= 10**8
+    ):
+        raise NewtonError(f"shots={shots!r} must be an integer in 1..1e8 or None (state vector)")
+    return a, b
+
+
+@dataclass
+class _Readout:
+    """What the simulation gave: x (padded length, with norm and sign) and its costs."""
+
+    x: np.ndarray
+    p_success: float
+    circuits: int
+    transpile_s: float
+    simulate_s: float
+
+
+def _statevector_readout(
+    hc: HHLCircuit, bp: np.ndarray, bnorm: float, seed: int | None
+) -> _Readout:
+    """x from Aer's state vector: the post-selected amplitudes (ancilla 1, clock 0), the global
+    phase fixed by ``x . b > 0`` (true for every SPD A), scaled by ``||b|| / C``."""
     sim, passes = _backend(seed)
+    dim, t = bp.shape[0], hc.clock_qubits
+    qc = hc.circuit.copy()
+    qc.save_statevector()
+    t_tr = time.perf_counter()
+    tqc = passes.run(qc)
+    transpile_s = time.perf_counter() - t_tr
+    t_sim = time.perf_counter()
+    sv = np.asarray(sim.run(tqc).result().get_statevector())
+    simulate_s = time.perf_counter() - t_sim
+    post = sv[dim * 2**t : dim * 2**t + dim]  # ancilla = 1, clock = 0
+    p_succ = float(np.vdot(post, post).real)
+    phase = np.vdot(post, bp / bnorm)  # x . b > 0 for SPD A fixes the global phase
+    post = post * (phase / abs(phase) if abs(phase) > 0 else 1.0)
+    return _Readout(post.real * bnorm / hc.scale_c, p_succ, 1, transpile_s, simulate_s)
 
-    if shots is None:
-        qc = hc.circuit.copy()
-        qc.save_statevector()
-        t_tr = time.perf_counter()
-        tqc = passes.run(qc)
-        transpile_s = time.perf_counter() - t_tr
-        t_sim = time.perf_counter()
-        sv = np.asarray(sim.run(tqc).result().get_statevector())
-        simulate_s = time.perf_counter() - t_sim
-        post = sv[dim * 2**t : dim * 2**t + dim]  # ancilla = 1, clock = 0
-        p_succ = float(np.vdot(post, post).real)
-        phase = np.vdot(post, bp / bnorm)  # x . b > 0 for SPD A fixes the global phase
-        post = post * (phase / abs(phase) if abs(phase) > 0 else 1.0)
-        x = post.real * bnorm / hc.scale_c
-        circuits = 1
-    else:
-        from qiskit import QuantumCircuit
 
-        circs = []
-        for k in [None, *range(hc.n_system)]:
-            qc = QuantumCircuit(*hc.circuit.qregs)
-            qc.compose(hc.circuit, inplace=True)
-            if k is not None:
-                qc.h(k)
-            qc.measure_all()
-            circs.append(qc)
-        t_tr = time.perf_counter()
-        tqcs = passes.run(circs)
-        transpile_s = time.perf_counter() - t_tr
-        t_sim = time.perf_counter()
-        result = sim.run(tqcs, shots=shots).result()
-        simulate_s = time.perf_counter() - t_sim
-        probs = []
-        kept = 0
-        for i in range(len(circs)):
-            counts = result.get_counts(i)
-            hist = np.zeros(dim)
-            for key, cnt in counts.items():
-                idx = int(key.replace(" ", ""), 2)
-                if idx >> hc.n_system == 1 << t:  # ancilla 1 (top bit), clock 0
-                    hist[idx & (dim - 1)] += cnt
-            if i == 0:
-                kept = int(hist.sum())
-            probs.append(hist / shots)
-        p_succ = kept / shots
-        if kept == 0:
-            x = np.zeros(dim)
-        else:
-            mag = np.sqrt(probs[0] / p_succ)  # normalised |x_i|
-            sign = _signs_from_pairs(mag, probs[1:], hc.n_system)
-            xhat = mag * sign
-            if xhat @ bp < 0:
-                xhat = -xhat
-            x = xhat * math.sqrt(p_succ) * bnorm / hc.scale_c
-        circuits = len(circs)
+def _shots_readout(
+    hc: HHLCircuit, bp: np.ndarray, bnorm: float, seed: int | None, shots: int
+) -> _Readout:
+    """x from counts only (module docstring): magnitudes from the post-selected counts, relative
+    signs from one Hadamard circuit per system qubit, the global sign from ``x . b > 0``, the norm
+    from the success rate."""
+    from qiskit import QuantumCircuit
 
-    x = x[:n_orig]
-    wall = time.perf_counter() - t_start
-    residual = float(np.linalg.norm(a @ x - b) / bnorm)
-    exact = np.linalg.solve(a, b)  # the check every solve reports (N <= 16)
-    rel_error = float(np.linalg.norm(x - exact) / np.linalg.norm(exact))
-    amp = amplitude_amplification(min(1.0, max(0.0, p_succ)))
-    return x, SolveInfo(
-        backend="hhl_aer",
-        n=n_orig,
-        kappa=lmax / lmin,
-        lambda_min=lmin,
-        lambda_max=lmax,
-        wall_s=wall,
-        residual=residual,
-        p_success=p_succ,
-        extra={
-            "padded_n": dim,
-            "clock_qubits": t,
-            "qubits": hc.n_system + t + 1,
-            "scale_c": hc.scale_c,
-            "shots": shots,
-            "circuits": circuits,
-            "transpile_s": transpile_s,
-            "simulate_s": simulate_s,
-            "rel_error": rel_error,
-            "kappa_resolvable": resolvable_kappa(t),
-            "kappa_bounds": lmax / lmin,
-            "aa_rounds": amp["rounds"],
-            "p_success_amplified": amp["p_amplified"],
-            "aa_circuit_uses": amp["circuit_uses"],
-        },
-    )
+    sim, passes = _backend(seed)
+    dim, t = bp.shape[0], hc.clock_qubits
+    circs = []
+    for k in [None, *range(hc.n_system)]:
+        qc = QuantumCircuit(*hc.circuit.qregs)
+        qc.compose(hc.circuit, inplace=True)
+        if k is not None:
+            qc.h(k)
+        qc.measure_all()
+        circs.append(qc)
+    t_tr = time.perf_counter()
+    tqcs = passes.run(circs)
+    transpile_s = time.perf_counter() - t_tr
+    t_sim = time.perf_counter()
+    result = sim.run(tqcs, shots=shots).result()
+    simulate_s = time.perf_counter() - t_sim
+    probs = []
+    kept = 0
+    for i in range(len(circs)):
+        hist = np.zeros(dim)
+        for key, cnt in result.get_counts(i).items():
+            idx = int(key.replace(" ", ""), 2)
+            if idx >> hc.n_system == 1 << t:  # ancilla 1 (top bit), clock 0
+                hist[idx & (dim - 1)] += cnt
+        if i == 0:
+            kept = int(hist.sum())
+        probs.append(hist / shots)
+    p_succ = kept / shots
+    if kept == 0:
+        return _Readout(np.zeros(dim), p_succ, len(circs), transpile_s, simulate_s)
+    mag = np.sqrt(probs[0] / p_succ)  # normalised |x_i|
+    xhat = mag * _signs_from_pairs(mag, probs[1:], hc.n_system)
+    if xhat @ bp < 0:
+        xhat = -xhat
+    x = xhat * math.sqrt(p_succ) * bnorm / hc.scale_c
+    return _Readout(x, p_succ, len(circs), transpile_s, simulate_s)

@@ -63,7 +63,7 @@ from newton.errors import BadValueError, NewtonError, NonFiniteError
 from newton.scheduler import Scheduler
 from newton.solvers import cg_solve
 from newton.sparsity import direction_cosine, sparsify_to_budget
-from newton.spectrum import KAPPA_CAP, estimate_condition_number
+from newton.spectrum import KAPPA_CAP, KappaEstimate, estimate_condition_number
 from newton.values import (
     Count,
     Fraction,
@@ -227,14 +227,14 @@ class QNewton(torch.optim.Optimizer):
         check_settings(
             {k: v for k, v in locals().items() if k not in ("self", "params", "__class__")}
         )
-        params = list(params)  # type: ignore[assignment]
+        param_list: list[Any] = list(params)
         defaults = {"lr": lr, "damping": damping}
-        if not params:
+        if not param_list:
             raise BadValueError(
                 "QNewton got no parameters (an empty params list, e.g. a model without weights); "
                 "pass model.parameters() of a model that has some"
             )
-        super().__init__(params, defaults)
+        super().__init__(param_list, defaults)
         if len(self.param_groups) != 1:
             raise NewtonError(
                 "QNewton takes one param group (its curvature couples all parameters)"
@@ -599,6 +599,19 @@ class QNewton(torch.optim.Optimizer):
         scale = float(info.extra.get("rayleigh_max", 0.0)) - delta  # undamped curvature
         return x.double().cpu().numpy(), quad, [rec], scale
 
+    def _sparsified(
+        self, a_damped: np.ndarray, gb: np.ndarray
+    ) -> tuple[np.ndarray, int, float, KappaEstimate]:
+        """The sparsest PD-safe symmetric pruning of a damped block (:mod:`newton.sparsity`): the
+        pruned block, its row sparsity, the cosine between the pruned and unpruned directions,
+        and its own spectrum's estimate (proven again: no PSD premise)."""
+        res = sparsify_to_budget(a_damped)
+        cos = direction_cosine(a_damped, res.matrix, gb)
+        est = estimate_condition_number(
+            res.matrix, psd=False, require_pd=False, exact_below=self.dense_max
+        )
+        return res.matrix, res.d, cos, est
+
     def _solve_block(
         self, curv: Curvature, blk: Block, mat: torch.Tensor | None, gb: np.ndarray, delta_lm: float
     ) -> dict[str, Any]:
@@ -639,16 +652,12 @@ class QNewton(torch.optim.Optimizer):
         if a is not None:
             a_damped = a + delta * np.eye(blk.size)
             if self.sparsify:
-                res = sparsify_to_budget(a_damped)
-                cos = direction_cosine(a_damped, res.matrix, gb)
-                a_damped, d = res.matrix, res.d
-                # the pruned block has its own spectrum: prove its bounds again (no PSD premise)
-                est2 = estimate_condition_number(
-                    a_damped, psd=False, require_pd=False, exact_below=self.dense_max
+                a_damped, d, cos, pruned = self._sparsified(a_damped, gb)
+                kappa, proof = pruned.kappa, pruned.proof
+                bound = pruned.upper_bound if pruned.certified else None
+                lam = (
+                    (pruned.lambda_min_lower, pruned.lambda_max_upper) if pruned.certified else None
                 )
-                kappa, proof = est2.kappa, est2.proof
-                bound = est2.upper_bound if est2.certified else None
-                lam = (est2.lambda_min_lower, est2.lambda_max_upper) if est2.certified else None
             x, info = self.scheduler.solve(
                 a_damped, gb, kappa=kappa, kappa_bound=bound, d=d, lambda_bounds=lam, tag=blk.name
             )

@@ -89,6 +89,23 @@ class SchedulerConfig:
             )
 
 
+@dataclass
+class _Decision:
+    """One solve's decision: its size and kappas, the predictions and the choice."""
+
+    n: int
+    d: int
+    kappa: float
+    kappa_bound: float | None
+    kappa_used: float  # what the decision rests on (the proven bound under "proven")
+    risk: str  # what kappa_used is: logged as kappa_basis
+    predicted: dict[str, float]
+    choice: str
+    simulate: bool = False  # a quantum choice run as real HHL on Aer
+    clock: int = 0  # its clock qubits
+    route: str = ""  # why a quantum choice went classical
+
+
 class Scheduler:
     """Chooses, runs and logs one backend per solve. Holds the decision log."""
 
@@ -123,6 +140,7 @@ class Scheduler:
         return out
 
     def choose(self, predicted: dict[str, float]) -> str:
+        """The forced ``mode``, else the backend with the smallest predicted cost (ties by name)."""
         if self.config.mode != "auto":
             return self.config.mode
         return min(predicted, key=lambda k: (predicted[k], k))
@@ -162,6 +180,26 @@ class Scheduler:
             )
         if kappa_bound is not None and not (math.isfinite(kappa_bound) and kappa_bound >= 1):
             raise NewtonError(f"kappa_bound={kappa_bound} must be finite and >= 1, or None")
+        decision = self._decide(
+            n=n, kappa=kappa, kappa_bound=kappa_bound, d=d, dense=dense, tag=tag
+        )
+        seed = self.config.seed + self._calls
+        self._calls += 1
+        t0 = time.perf_counter()
+        x, info = self._run(decision, a, b, matvec=matvec, lambda_bounds=lambda_bounds, seed=seed)
+        wall = time.perf_counter() - t0
+        info.kappa, info.d, info.epsilon = decision.kappa_used, d, self.config.epsilon
+        info.predicted_s = dict(decision.predicted)
+        record = self._record(decision, a, b, x, info, wall=wall, tag=tag)
+        self.log.append(record)
+        logger.debug("solve %s", record)
+        return x, info
+
+    def _decide(
+        self, *, n: int, kappa: float, kappa_bound: float | None, d: int, dense: bool, tag: str
+    ) -> _Decision:
+        """Steps 1-3 of the module docstring: the kappa the decision rests on, the predictions,
+        the choice, and for a simulated HHL solve the clock (or a classical route)."""
         cfg = self.config
         proven = cfg.kappa_policy == "proven" and kappa_bound is not None
         kappa_used = max(kappa, kappa_bound) if proven and kappa_bound is not None else kappa
@@ -174,79 +212,107 @@ class Scheduler:
             risk = "no proven kappa: quantum excluded"
         if choice == "cholesky" and not dense:
             choice = "cg"
-        seed = cfg.seed + self._calls
-        self._calls += 1
-        t0 = time.perf_counter()
-        route = ""
-        clock = cfg.clock_qubits
-        if choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl:
+        decision = _Decision(n, d, kappa, kappa_bound, kappa_used, risk, predicted, choice)
+        decision.simulate = (
+            choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl
+        )
+        if decision.simulate:
             from newton.hhl import resolvable_kappa
 
+            clock = cfg.clock_qubits
             while clock < cfg.max_clock_qubits and resolvable_kappa(clock) < kappa_used:
                 clock += 1
+            decision.clock = clock
             if resolvable_kappa(clock) < kappa_used:  # beyond the clock's reach: classical
-                choice = "cholesky"
-                route = (
+                decision.choice, decision.simulate = "cholesky", False
+                decision.route = (
                     f"kappa {kappa_used:.3g} > {resolvable_kappa(clock):.3g} resolvable "
                     f"with {clock} clock qubits: classical route"
                 )
-                logger.info("solve %s: %s", tag, route)
-        if choice == "quantum" and dense and n <= cfg.hhl_max_n and cfg.simulate_hhl:
+                logger.info("solve %s: %s", tag, decision.route)
+        return decision
+
+    def _run(
+        self,
+        decision: _Decision,
+        a: np.ndarray | None,
+        b: np.ndarray,
+        *,
+        matvec: Callable[[np.ndarray], np.ndarray] | None,
+        lambda_bounds: tuple[float, float] | None,
+        seed: int,
+    ) -> tuple[np.ndarray, SolveInfo]:
+        """Step 3: run the chosen backend."""
+        cfg, n = self.config, decision.n
+        if decision.simulate:
             from newton.hhl import hhl_solve
 
             assert a is not None
-            x, info = hhl_solve(
+            return hhl_solve(
                 a,
                 b,
-                clock_qubits=clock,
+                clock_qubits=decision.clock,
                 shots=cfg.hhl_shots,
                 seed=seed,
                 lambda_bounds=lambda_bounds,
             )
-        elif choice == "quantum":
+        if decision.choice == "quantum":
             mat = a if a is not None else _densify(matvec, n)
-            x, info = quantum_model_solve(
-                mat, b, epsilon=cfg.epsilon, seed=seed, kappa=kappa, d=d, cost_model=self.quantum
+            return quantum_model_solve(
+                mat,
+                b,
+                epsilon=cfg.epsilon,
+                seed=seed,
+                kappa=decision.kappa,
+                d=decision.d,
+                cost_model=self.quantum,
             )
-        elif choice == "cholesky":
-            x, info = cholesky_solve(a, b)
-        else:
-            x, info = cg_solve(a if matvec is None else matvec, b, n=n, tol=cfg.cg_tol)
-        wall = time.perf_counter() - t0
-        info.kappa, info.d, info.epsilon = kappa_used, d, cfg.epsilon
-        info.predicted_s = dict(predicted)
+        if decision.choice == "cholesky":
+            return cholesky_solve(a, b)
+        return cg_solve(a if matvec is None else matvec, b, n=n, tol=cfg.cg_tol)
+
+    def _record(
+        self,
+        decision: _Decision,
+        a: np.ndarray | None,
+        b: np.ndarray,
+        x: np.ndarray,
+        info: SolveInfo,
+        *,
+        wall: float,
+        tag: str,
+    ) -> dict[str, Any]:
+        """Step 4: the log record of one solve (with its accuracy for quantum answers)."""
         record = {
             "solve": len(self.log),
             "tag": tag,
-            "n": n,
-            "kappa": kappa,
-            "kappa_bound": kappa_bound,
-            "kappa_used": kappa_used,
-            "kappa_basis": risk,
-            "d": d,
-            "epsilon": cfg.epsilon,
-            **{f"pred_{k}": v for k, v in predicted.items()},
-            "choice": choice,
+            "n": decision.n,
+            "kappa": decision.kappa,
+            "kappa_bound": decision.kappa_bound,
+            "kappa_used": decision.kappa_used,
+            "kappa_basis": decision.risk,
+            "d": decision.d,
+            "epsilon": self.config.epsilon,
+            **{f"pred_{k}": v for k, v in decision.predicted.items()},
+            "choice": decision.choice,
             "backend": info.backend,
             "wall_s": wall,
             "residual": info.residual,
             "p_success": info.p_success,
-            "route": route,
+            "route": decision.route,
         }
         if info.backend == "hhl_aer":
-            record["clock_qubits"] = clock
+            record["clock_qubits"] = decision.clock
             for key in ("p_success_amplified", "aa_rounds", "aa_circuit_uses", "kappa_resolvable"):
                 record[key] = info.extra[key]
-        if info.backend in ("hhl_aer", "quantum_model") and a is not None and n <= 512:
+        if info.backend in ("hhl_aer", "quantum_model") and a is not None and decision.n <= 512:
             # accuracy of the quantum answer against the classical one (not used by the step)
             exact = np.linalg.solve(a, b)
             den = float(np.linalg.norm(x) * np.linalg.norm(exact))
             record["fidelity"] = float((x @ exact) ** 2 / den**2) if den > 0 else 1.0
             scale = max(float(np.linalg.norm(exact)), 1e-300)
             record["rel_error"] = float(np.linalg.norm(x - exact)) / scale
-        self.log.append(record)
-        logger.debug("solve %s", record)
-        return x, info
+        return record
 
     def summary(self) -> dict[str, Any]:
         """Counts of backends used and total measured time."""

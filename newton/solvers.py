@@ -100,14 +100,7 @@ def cg_solve(
         NewtonError: no convergence within ``maxiter`` when ``truncate`` is False.
     """
     t0 = time.perf_counter()
-    torch_mode = hasattr(b, "detach")
-    if torch_mode:
-        size = int(b.numel())
-        matvec = operator if callable(operator) else (lambda v: operator @ v)
-    else:
-        op = as_operator(operator if callable(operator) else as_array(operator), n)
-        b = check_rhs(as_array(b), op.n)
-        size, matvec = op.n, op.matvec
+    b, size, matvec = _cg_problem(operator, b, n)
     maxiter = maxiter or 10 * size
     if not (math.isfinite(tol) and tol >= 0):
         raise NewtonError(f"tol={tol} must be a finite number >= 0 (a relative residual)")
@@ -120,6 +113,33 @@ def cg_solve(
         raise NonFiniteError("b (the gradient) has NaN or infinite entries; check the loss and lr")
     x = b * 0.0 if x0 is None else x0 * 1.0
     r = b - matvec(x) if x0 is not None else b * 1.0
+    x, r, extra = _iterate(matvec, b, x, r, precondition, tol, maxiter, truncate, progress_tol)
+    res = float((r @ r) ** 0.5) / bn
+    iterations = extra.pop("iterations")
+    return x, SolveInfo(
+        "cg",
+        size,
+        wall_s=time.perf_counter() - t0,
+        residual=res,
+        iterations=iterations,
+        extra=extra,
+    )
+
+
+def _iterate(
+    matvec: Callable[[Any], Any],
+    b: Any,
+    x: Any,
+    r: Any,
+    precondition: Callable[[Any], Any] | None,
+    tol: float,
+    maxiter: int,
+    truncate: bool,
+    progress_tol: float,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """CG's iterations from ``x`` with residual ``r`` (the math in :func:`cg_solve`); returns the
+    iterate, its residual and ``{"iterations", "phi", "stopped", "rayleigh_max"}``."""
+    bn = float((b @ b) ** 0.5)
     z = precondition(r) if precondition is not None else r
     p = z * 1.0
     rz = float(r @ z)
@@ -138,16 +158,9 @@ def cg_solve(
             )
         ap = matvec(p)
         pap = float(p @ ap)
-        if not math.isfinite(pap):
-            raise NonFiniteError("the operator returned NaN or infinity during CG")
-        if pap <= 0 and truncate:  # round-off on a near-zero direction: keep the iterate so far
+        if not _positive_curvature(pap, truncate):
             stopped = "non-positive curvature"
             break
-        if pap <= 0:
-            raise NotPositiveDefiniteError(
-                f"CG found p.A p = {pap:.3g} <= 0: the operator is not positive definite; add "
-                "damping or use a PSD curvature ('ggn', 'fisher')"
-            )
         rayleigh_max = max(rayleigh_max, pap / float(p @ p))
         alpha = rz / pap
         x = x + alpha * p
@@ -161,16 +174,34 @@ def cg_solve(
         if progress_tol > 0 and _stalled(phis, progress_tol):
             stopped = "no progress"
             break
-    wall = time.perf_counter() - t0
-    res = float((r @ r) ** 0.5) / bn
-    return x, SolveInfo(
-        "cg",
-        size,
-        wall_s=wall,
-        residual=res,
-        iterations=it,
-        extra={"phi": phis[-1], "stopped": stopped, "rayleigh_max": rayleigh_max},
+    return (
+        x,
+        r,
+        {"iterations": it, "phi": phis[-1], "stopped": stopped, "rayleigh_max": rayleigh_max},
     )
+
+
+def _cg_problem(operator: Any, b: Any, n: int | None) -> tuple[Any, int, Callable[[Any], Any]]:
+    """``(b, N, matvec)`` for CG: torch tensors as they are (no copies to the host), numpy input
+    checked (:func:`newton.systems.check_rhs`)."""
+    if hasattr(b, "detach"):
+        return b, int(b.numel()), operator if callable(operator) else (lambda v: operator @ v)
+    op = as_operator(operator if callable(operator) else as_array(operator), n)
+    return check_rhs(as_array(b), op.n), op.n, op.matvec
+
+
+def _positive_curvature(pap: float, truncate: bool) -> bool:
+    """Whether CG may step along a direction with ``p.A p = pap``: False (stop, keep the iterate)
+    for ``pap <= 0`` when truncating (round-off on a near-zero direction of a damped PSD
+    operator); an error otherwise, and for a non-finite product."""
+    if not math.isfinite(pap):
+        raise NonFiniteError("the operator returned NaN or infinity during CG")
+    if pap <= 0 and not truncate:
+        raise NotPositiveDefiniteError(
+            f"CG found p.A p = {pap:.3g} <= 0: the operator is not positive definite; add "
+            "damping or use a PSD curvature ('ggn', 'fisher')"
+        )
+    return pap > 0
 
 
 def _stalled(phis: list[float], progress_tol: float) -> bool:

@@ -226,6 +226,44 @@ def _dense_bounds(a: np.ndarray, eig: np.ndarray | None) -> tuple[float, float |
     return min(gersh, float(eig[-1]) + slack), float(eig[0]) - slack, "eigvalsh + backward error"
 
 
+@dataclass
+class _Spectrum:
+    """The extreme eigenvalues of an operator, how they were found, and what is proven of them."""
+
+    lmax: float
+    lmin: float
+    lmin_est: float  # lambda_min as the estimate uses it (Kato-Temple for Lanczos)
+    matvecs: int
+    method: str  # "eigvalsh" or "lanczos"
+    lmax_up: float  # a proven upper bound of lambda_max (inf: none)
+    lmin_low: float | None  # a proven lower bound of lambda_min (None: none)
+    proof: str
+    scale: float  # ||A|| or its largest Ritz value, for the PSD check's tolerance
+
+
+def _spectrum(
+    op: LinearOperator, *, exact_below: int, max_matvecs: int, seed: int, psd: bool
+) -> _Spectrum:
+    """Exact ``eigvalsh`` for dense operators up to ``exact_below``, else Lanczos; with the proven
+    bounds of a dense matrix (:func:`_dense_bounds`)."""
+    if op.dense is not None and op.n <= exact_below:
+        eig = np.linalg.eigvalsh(op.dense)
+        lmax_up, lmin_low, proof = _dense_bounds(op.dense, eig)
+        lmin = float(eig[0])
+        return _Spectrum(float(eig[-1]), lmin, lmin, 0, "eigvalsh", lmax_up, lmin_low, proof,
+                         float(np.linalg.norm(op.dense)))  # fmt: skip
+    theta, res, matvecs = lanczos(op, max_matvecs, seed=seed)
+    lmax, lmin = float(theta[-1]), float(theta[0])
+    gap = float(theta[1] - theta[0]) if len(theta) > 1 else math.inf
+    # Kato-Temple form theta - r^2 / gap: exact once the bottom pair converged, 0 before
+    lmin_est = max(0.0, lmin - float(res[0]) ** 2 / max(gap, 1e-300)) if psd else lmin
+    lmax_up, lmin_low, proof = math.inf, None, "none: Krylov values cannot bound lambda_max"
+    if op.dense is not None:
+        lmax_up, lmin_low, proof = _dense_bounds(op.dense, None)
+    return _Spectrum(lmax, lmin, lmin_est, matvecs, "lanczos", lmax_up, lmin_low, proof,
+                     float(np.abs(theta).max()))  # fmt: skip
+
+
 def estimate_condition_number(
     operator: Any,
     *,
@@ -272,26 +310,11 @@ def estimate_condition_number(
     if lambda_max_bound is not None and not math.isfinite(lambda_max_bound):
         raise NewtonError(f"lambda_max_bound={lambda_max_bound!r} must be finite or None")
     op = as_operator(operator, n)
-    if op.dense is not None and op.n <= exact_below:
-        eig = np.linalg.eigvalsh(op.dense)
-        lmax, lmin, lmin_est = float(eig[-1]), float(eig[0]), float(eig[0])
-        matvecs, method = 0, "eigvalsh"
-        lmax_up, lmin_low, proof = _dense_bounds(op.dense, eig)
-        scale = float(np.linalg.norm(op.dense))
-    else:
-        theta, res, matvecs = lanczos(op, max_matvecs, seed=seed)
-        lmax, lmin = float(theta[-1]), float(theta[0])
-        gap = float(theta[1] - theta[0]) if len(theta) > 1 else math.inf
-        # Kato-Temple form theta - r^2 / gap: exact once the bottom pair converged, 0 before
-        lmin_est = max(0.0, lmin - float(res[0]) ** 2 / max(gap, 1e-300)) if psd else lmin
-        method = "lanczos"
-        lmax_up, lmin_low, proof = math.inf, None, "none: Krylov values cannot bound lambda_max"
-        if op.dense is not None:
-            lmax_up, lmin_low, proof = _dense_bounds(op.dense, None)
-        scale = float(np.abs(theta).max())
-    if lambda_max_bound is not None and lambda_max_bound < lmax_up:
-        lmax_up, proof = float(lambda_max_bound), "caller's lambda_max_bound"
-    if psd and lmin < -psd_tol * max(scale, 1e-300):
+    sp = _spectrum(op, exact_below=exact_below, max_matvecs=max_matvecs, seed=seed, psd=psd)
+    lmax, lmin, lmin_est, method = sp.lmax, sp.lmin, sp.lmin_est, sp.method
+    if lambda_max_bound is not None and lambda_max_bound < sp.lmax_up:
+        sp.lmax_up, sp.proof = float(lambda_max_bound), "caller's lambda_max_bound"
+    if psd and lmin < -psd_tol * max(sp.scale, 1e-300):
         raise NotPositiveDefiniteError(
             f"psd=True but the {'smallest eigenvalue' if method == 'eigvalsh' else 'lowest Ritz value'} "
             f"is {lmin:.3g} < -{psd_tol:g} * ||A|| (a proof that A has a negative eigenvalue); "
@@ -299,27 +322,16 @@ def estimate_condition_number(
         )
     # proven lower bound on lambda_min(A + delta I): the data's (eigvalsh), else the PSD premise
     # up to round-off, lambda_min(A) >= -psd_tol * lambda_max_upper (checked above on the data)
-    low = -math.inf if lmin_low is None else lmin_low + damping
-    if lmin_low is None and psd and math.isfinite(lmax_up):
-        low = damping - psd_tol * max(lmax_up, 0.0)
-        proof += f" + psd premise (lambda_min >= -{psd_tol:g} lambda_max_upper)"
+    low = -math.inf if sp.lmin_low is None else sp.lmin_low + damping
+    if sp.lmin_low is None and psd and math.isfinite(sp.lmax_up):
+        low = damping - psd_tol * max(sp.lmax_up, 0.0)
+        sp.proof += f" + psd premise (lambda_min >= -{psd_tol:g} lambda_max_upper)"
     lmin_eff = max(lmin_est, 0.0) if psd else lmin_est
     top = max(abs(lmax), abs(lmin)) + damping
     floor = top / KAPPA_CAP  # the smallest denominator we report instead of dividing by ~0
     if not psd and lmin_eff + damping <= 0 and not require_pd:
-        return KappaEstimate(
-            KAPPA_CAP,
-            lmax,
-            lmin,
-            KAPPA_CAP,
-            matvecs,
-            method,
-            float(damping),
-            False,
-            lmax_up,
-            low,
-            "not positive definite",
-        )
+        return KappaEstimate(KAPPA_CAP, lmax, lmin, KAPPA_CAP, sp.matvecs, method, float(damping),
+                             False, sp.lmax_up, low, "not positive definite")  # fmt: skip
     if not psd and lmin_eff + damping <= 0:
         raise NewtonError(
             f"A + {damping:g} I is not positive definite (smallest eigenvalue estimate "
@@ -327,19 +339,26 @@ def estimate_condition_number(
             "curvature (curvature='ggn' or 'fisher')"
         )
     kappa = max(1.0, min(KAPPA_CAP, (lmax + damping) / max(lmin_eff + damping, floor)))
+    return _certified(sp, kappa, float(damping), low)
+
+
+def _certified(sp: _Spectrum, kappa: float, damping: float, low: float) -> KappaEstimate:
+    """The estimate with its proof: ``(lambda_max_upper + delta) / lambda_min_lower`` when both
+    bounds are proven and the quotient is at most :data:`KAPPA_CAP`, else uncertified."""
+    lmax_up = sp.lmax_up
     raw = (lmax_up + damping) / low if math.isfinite(lmax_up) and low > 0 else math.inf
     certified = raw <= KAPPA_CAP  # a bound capped below its value would not be one
     upper = max(raw, kappa) if certified else KAPPA_CAP
     return KappaEstimate(
         kappa=float(kappa),
-        lambda_max=lmax,
-        lambda_min=lmin,
+        lambda_max=sp.lmax,
+        lambda_min=sp.lmin,
         upper_bound=float(upper),
-        matvecs=matvecs,
-        method=method,
-        damping=float(damping),
+        matvecs=sp.matvecs,
+        method=sp.method,
+        damping=damping,
         certified=bool(certified),
         lambda_max_upper=float(lmax_up),
         lambda_min_lower=float(low),
-        proof=proof if certified else f"uncertified ({proof})",
+        proof=sp.proof if certified else f"uncertified ({sp.proof})",
     )

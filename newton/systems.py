@@ -38,6 +38,7 @@ class SolveInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
+        """The solve as a flat JSON-ready record (predictions as ``pred_<backend>_s``, scalar extras)."""
         rec = {k: v for k, v in self.__dict__.items() if k not in ("extra", "predicted_s")}
         rec.update({f"pred_{k}_s": v for k, v in self.predicted_s.items()})
         rec.update({k: v for k, v in self.extra.items() if isinstance(v, int | float | str)})
@@ -63,6 +64,7 @@ def check_spd(a: np.ndarray, *, name: str = "A") -> np.ndarray:
 
 
 def check_rhs(b: np.ndarray, n: int) -> np.ndarray:
+    """``b`` as a finite float64 vector of length ``n``, else a :class:`NewtonError` subclass naming it."""
     b = np.asarray(b, dtype=np.float64).reshape(-1) if b.ndim <= 1 else b
     if b.shape != (n,):
         raise NotSquareError(f"b has shape {b.shape} but A is {n}x{n}; b must have length {n}")
