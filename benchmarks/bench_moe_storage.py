@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from moe.layers import expert_bytes
 from moe.checkpoint import load_compressed, save_compressed, tensor_bytes_on_disk
+from moe.layers import expert_bytes
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
 from moe.subject import (

@@ -319,8 +319,10 @@ def _compress(args: argparse.Namespace) -> int:
     """Check every input (settings, folder, calibration, tokenizer, work) before a run folder
     exists; a run that fails before its result is saved is removed, so a failed command leaves
     nothing behind."""
+    from qhybrid.runs import check_root
+
     c = config_from_args(CompressConfig, args)
-    root = Path(args.out or "runs")
+    root = check_root(args.out or "runs")
     if c.model_dir and root.resolve().is_relative_to(Path(c.model_dir).resolve()):
         raise QHybridError(
             f"--out '{root}' lies inside model_dir '{c.model_dir}', which is never written; pass "

@@ -32,7 +32,7 @@ import torch
 from annotated_types import Interval
 from torch import nn
 
-from moe.values import Count, NonNegative, Sequences, SubjectTask, forward_seconds
+from moe.values import Count, Sequences, SubjectTask, forward_seconds
 from qhybrid.config import check_fields
 from qhybrid.errors import ConfigError
 
@@ -72,7 +72,7 @@ class SubjectConfig:
     steps: Count = 400  # AdamW steps
     batch_size: Count = 32  # sequences per step
     lr: Annotated[float, Interval(gt=0, le=1)] = 3e-3  # AdamW peak learning rate (cosine decay)
-    aux_loss_coef: NonNegative = 0.01  # load-balancing loss weight
+    aux_loss_coef: Annotated[float, Interval(ge=0, le=100)] = 0.01  # load-balancing loss weight
     task: SubjectTask = (
         "tokens"  # tokens (synthetic rules, fast) or stdlib (standard-library bytes)
     )

@@ -126,9 +126,10 @@ def _finish(run: Any, title: str, section: Any) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from newton.experiments import CompareConfig, compare_optimizers, make_task, plot_compare
     from qhybrid.report import Section
-    from qhybrid.runs import atomic_write_json, fresh_run
+    from qhybrid.runs import atomic_write_json, check_root, fresh_run
 
     cfg = config_from_args(CompareConfig, args)
+    check_root(args.out)
     task = make_task(cfg)  # the data (local MNIST files) is read before a run folder exists
     with fresh_run("newton-compare", cfg, root=args.out, seed=cfg.seed) as run:
         res = compare_optimizers(cfg, task)

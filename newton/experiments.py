@@ -44,15 +44,20 @@ from newton.values import (
     ClockQubits,
     Count,
     CpuSeconds,
+    Damping,
     Epsilon,
     Fraction,
     Kappa,
+    KappaTargetOrOff,
+    LearningRate,
     MemoryGB,
     NonNegative,
     NonNegativeCount,
     Positive,
+    PriorExamples,
     Seed,
     ShotsOrZero,
+    Tolerance,
     check_declared,
     check_work,
     mlp_parameters,
@@ -106,24 +111,28 @@ class CompareConfig:
     """QNewton vs SGD vs Adam on an MLP (a classifier, or a regressor on Friedman #1)."""
 
     dataset: Dataset = "digits"  # "digits", "friedman" (regression) or "mnist" (local IDX files)
-    mnist_dir: str = ""  # folder with the four MNIST IDX files when dataset = "mnist"
+    mnist_dir: Annotated[str, MaxLen(4096)] = (
+        ""  # folder of the four MNIST IDX files (dataset mnist)
+    )
     max_train: NonNegativeCount = 0  # MNIST: use only this many training images (0 = all)
     hidden: Count = 32  # MLP hidden width
     epochs: Count = 6  # passes over the training set
     batch_size: Count = 256  # examples per step (SGD and Adam; QNewton too unless set below)
     qnewton_batch_size: NonNegativeCount = 512  # examples per QNewton step; 0 = batch_size
     # QNewton settings; None = QNewton's constructor default (docs/newton.md, "Defaults")
-    damping: Positive | None = None  # initial Levenberg-Marquardt damping
-    damping_floor: NonNegative | None = None  # damping floor, in examples of the curvature scale
+    damping: Damping | None = None  # initial Levenberg-Marquardt damping
+    damping_floor: PriorExamples | None = None  # damping floor, in examples of the curvature scale
     curvature_batch: Count | None = None  # examples per step used for the GGN
     cg_max_iter: Count | None = None  # Hessian-free CG iterations per step at most
-    cg_tol: NonNegative | None = None  # Hessian-free CG relative residual to stop at
-    lr: Positive | None = None  # step scale before the line search
-    kappa_target: NonNegative = 0.0  # QNewton kappa-targeted damping (blocks); 0 = off, else > 1
+    cg_tol: Tolerance | None = None  # Hessian-free CG relative residual to stop at
+    lr: LearningRate | None = None  # step scale before the line search
+    kappa_target: KappaTargetOrOff = 0.0  # QNewton kappa-targeted damping (blocks); 0 = off
     method: Method = "auto"  # QNewton: auto | hessian_free | blocks
-    sgd_lr: Positive = 1.0  # best final test accuracy on digits 64-32-10 (bench_newton_hf)
+    sgd_lr: LearningRate = 1.0  # best final test accuracy on digits 64-32-10 (bench_newton_hf)
     sgd_momentum: Annotated[float, Interval(ge=0, lt=1)] = 0.9
-    adam_lr: Positive = 0.03  # tuned on digits 64-32-10 (bench_newton_hf: every seed reaches it)
+    adam_lr: LearningRate = (
+        0.03  # tuned on digits 64-32-10 (bench_newton_hf: every seed reaches it)
+    )
     target_loss: NonNegative = 0.3  # train loss whose first crossing gives "wall time to target"
     test_fraction: Fraction = 0.2  # digits, friedman: held-out share
     optimizers: Annotated[tuple[OptimizerName, ...], MinLen(1), Unique] = (
@@ -141,6 +150,11 @@ class CompareConfig:
             raise BadValueError(f"'kappa_target' = {self.kappa_target} must be 0 (off) or > 1")
         if self.dataset == "mnist" and not self.mnist_dir:
             raise BadValueError('dataset="mnist" needs mnist_dir="..." (a folder of IDX files)')
+        if self.dataset != "mnist" and (self.mnist_dir or self.max_train):
+            raise BadValueError(
+                f"mnist_dir and max_train read MNIST, but dataset={self.dataset!r}; add "
+                '--set dataset="mnist" or drop them'
+            )
         check_settings(self.qnewton_settings())
         seconds, gigabytes = self.work()
         check_work(
@@ -392,10 +406,10 @@ class HHLLoopConfig:
         7  # PCA features; (features + 1) x classes <= 16
     )
     steps: Count = 8  # full-batch Newton steps
-    damping: Positive = 1e-3  # initial LM damping
+    damping: Damping = 1e-3  # initial LM damping
     clock_qubits: ClockQubits = 6  # HHL phase-estimation qubits
     # damping keeps kappa <= this in both runs (exact and HHL alike); 0 = what the clock resolves
-    kappa_target: NonNegative = 0.0
+    kappa_target: KappaTargetOrOff = 0.0
     shots: ShotsOrZero = 0  # 0 = Aer statevector read-out; else shots per circuit
     seed: Seed = 0
     max_cpu_s: CpuSeconds = DEFAULT_MAX_CPU_S  # refuse runs estimated above (CPU-core s)
@@ -597,7 +611,7 @@ class NoiseConfig:
     steps: Count = 30  # optimizer steps
     batch_size: Count = 256
     curvature_batch: Count = 64
-    damping: Positive = 1e-2
+    damping: Damping = 1e-2
     target_loss: NonNegative = 0.5  # the train loss whose first crossing gives "steps to target"
     seed: Seed = 0
     max_cpu_s: CpuSeconds = DEFAULT_MAX_CPU_S  # refuse runs estimated above (CPU-core s)

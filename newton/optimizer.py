@@ -38,10 +38,11 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from annotated_types import Interval
 from torch import nn
 
 from newton.curvature import (
@@ -66,11 +67,14 @@ from newton.sparsity import direction_cosine, sparsify_to_budget
 from newton.spectrum import KAPPA_CAP, KappaEstimate, estimate_condition_number
 from newton.values import (
     Count,
+    Damping,
     Fraction,
     KappaTarget,
-    NonNegative,
+    LearningRate,
     NonNegativeCount,
     Positive,
+    PriorExamples,
+    Tolerance,
     check_declared,
 )
 
@@ -199,8 +203,8 @@ class QNewton(torch.optim.Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         *,
         scheduler: Scheduler | None = None,
-        lr: Positive = 1.0,
-        damping: Positive = 0.3,
+        lr: LearningRate = 1.0,
+        damping: Damping = 0.3,
         curvature: CurvatureKind = "ggn",
         structure: Structure = "layer",
         block_size: Count = 512,
@@ -210,18 +214,18 @@ class QNewton(torch.optim.Optimizer):
         max_backtracks: NonNegativeCount = 8,
         armijo: Fraction = 1e-4,
         max_step_norm: Positive | None = 10.0,
-        fallback_lr: NonNegative = 0.1,
+        fallback_lr: Annotated[float, Interval(ge=0, le=1e3)] = 0.1,
         sparsify: bool = False,
         dense_max: Count = 2048,
         kappa_matvecs: Count = 40,
         curvature_batch: Count | None = None,
         exact_kappa_below: NonNegativeCount = 128,
-        min_damping: NonNegative = 1e-8,
-        damping_floor: NonNegative = 2.5,
+        min_damping: Annotated[float, Interval(ge=0, le=1e8)] = 1e-8,
+        damping_floor: PriorExamples = 2.5,
         method: Method = "auto",
         hessian_free_above: NonNegativeCount = 0,
         cg_max_iter: Count = 10,
-        cg_tol: NonNegative = 0.3,
+        cg_tol: Tolerance = 0.3,
         precondition: bool = True,
     ) -> None:
         check_settings(

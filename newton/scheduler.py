@@ -37,10 +37,10 @@ from newton.systems import SolveInfo
 from newton.values import (
     ClockQubits,
     Epsilon,
-    NonNegative,
     Positive,
     Seed,
     Shots,
+    Tolerance,
     check_declared,
 )
 
@@ -73,7 +73,7 @@ class SchedulerConfig:
     # qubits, up to this many; beyond that it goes to Cholesky, logged as a classical route
     max_clock_qubits: ClockQubits = 10
     hhl_shots: Shots | None = None  # None = Aer statevector read-out; else shots per circuit
-    cg_tol: NonNegative = 1e-8  # CG stopping tolerance (relative residual)
+    cg_tol: Tolerance = 1e-8  # CG stopping tolerance (relative residual)
     # "proven": decide on the proven kappa bound; a solve without one never goes to the quantum
     # solver in auto mode (logged). "estimate": decide on the estimate (risk: it can be below
     # the true kappa; logged with every decision).

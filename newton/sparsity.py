@@ -87,10 +87,13 @@ def sparsify(
     Args:
         a: ``(N, N)`` symmetric matrix, usually the damped block ``G + delta I``.
         method: ``"threshold"`` (keep ``|a_ij| >= tau``) or ``"topk"`` (union of row-wise top-k).
-        tau: threshold for ``"threshold"``.
+        tau: threshold for ``"threshold"``; None: the largest threshold that passes the Weyl
+            check (:func:`sparsify_to_budget`).
         k: entries per row for ``"topk"`` (the reported d is the true one, usually larger).
         weyl_fraction: accept when ``||E||_2 <= weyl_fraction * lambda_min(a)``.
     """
+    if method == "threshold" and tau is None:
+        return sparsify_to_budget(a, weyl_fraction=weyl_fraction)
     a = np.asarray(a, dtype=np.float64)
     check_symmetric(a)
     mask = _mask(a, method, tau, k)

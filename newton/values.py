@@ -42,8 +42,13 @@ __all__ = [
     "CpuSeconds",
     "Epsilon",
     "Fraction",
+    "Damping",
     "Kappa",
+    "LearningRate",
     "KappaTarget",
+    "KappaTargetOrOff",
+    "PriorExamples",
+    "Tolerance",
     "MemoryGB",
     "NonNegative",
     "NonNegativeCount",
@@ -64,8 +69,15 @@ Positive = Annotated[float, Gt(0)]  # a finite number > 0
 NonNegative = Annotated[float, Ge(0)]  # a finite number >= 0
 Fraction = Annotated[float, Interval(gt=0, lt=1)]  # strictly between 0 and 1
 Epsilon = Annotated[float, Interval(gt=0, lt=1)]  # a relative precision
-Kappa = Annotated[float, Ge(1)]  # a condition number
-KappaTarget = Annotated[float, Gt(1)]  # a condition number to damp down to (1 = infinite damping)
+Kappa = Annotated[float, Interval(ge=1, le=1e15)]  # a condition number float64 can resolve
+LearningRate = Annotated[float, Interval(gt=0, le=1e3)]  # a step size
+Damping = Annotated[float, Interval(gt=0, le=1e8)]  # a damping delta (LM's default ceiling)
+KappaTarget = Annotated[
+    float, Interval(gt=1, le=1e15)
+]  # kappa to damp down to (1: infinite damping)
+KappaTargetOrOff = Annotated[float, Interval(ge=0, le=1e15)]  # the same, 0 = off (> 1 otherwise)
+Tolerance = Annotated[float, Interval(ge=0, le=1)]  # a relative residual
+PriorExamples = Annotated[float, Interval(ge=0, le=1e6)]  # the damping floor's prior, in examples
 Count = Annotated[int, Interval(ge=1, le=MAX_COUNT)]  # sizes, widths, steps
 NonNegativeCount = Annotated[int, Interval(ge=0, le=MAX_COUNT)]  # 0 = off / all
 ClockQubits = Annotated[int, Interval(ge=1, le=12)]  # HHL phase-estimation qubits

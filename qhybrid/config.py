@@ -170,6 +170,12 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, shortened when long (a huge string stays one line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -188,7 +194,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tp):  # an instance checked itself in its __post_init__
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"'{where}' must be a table of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(
+                f"'{where}' must be a table of {tp.__name__} fields, got {_shown(value)}"
+            )
         return from_dict(tp, value, prefix=f"{where}.")
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
@@ -205,19 +213,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(f"'{where}' = {value!r} does not match {_type_name(tp)}")
+        raise ConfigError(f"'{where}' = {_shown(value)} does not match {_type_name(tp)}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"'{where}' = {value!r} is not one of {list(choices)}")
+            raise ConfigError(f"'{where}' = {_shown(value)} is not one of {list(choices)}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"'{where}' must be a list, got {value!r}")
+            raise ConfigError(f"'{where}' must be a list, got {_shown(value)}")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"'{where}' must have {len(args)} items, got {value!r}")
+                raise ConfigError(f"'{where}' must have {len(args)} items, got {_shown(value)}")
             items = [
                 _coerce(v, a, f"{where}[{i}]")
                 for i, (v, a) in enumerate(zip(value, args, strict=True))
@@ -228,12 +236,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"'{where}' must be a table, got {value!r}")
+            raise ConfigError(f"'{where}' must be a table, got {_shown(value)}")
         _, val_tp = get_args(tp) or (str, Any)
         return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"'{where}' must be a float, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"'{where}' must be a float, got {_shown(value)} ({type(value).__name__})"
+            )
         if isinstance(value, float) and math.isnan(value):
             raise ConfigError(f"'{where}' is NaN; give a number")
         try:
@@ -241,20 +251,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except OverflowError:
             as_float = math.inf
         if not math.isfinite(as_float):
-            raise ConfigError(f"'{where}' = {value!r} is not a finite float; give a finite number")
+            raise ConfigError(
+                f"'{where}' = {_shown(value)} is not a finite float; give a finite number"
+            )
         return as_float
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{where}' must be an int, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"'{where}' must be an int, got {_shown(value)} ({type(value).__name__})"
+            )
         return value
     if tp in (bool, str):
         if not isinstance(value, tp):
             raise ConfigError(
-                f"'{where}' must be a {tp.__name__}, got {value!r} ({type(value).__name__})"
+                f"'{where}' must be a {tp.__name__}, got {_shown(value)} ({type(value).__name__})"
             )
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"'{where}' must be a {tp.__name__}, got {value!r}")
+        raise ConfigError(f"'{where}' must be a {tp.__name__}, got {_shown(value)}")
     return value
 
 
@@ -299,7 +313,7 @@ def _check_bounds(value: Any, meta: Sequence[Any], where: str) -> None:
         elif isinstance(m, at.Predicate):
             ok = bool(m.func(value))
         if not ok:
-            raise ConfigError(f"'{where}' = {value!r} must be {_bound_text(m)}")
+            raise ConfigError(f"'{where}' = {_shown(value)} must be {_bound_text(m)}")
 
 
 def check_fields(config: Any, *, strict: bool = False) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_root",
     "create_run",
     "environment_info",
     "fresh_run",
@@ -254,6 +255,15 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def check_root(root: str | Path) -> Path:
+    """``root`` as the folder that holds run folders: a new path or a folder, never a file, a device
+    or a FIFO; a command checks it before its work starts (:func:`create_run` checks it again)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise QHybridError(f"--out '{root}' is a file; pass a folder for run folders")
+    return root
+
+
 def create_run(
     name: str, config: Any = None, *, root: str | Path = "runs", seed: int | None = None
 ) -> Run:
@@ -277,9 +287,7 @@ def create_run(
             f"run name {name!r} must be non-empty and use only letters, digits, '-', '_'"
         )
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise QHybridError(f"--out '{root}' is a file; pass a folder for run folders")
+    root = check_root(root)
     path = root / f"{name}-{stamp}"
     i = 1
     while path.exists():  # two runs in the same second get distinct folders

@@ -89,8 +89,8 @@ def test_prune_is_stock_and_merge_plus_packed_bits_needs_load_compressed(
 ) -> None:
     import transformers
 
-    from moe.experts import PackedExperts
     from moe.checkpoint import load_compressed
+    from moe.experts import PackedExperts
 
     folder = _save(tmp_path, family)
     assert _compress(tmp_path, folder, "keep_ratio=0.5") == 0

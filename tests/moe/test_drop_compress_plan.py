@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 
+from moe.checkpoint import load_compressed, save_compressed
 from moe.compress import LowRankExperts, compress_experts
 from moe.drop import CRITERIA, drop_experts, search_subset
 from moe.layers import MoEError, count_expert_params, find_moe_layers
 from moe.merge import merge_experts
-from moe.checkpoint import load_compressed, save_compressed
 from moe.stats import collect_routing_stats
 from moe.tiny import tiny_batch, tiny_moe
 

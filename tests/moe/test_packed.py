@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from moe.checkpoint import load_compressed, save_compressed, tensor_bytes_on_disk
 from moe.experts import PackedExperts, dequantize_groups, pack_bits, quantize_groups, unpack_bits
 from moe.layers import expert_bytes, find_moe_layers
-from moe.checkpoint import load_compressed, save_compressed, tensor_bytes_on_disk
 from moe.quantize import quantize_experts
 from moe.stats import collect_routing_stats
 from moe.tiny import tiny_batch, tiny_moe
