@@ -69,6 +69,7 @@ class LLMTrainConfig:
     steps: int = 1500  # optimizer steps
     batch_size: int = 32  # sequences per step
     pack: bool = True  # pack each batch's sequences into fewer rows: same loss, about 2x the speed
+    autocast: str = "off"  # "bf16": forward in bfloat16 autocast (measured ~10% faster on CPU)
     lr: float = 3e-3  # AdamW peak learning rate (cosine decay, 5% warm-up)
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     eval_every: int = 0  # steps between validation-loss checks (0 = at the end)
@@ -86,6 +87,8 @@ class LLMTrainConfig:
                 raise QHybridError(f"{name}={getattr(self, name)} must be >= 1")
         if not self.lr > 0 or self.lr > 1:  # also refuses NaN
             raise QHybridError(f"lr={self.lr} must lie in (0, 1]")
+        if self.autocast not in ("off", "bf16"):
+            raise QHybridError(f"autocast={self.autocast!r} must be 'off' or 'bf16'")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise QHybridError("eval_every and checkpoint_every must be >= 0 (0 = at the end)")
 
@@ -283,6 +286,7 @@ def train_model(
         log_every=config.log_every,
         seed=seed,
         device=config.device,
+        autocast="bf16" if config.autocast == "bf16" else "off",
         progress=progress,
         checkpoint_every=config.checkpoint_every,
         keep_checkpoints=1,
