@@ -271,7 +271,7 @@ def _bound_text(meta: Any) -> str:
     if isinstance(meta, at.MaxLen):
         return f"at most {meta.max_length} items"
     if isinstance(meta, at.Predicate):
-        return (meta.func.__doc__ or getattr(meta.func, "__name__", str(meta))).strip()
+        return str(meta.func.__doc__ or getattr(meta.func, "__name__", meta)).strip()
     return str(meta)
 
 
