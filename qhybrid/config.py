@@ -271,7 +271,7 @@ def _bound_text(meta: Any) -> str:
     if isinstance(meta, at.MaxLen):
         return f"at most {meta.max_length} items"
     if isinstance(meta, at.Predicate):
-        return str(meta.func.__doc__ or getattr(meta.func, "__name__", meta)).strip()
+        return (meta.func.__doc__ or str(meta)).strip()
     return str(meta)
 
 
