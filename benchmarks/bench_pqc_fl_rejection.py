@@ -19,8 +19,9 @@ import sys
 
 from pqc_fl.attacks import garbage_record_blob, make_world
 from pqc_fl.bench import hardware, time_call
-from pqc_fl.envelope import parse_tensor_stream, split_wire, verify_update
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
+from pqc_fl.verify import verify_update
+from pqc_fl.wire import parse_tensor_stream, split_wire
 from qhybrid.report import markdown_table
 from qhybrid.runs import atomic_write_json
 

@@ -19,17 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from pqc_fl.envelope import (
-    CONTEXT,
-    Reason,
-    SignedUpdate,
-    sign_update,
-    tensor_stream,
-    verify_update,
-)
+from pqc_fl.envelope import CONTEXT, signed_message, tensor_stream
 from pqc_fl.keys import ClientKey, KeyRegistry, generate_client_key
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import get_scheme
+from pqc_fl.sign import sign_update
+from pqc_fl.verify import Reason, verify_update
+from pqc_fl.wire import SignedUpdate
 
 __all__ = [
     "ATTACKS",
@@ -166,8 +162,6 @@ def _garble(sig: bytes) -> bytes:
 
 def _wrong_context(w: AttackWorld) -> SignedUpdate:
     """Signed by the right key over the right message, but under another context string."""
-    from pqc_fl.envelope import signed_message
-
     u = w.honest()
     msg = b"".join(signed_message(u.envelope, u.tensors))
     s = get_scheme(w.a.scheme)

@@ -20,16 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from pqc_fl.envelope import (
-    canonical_tensors,
-    sign_update,
-    state_digest,
-    tensor_stream,
-    verify_update,
-)
+from pqc_fl.envelope import canonical_tensors, state_digest, tensor_stream
 from pqc_fl.keys import KeyRegistry, generate_client_key
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import SchemeError, available_schemes, get_scheme, scheme_backends
+from pqc_fl.sign import sign_update
+from pqc_fl.verify import verify_update
 
 __all__ = [
     "bandwidth_table",

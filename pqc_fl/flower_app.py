@@ -44,10 +44,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from pqc_fl.attacks import byzantine_state, tamper
-from pqc_fl.envelope import SignedUpdate, sign_update
 from pqc_fl.keys import load_client_key, load_server_registry
 from pqc_fl.policy import ServerPolicy, schema_of
 from pqc_fl.server import RoundVerifier
+from pqc_fl.sign import sign_update
 from pqc_fl.simulate import FLConfig, client_seed
 from pqc_fl.strategy import (
     NODE,
@@ -58,6 +58,7 @@ from pqc_fl.strategy import (
     update_to_content,
 )
 from pqc_fl.task import build_model, digits, evaluate, load_state, local_train, partition
+from pqc_fl.wire import SignedUpdate
 from qhybrid.errors import QHybridError
 from qhybrid.runs import atomic_write_json
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pqc_fl.envelope import canonical_tensors
 from pqc_fl.schemes import POST_QUANTUM_SCHEMES, SCHEME_NAMES, canonical_name
 from qhybrid.errors import QHybridError
 
@@ -88,8 +89,6 @@ class ServerPolicy:
 
 def schema_of(state: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """``name -> (little-endian numpy dtype string, shape)`` of a state dict (torch or numpy)."""
-    from pqc_fl.envelope import canonical_tensors
-
     return {k: (a.dtype.str, tuple(a.shape)) for k, a in canonical_tensors(state).items()}
 
 

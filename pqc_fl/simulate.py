@@ -25,16 +25,11 @@ import torch
 
 from pqc_fl.attacks import byzantine_state, tamper
 from pqc_fl.config import FLConfig
-from pqc_fl.envelope import (
-    SignedUpdate,
-    canonical_tensors,
-    parse_tensor_stream,
-    sign_update,
-    tensor_stream,
-)
+from pqc_fl.envelope import canonical_tensors, tensor_stream
 from pqc_fl.keys import ClientKey, KeyRegistry, generate_client_key
 from pqc_fl.policy import ServerPolicy, schema_of
 from pqc_fl.server import RoundVerifier
+from pqc_fl.sign import sign_update
 from pqc_fl.task import (
     build_model,
     digits,
@@ -43,6 +38,7 @@ from pqc_fl.task import (
     local_train,
     partition,
 )
+from pqc_fl.wire import SignedUpdate, parse_tensor_stream
 
 __all__ = ["FLConfig", "FLResult", "client_seed", "fedavg", "run_inprocess"]
 

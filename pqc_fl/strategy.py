@@ -35,17 +35,11 @@ from flwr.serverapp.strategy import (
 )
 
 from pqc_fl.config import STRATEGIES
-from pqc_fl.envelope import (
-    Envelope,
-    MalformedUpdateError,
-    Reason,
-    SignedUpdate,
-    Verdict,
-    _metrics_tuple,
-    canonical_tensors,
-)
+from pqc_fl.envelope import Envelope, MalformedUpdateError, canonical_tensors, metrics_tuple
 from pqc_fl.policy import MAX_RECORDS
 from pqc_fl.server import RoundVerifier
+from pqc_fl.verify import Reason, Verdict
+from pqc_fl.wire import SignedUpdate
 from qhybrid.errors import QHybridError
 
 __all__ = [
@@ -145,7 +139,7 @@ def content_to_update(content: RecordDict, *, max_records: int = MAX_RECORDS) ->
     if not isinstance(n, int) or isinstance(n, bool):
         raise MalformedUpdateError(f"'{NUM_EXAMPLES}' must be an int, got {n!r}")
     try:
-        env = dataclasses.replace(env, num_examples=n, metrics=_metrics_tuple(mr))
+        env = dataclasses.replace(env, num_examples=n, metrics=metrics_tuple(mr))
         tensors = canonical_tensors(
             {k: a.numpy() for k, a in content.array_records["arrays"].items()}
         )

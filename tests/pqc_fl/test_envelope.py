@@ -19,19 +19,12 @@ from pqc_fl.attacks import (
     run_attack_suite,
     sample_state,
 )
-from pqc_fl.envelope import (
-    CONTEXT,
-    Envelope,
-    MalformedUpdateError,
-    Reason,
-    SignedUpdate,
-    signed_message,
-    state_digest,
-    verify_update,
-)
+from pqc_fl.envelope import CONTEXT, Envelope, MalformedUpdateError, signed_message, state_digest
 from pqc_fl.keys import generate_client_key
 from pqc_fl.policy import ReplayGuard, schema_of
 from pqc_fl.schemes import get_scheme
+from pqc_fl.verify import Reason, verify_update
+from pqc_fl.wire import SignedUpdate
 
 WORLD = make_world("ml-dsa-44", "digest")
 
@@ -193,7 +186,7 @@ def test_expected_reasons_cover_every_code_the_suite_claims() -> None:
 def test_header_and_signature_are_checked_before_any_record_is_parsed(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pqc_fl.envelope as envelope
+    import pqc_fl.verify as verify
     from pqc_fl.attacks import garbage_record_blob
     from pqc_fl.policy import ServerPolicy
 
@@ -204,7 +197,7 @@ def test_header_and_signature_are_checked_before_any_record_is_parsed(
     def parse(*_: object, **__: object) -> None:
         raise AssertionError("a tensor record was parsed before the signature verified")
 
-    monkeypatch.setattr(envelope, "parse_tensor_stream", parse)
+    monkeypatch.setattr(verify, "parse_tensor_stream", parse)
     roomy = ServerPolicy.only("ml-dsa-44", max_records=10**6)  # past the count cap: signature
     v = verify_update(
         blob,

@@ -10,11 +10,11 @@ import pytest
 
 from pqc_fl.attacks import RUN_ID, make_world, sample_state
 from pqc_fl.config import LocalTrainConfig
-from pqc_fl.envelope import Reason
 from pqc_fl.keys import provision_keys
 from pqc_fl.policy import schema_of
 from pqc_fl.server import QuorumError, RoundVerifier
 from pqc_fl.simulate import FLConfig, run_inprocess
+from pqc_fl.verify import Reason
 
 pytest.importorskip("ray")
 
