@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pqc_fl.envelope import canonical_tensors, state_digest, tensor_stream
+from pqc_fl.envelope import Hash, Mode, canonical_tensors, state_digest, tensor_stream
 from pqc_fl.keys import KeyRegistry, generate_client_key
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import SchemeError, available_schemes, get_scheme, scheme_backends
@@ -195,8 +195,8 @@ def round_cost_table(
     clients: Sequence[int] = (2, 10, 100),
     *,
     scheme: str = "ml-dsa-44",
-    mode: str = "digest",
-    hash: str = "sha256",
+    mode: Mode = "digest",
+    hash: Hash = "sha256",
     local_steps: int = 20,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
@@ -361,7 +361,7 @@ def verify_throughput(
     keys = [generate_client_key(f"c{i}", scheme) for i in range(n_keys)]
     reg = KeyRegistry()
     for k in keys:
-        reg.register_client_key(k, max_examples=0)
+        reg.register_client_key(k, max_examples=1)
     rng = np.random.default_rng(0)
     blobs = []
     for i in range(n_updates):
@@ -376,6 +376,7 @@ def verify_throughput(
                 client_id=k.client_id,
                 run_id="bench",
                 round=1,
+                num_examples=1,
             ).to_bytes()
         )
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()

@@ -16,7 +16,9 @@ from pqc_fl.envelope import (
     HASHES,
     MODES,
     Envelope,
+    Hash,
     MalformedUpdateError,
+    Mode,
     canonical_tensors,
     metrics_tuple,
     signed_message,
@@ -26,18 +28,30 @@ from pqc_fl.schemes import SignatureScheme, get_scheme
 from pqc_fl.wire import SignedUpdate
 from qhybrid.errors import QHybridError
 
-__all__ = ["sign_update"]
+__all__ = ["sign_envelope", "sign_update"]
 
 
-def _sign_message(
-    s: SignatureScheme, mode: str, sk: bytes, pk: bytes | None, env: Envelope, tensors: Any
+def sign_envelope(
+    scheme: SignatureScheme,
+    secret_key: bytes,
+    envelope: Envelope,
+    tensors: Mapping[str, Any],
+    *,
+    public_key: bytes | None = None,
 ) -> bytes:
-    if mode == "mu":
-        h = s.mu_hasher(pk if pk is not None else s.public_key_of(sk), CONTEXT)
-        for chunk in signed_message(env, tensors):
+    """The signature over :func:`~pqc_fl.envelope.signed_message` (under ``CONTEXT``).
+
+    In mode ``"mu"`` the message is streamed into the FIPS 204 ExternalMu hasher (``public_key``
+    is derived from ``secret_key`` where the backend can); otherwise it is signed in one piece.
+    ``tensors`` must be canonical (:func:`~pqc_fl.envelope.canonical_tensors`).
+    """
+    if envelope.mode == "mu":
+        pk = public_key if public_key is not None else scheme.public_key_of(secret_key)
+        h = scheme.mu_hasher(pk, CONTEXT)
+        for chunk in signed_message(envelope, tensors):
             h.update(chunk)
-        return s.sign_mu(sk, h.finalize())
-    return s.sign(sk, b"".join(signed_message(env, tensors)), CONTEXT)
+        return scheme.sign_mu(secret_key, h.finalize())
+    return scheme.sign(secret_key, b"".join(signed_message(envelope, tensors)), CONTEXT)
 
 
 def sign_update(
@@ -49,13 +63,13 @@ def sign_update(
     client_id: str,
     run_id: str,
     round: int,
-    num_examples: int = 0,
+    num_examples: int,
     metrics: Mapping[str, float] | None = None,
-    mode: str = "digest",
+    mode: Mode = "digest",
     nonce: bytes | None = None,
     public_key: bytes | None = None,
     node: str = "",
-    hash: str = "sha256",
+    hash: Hash = "sha256",
 ) -> SignedUpdate:
     """Sign a model update (a state dict of torch tensors or numpy arrays).
 
@@ -64,9 +78,12 @@ def sign_update(
         scheme: a scheme name or object; ``secret_key`` must belong to it.
         secret_key, key_id: the client's key and its registered id.
         client_id, run_id, round: what the update is for; the verifier checks all three.
-        num_examples: local training examples (FedAvg weight); signed, so it cannot be inflated.
-        metrics: training metrics reported with the update (signed exactly).
-        mode: ``"digest"`` (default), ``"full"`` or ``"mu"`` (ML-DSA ExternalMu); see module doc.
+        num_examples: local training examples (FedAvg weight, >= 1); signed, so it cannot be
+            inflated.
+        metrics: training metrics reported with the update (signed exactly; a server refuses
+            non-finite ones and those beyond its policy's ``max_abs_metric``).
+        mode: ``"digest"`` (default), ``"full"`` or ``"mu"`` (ML-DSA ExternalMu); see
+            :mod:`pqc_fl.envelope`.
         nonce: 16 bytes; random by default. Fixed nonces make signing deterministic input-wise.
         public_key: only used by ``"mu"`` on backends that cannot derive it from the secret key.
         node: the transport node that will deliver the update (on Flower: ``context.node_id``);
@@ -74,27 +91,15 @@ def sign_update(
         hash: the digest's hash in mode ``"digest"``: ``"sha256"`` (default) or ``"blake3"``.
 
     Returns:
-        The :class:`SignedUpdate` (serialise with ``to_bytes()``).
+        The :class:`~pqc_fl.wire.SignedUpdate` (serialise with ``to_bytes()``).
     """
     s = scheme if isinstance(scheme, SignatureScheme) else get_scheme(scheme)
-    if mode not in MODES:
-        raise QHybridError(f"mode={mode!r} is not one of {MODES}")
-    if mode == "mu" and not s.supports_mu:
-        raise QHybridError(
-            f"mode='mu' needs ML-DSA ExternalMu, which {s.name} ({s.backend}) lacks; use an "
-            "ml-dsa-* scheme on the 'cryptography' backend or mode='digest'"
-        )
-    if isinstance(round, bool) or not isinstance(round, int) or round < 0:
-        raise QHybridError(f"round={round!r} must be an int >= 0")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
-        raise QHybridError(f"num_examples={num_examples!r} must be an int >= 0")
+    _check_arguments(s, round, num_examples, mode, hash)
     nonce = secrets.token_bytes(16) if nonce is None else nonce
-    if len(nonce) != 16:
-        raise QHybridError(f"nonce has {len(nonce)} bytes; it must have 16")
+    if not isinstance(nonce, bytes) or len(nonce) != 16:
+        raise QHybridError(f"nonce={nonce!r:.40} must be 16 bytes (or None: random)")
     tensors = canonical_tensors(state_dict)
     t0 = time.perf_counter()
-    if hash not in HASHES:
-        raise QHybridError(f"hash={hash!r} is not one of {HASHES}")
     digest = state_digest(tensors, hash).hex() if mode == "digest" else ""
     t1 = time.perf_counter()
     env = Envelope(
@@ -116,6 +121,28 @@ def sign_update(
     except MalformedUpdateError as err:
         raise QHybridError(f"cannot sign this update: {err}") from None
     t2 = time.perf_counter()
-    sig = _sign_message(s, mode, secret_key, public_key, env, tensors)
+    sig = sign_envelope(s, secret_key, env, tensors, public_key=public_key)
     timings = {"digest": t1 - t0, "sign": time.perf_counter() - t2}
     return SignedUpdate(env, sig, tensors, timings)
+
+
+def _check_arguments(
+    s: SignatureScheme, round: Any, num_examples: Any, mode: Any, hash: Any
+) -> None:
+    """The arguments of :func:`sign_update` a verifier would refuse, refused before any work."""
+    if mode not in MODES:
+        raise QHybridError(f"mode={mode!r} is not one of {MODES}")
+    if mode == "mu" and not s.supports_mu:
+        raise QHybridError(
+            f"mode='mu' needs ML-DSA ExternalMu, which {s.name} ({s.backend}) lacks; use an "
+            "ml-dsa-* scheme on the 'cryptography' backend or mode='digest'"
+        )
+    if hash not in HASHES:
+        raise QHybridError(f"hash={hash!r} is not one of {HASHES}")
+    if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+        raise QHybridError(f"round={round!r} must be an int >= 0")
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise QHybridError(
+            f"num_examples={num_examples!r} must be an int >= 1 (the local examples the update "
+            "was trained on; a server refuses 0 as no_examples)"
+        )

@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+
+import numpy as np
 
 from pqc_fl.envelope import (
     CONTEXT,
@@ -20,6 +22,7 @@ from pqc_fl.envelope import (
     MODES,
     Envelope,
     MalformedUpdateError,
+    canonical_tensors,
     state_hasher,
     tensor_stream,
 )
@@ -56,14 +59,17 @@ class Reason(StrEnum):
     DIGEST_MISMATCH = "digest_mismatch"  # tensors differ from the signed digest
     TOO_LARGE = "too_large"  # more tensor records or bytes than the policy allows
     # insider checks: a valid signature from a registered key, but an update the server refuses
-    NODE_MISMATCH = (
-        "node_mismatch"  # sent by another node than the one signed / bound to the client
-    )
+    # sent by another node than the one signed or bound to the client; or, when the transport
+    # names no sender, signed for another node than the one registered with the key
+    NODE_MISMATCH = "node_mismatch"
     DUPLICATE_SUBMISSION = "duplicate_submission"  # a second update of one client in one round
     EXAMPLES_OVER_CAP = "examples_over_cap"  # num_examples above what the client registered
+    NO_EXAMPLES = "no_examples"  # num_examples < 1 (an update without weight in FedAvg)
     SCHEMA_MISMATCH = "schema_mismatch"  # tensor names, dtypes or shapes differ from the model's
     NON_FINITE = "non_finite"  # NaN or infinity in a weight
     OUT_OF_RANGE = "out_of_range"  # a finite weight beyond the policy's max_abs
+    NON_FINITE_METRIC = "non_finite_metric"  # NaN or infinity in a signed metric
+    METRIC_OUT_OF_RANGE = "metric_out_of_range"  # a finite metric beyond policy.max_abs_metric
 
 
 @dataclass(frozen=True)
@@ -98,15 +104,18 @@ def verify_update(
 
     Order (cheapest first; nothing is parsed past the header before the signature verifies):
 
-    1. header: wire format, envelope version, run id, round, sending node (``node``, when the
-       transport knows it, must equal the signed ``envelope.node``);
+    1. header: wire format, envelope version, run id, round;
     2. key: known, not revoked, in its validity window, owned by the named client, of the named
-       scheme (:meth:`KeyRegistry.check`); scheme and mode inside ``policy``;
+       scheme (:meth:`KeyRegistry.check`); scheme and mode inside ``policy``; the sending node:
+       ``node`` (when the transport knows it) must equal the signed ``envelope.node``, and when the
+       transport names no sender (``node=None``) the signed node must be the one registered with
+       the key (``""`` if none), so a client cannot claim another node;
     3. caps: tensor-record count (the stream's 4-byte head) and stream bytes;
     4. signature (in modes full/mu over the raw tensor stream), then the digest of the raw stream;
     5. only now the tensor records are parsed: schema equal to ``schema`` (the global model's;
-       ``None`` skips this check), ``num_examples`` within the key's registered cap, every float
-       finite and within ``policy.max_abs``;
+       ``None`` skips this check), ``1 <= num_examples <=`` the key's registered cap, every float
+       weight finite and within ``policy.max_abs``, every signed metric finite and within
+       ``policy.max_abs_metric``;
     6. ``guard``: fresh nonce, first update of this client in this round, client and node bound
        to each other. With ``commit`` the accepted update is recorded in ``guard``; a rejected one
        never is, so a forgery cannot burn an honest client's slot.
@@ -114,45 +123,36 @@ def verify_update(
     Returns:
         A :class:`Verdict`; on success ``verdict.update`` holds the parsed :class:`SignedUpdate`.
     """
-    if isinstance(update, SignedUpdate):
-        e, sig, stream = update.envelope, update.signature, None
-    else:
-        try:
-            e, sig, stream = split_wire(update)
-        except MalformedUpdateError as err:
-            return Verdict(False, Reason.MALFORMED, str(err))
-    v = _check_header(e, sig, stream, update, registry, run_id, round, policy, node)
-    if isinstance(v, Verdict):
-        return v
-    rec, s = v
+    got = _receive(update)
+    if isinstance(got, Verdict):
+        return got
+    e = got.envelope
+    checked = _check_header(got, registry, run_id, round, policy, node)
+    if isinstance(checked, Verdict):
+        return checked
+    rec, scheme = checked
 
     def no(reason: Reason, detail: str = "", hash_s: float = 0.0, ver_s: float = 0.0) -> Verdict:
         return Verdict(False, reason, detail, e.client_id, e.key_id, e.round, hash_s, ver_s)
 
-    chunks = [stream] if stream is not None else None
     t0 = time.perf_counter()
-    good = _signature_ok(s, rec.public_key, e, sig, update, chunks)
+    good = _signature_ok(scheme, rec.public_key, got)
     t1 = time.perf_counter()
     if not good:
         return no(Reason.BAD_SIGNATURE, "", 0.0, t1 - t0)
     hash_s = 0.0
     if e.mode == "digest":
-        h = state_hasher(e.hash)
-        for c in chunks or tensor_stream(update.tensors):  # type: ignore[union-attr]
-            h.update(c)
+        same = _digest_ok(got)
         hash_s = time.perf_counter() - t1
-        if h.hexdigest() != e.digest:
+        if not same:
             return no(
                 Reason.DIGEST_MISMATCH, "tensors differ from the signed digest", hash_s, t1 - t0
             )
-    if stream is not None:
-        try:
-            update = SignedUpdate(
-                e, sig, parse_tensor_stream(stream, max_records=policy.max_records)
-            )
-        except MalformedUpdateError as err:
-            return no(Reason.MALFORMED, str(err), hash_s, t1 - t0)
-    u: SignedUpdate = update  # type: ignore[assignment]
+    try:
+        tensors = got.parsed(policy.max_records)
+    except MalformedUpdateError as err:
+        return no(Reason.MALFORMED, str(err), hash_s, t1 - t0)
+    u = SignedUpdate(e, got.signature, tensors)
     bad = _content_problem(u, schema, rec.max_examples, policy)
     if bad is not None:
         return no(bad[0], bad[1], hash_s, t1 - t0)
@@ -164,11 +164,53 @@ def verify_update(
     return Verdict(True, Reason.OK, "", e.client_id, e.key_id, e.round, hash_s, t1 - t0, u, e.nonce)
 
 
+@dataclass(frozen=True)
+class _Received:
+    """An update as received: its envelope and signature, and either the raw tensor stream (from
+    the wire, not yet parsed) or tensors already in memory (a :class:`SignedUpdate` object)."""
+
+    envelope: Envelope
+    signature: bytes
+    stream: memoryview | None = None
+    tensors: dict[str, np.ndarray] | None = None
+
+    def chunks(self) -> Iterable[bytes | memoryview]:
+        """The canonical tensor stream, chunk by chunk."""
+        if self.stream is not None:
+            return [self.stream]
+        return tensor_stream(self.tensors or {})
+
+    def size(self) -> tuple[int, int]:
+        """``(tensor records, bytes)``: the stream's head and length, or the arrays' count and size."""
+        if self.stream is not None:
+            return stream_record_count(self.stream), len(self.stream)
+        tensors = self.tensors or {}
+        return len(tensors), sum(a.nbytes for a in tensors.values())
+
+    def parsed(self, max_records: int) -> dict[str, np.ndarray]:
+        """The tensors (parsing the stream only now); raises MalformedUpdateError."""
+        if self.stream is not None:
+            return parse_tensor_stream(self.stream, max_records=max_records)
+        return self.tensors or {}
+
+
+def _receive(update: SignedUpdate | bytes | bytearray | memoryview) -> _Received | Verdict:
+    """The header of a wire blob, or a SignedUpdate object re-checked as a parser would check it
+    (canonical envelope, canonical tensors); a ``malformed`` Verdict otherwise."""
+    try:
+        if not isinstance(update, SignedUpdate):
+            env, sig, stream = split_wire(update)
+            return _Received(env, sig, stream=stream)
+        env = Envelope.from_bytes(update.envelope.to_bytes())  # types and limits of the parser
+        if not isinstance(update.signature, bytes):
+            raise MalformedUpdateError("the signature must be bytes")
+        return _Received(env, update.signature, tensors=canonical_tensors(update.tensors))
+    except (QHybridError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        return Verdict(False, Reason.MALFORMED, str(err))
+
+
 def _check_header(
-    e: Envelope,
-    sig: bytes,
-    stream: memoryview | None,
-    update: Any,
+    got: _Received,
     registry: KeyRegistry,
     run_id: str,
     round: int,
@@ -176,6 +218,7 @@ def _check_header(
     node: str | None,
 ) -> Verdict | tuple[KeyRecord, SignatureScheme]:
     """Steps 1-3 of :func:`verify_update`: a rejecting Verdict, or the key record and scheme."""
+    e, sig = got.envelope, got.signature
 
     def no(reason: Reason, detail: str = "") -> Verdict:
         return Verdict(False, reason, detail, e.client_id, e.key_id, e.round)
@@ -193,6 +236,12 @@ def _check_header(
     rec, code = registry.check(e.key_id, client_id=e.client_id, scheme=e.scheme, round=round)
     if code != "ok" or rec is None:
         return no(Reason(code))
+    if node is None and e.node != rec.node:
+        return no(
+            Reason.NODE_MISMATCH,
+            f"signed for node {e.node!r}, but the transport names no sender and key "
+            f"{rec.key_id} is registered for node {rec.node!r}",
+        )
     if e.scheme not in policy.allowed_schemes:
         return no(Reason.SCHEME_NOT_ALLOWED, e.scheme)
     if e.mode not in policy.allowed_modes:
@@ -209,15 +258,10 @@ def _check_header(
         return no(Reason.MALFORMED, "digest must be set in mode 'digest' and only there")
     if e.mode == "mu" and not s.supports_mu:
         return no(Reason.MODE_NOT_ALLOWED, f"{s.name} ({s.backend}) cannot verify mode 'mu'")
-    if stream is not None:
-        try:
-            count = stream_record_count(stream)
-        except MalformedUpdateError as err:
-            return no(Reason.MALFORMED, str(err))
-        n_bytes = len(stream)
-    else:
-        count = len(update.tensors)
-        n_bytes = sum(a.nbytes for a in update.tensors.values())
+    try:
+        count, n_bytes = got.size()
+    except MalformedUpdateError as err:
+        return no(Reason.MALFORMED, str(err))
     if count > policy.max_records or n_bytes > policy.max_update_bytes:
         return no(
             Reason.TOO_LARGE,
@@ -227,22 +271,29 @@ def _check_header(
     return rec, s
 
 
-def _signature_ok(
-    s: SignatureScheme, pk: bytes, e: Envelope, sig: bytes, update: Any, chunks: list[Any] | None
-) -> bool:
+def _signature_ok(s: SignatureScheme, pk: bytes, got: _Received) -> bool:
     """The signature over the envelope (and, in modes full/mu, the raw tensor stream)."""
+    e = got.envelope
 
     def message() -> Iterator[bytes | memoryview]:
         yield e.to_bytes()
         if e.mode != "digest":
-            yield from chunks if chunks is not None else tensor_stream(update.tensors)
+            yield from got.chunks()
 
     if e.mode == "mu":
         h = s.mu_hasher(pk, CONTEXT)
         for chunk in message():
             h.update(chunk)
-        return s.verify_mu(pk, h.finalize(), sig)
-    return s.verify(pk, b"".join(message()), sig, CONTEXT)
+        return s.verify_mu(pk, h.finalize(), got.signature)
+    return s.verify(pk, b"".join(message()), got.signature, CONTEXT)
+
+
+def _digest_ok(got: _Received) -> bool:
+    """Whether the (raw) tensor stream hashes to the signed digest."""
+    h = state_hasher(got.envelope.hash)
+    for chunk in got.chunks():
+        h.update(chunk)
+    return bool(h.hexdigest() == got.envelope.digest)
 
 
 def _content_problem(
@@ -252,8 +303,18 @@ def _content_problem(
     if schema is not None and (diff := schema_difference(schema, u.tensors)):
         return Reason.SCHEMA_MISMATCH, diff
     n = u.envelope.num_examples
+    if n < 1:
+        return Reason.NO_EXAMPLES, f"num_examples={n}; an update must stand for >= 1 example"
     if max_examples is not None and n > max_examples:
         return Reason.EXAMPLES_OVER_CAP, f"num_examples={n} > registered {max_examples}"
     if (bad := value_problem(u.tensors.items(), policy.max_abs)) is not None:
         return Reason(bad), f"max_abs={policy.max_abs}"
+    for name, value in u.envelope.metrics:
+        if not math.isfinite(value):
+            return Reason.NON_FINITE_METRIC, f"metric {name!r} = {value}"
+        if policy.max_abs_metric is not None and abs(value) > policy.max_abs_metric:
+            return (
+                Reason.METRIC_OUT_OF_RANGE,
+                f"metric {name!r} = {value:g} beyond max_abs_metric={policy.max_abs_metric:g}",
+            )
     return None

@@ -60,11 +60,14 @@ def test_envelope_bytes_are_deterministic_and_round_trip() -> None:
         Envelope.from_bytes(loose)
 
 
-def test_metrics_are_signed_exactly_including_non_finite_values() -> None:
-    u = WORLD.honest(metrics={"loss": float("nan"), "acc": 1 / 3, "steps": 7})
+def test_metrics_are_signed_exactly_and_non_finite_ones_are_refused() -> None:
+    u = WORLD.honest(metrics={"loss": 0.25, "acc": 1 / 3, "steps": 7})
     back = SignedUpdate.from_bytes(u.to_bytes())
-    assert dict(back.envelope.metrics)["acc"] == 1 / 3
+    assert dict(back.envelope.metrics) == {"loss": 0.25, "acc": 1 / 3, "steps": 7.0}
     assert WORLD.verify(back) == Reason.OK
+    nan = SignedUpdate.from_bytes(WORLD.honest(metrics={"loss": float("nan")}).to_bytes())
+    assert np.isnan(dict(nan.envelope.metrics)["loss"])  # encoded exactly (float.hex), signed
+    assert WORLD.verify(nan) == WORLD.verify(nan.to_bytes()) == Reason.NON_FINITE_METRIC
 
 
 @pytest.mark.parametrize("mode", ["digest", "full", "mu"])
