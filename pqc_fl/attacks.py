@@ -67,6 +67,8 @@ class AttackWorld:
     policy: ServerPolicy  # the server's policy: only the run's scheme
 
     def honest(self, **kw: Any) -> SignedUpdate:
+        """Client a's validly signed update for this run and round; ``kw`` overrides any
+        argument of :func:`~pqc_fl.sign.sign_update` (plus ``key`` and ``state``)."""
         key = kw.pop("key", self.a)
         state = kw.pop("state", self.state)
         args: dict[str, Any] = dict(

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, get_args
 
-from annotated_types import Ge, Gt, Interval
+from annotated_types import Gt, Interval
 
 from pqc_fl.attacks import INTEGRITY_ATTACKS, ByzantineAttack, RunAttack
 from pqc_fl.envelope import Hash, Mode
@@ -87,7 +87,7 @@ def check_scheme(scheme: str, key: str = "scheme", *, installed: bool = True) ->
     try:
         return get_scheme(scheme).name if installed else canonical_name(scheme)
     except QHybridError as err:
-        raise ConfigError(f"'{key}' = {scheme!r}: {err}") from None
+        raise ConfigError(f"'{key}': {err}") from None
 
 
 def check_work(seconds: float, cap: float, what: str, drivers: str, key: str = "max_cpu_s") -> None:
@@ -127,12 +127,16 @@ class FLConfig:
     mode: Mode = "digest"  # "digest", "full" or "mu" (see pqc_fl.envelope)
     hash: Hash = "sha256"  # digest hash in mode "digest": "sha256" or "blake3"
     attack: RunAttack = "none"  # run-time attack by one client (pqc_fl.attacks.RUN_ATTACKS)
-    attacker: Annotated[int, Ge(0)] = 1  # index of the attacking client (< num_clients)
+    attacker: Annotated[int, Interval(ge=0, le=DIGITS_TRAIN)] = (
+        1  # attacking client (< num_clients)
+    )
     engine: Engine = "inprocess"  # who runs the rounds
     strategy: StrategyName = "fedavg"  # Flower strategy inside the verifier
     min_accepted: Annotated[float, Interval(gt=0, le=1)] = 0.5  # quorum: fraction that must verify
     byzantine: ByzantineAttack = "none"  # insider attack of the Byzantine clients
-    num_byzantine: Annotated[int, Ge(0)] = 0  # Byzantine clients (the last indices), < num_clients
+    num_byzantine: Annotated[int, Interval(ge=0, le=DIGITS_TRAIN)] = (
+        0  # the last clients; < num_clients
+    )
     seed: Annotated[int, Interval(ge=0, le=MAX_SEED)] = 0  # split, initial weights, shuffling
     max_cpu_s: Annotated[float, Gt(0)] = DEFAULT_MAX_CPU_S  # refuse runs estimated above this
     max_memory_gb: Annotated[float, Gt(0)] = DEFAULT_MAX_MEMORY_GB  # refuse runs estimated above

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -143,7 +142,7 @@ def tensor_stream(tensors: Mapping[str, np.ndarray]) -> Iterator[bytes | memoryv
     yield struct.pack(">I", len(tensors))
     for name, a in tensors.items():
         yield _record_header(name, a)
-        yield memoryview(a.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        yield a.reshape(-1).view(np.uint8).data
 
 
 def state_hasher(hash: str = "sha256") -> Any:
@@ -206,6 +205,7 @@ class Envelope:
     version: int = ENVELOPE_VERSION
 
     def to_json(self) -> dict[str, Any]:
+        """The envelope's JSON object (metrics as exact ``float.hex`` strings)."""
         return {
             "v": self.version,
             "alg": self.scheme,
@@ -242,11 +242,11 @@ class Envelope:
             raise MalformedUpdateError(f"envelope fields {got} != {sorted(_ENVELOPE_KEYS)}")
 
         def field_(k: str, typ: type, lo: int = 0, hi: int = _MAX_ID) -> Any:
-            v: Any = d[k]
+            v = d[k]
+            size = len(v) if isinstance(v, str) else v  # a string's length, an int's value
             if type(v) is not typ:
                 raise MalformedUpdateError(f"envelope field {k!r} must be {typ.__name__}")
-            n: int = len(v) if isinstance(v, str) else v  # type: ignore[assignment]
-            if not lo <= n <= hi:
+            if not lo <= size <= hi:
                 raise MalformedUpdateError(f"envelope field {k!r} out of range [{lo}, {hi}]")
             return v
 
@@ -280,14 +280,21 @@ class Envelope:
 
 
 def metrics_tuple(metrics: Mapping[str, Any] | None) -> tuple[tuple[str, float], ...]:
+    """Metrics as the envelope holds them: ``(name, float)`` pairs sorted by name; raises
+    QHybridError for a name that is not a string or a value that is not a real number."""
+    if metrics is None:
+        return ()
+    if not isinstance(metrics, Mapping):
+        raise QHybridError(f"metrics={metrics!r:.60} must be a mapping of name -> number")
     out = []
-    for k, v in sorted((metrics or {}).items()):
-        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise QHybridError(f"metric {k!r}={v!r}: signed metrics are str -> int/float")
-        if isinstance(v, int) and not math.isfinite(float(v)):
-            raise QHybridError(f"metric {k!r} is too large for a float64")
-        out.append((k, float(v)))
-    return tuple(out)
+    for k, v in metrics.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int | float):
+            raise QHybridError(f"metric {k!r}={v!r:.40}: signed metrics are str -> int/float")
+        try:
+            out.append((k, float(v)))
+        except OverflowError:
+            raise QHybridError(f"metric {k!r} is too large for a float64") from None
+    return tuple(sorted(out))
 
 
 def signed_message(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -109,11 +110,6 @@ def flower_run_id(context: Context) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# records <-> signed updates
-# ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
 # client side
 # ------------------------------------------------------------------------------------------------
 
@@ -121,6 +117,16 @@ def flower_run_id(context: Context) -> str:
 def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) -> ClientApp:
     """A ClientApp that trains on its digits partition and signs every training reply."""
     base = base or FLConfig()
+    app = ClientApp(mods=[_attack_mod(base, key_dir), _signing_mod(base, key_dir)])
+    app.train()(_train_function(base, key_dir))
+    return app
+
+
+Mod = Callable[[Message, Context, Any], Message]
+
+
+def _signing_mod(base: FLConfig, key_dir: str | None) -> Mod:
+    """The mod that signs the training reply's arrays and metrics with the node's key."""
 
     def signing_mod(msg: Message, context: Context, call_next: Any) -> Message:
         reply: Message = call_next(msg, context)
@@ -155,8 +161,13 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         }
         return Message(update_to_content(u, extra), reply_to=msg)
 
+    return signing_mod
+
+
+def _attack_mod(base: FLConfig, key_dir: str | None) -> Mod:
+    """Outermost mod: the configured attacker tampers with its reply after signing."""
+
     def attack_mod(msg: Message, context: Context, call_next: Any) -> Message:
-        """Outermost mod: the configured attacker tampers with its reply after signing."""
         reply: Message = call_next(msg, context)
         cfg, _ = settings(context, base, key_dir)
         pid = int(context.node_config["partition-id"])
@@ -170,14 +181,18 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         u = content_to_update(reply.content)
         prev = None
         if "attacker-prev" in context.state.config_records:
-            prev = SignedUpdate.from_bytes(context.state.config_records["attacker-prev"]["blob"])  # type: ignore[arg-type]
+            blob = context.state.config_records["attacker-prev"]["blob"]
+            prev = SignedUpdate.from_bytes(blob) if isinstance(blob, bytes) else None
         context.state["attacker-prev"] = ConfigRecord({"blob": u.to_bytes()})
         bad = tamper(u, cfg.attack, previous=prev, victim="client-0")
         return Message(update_to_content(bad), reply_to=msg)
 
-    app = ClientApp(mods=[attack_mod, signing_mod])
+    return attack_mod
 
-    @app.train()
+
+def _train_function(base: FLConfig, key_dir: str | None) -> Callable[[Message, Context], Message]:
+    """The ``@app.train()`` function: local training on the node's partition."""
+
     def train_fn(msg: Message, context: Context) -> Message:
         import torch
 
@@ -211,7 +226,7 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         )
         return Message(content, reply_to=msg)
 
-    return app
+    return train_fn
 
 
 # ------------------------------------------------------------------------------------------------

@@ -244,9 +244,11 @@ class KeyRegistry:
         return key_id in self._keys
 
     def get(self, key_id: str) -> KeyRecord | None:
+        """The record of ``key_id``, or None."""
         return self._keys.get(key_id)
 
     def records(self) -> list[KeyRecord]:
+        """Every record (active, retired and revoked), sorted by client and key id."""
         return sorted(self._keys.values(), key=lambda r: (r.client_id, r.key_id))
 
     def active_key(self, client_id: str) -> KeyRecord | None:
@@ -542,7 +544,8 @@ def provision_keys(
 
     This is the out-of-band step a deployment does once per client machine; here it writes all
     keys into one directory for simulations. ``max_examples`` is one cap for all clients or one
-    per client (their local data-set sizes).
+    per client (their local data-set sizes). Existing key files are never overwritten, and a
+    failure while writing removes the files written so far.
     """
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
         raise KeyRegistryError(f"num_clients={num_clients!r} must be an int >= 1")
@@ -555,15 +558,34 @@ def provision_keys(
     if len(caps) != num_clients:
         raise KeyRegistryError(f"{len(caps)} max_examples for {num_clients} clients")
     key_dir = Path(key_dir)
+    if key_dir.exists() and not key_dir.is_dir():
+        raise KeyRegistryError(f"key folder {key_dir} is a file; pass a folder for the keys")
+    names = [f"client-{i}" for i in range(num_clients)] + ["server"]
+    targets = [key_dir / f"{n}{ext}" for n in names for ext in (".json", ".pub.json")]
+    targets.append(key_dir / "registry.json")
+    if existing := [p for p in targets if p.exists() or p.is_symlink()]:
+        raise KeyRegistryError(
+            f"{existing[0]} already exists ({len(existing)} key files in {key_dir}); keys are "
+            "never overwritten (a client holding the old key could no longer sign): choose an "
+            "empty folder or remove the old keys first"
+        )
     reg = KeyRegistry()
     keys = [generate_client_key(f"client-{i}", scheme) for i in range(num_clients)]
     for key, cap in zip(keys, caps, strict=True):
         reg.register_client_key(key, max_examples=cap)  # validate everything before writing
     server = generate_server_key(server_scheme)
-    for i, key in enumerate(keys):
-        save_client_key(key_dir / f"client-{i}.json", key)
-    save_client_key(key_dir / "server.json", server)
-    reg.save(key_dir / "registry.json", server_key=server)
+    created = not key_dir.exists()
+    try:
+        for i, key in enumerate(keys):
+            save_client_key(key_dir / f"client-{i}.json", key)
+        save_client_key(key_dir / "server.json", server)
+        reg.save(key_dir / "registry.json", server_key=server)
+    except BaseException:  # a half-written key folder would be worse than none
+        for p in targets:
+            p.unlink(missing_ok=True)
+        if created and key_dir.is_dir() and not any(key_dir.iterdir()):
+            key_dir.rmdir()
+        raise
     return reg
 
 

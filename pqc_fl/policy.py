@@ -149,6 +149,8 @@ class ReplayGuard:
         return "ok"
 
     def admit(self, run: str, round: int, client: str, nonce: str, node: str | None) -> None:
+        """Record an accepted update: its nonce, its (run, round, client) slot and, when the
+        transport named the sender, the client-node binding (first use binds)."""
         self.nonces.add((run, nonce))
         self.submitted.add((run, round, client))
         if node is not None:

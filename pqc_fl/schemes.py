@@ -89,9 +89,11 @@ class SchemeError(QHybridError):
 class MuHasher(Protocol):
     """A streaming FIPS 204 ExternalMu hasher: ``update`` message chunks, then ``finalize`` -> mu."""
 
-    def update(self, data: Any) -> None: ...
+    def update(self, data: Any) -> None:
+        """Absorb the next chunk of the message."""
 
-    def finalize(self) -> bytes: ...
+    def finalize(self) -> bytes:
+        """The 64-byte message representative mu."""
 
 
 @dataclass(frozen=True)
@@ -760,9 +762,9 @@ def canonical_name(name: str) -> str:
 
 def _canonical(name: str) -> str:
     if not isinstance(name, str):
-        raise SchemeError(f"scheme name {name!r} must be a string, one of {sorted(_BACKENDS)}")
+        raise SchemeError(f"scheme name {name!r:.60} must be a string, one of {sorted(_BACKENDS)}")
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in _BACKENDS:
-        raise SchemeError(f"unknown signature scheme {name!r}; known: {sorted(_BACKENDS)}")
+        raise SchemeError(f"unknown signature scheme {name!r:.60}; known: {sorted(_BACKENDS)}")
     return key

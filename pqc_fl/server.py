@@ -67,6 +67,7 @@ class RoundVerifier:
             )
 
     def quorum(self, replies: int) -> int:
+        """Accepted updates a round of ``replies`` replies needs (``min_accepted``)."""
         m = self.min_accepted
         return m if isinstance(m, int) else math.ceil(m * replies)
 

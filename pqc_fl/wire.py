@@ -62,6 +62,7 @@ class SignedUpdate:
         return len(self.envelope.to_bytes()) + len(self.signature) + 4 + 1 + 4 + 2
 
     def to_bytes(self) -> bytes:
+        """The wire format (module docstring)."""
         env = self.envelope.to_bytes()
         head = _MAGIC + struct.pack(">BI", _WIRE_VERSION, len(env)) + env
         head += struct.pack(">H", len(self.signature)) + self.signature
@@ -110,8 +111,10 @@ class _Reader:
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         # bytes(b) is b itself: no copy for bytes input; a read-only memoryview is kept as is
-        ro = isinstance(data, memoryview) and data.readonly and data.c_contiguous
-        self.buf = data.cast("B") if ro else memoryview(bytes(data))  # type: ignore[union-attr]
+        if isinstance(data, memoryview) and data.readonly and data.c_contiguous:
+            self.buf = data.cast("B")
+        else:
+            self.buf = memoryview(bytes(data))
         self.pos = 0
 
     def take(self, n: int, what: str) -> memoryview:

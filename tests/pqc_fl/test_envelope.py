@@ -19,7 +19,14 @@ from pqc_fl.attacks import (
     run_attack_suite,
     sample_state,
 )
-from pqc_fl.envelope import CONTEXT, Envelope, MalformedUpdateError, signed_message, state_digest
+from pqc_fl.envelope import (
+    CONTEXT,
+    Envelope,
+    MalformedUpdateError,
+    Mode,
+    signed_message,
+    state_digest,
+)
 from pqc_fl.keys import generate_client_key
 from pqc_fl.policy import ReplayGuard, schema_of
 from pqc_fl.schemes import get_scheme
@@ -71,7 +78,7 @@ def test_metrics_are_signed_exactly_and_non_finite_ones_are_refused() -> None:
 
 
 @pytest.mark.parametrize("mode", ["digest", "full", "mu"])
-def test_modes_sign_what_they_claim(mode: str) -> None:
+def test_modes_sign_what_they_claim(mode: Mode) -> None:
     w = make_world("ml-dsa-65", mode)
     u = w.honest()
     assert w.verify(u) == Reason.OK
@@ -96,7 +103,7 @@ def test_mu_mode_needs_mldsa_on_cryptography() -> None:
     [("ml-dsa-44", "digest"), ("ml-dsa-44", "full"), ("ml-dsa-44", "mu"), ("falcon-512", "digest"),
      ("ed25519", "digest"), ("ecdsa-p256", "full"), ("ed25519+ml-dsa-44", "digest")],
 )  # fmt: skip
-def test_attack_suite_rejects_every_case_with_its_reason(scheme: str, mode: str) -> None:
+def test_attack_suite_rejects_every_case_with_its_reason(scheme: str, mode: Mode) -> None:
     result = run_attack_suite(scheme, mode, honest=40)
     wrong = [c for c in result["cases"] if not c["as_expected"]]
     assert wrong == []
@@ -187,7 +194,7 @@ def test_expected_reasons_cover_every_code_the_suite_claims() -> None:
 
 @pytest.mark.parametrize("mode", ["digest", "full"])
 def test_header_and_signature_are_checked_before_any_record_is_parsed(
-    mode: str, monkeypatch: pytest.MonkeyPatch
+    mode: Mode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pqc_fl.verify as verify
     from pqc_fl.attacks import garbage_record_blob
