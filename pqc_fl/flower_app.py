@@ -65,6 +65,7 @@ from qhybrid.runs import atomic_write_json
 
 __all__ = [
     "client_app",
+    "flower_project_file",
     "make_client_app",
     "make_server_app",
     "run_flower_simulation",
@@ -290,6 +291,12 @@ def make_server_app(
 # deployment entry points (pyproject: [tool.flwr.app.components]); settings come from run_config
 client_app = make_client_app()
 server_app = make_server_app()
+
+
+def flower_project_file() -> Path:
+    """The Flower project file (``pyproject.toml``) of the deployment app, shipped inside the
+    package: copy it into an empty folder as ``pyproject.toml`` and ``flwr run`` that folder."""
+    return Path(__file__).with_name("flower_pyproject.toml")
 
 
 def run_flower_simulation(

@@ -172,3 +172,24 @@ def test_flower_simulation_wraps_the_strategy(
             np.asarray(value, np.float32), ref.state[name], rtol=1e-5, atol=1e-6
         )
     assert summary["rounds"][-1]["test_acc"] == pytest.approx(ref.rounds[-1]["test_acc"], abs=1e-6)
+
+
+def test_the_flower_project_file_ships_in_the_package_and_is_not_a_preset() -> None:
+    import importlib
+    import tomllib
+    from types import SimpleNamespace
+
+    from pqc_fl.flower_app import flower_project_file, settings
+    from qhybrid.config import presets
+
+    doc = tomllib.loads(flower_project_file().read_text(encoding="utf-8"))
+    app = doc["tool"]["flwr"]["app"]
+    for ref in app["components"].values():
+        module, _, name = ref.partition(":")
+        assert hasattr(importlib.import_module(module), name)
+    # its run config is a valid FLConfig (the same declarations check it)
+    cfg, key_dir = settings(SimpleNamespace(run_config=app["config"]), FLConfig(), None)  # type: ignore[arg-type]
+    assert (
+        cfg.num_clients == app["config"]["num-clients"] and str(key_dir) == app["config"]["key-dir"]
+    )
+    assert not [n for n in presets() if "flower" in n]  # `qhybrid presets` lists configs only
