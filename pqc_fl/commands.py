@@ -38,6 +38,7 @@ from pqc_fl.config import (
     attack_suite_seconds,
     check_scheme,
     check_work,
+    keygen_seconds,
     primitives_seconds,
     round_costs_seconds,
     sign_seconds,
@@ -121,7 +122,7 @@ class BenchConfig:
             one = sign_seconds(self.round_scheme, 4 * MODEL_PARAMS["mlp"])
             return self.throughput_updates * one * (1 + 5 * len(self.workers))
         if part == "bandwidth":
-            return 1.0 + sum(sign_seconds(s) for s in schemes)
+            return 1.0 + sum(sign_seconds(s) + keygen_seconds(s) for s in schemes)
         return attack_suite_seconds(self.honest_updates, self.round_scheme)
 
 

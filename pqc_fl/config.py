@@ -48,6 +48,7 @@ __all__ = [
     "attack_suite_seconds",
     "check_scheme",
     "check_work",
+    "keygen_seconds",
     "primitives_seconds",
     "round_costs_seconds",
     "run_memory_gb",
@@ -67,18 +68,28 @@ MAX_SEED = 2**32 - 1  # numpy / scikit-learn seeds are 32-bit
 MODEL_PARAMS: dict[Model, int] = {"mlp": 4_810, "cnn": 38_282, "mlp-10m": 9_670_666}
 STEP_SECONDS: dict[Model, float] = {"mlp": 1e-3, "cnn": 3e-3, "mlp-10m": 0.15}  # batch 32
 RAY_START_S = 30.0  # starting Flower's simulation engine (Ray)
+SIGN_BYTES_S = 3e-8  # per message byte a scheme hashes to sign + verify it (38.7 MB: ~1 s loaded)
+DIGEST_BYTES_S = 6e-9  # per update byte: digest on both sides and parsing (mode "digest")
 DEFAULT_MAX_CPU_S = 3600.0
 DEFAULT_MAX_MEMORY_GB = 8.0
 
 
 def sign_seconds(scheme: str, message_bytes: int = 512) -> float:
-    """Rough seconds to sign and verify one message with ``scheme`` (SLH-DSA "s" sets are the slow
-    ones; hashing a long message adds ~5 ns per byte)."""
+    """Rough seconds to sign and verify one message with ``scheme``: a per-signature cost (SLH-DSA
+    the slow one, its "s" sets slowest) plus the scheme's hashing of the message."""
     name = canonical_name(scheme)
     base = 0.005
     if name.startswith("slh-dsa"):
-        base = 2.0 if name.endswith("s") else 0.3
-    return base + 5e-9 * message_bytes
+        base = 7.0 if name.endswith("s") else 1.0
+    return base + SIGN_BYTES_S * message_bytes
+
+
+def keygen_seconds(scheme: str) -> float:
+    """Rough seconds of one key generation (RSA's prime search and SLH-DSA "s" are slow)."""
+    name = canonical_name(scheme)
+    return (
+        1.0 if name == "rsa-3072" or (name.startswith("slh-dsa") and name.endswith("s")) else 0.05
+    )
 
 
 def check_scheme(scheme: str, key: str = "scheme", *, installed: bool = True) -> str:
@@ -182,6 +193,7 @@ class FLConfig:
             self.local.steps,
             batch_size=self.local.batch_size,
             scheme=self.scheme,
+            mode=self.mode,
             sign=self.sign,
             engine=self.engine,
             updates_per_client=double,
@@ -209,6 +221,7 @@ def run_seconds(
     *,
     batch_size: int = 32,
     scheme: str = "ml-dsa-44",
+    mode: Mode = "digest",
     sign: bool = True,
     engine: Engine = "inprocess",
     updates_per_client: int = 1,
@@ -216,8 +229,11 @@ def run_seconds(
     """Estimated CPU-core seconds of one federated run (module docstring)."""
     per_step = STEP_SECONDS[model] * max(1.0, batch_size / 32)
     train = num_clients * rounds * local_steps * per_step
-    updates = num_clients * rounds * updates_per_client
-    crypto = updates * sign_seconds(scheme, 4 * MODEL_PARAMS[model]) if sign else 0.0
+    size = 4 * MODEL_PARAMS[model]
+    per_update = (
+        sign_seconds(scheme) + (DIGEST_BYTES_S if mode == "digest" else SIGN_BYTES_S) * size
+    )
+    crypto = num_clients * rounds * updates_per_client * per_update if sign else 0.0
     return train + crypto + (RAY_START_S if engine == "flower" else 0.0)
 
 
@@ -227,14 +243,18 @@ def run_memory_gb(model: Model, updates: int) -> float:
 
 
 def primitives_seconds(
-    schemes: Sequence[str], budget_s: float, message_sizes: Sequence[int], backends: int = 2
+    schemes: Sequence[str], budget_s: float, message_sizes: Sequence[int]
 ) -> float:
-    """Estimated seconds of :func:`pqc_fl.bench.primitive_table`: per scheme and backend a keygen
-    cell and a sign and a verify cell per message, each at least ``budget_s`` and 4 calls."""
+    """Estimated seconds of :func:`pqc_fl.bench.primitive_table`: per scheme and installed backend
+    a keygen cell and a sign and a verify cell per message, each at least ``budget_s`` and 4
+    calls."""
+    from pqc_fl.schemes import scheme_backends
+
     total = 0.0
     for name in schemes:
-        cells = [(1, sign_seconds(name))] + [(2, sign_seconds(name, n)) for n in message_sizes]
-        total += backends * sum(k * max(budget_s, 4 * call) for k, call in cells)
+        cells = max(budget_s, 4 * keygen_seconds(name))
+        cells += sum(2 * max(budget_s, 4 * sign_seconds(name, n)) for n in message_sizes)
+        total += max(1, len(scheme_backends(name))) * cells
     return total
 
 
@@ -246,8 +266,8 @@ def round_costs_seconds(
     total = 0.0
     for m in models:
         total += (local_steps + 2) * STEP_SECONDS[m]
-        per_update = sign_seconds(scheme, 4 * MODEL_PARAMS[m]) + 3 * 4 * MODEL_PARAMS[m] / 1e9
-        total += sum(clients) * per_update
+        per_update = sign_seconds(scheme) + DIGEST_BYTES_S * 4 * MODEL_PARAMS[m]
+        total += sum(clients) * (per_update + keygen_seconds(scheme))
     return total
 
 
