@@ -24,17 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from annotated_types import Gt, Interval, MinLen
+from annotated_types import Interval, MinLen
 
 from pqc_fl.attacks import INTEGRITY_ATTACKS
 from pqc_fl.config import (
     DEFAULT_MAX_CPU_S,
-    DIGITS_TRAIN,
-    MAX_SEED,
     MODEL_PARAMS,
     MODELS,
+    Clients,
     FLConfig,
     Model,
+    Seconds,
+    Seed,
+    Steps,
     attack_suite_seconds,
     check_scheme,
     check_work,
@@ -80,21 +82,25 @@ class BenchConfig:
     schemes: Annotated[tuple[str, ...], Unique] = ()  # primitive/bandwidth schemes; () = all here
     budget_s: Annotated[float, Interval(gt=0, le=60)] = 0.2  # seconds per primitive-table cell
     models: Annotated[tuple[Model, ...], MinLen(1), Unique] = MODELS  # round-cost models
-    clients: Annotated[tuple[Annotated[int, Interval(ge=1, le=1000)], ...], MinLen(1), Unique] = (
+    clients: Annotated[tuple[Clients, ...], MinLen(1), Unique] = (
         2,
         10,
         100,
     )  # round-cost client counts
-    local_steps: Annotated[int, Interval(ge=1, le=10_000)] = 20  # local steps in the round model
+    local_steps: Steps = 20  # local steps in the round model
     round_scheme: str = "ml-dsa-44"  # scheme of the round-cost, throughput and attack tables
     workers: Annotated[tuple[Annotated[int, Interval(ge=1, le=64)], ...], MinLen(1), Unique] = (
         1,
         2,
     )  # process-pool sizes for verification throughput
-    throughput_updates: Annotated[int, Interval(ge=1, le=1_000_000)] = 2000  # per pool size
-    honest_updates: Annotated[int, Interval(ge=1, le=10_000_000)] = 10_000  # attack suite
-    seed: Annotated[int, Interval(ge=0, le=MAX_SEED)] = 0  # training data and weights
-    max_cpu_s: Annotated[float, Gt(0)] = DEFAULT_MAX_CPU_S  # refuse benchmarks estimated above
+    throughput_updates: Annotated[int, Interval(ge=1, le=1_000_000)] = (
+        2000  # updates verified per pool size
+    )
+    honest_updates: Annotated[int, Interval(ge=1, le=10_000_000)] = (
+        10_000  # honest updates in the attack suite (false-rejection check)
+    )
+    seed: Seed = 0  # training data and weights
+    max_cpu_s: Seconds = DEFAULT_MAX_CPU_S  # refuse benchmarks estimated above (CPU-core s)
 
     def __post_init__(self) -> None:
         check_fields(self, strict=True)
@@ -131,7 +137,7 @@ class KeysConfig:
     """``qhybrid fl keys``: out-of-band key provisioning into a folder without keys."""
 
     dir: str | None = None  # folder for client-<i>.json, server.json and registry.json
-    clients: Annotated[int, Interval(ge=1, le=DIGITS_TRAIN)] = 3  # number of clients
+    clients: Clients = 3  # number of clients
     scheme: str = "ml-dsa-44"  # the clients' signature scheme (`qhybrid fl schemes`)
     max_examples: Annotated[int, Interval(ge=1, le=2**53)] | None = None  # each client's cap
 

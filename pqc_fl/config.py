@@ -47,6 +47,11 @@ __all__ = [
     "StrategyName",
     "attack_suite_seconds",
     "check_scheme",
+    "Clients",
+    "Rounds",
+    "Seconds",
+    "Seed",
+    "Steps",
     "check_work",
     "keygen_seconds",
     "primitives_seconds",
@@ -72,6 +77,13 @@ SIGN_BYTES_S = 3e-8  # per message byte a scheme hashes to sign + verify it (38.
 DIGEST_BYTES_S = 6e-9  # per update byte: digest on both sides and parsing (mode "digest")
 DEFAULT_MAX_CPU_S = 3600.0
 DEFAULT_MAX_MEMORY_GB = 8.0
+
+# one declaration per kind of value, shared by every command and the stage
+Clients = Annotated[int, Interval(ge=1, le=DIGITS_TRAIN)]  # clients of a federation
+Rounds = Annotated[int, Interval(ge=1, le=100_000)]  # federated rounds
+Steps = Annotated[int, Interval(ge=1, le=100_000)]  # local optimizer steps per round
+Seed = Annotated[int, Interval(ge=0, le=MAX_SEED)]
+Seconds = Annotated[float, Gt(0)]  # a positive, finite number of seconds (a work cap)
 
 
 def sign_seconds(scheme: str, message_bytes: int = 512) -> float:
@@ -115,7 +127,7 @@ def check_work(seconds: float, cap: float, what: str, drivers: str, key: str = "
 class LocalTrainConfig:
     """One client's local training per round."""
 
-    steps: Annotated[int, Interval(ge=1, le=100_000)] = 20  # local optimizer steps per round
+    steps: Steps = 20  # local optimizer steps per round
     batch_size: Annotated[int, Interval(ge=1, le=DIGITS_TRAIN)] = 32  # examples per step
     lr: Annotated[float, Interval(gt=0, le=1)] = 3e-3  # AdamW lr (a fresh optimizer each round)
 
@@ -128,8 +140,8 @@ class FLConfig:
     """One federated experiment."""
 
     model: Model = "mlp"  # "mlp", "cnn" or "mlp-10m"
-    num_clients: Annotated[int, Interval(ge=1, le=DIGITS_TRAIN)] = 3  # all sampled every round
-    rounds: Annotated[int, Interval(ge=1, le=100_000)] = 5  # federated rounds
+    num_clients: Clients = 3  # all sampled every round
+    rounds: Rounds = 5  # federated rounds
     partition: Partition = "iid"  # client data split
     alpha: Annotated[float, Interval(gt=0, le=1e6)] = 0.5  # Dirichlet concentration (dirichlet)
     local: LocalTrainConfig = field(default_factory=LocalTrainConfig)  # steps, batch, lr per round
@@ -148,9 +160,11 @@ class FLConfig:
     num_byzantine: Annotated[int, Interval(ge=0, le=DIGITS_TRAIN)] = (
         0  # the last clients; < num_clients
     )
-    seed: Annotated[int, Interval(ge=0, le=MAX_SEED)] = 0  # split, initial weights, shuffling
-    max_cpu_s: Annotated[float, Gt(0)] = DEFAULT_MAX_CPU_S  # refuse runs estimated above this
-    max_memory_gb: Annotated[float, Gt(0)] = DEFAULT_MAX_MEMORY_GB  # refuse runs estimated above
+    seed: Seed = 0  # split, initial weights, shuffling
+    max_cpu_s: Seconds = DEFAULT_MAX_CPU_S  # refuse runs estimated above (CPU-core s)
+    max_memory_gb: Annotated[float, Gt(0)] = (
+        DEFAULT_MAX_MEMORY_GB  # refuse runs estimated above (GB)
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, strict=True)

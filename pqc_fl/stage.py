@@ -25,16 +25,20 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from annotated_types import Gt, Interval, MinLen
+from annotated_types import Interval, MinLen
 
 from pqc_fl.attacks import PoisoningAttack
 from pqc_fl.config import (
     DEFAULT_MAX_CPU_S,
     MODELS,
+    Clients,
     Engine,
     FLConfig,
     LocalTrainConfig,
     Model,
+    Rounds,
+    Seconds,
+    Steps,
     StrategyName,
     attack_suite_seconds,
     check_scheme,
@@ -71,27 +75,26 @@ class StageConfig:
         "ed25519+ml-dsa-44",
     )  # primitive-table schemes (the slow SLH-DSA "s" sets are in the benchmark)
     budget_s: Annotated[float, Interval(gt=0, le=60)] = 0.05  # seconds per primitive-table cell
-    fl_rounds: Annotated[int, Interval(ge=1, le=1000)] = 5  # rounds of the accuracy runs
+    fl_rounds: Rounds = 5  # rounds of the accuracy runs
     fl_model: Model = "mlp"  # model of the accuracy runs
     engine: Engine = "flower"  # engine of the tampering-client run: "flower" (Ray) or "inprocess"
     cost_models: Annotated[tuple[Model, ...], MinLen(1), Unique] = MODELS  # round-cost models
-    cost_clients: Annotated[
-        tuple[Annotated[int, Interval(ge=1, le=1000)], ...], MinLen(1), Unique
-    ] = (2, 10)  # round-cost client counts (100 in the benchmark)
-    local_steps: Annotated[int, Interval(ge=1, le=10_000)] = (
-        20  # local steps per round (every federated run and the round-cost model)
-    )
+    cost_clients: Annotated[tuple[Clients, ...], MinLen(1), Unique] = (
+        2,
+        10,
+    )  # round-cost client counts (100 in the benchmark)
+    local_steps: Steps = 20  # local steps per round (every federated run and the round-cost model)
     honest_updates: Annotated[int, Interval(ge=1, le=10_000_000)] = (
         300  # honest updates in the attack suite (10,000 in the benchmark)
     )
-    byz_rounds: Annotated[int, Interval(ge=1, le=1000)] = 5  # rounds of the insider-attack runs
+    byz_rounds: Rounds = 5  # rounds of the insider-attack runs
     byz_strategies: Annotated[tuple[StrategyName, ...], MinLen(1), Unique] = (
         "fedavg",
         "fedmedian",
         "krum",
     )  # strategies compared under attack
     byz_attack: PoisoningAttack = "sign_flip"  # the model-poisoning attack (20% Byzantine)
-    max_cpu_s: Annotated[float, Gt(0)] = DEFAULT_MAX_CPU_S  # refuse a stage estimated above this
+    max_cpu_s: Seconds = DEFAULT_MAX_CPU_S  # refuse a stage estimated above this
 
     def __post_init__(self) -> None:
         check_fields(self, strict=True)

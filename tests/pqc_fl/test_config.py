@@ -17,7 +17,7 @@ from pqc_fl.schemes import SchemeError, get_scheme
 from pqc_fl.stage import StageConfig
 from qhybrid.cli import main
 from qhybrid.config import resolve_config
-from qhybrid.errors import ConfigError
+from qhybrid.errors import ConfigError, QHybridError
 
 CONFIGS = (FLRunConfig, BenchConfig, StageConfig)
 
@@ -234,3 +234,45 @@ def test_keys_command_takes_flags_or_set_and_never_overwrites(
     (tmp_path / "file").write_text("x")
     rc, err = _cli(capsys, "fl", "keys", "--dir", str(tmp_path / "file"), "--max-examples", "5")
     assert rc == 2 and "is a file" in err
+
+
+@pytest.mark.parametrize(
+    "failure", [QHybridError("the Flower simulation failed"), KeyboardInterrupt()]
+)
+def test_a_run_that_fails_before_its_results_leaves_no_run_folder(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: BaseException,
+) -> None:
+    import pqc_fl.commands as commands
+
+    made: list[Path] = []
+
+    def fail(cfg: FLConfig, key_dir: Path, out: Path) -> dict[str, Any]:
+        made.append(key_dir.parent)
+        (key_dir.parent / "partial.json").write_text("{}")  # something the run had written
+        raise failure
+
+    monkeypatch.setattr(commands, "run_experiment", fail)
+    rc, err = _cli(capsys, "fl", "run", "--out", str(tmp_path / "runs"), "--set", "rounds=1")
+    assert rc == (2 if isinstance(failure, QHybridError) else 130) and err.startswith("error: ")
+    assert made and not made[0].exists() and list((tmp_path / "runs").iterdir()) == []
+
+
+def test_flower_and_ray_errors_become_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pqc_fl.flower_app as flower_app
+
+    def crash(*_: object, **__: object) -> dict[str, Any]:
+        raise RuntimeError("Ray worker died")
+
+    monkeypatch.setattr(flower_app, "run_flower_simulation", crash)
+    argv = ["fl", "run", "--out", str(tmp_path), "--set", 'engine="flower"', "--set", "rounds=1"]
+    rc, err = _cli(capsys, *argv)
+    assert rc == 2 and err.strip().splitlines() == [
+        "error: the Flower simulation failed (RuntimeError: Ray worker died); rerun with -v for "
+        'Flower\'s log, or use --set engine="inprocess"'
+    ]
+    assert list(tmp_path.iterdir()) == []
