@@ -192,6 +192,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # an optional value: the one type's own message
+            return _coerce(value, options[0], where)
         errors = []
         for arg in args:
             if arg is type(None):
