@@ -7,8 +7,11 @@ a string) → a frozen dataclass instance → ``config.json`` in the run folder.
 Nested dataclasses are TOML tables and dotted keys: ``--set train.lr=1e-3``.
 
 Bounds are part of a field's type, as ``annotated_types`` metadata (the vocabulary pydantic uses):
-``steps: Annotated[int, Ge(1)] = 100``. They are checked when a config is resolved, with the user's
-dotted key in the message, and by :func:`check_fields` in a dataclass's ``__post_init__``. A field's
+``steps: Annotated[int, Ge(1)] = 100``; :data:`Unique` marks a list whose items must all differ.
+Floats are finite (NaN and infinities are refused). Bounds are checked when a config is resolved,
+with the user's dotted key in the message, and by :func:`check_fields` in a dataclass's
+``__post_init__`` (``check_fields(self, strict=True)`` also checks every value's type, so the
+Python API refuses what a TOML file would). A field's
 trailing ``# comment`` is its help text: :func:`config_help` lists every key with type, default,
 bounds and comment, which is what ``--help`` prints.
 
@@ -49,6 +52,7 @@ from qhybrid.errors import ConfigError
 T = TypeVar("T")
 
 __all__ = [
+    "Unique",
     "add_config_arguments",
     "check_fields",
     "config_from_args",
@@ -61,6 +65,14 @@ __all__ = [
     "presets",
     "resolve_config",
 ]
+
+
+def _all_different(items: Sequence[Any]) -> bool:
+    """all different"""
+    return len(set(items)) == len(items)
+
+
+Unique = at.Predicate(_all_different)  # a list field whose items must all differ
 
 
 def presets() -> dict[str, str]:
@@ -171,6 +183,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         _check_bounds(value, meta, where)
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):  # an instance checked itself in its __post_init__
+            return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"'{where}' must be a table of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=f"{where}.")
@@ -178,6 +192,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # an optional value: the one type's own message
+            return _coerce(value, options[0], where)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -215,9 +232,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"'{where}' must be a float, got {value!r} ({type(value).__name__})")
-        if math.isnan(value):
+        if isinstance(value, float) and math.isnan(value):
             raise ConfigError(f"'{where}' is NaN; give a number")
-        return float(value)
+        try:
+            as_float = float(value)
+        except OverflowError:
+            as_float = math.inf
+        if not math.isfinite(as_float):
+            raise ConfigError(f"'{where}' = {value!r} is not a finite float; give a finite number")
+        return as_float
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"'{where}' must be an int, got {value!r} ({type(value).__name__})")
@@ -250,6 +273,8 @@ def _bound_text(meta: Any) -> str:
         return f"at least {meta.min_length} items"
     if isinstance(meta, at.MaxLen):
         return f"at most {meta.max_length} items"
+    if isinstance(meta, at.Predicate):
+        return (meta.func.__doc__ or str(meta)).strip()
     return str(meta)
 
 
@@ -269,12 +294,27 @@ def _check_bounds(value: Any, meta: Sequence[Any], where: str) -> None:
             ok = len(value) >= m.min_length
         elif isinstance(m, at.MaxLen):
             ok = len(value) <= m.max_length
+        elif isinstance(m, at.Predicate):
+            ok = bool(m.func(value))
         if not ok:
             raise ConfigError(f"'{where}' = {value!r} must be {_bound_text(m)}")
 
 
-def check_fields(config: Any) -> None:
-    """Check every ``Annotated`` bound of a dataclass instance; call it from ``__post_init__``."""
+def check_fields(config: Any, *, strict: bool = False) -> None:
+    """Check every ``Annotated`` bound of a dataclass instance; call it from ``__post_init__``.
+
+    With ``strict=True`` every value is also checked against its whole annotation, exactly as a TOML
+    value is (type, ``Literal`` choices, finite floats, item bounds), and normalised the same way
+    (a list becomes a tuple, an int a float); a nested dataclass instance is taken as it is (its
+    own ``__post_init__`` checked it).
+    """
+    if strict:
+        for name, tp in get_type_hints(type(config), include_extras=True).items():
+            value = getattr(config, name, None)
+            coerced = _coerce(value, tp, name)
+            if coerced is not value:
+                object.__setattr__(config, name, coerced)
+        return
     for name, tp in get_type_hints(type(config), include_extras=True).items():
         value = getattr(config, name, None)
         if get_origin(tp) in (typing.Union, types.UnionType) and value is not None:

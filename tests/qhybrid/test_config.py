@@ -10,6 +10,7 @@ import pytest
 from annotated_types import Ge, Interval, MinLen
 
 from qhybrid.config import (
+    Unique,
     check_fields,
     config_help,
     config_to_dict,
@@ -216,3 +217,35 @@ def test_bounds_on_list_items_hold_for_files_and_the_python_api():
         resolve_config(Items, overrides=["sizes=[3, 0]"])
     with pytest.raises(ConfigError, match=r"'sizes\[1\]' = 0 must be >= 1"):
         Items(sizes=(3, 0))
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "+inf", "1e400"])
+def test_floats_are_finite(raw):
+    with pytest.raises(ConfigError, match="'share' = .* is not a finite float"):
+        resolve_config(Bounded, overrides=[f"share={raw}"])
+
+
+@dataclass(frozen=True)
+class Strict:
+    names: Annotated[tuple[Literal["a", "b", "c"], ...], MinLen(1), Unique] = ("a",)  # names
+    rate: float = 0.5  # a rate
+    inner: Inner = field(default_factory=Inner)  # nested table
+
+    def __post_init__(self) -> None:
+        check_fields(self, strict=True)
+
+
+def test_unique_lists_and_strict_types_hold_for_files_and_the_python_api():
+    with pytest.raises(ConfigError, match=r"'names' = \('a', 'a'\) must be all different"):
+        resolve_config(Strict, overrides=['names=["a", "a"]'])
+    with pytest.raises(ConfigError, match=r"must be all different"):
+        Strict(names=("b", "b"))
+    with pytest.raises(ConfigError, match=r"'names\[0\]' = 'x' is not one of"):
+        Strict(names=("x",))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"'rate' = inf is not a finite float"):
+        Strict(rate=float("inf"))
+    with pytest.raises(ConfigError, match=r"'rate' must be a float, got None"):
+        Strict(rate=None)  # type: ignore[arg-type]
+    cfg = Strict(names=["a", "b"], rate=1)  # type: ignore[arg-type]
+    assert cfg.names == ("a", "b") and isinstance(cfg.rate, float)  # normalised as TOML values are
+    assert "all different" in config_help(Strict)
