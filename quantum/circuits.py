@@ -19,10 +19,20 @@ from quantum.problem import GroverProblem, GroverProblemError
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
 
-__all__ = ["MAX_CIRCUIT_QUBITS", "MAX_DIAGONAL_QUBITS", "build_circuit", "build_oracle", "diffuser"]
+__all__ = [
+    "MAX_CIRCUIT_QUBITS",
+    "MAX_DIAGONAL_QUBITS",
+    "MCX_MODES",
+    "build_circuit",
+    "build_oracle",
+    "diffuser",
+    "grover_operator_circuit",
+]
 
 MAX_CIRCUIT_QUBITS = 32  # beyond this no statevector fits in memory; use the analytic backend
 MAX_DIAGONAL_QUBITS = 16  # DiagonalGate stores 2**n phases and synthesises O(2**n) gates
+# How grover_operator_circuit builds each multi-controlled Z: MCMTGate, or h-mcx-h by mode.
+MCX_MODES = ("mcmt", "noancilla", "recursion", "v-chain", "v-chain-dirty")
 
 
 def _zero_qubits(bits: str) -> list[int]:
@@ -150,4 +160,67 @@ def build_circuit(problem: GroverProblem, measure: bool = True) -> QuantumCircui
         qc.append(diff, list(range(n)))
     if measure:
         qc.measure(q, c)
+    return qc
+
+
+def _mcx_ancillas(mode: str, controls: int) -> int:
+    if mode == "recursion":
+        return 1 if controls > 4 else 0
+    if mode in ("v-chain", "v-chain-dirty"):
+        return max(0, controls - 2)
+    return 0
+
+
+def grover_operator_circuit(
+    problem: GroverProblem, mcx_mode: str = "mcmt", as_gate: bool = False
+) -> QuantumCircuit:
+    """Grover search built with Qiskit's own ``grover_operator``, as other Grover datasets do.
+
+    The oracle X-conjugates a multi-controlled Z per marked state: ``MCMTGate(ZGate(), n-1, 1)``
+    (``mcx_mode="mcmt"``) or ``h``·``mcx``·``h`` on qubit n-1 with ``QuantumCircuit.mcx(mode=...)``
+    (``"noancilla"``, ``"recursion"``, ``"v-chain"``, ``"v-chain-dirty"``; the ``mode`` argument is
+    deprecated since Qiskit 2.1 but still what such exports contain), with the mode's ancillas
+    after the n search qubits. ``grover_operator(oracle, reflection_qubits=search)`` gives the
+    iteration; the circuit is H on the search qubits, k iterations (composed inline, or appended
+    as one gate ``Q`` each with ``as_gate=True``), then measurement of the search qubits.
+    """
+    import warnings
+
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+    from qiskit.circuit.library import MCMTGate, ZGate, grover_operator
+
+    if mcx_mode not in MCX_MODES:
+        raise GroverProblemError(f"unknown mcx_mode {mcx_mode!r}; use one of {MCX_MODES}")
+    n = problem.n_qubits
+    if n < 2 or n > MAX_CIRCUIT_QUBITS:
+        raise GroverProblemError(f"grover_operator_circuit needs 2 <= n_qubits <= 32, not {n}")
+    ancillas = _mcx_ancillas(mcx_mode, n - 1)
+    oracle = QuantumCircuit(n + ancillas)
+    for s in problem.marked:
+        zeros = _zero_qubits(s)
+        if zeros:
+            oracle.x(zeros)
+        if mcx_mode == "mcmt":
+            oracle.append(MCMTGate(ZGate(), n - 1, 1), list(range(n)))
+        else:
+            oracle.h(n - 1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                oracle.mcx(
+                    list(range(n - 1)), n - 1, list(range(n, n + ancillas)) or None, mode=mcx_mode
+                )
+            oracle.h(n - 1)
+        if zeros:
+            oracle.x(zeros)
+    step = grover_operator(oracle, reflection_qubits=list(range(n)))
+    q = QuantumRegister(n, "q")
+    regs = [q] + ([QuantumRegister(ancillas, "anc")] if ancillas else [])
+    qc = QuantumCircuit(*regs, ClassicalRegister(n, "c"))
+    qc.h(q)
+    for _ in range(problem.iterations):
+        if as_gate:
+            qc.append(step.to_gate(), list(range(qc.num_qubits)))
+        else:
+            qc.compose(step, inplace=True)
+    qc.measure(q, qc.cregs[0])
     return qc
