@@ -12,7 +12,7 @@ The ``mcp_flag`` style adds one ancilla qubit (index n, prepared in |1>) that is
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quantum.problem import GroverProblem, GroverProblemError
 
@@ -27,6 +27,7 @@ __all__ = [
     "build_oracle",
     "diffuser",
     "grover_operator_circuit",
+    "random_library_circuit",
 ]
 
 MAX_CIRCUIT_QUBITS = 32  # beyond this no statevector fits in memory; use the analytic backend
@@ -224,3 +225,84 @@ def grover_operator_circuit(
             qc.compose(step, inplace=True)
     qc.measure(q, qc.cregs[0])
     return qc
+
+
+def random_library_circuit(seed: int, max_qubits: int = 7) -> QuantumCircuit:
+    """A random circuit made of Qiskit library parts, for testing readers of Qiskit's QASM exports.
+
+    One of: :func:`grover_operator_circuit` of a random problem, mode and form; a layer mix of
+    ``mcx`` in every mode and size (so the exporter numbers its definitions), the MCX synthesis
+    classes (gray code, recursive, v-chain), ``MCMTGate`` over random base gates, and
+    ``grover_operator`` of a random phase oracle; or ``qiskit.circuit.random.random_circuit`` over
+    the standard gates (measured or not). Deprecated Qiskit constructors are used on purpose:
+    files in the wild contain what they export.
+    """
+    import warnings
+
+    import numpy as np
+    from qiskit import QuantumCircuit
+    from qiskit.circuit.random import random_circuit
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, max_qubits + 1))
+    kind = int(rng.integers(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if kind == 0:
+            size = int(rng.integers(1, min(4, 2**n)))
+            states = rng.choice(2**n, size=size, replace=False)
+            problem = GroverProblem(n, [format(int(i), f"0{n}b") for i in states], int(rng.integers(1, 4)))
+            mode = MCX_MODES[int(rng.integers(len(MCX_MODES)))]
+            return grover_operator_circuit(problem, mode, bool(rng.integers(2)))
+        if kind == 1:
+            return random_circuit(n, int(rng.integers(1, 8)), 3, bool(rng.integers(2)), seed=seed)
+        qc = QuantumCircuit(2 * max_qubits + 2)
+        for _ in range(int(rng.integers(1, 5))):
+            _random_library_part(qc, rng, max_qubits)
+        return qc
+
+
+def _random_library_part(qc: QuantumCircuit, rng: Any, max_qubits: int) -> None:
+    from qiskit import QuantumCircuit
+    from qiskit.circuit.library import (
+        HGate,
+        MCMTGate,
+        MCXGrayCode,
+        MCXRecursive,
+        MCXVChain,
+        PhaseGate,
+        PhaseOracleGate,
+        RZGate,
+        XGate,
+        YGate,
+        ZGate,
+        grover_operator,
+    )
+
+    c = int(rng.integers(1, max_qubits))
+    part = int(rng.integers(5))
+    if part == 0:
+        mode = ("noancilla", "recursion", "v-chain", "v-chain-dirty")[int(rng.integers(4))]
+        anc = _mcx_ancillas(mode, c)
+        qc.mcx(list(range(c)), c, list(range(c + 1, c + 1 + anc)) or None, mode=mode)
+    elif part == 1:
+        gate = (MCXGrayCode(c), MCXRecursive(c), MCXVChain(c, dirty_ancillas=bool(rng.integers(2))))[
+            int(rng.integers(3))
+        ]
+        qc.append(gate, list(range(gate.num_qubits)))
+    elif part == 2:
+        theta = float(rng.uniform(-3, 3))
+        base = (ZGate(), XGate(), YGate(), HGate(), RZGate(theta), PhaseGate(theta))[int(rng.integers(6))]
+        targets = int(rng.integers(1, 3))
+        qc.append(MCMTGate(base, c, targets), list(range(c + targets)))
+    elif part == 3:
+        names = [f"x{i}" for i in range(c + 1)]
+        expr = " | ".join(
+            " & ".join(("" if rng.integers(2) else "~") + v for v in names) for _ in range(2)
+        )
+        oracle = QuantumCircuit(c + 1)
+        oracle.append(PhaseOracleGate(expr, var_order=names), range(c + 1))
+        qc.compose(grover_operator(oracle, insert_barriers=bool(rng.integers(2))), inplace=True)
+    else:
+        qc.h(int(rng.integers(qc.num_qubits)))
+        qc.cp(float(rng.uniform(-3, 3)), 0, int(rng.integers(1, qc.num_qubits)))
