@@ -251,7 +251,9 @@ def random_library_circuit(seed: int, max_qubits: int = 7) -> QuantumCircuit:
         if kind == 0:
             size = int(rng.integers(1, min(4, 2**n)))
             states = rng.choice(2**n, size=size, replace=False)
-            problem = GroverProblem(n, [format(int(i), f"0{n}b") for i in states], int(rng.integers(1, 4)))
+            problem = GroverProblem(
+                n, [format(int(i), f"0{n}b") for i in states], int(rng.integers(1, 4))
+            )
             mode = MCX_MODES[int(rng.integers(len(MCX_MODES)))]
             return grover_operator_circuit(problem, mode, bool(rng.integers(2)))
         if kind == 1:
@@ -286,13 +288,17 @@ def _random_library_part(qc: QuantumCircuit, rng: Any, max_qubits: int) -> None:
         anc = _mcx_ancillas(mode, c)
         qc.mcx(list(range(c)), c, list(range(c + 1, c + 1 + anc)) or None, mode=mode)
     elif part == 1:
-        gate = (MCXGrayCode(c), MCXRecursive(c), MCXVChain(c, dirty_ancillas=bool(rng.integers(2))))[
-            int(rng.integers(3))
-        ]
+        gate = (
+            MCXGrayCode(c),
+            MCXRecursive(c),
+            MCXVChain(c, dirty_ancillas=bool(rng.integers(2))),
+        )[int(rng.integers(3))]
         qc.append(gate, list(range(gate.num_qubits)))
     elif part == 2:
         theta = float(rng.uniform(-3, 3))
-        base = (ZGate(), XGate(), YGate(), HGate(), RZGate(theta), PhaseGate(theta))[int(rng.integers(6))]
+        base = (ZGate(), XGate(), YGate(), HGate(), RZGate(theta), PhaseGate(theta))[
+            int(rng.integers(6))
+        ]
         targets = int(rng.integers(1, 3))
         qc.append(MCMTGate(base, c, targets), list(range(c + targets)))
     elif part == 3:

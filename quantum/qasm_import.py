@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -65,6 +65,7 @@ __all__ = [
     "QasmImportError",
     "QasmLimits",
     "circuit_distribution",
+    "gate_definitions",
     "import_grover",
     "import_grover_file",
     "parse_qasm",
@@ -72,6 +73,8 @@ __all__ = [
 ]
 
 ALLOWED_INCLUDES = ("stdgates.inc",)
+_TOKEN = re.compile(r"\w+|\S")
+_OPEN, _CLOSE = np.frombuffer(b"([{", np.uint8), np.frombuffer(b")]}", np.uint8)
 _TOL = 1e-9  # phases, moduli and probabilities are compared to this
 
 
@@ -83,13 +86,17 @@ class QasmImportError(QHybridError):
 class QasmLimits:
     """Bounds on a QASM input, checked before the expensive step they protect."""
 
-    max_bytes: Annotated[int, Ge(1)] = 8 << 20  # file or text size, checked before reading it all
-    max_statements: Annotated[int, Ge(1)] = 100_000  # ';' in the text, before parsing (~3k/s)
+    max_bytes: Annotated[int, Ge(1)] = 4 << 20  # file or text size, checked before reading it all
+    max_statements: Annotated[int, Ge(1)] = 100_000  # ';' in the text, before parsing (~4k/s)
+    max_tokens: Annotated[int, Ge(1)] = 500_000  # words and symbols, before parsing (~25k/s)
+    max_nesting: Annotated[int, Ge(1)] = 100  # depth of (), [] and {} before parsing
     max_qubits: Annotated[int, Ge(1), Le(62)] = 62  # declared qubits (basis states are int64)
     max_operations: Annotated[int, Ge(1)] = 500_000  # gates after unrolling loops and definitions
     max_exact_qubits: Annotated[int, Ge(1), Le(26)] = 20  # search qubits checked on all 2^n states
     max_exact_terms: Annotated[int, Ge(1)] = 64  # ... while they hold <= this many terms per state
-    max_probe_qubits: Annotated[int, Ge(1), Le(32)] = 24  # qubits of a block Aer probes (2^q states)
+    max_probe_qubits: Annotated[int, Ge(1), Le(32)] = (
+        24  # qubits of a block Aer probes (2^q states)
+    )
     max_simulate_qubits: Annotated[int, Ge(0), Le(32)] = 20  # whole-circuit Aer check up to here
     max_simulate_work: Annotated[float, Ge(0)] = 2e9  # ... and gates x 2^qubits up to this
 
@@ -171,6 +178,21 @@ def _check_text(text: Any, limits: QasmLimits) -> str:
             f"QASM text has {statements:,} statements (';'), over QasmLimits.max_statements="
             f"{limits.max_statements:,}; use a for loop or raise the limit"
         )
+    tokens = len(_TOKEN.findall(text))
+    if tokens > limits.max_tokens:
+        raise QasmImportError(
+            f"QASM text has {tokens:,} words and symbols, over QasmLimits.max_tokens="
+            f"{limits.max_tokens:,} (the parser reads ~25k a second)"
+        )
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    depth = np.cumsum(np.isin(data, _OPEN).astype(np.int64) - np.isin(data, _CLOSE))
+    if depth.size and depth.max() > limits.max_nesting:
+        raise QasmImportError(
+            f"QASM text nests brackets {int(depth.max())} deep, over QasmLimits.max_nesting="
+            f"{limits.max_nesting}"
+        )
+    if not text.strip():
+        raise QasmImportError("the QASM input is empty")
     return text
 
 
@@ -205,10 +227,16 @@ def _first_line(err: BaseException) -> str:
 
 
 def _convert(program: Any) -> QuantumCircuit:
+    import warnings
+
     import qiskit_qasm3_import
 
     try:
-        return qiskit_qasm3_import.convert(program)
+        with warnings.catch_warnings():  # the converter calls Gate.control(annotated=None)
+            warnings.filterwarnings(
+                "ignore", "``qiskit.circuit.gate.Gate.control", DeprecationWarning
+            )
+            return qiskit_qasm3_import.convert(program)
     except RecursionError:
         raise QasmImportError("QASM gate definitions are nested too deeply") from None
     except Exception as err:  # ConversionError and the converter's own checks
@@ -246,9 +274,9 @@ def _literal_int(node: Any, what: str) -> int:
         return 1
     if isinstance(node, ast.IntegerLiteral):
         return int(node.value)
-    if isinstance(node, ast.UnaryExpression) and isinstance(node.expression, ast.IntegerLiteral):
-        if node.op.name == "-":
-            return -int(node.expression.value)
+    negative = isinstance(node, ast.UnaryExpression) and node.op.name == "-"
+    if negative and isinstance(node.expression, ast.IntegerLiteral):
+        return -int(node.expression.value)
     raise QasmImportError(
         f"{_line(node)}: {what} must be an integer literal (a computed size or range cannot be "
         "bounded before it is built)"
@@ -309,7 +337,9 @@ def _check_program(program: Any, limits: QasmLimits) -> None:
                     raise QasmImportError(f"{_line(s)}: bit register of size {size}")
             elif isinstance(s, ast.ForInLoop):
                 visit(s.block, repeat * _loop_count(s))
-            elif isinstance(s, ast.QuantumGate | ast.QuantumPhase | ast.QuantumMeasurementStatement):
+            elif isinstance(
+                s, ast.QuantumGate | ast.QuantumPhase | ast.QuantumMeasurementStatement
+            ):
                 work += repeat
                 if work > limits.max_operations:
                     raise QasmImportError(
@@ -409,7 +439,9 @@ class _GPhase:
     num_qubits: int = 0
 
 
-def _leaves(op: Any, qubits: tuple[int, ...], depth: int = 0) -> Iterator[tuple[Any, tuple[int, ...]]]:
+def _leaves(
+    op: Any, qubits: tuple[int, ...], depth: int = 0
+) -> Iterator[tuple[Any, tuple[int, ...]]]:
     """Standard gates (controlled or not) that ``op`` applies, definitions unrolled."""
     if op.name in ("barrier", "delay"):
         return
@@ -583,7 +615,10 @@ def _bits(x: int, n: int) -> str:
 
 
 def _exact_block(
-    leaves: Sequence[tuple[Any, tuple[int, ...]]], search: Sequence[int], anc: int, width: int,
+    leaves: Sequence[tuple[Any, tuple[int, ...]]],
+    search: Sequence[int],
+    anc: int,
+    width: int,
     limits: QasmLimits,
 ) -> _Diagonal | None:
     """Every search basis state through the block, exactly (None if too many terms or qubits)."""
@@ -615,7 +650,9 @@ def _exact_block(
 
 
 def _probe_block(
-    leaves: Sequence[tuple[Any, tuple[int, ...]]], search: Sequence[int], anc: int,
+    leaves: Sequence[tuple[Any, tuple[int, ...]]],
+    search: Sequence[int],
+    anc: int,
     limits: QasmLimits,
 ) -> _Diagonal | None:
     """Aer on two random states r (random moduli and phases): diagonal iff |(Ur)_x| = |r_x|."""
@@ -692,7 +729,10 @@ def _z_flip(op: Any, qubits: tuple[int, ...]) -> tuple[tuple[int, ...], int] | N
         ctrls, state, base = op.num_ctrl_qubits, op.ctrl_state, op.base_gate
     if base.num_qubits != 1 or getattr(base, "num_ctrl_qubits", 0):
         return None
-    pi_phase = base.name in ("p", "u1") and abs(math.remainder(float(base.params[0]) - math.pi, 2 * math.pi)) < 1e-12
+    pi_phase = (
+        base.name in ("p", "u1")
+        and abs(math.remainder(float(base.params[0]) - math.pi, 2 * math.pi)) < 1e-12
+    )
     if base.name == "z" or pi_phase:
         return qubits, state | (1 << ctrls)
     return None
@@ -715,7 +755,8 @@ def _symbolic_block(
 ) -> _Diagonal | None:
     """X gates and multi-controlled Z/phase(π) on all search qubits, for any n (None otherwise)."""
     pos = {q: i for i, q in enumerate(search)}
-    mask, angle, flipped, i = 0, 0.0, set(), 0
+    mask, angle, i = 0, 0.0, 0
+    flipped: set[int] = set()
     while i < len(leaves):
         op, qubits = leaves[i]
         step, flip = 1, None
@@ -744,7 +785,9 @@ def _symbolic_block(
         i += step
     if mask:
         n = len(search)
-        raise _NotDiagonal(f"flips search bits {_bits(mask, n)} without undoing them (not diagonal)")
+        raise _NotDiagonal(
+            f"flips search bits {_bits(mask, n)} without undoing them (not diagonal)"
+        )
     return _Diagonal(None, frozenset(flipped), complex(np.exp(1j * angle)), anc, "symbolic")
 
 
@@ -902,15 +945,19 @@ class _Walk:
     def where(self, part: Sequence[tuple[int, Any, tuple[int, ...]]]) -> str:
         tops = sorted({at for at, _, _ in part})
         if not tops:
-            return "(empty)"
+            return "(no gates between two Hadamard layers: a call is missing here)"
         shown = ", ".join(f"#{t} {self.names[t]!r}" for t in tops[:4])
         return f"(top-level instruction{'s' if len(tops) > 1 else ''} {shown}{', ...' if len(tops) > 4 else ''})"
 
-    def action(self, part: Sequence[tuple[int, Any, tuple[int, ...]]], anc: int, what: str) -> _Diagonal:
+    def action(
+        self, part: Sequence[tuple[int, Any, tuple[int, ...]]], anc: int, what: str
+    ) -> _Diagonal:
         try:
             return self.blocks.action([(op, q) for _, op, q in part], anc)
         except _NotDiagonal as err:
-            raise QasmImportError(f"not a Grover circuit: {what} {self.where(part)} {err}") from None
+            raise QasmImportError(
+                f"not a Grover circuit: {what} {self.where(part)} {err}"
+            ) from None
 
 
 def _oracle_name(walk: _Walk, part: Sequence[tuple[int, Any, tuple[int, ...]]]) -> str:
@@ -932,8 +979,13 @@ def _recognise(circ: _Circuit, limits: QasmLimits) -> tuple[list[int], np.ndarra
         raise QasmImportError(
             f"{n} search qubits (measured, or starting with h); a Grover circuit has 1..60"
         )
-    walk = _Walk(circ, search, _flatten(circ, limits), _Blocks(search, circ.num_qubits, limits),
-                 {at: op.name for at, op, _ in circ.ops})
+    walk = _Walk(
+        circ,
+        search,
+        _flatten(circ, limits),
+        _Blocks(search, circ.num_qubits, limits),
+        {at: op.name for at, op, _ in circ.ops},
+    )
     runs = _layer_windows(walk.leaves, search)
     if not runs:
         raise QasmImportError(
@@ -966,7 +1018,9 @@ def _prefix_state(prefix: Sequence[tuple[int, Any, tuple[int, ...]]], width: int
     return int(terms.basis[0])
 
 
-def _next_block(walk: _Walk, runs: list[list[int]], cur: int, anc: int, what: str) -> tuple[int, _Diagonal] | None:
+def _next_block(
+    walk: _Walk, runs: list[list[int]], cur: int, anc: int, what: str
+) -> tuple[int, _Diagonal] | None:
     """The next Hadamard layer after ``cur`` and the diagonal block before it: of a run's
     candidate layers, the first that leaves a diagonal block (h·D is never diagonal if D is)."""
     options = next(([p for p in run if p >= cur] for run in runs if run[-1] >= cur), [])
@@ -987,12 +1041,11 @@ def _pairs(walk: _Walk, runs: list[list[int]], cur: int, anc: int) -> tuple[np.n
     """Walk the blocks between Hadamard layers: oracle O_S, reflection, O_S, reflection, ...
     Returns (S, k, position after the last layer)."""
     n = len(walk.search)
-    total = max(1, sum(len(run) for run in runs) // 2)  # for messages only
     marked: np.ndarray | None = None
     j = 0
     while True:
         call = j // 2 + 1
-        what = f"oracle call {call} of ~{total}" if j % 2 == 0 else f"diffuser {call}"
+        what = f"oracle call {call}" if j % 2 == 0 else f"diffuser {call}"
         found = _next_block(walk, runs, cur, anc, what)
         if found is None:
             break
@@ -1039,7 +1092,9 @@ def _check_oracle(
     return states
 
 
-def _classes_or_fail(walk: _Walk, d: _Diagonal, n: int, part: Any, what: str) -> tuple[complex, np.ndarray]:
+def _classes_or_fail(
+    walk: _Walk, d: _Diagonal, n: int, part: Any, what: str
+) -> tuple[complex, np.ndarray]:
     try:
         return _classes(d, n)
     except _NotDiagonal as err:
@@ -1102,12 +1157,15 @@ def import_grover(
     limits = limits or QasmLimits()
     if simulate not in ("auto", "always", "never"):
         raise QasmImportError(f"simulate={simulate!r}; use 'auto', 'always' or 'never'")
-    qc = source if not isinstance(source, str | bytes) else None
-    if qc is None:
+    if isinstance(source, str | bytes):
         program = _parse_ast(_check_text(source, limits), limits)
         if _is_definitions_only(program):
-            return _import_oracle(program, limits, iterations, oracle_style, oracle_gate, flag_qubits)
+            return _import_oracle(
+                program, limits, iterations, oracle_style, oracle_gate, flag_qubits
+            )
         qc = _convert(program)
+    else:
+        qc = _circuit(source)
     if iterations is not None or flag_qubits:
         raise QasmImportError(
             "iterations= and flag_qubits= apply to oracle-only input; a full circuit's k and "
@@ -1120,6 +1178,17 @@ def import_grover(
     return GroverImport(
         problem, tuple(search), circ.num_qubits, False, tuple(sorted(blocks.used)), diff
     )
+
+
+def _circuit(source: Any) -> QuantumCircuit:
+    from qiskit import QuantumCircuit
+
+    if not isinstance(source, QuantumCircuit):
+        raise QasmImportError(
+            f"QASM input must be a str (or bytes, or a qiskit QuantumCircuit), not "
+            f"{type(source).__name__}"
+        )
+    return source
 
 
 def import_grover_file(path: str | os.PathLike[str], **kwargs: Any) -> GroverImport:
@@ -1137,8 +1206,13 @@ def _problem(n: int, marked: np.ndarray, k: int | None, style: str) -> GroverPro
 def _is_definitions_only(program: Any) -> bool:
     from openqasm3 import ast
 
-    quantum = (ast.QuantumGate, ast.QuantumPhase, ast.QuantumMeasurementStatement, ast.ForInLoop,
-               ast.QubitDeclaration)
+    quantum = (
+        ast.QuantumGate,
+        ast.QuantumPhase,
+        ast.QuantumMeasurementStatement,
+        ast.ForInLoop,
+        ast.QubitDeclaration,
+    )
     return not any(isinstance(s, quantum) for s in program.statements)
 
 
@@ -1233,7 +1307,7 @@ def circuit_distribution(
     ``max_simulate_qubits`` (qubits, ancillas included) and ``max_simulate_work``.
     """
     limits = limits or QasmLimits()
-    qc = source if not isinstance(source, str | bytes) else parse_qasm(source, limits)
+    qc = parse_qasm(source, limits) if isinstance(source, str | bytes) else _circuit(source)
     circ = _unroll(qc, limits)
     search = sorted(circ.measured, key=circ.measured.__getitem__) or list(range(circ.num_qubits))
     if len(circ.ops) * 2.0**circ.num_qubits > limits.max_simulate_work:
@@ -1242,3 +1316,15 @@ def circuit_distribution(
             f"QasmLimits.max_simulate_work={limits.max_simulate_work:.3g}; raise it to simulate"
         )
     return _aer_probabilities(circ, search, limits)
+
+
+def gate_definitions(text: str | bytes, limits: QasmLimits | None = None) -> dict[str, int]:
+    """``{gate name: number of qubits}`` of the gates ``text`` defines (bounded parse, no build)."""
+    from openqasm3 import ast
+
+    program = _parse_ast(_check_text(text, limits or QasmLimits()), limits or QasmLimits())
+    return {
+        s.name.name: len(s.qubits)
+        for s in program.statements
+        if isinstance(s, ast.QuantumGateDefinition)
+    }
