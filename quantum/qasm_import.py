@@ -1277,10 +1277,12 @@ def _simulation_check(
 def _aer_probabilities(
     circ: _Circuit, search: Sequence[int], limits: QasmLimits, force: bool = False
 ) -> np.ndarray:
-    from qiskit import QuantumCircuit
+    """Aer's statevector probabilities of the search qubits. Aer gets the standard-gate leaves,
+    never a custom gate: its transpiler would run a custom ``gate mcx`` as Aer's own mcx by name,
+    whatever the file's definition says."""
     from qiskit_aer import AerSimulator
 
-    from quantum.simulate import aer_transpile, available_memory
+    from quantum.simulate import available_memory
 
     need = 24 * 2.0**circ.num_qubits
     if need > available_memory() or (not force and circ.num_qubits > limits.max_simulate_qubits):
@@ -1288,11 +1290,9 @@ def _aer_probabilities(
             f"{circ.num_qubits} qubits are too many to simulate exactly here (about "
             f"{need / 2**30:.1f} GiB; QasmLimits.max_simulate_qubits={limits.max_simulate_qubits})"
         )
-    qc = QuantumCircuit(circ.num_qubits)
-    for _, op, qubits in circ.ops:
-        qc.append(op, list(qubits))
-    qc = aer_transpile(qc)
-    qc.save_probabilities(list(search))  # type: ignore[attr-defined]
+    leaves = [(op, q) for _, op, q in _flatten(circ, limits)]
+    qc = _leaf_circuit(leaves, circ.num_qubits, {q: q for q in range(circ.num_qubits)})
+    qc.save_probabilities(list(search))
     result = AerSimulator(method="statevector").run(qc).result()
     return np.asarray(result.data()["probabilities"], dtype=np.float64)
 
