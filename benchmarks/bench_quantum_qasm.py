@@ -246,6 +246,7 @@ def main() -> None:
     done = {}
     if partial.exists():
         done = {r["case"]: r for r in map(json.loads, partial.read_text().splitlines()) if r}
+    env = environment_info()  # the commit that runs (a later commit must not be named)
     beat = Heartbeat()
 
     def record(case: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -299,7 +300,7 @@ def main() -> None:
         "tokenizer_exports": tokenizer["exports"],
     }  # fmt: skip
     result = {
-        "benchmark": "quantum_qasm", "env": environment_info(), "args": vars(args),
+        "benchmark": "quantum_qasm", "env": env, "args": vars(args),
         "summary": summary, "sweep": sweep, "tamper": tamper, "tokenizer": tokenizer,
     }  # fmt: skip
     atomic_write_json(Path(args.out), result)

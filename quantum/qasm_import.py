@@ -47,7 +47,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -74,6 +74,7 @@ __all__ = [
 
 ALLOWED_INCLUDES = ("stdgates.inc",)
 _TOKEN = re.compile(r"\w+|\S")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _OPEN, _CLOSE = np.frombuffer(b"([{", np.uint8), np.frombuffer(b")]}", np.uint8)
 _TOL = 1e-9  # phases, moduli and probabilities are compared to this
 
@@ -167,10 +168,10 @@ def _check_text(text: Any, limits: QasmLimits) -> str:
         raise QasmImportError(
             f"QASM text has {len(text):,} characters, over QasmLimits.max_bytes={limits.max_bytes:,}"
         )
-    bad = next((c for c in text if c < " " and c not in "\t\n\r\f"), None)
+    bad = _CONTROL.search(text)
     if bad is not None:
         raise QasmImportError(
-            f"QASM text holds the control character {bad!r}: it is binary, not OpenQASM text"
+            f"QASM text holds the control character {bad.group()!r}: it is binary, not OpenQASM text"
         )
     statements = text.count(";")
     if statements > limits.max_statements:
@@ -923,7 +924,6 @@ class GroverImport:
     oracle_only: bool  # the input was a gate definition only; k is the caller's (default k*)
     verified: tuple[str, ...]  # engines that established the blocks: symbolic, exact, probe
     aer_max_abs_diff: float | None = None  # whole circuit simulated by Aer vs the closed form
-    notes: tuple[str, ...] = field(default=())
 
     def distribution(self) -> Any:
         """The exact distribution in closed form (:class:`~quantum.simulate.TwoLevelDistribution`)."""
@@ -960,7 +960,7 @@ class _Walk:
             ) from None
 
 
-def _oracle_name(walk: _Walk, part: Sequence[tuple[int, Any, tuple[int, ...]]]) -> str:
+def _missing_diffuser(walk: _Walk, part: Sequence[tuple[int, Any, tuple[int, ...]]]) -> str:
     """'oracle call i of K has no diffuser after it' when a block holds two named oracle calls."""
     tops = sorted({at for at, _, _ in part})
     names = [walk.names[t] for t in tops]
@@ -1081,7 +1081,7 @@ def _check_oracle(
     if len(minus) == 0 or len(minus) == 2**n:
         raise QasmImportError(
             f"not a Grover circuit: {what} {walk.where(part)} flips no state (it is the identity "
-            f"up to a global phase){_oracle_name(walk, part)}"
+            f"up to a global phase){_missing_diffuser(walk, part)}"
         )
     states = _marked(c, minus, n)
     if marked is not None and not np.array_equal(states, marked):
