@@ -45,7 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from qhybrid.runs import atomic_write_json, environment_info
 from quantum import GroverProblem, render, two_level
-from quantum.circuits import grover_operator_circuit, random_library_circuit
+from quantum.circuits import (
+    TAMPER_GATES,
+    grover_operator_circuit,
+    random_library_circuit,
+    tamper_circuit,
+)
 from quantum.qasm_import import QasmImportError, QasmLimits, circuit_distribution, import_grover
 
 STYLES = ("x_mcz_x", "mcp_flag", "phase_oracle", "diagonal")
@@ -115,12 +120,9 @@ def run_import_case(build: Callable[[], tuple[str, str, GroverProblem, int]]) ->
     }  # fmt: skip
 
 
-TAMPER_GATES = ("x", "z", "h", "s", "t", "rz", "cx", "cz")
-
-
 def tampered_texts(text: str, count: int, seed: int) -> list[tuple[str, str]]:
     """``count`` random edits of ``text``: of the parsed circuit, or of a gate definition's lines."""
-    from qiskit import QuantumCircuit, qasm3
+    from qiskit import qasm3
 
     rng = np.random.default_rng(seed)
     qc = qasm3.loads(text)
@@ -138,29 +140,9 @@ def tampered_texts(text: str, count: int, seed: int) -> list[tuple[str, str]]:
             lines[i : i + 1] = [] if how == "def_delete" else [lines[i], lines[i]]
             out.append((how, "".join(lines)))
             continue
-        data = [i for i in qc.data if i.operation.name != "measure"]
-        tail = [i for i in qc.data if i.operation.name == "measure"]
-        where = int(rng.integers(len(data)))
-        if how == "remove":
-            data.pop(where)
-        elif how == "duplicate":
-            data.insert(where, data[where])
-        elif how == "swap" and where + 1 < len(data):
-            data[where], data[where + 1] = data[where + 1], data[where]
-        elif how == "insert":
-            gate = TAMPER_GATES[rng.integers(len(TAMPER_GATES))]
-            q = [int(x) for x in rng.choice(qc.num_qubits, 2, replace=False)]
-            extra = QuantumCircuit(qc.num_qubits)
-            getattr(extra, gate)(*({"rz": (0.3, q[0]), "cx": q, "cz": q}.get(gate, (q[0],))))
-            data.insert(
-                where,
-                extra.data[0].replace(
-                    qubits=[qc.qubits[i] for i in (q if gate in ("cx", "cz") else q[:1])]
-                ),
-            )
-        new = qc.copy_empty_like()
-        for inst in data + tail:
-            new.append(inst)
+        gate = TAMPER_GATES[rng.integers(len(TAMPER_GATES))]
+        where, qubit = int(rng.integers(len(qc.data))), int(rng.integers(qc.num_qubits))
+        new = tamper_circuit(qc, how, where, gate, qubit)
         out.append((how, qasm3.dumps(new)))
     return out
 

@@ -28,6 +28,7 @@ __all__ = [
     "diffuser",
     "grover_operator_circuit",
     "random_library_circuit",
+    "tamper_circuit",
 ]
 
 MAX_CIRCUIT_QUBITS = 32  # beyond this no statevector fits in memory; use the analytic backend
@@ -312,3 +313,44 @@ def _random_library_part(qc: QuantumCircuit, rng: Any, max_qubits: int) -> None:
     else:
         qc.h(int(rng.integers(qc.num_qubits)))
         qc.cp(float(rng.uniform(-3, 3)), 0, int(rng.integers(1, qc.num_qubits)))
+
+
+TAMPER_EDITS = ("remove", "duplicate", "swap", "insert")
+TAMPER_GATES = ("x", "z", "h", "s", "t", "rz", "cx", "cz")
+
+
+def tamper_circuit(
+    circuit: QuantumCircuit, edit: str, where: int, gate: str = "x", qubit: int = 0
+) -> QuantumCircuit:
+    """``circuit`` with one change before its measurements, for testing circuit readers.
+
+    ``edit``: ``"remove"``, ``"duplicate"`` or ``"swap"`` (with the next) the top-level
+    instruction ``where`` (mod their count), or ``"insert"`` ``gate`` (one of
+    :data:`TAMPER_GATES`; ``rz`` is rz(0.3), two-qubit gates act on ``qubit`` and the next) there.
+    """
+    from qiskit import QuantumCircuit
+
+    if edit not in TAMPER_EDITS or gate not in TAMPER_GATES:
+        raise GroverProblemError(
+            f"edit {edit!r} / gate {gate!r}: use {TAMPER_EDITS} / {TAMPER_GATES}"
+        )
+    data = [i for i in circuit.data if i.operation.name != "measure"]
+    tail = [i for i in circuit.data if i.operation.name == "measure"]
+    where %= max(1, len(data))
+    if edit == "remove" and data:
+        data.pop(where)
+    elif edit == "duplicate" and data:
+        data.insert(where, data[where])
+    elif edit == "swap" and where + 1 < len(data):
+        data[where], data[where + 1] = data[where + 1], data[where]
+    elif edit == "insert":
+        n = circuit.num_qubits
+        q = [qubit % n, (qubit + 1) % n]
+        extra = QuantumCircuit(n)
+        getattr(extra, gate)(*{"rz": (0.3, q[0]), "cx": q, "cz": q}.get(gate, (q[0],)))
+        qubits = [circuit.qubits[extra.find_bit(b).index] for b in extra.data[0].qubits]
+        data.insert(where, extra.data[0].replace(qubits=qubits))
+    out = circuit.copy_empty_like()
+    for inst in data + tail:
+        out.append(inst)
+    return out

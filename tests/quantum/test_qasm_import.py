@@ -13,12 +13,18 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qiskit import QuantumCircuit, qasm3
+from qiskit import qasm3
 from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Statevector
 
 from quantum import GroverProblem, render, two_level
-from quantum.circuits import MCX_MODES, grover_operator_circuit
+from quantum.circuits import (
+    MCX_MODES,
+    TAMPER_EDITS,
+    TAMPER_GATES,
+    grover_operator_circuit,
+    tamper_circuit,
+)
 from quantum.qasm_import import (
     QasmImportError,
     QasmLimits,
@@ -150,42 +156,18 @@ BASES = {
     "qiskit_gate": lambda: grover_operator_circuit(GroverProblem(3, ["011"], 2), "mcmt", True),
     "flag": lambda: qasm3.loads(render(GroverProblem(3, ["001"], 2, "mcp_flag"), "qasm3")),
 }
-EXTRA = ["x", "z", "h", "s", "t", "rz", "cx", "cz"]
-
-
-def tamper(qc: QuantumCircuit, how: str, where: int, gate: str, qubit: int) -> QuantumCircuit:
-    data = [i for i in qc.data if i.operation.name != "measure"]
-    tail = [i for i in qc.data if i.operation.name == "measure"]
-    where %= len(data)
-    if how == "remove":
-        data.pop(where)
-    elif how == "duplicate":
-        data.insert(where, data[where])
-    elif how == "swap" and where + 1 < len(data):
-        data[where], data[where + 1] = data[where + 1], data[where]
-    elif how == "insert":
-        extra = QuantumCircuit(qc.num_qubits)
-        q0, q1 = qubit % qc.num_qubits, (qubit + 1) % qc.num_qubits
-        args = {"rz": (0.3, q0), "cx": (q0, q1), "cz": (q0, q1)}.get(gate, (q0,))
-        getattr(extra, gate)(*args)
-        data.insert(where, extra.data[0].replace(qubits=[qc.qubits[extra.find_bit(q).index]
-                                                         for q in extra.data[0].qubits]))  # fmt: skip
-    out = qc.copy_empty_like()
-    for inst in data + tail:
-        out.append(inst)
-    return out
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     base=st.sampled_from(sorted(BASES)),
-    how=st.sampled_from(["remove", "duplicate", "swap", "insert"]),
+    how=st.sampled_from(TAMPER_EDITS),
     where=st.integers(0, 10_000),
-    gate=st.sampled_from(EXTRA),
+    gate=st.sampled_from(TAMPER_GATES),
     qubit=st.integers(0, 3),
 )
 def test_tampered_circuits_are_never_silently_mislabelled(base, how, where, gate, qubit):
-    text = qasm3.dumps(tamper(BASES[base](), how, where, gate, qubit))
+    text = qasm3.dumps(tamper_circuit(BASES[base](), how, where, gate, qubit))
     try:
         found = import_grover(text, simulate="never")
     except QasmImportError:
