@@ -95,13 +95,15 @@ def _render(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from qhybrid.config import resolve_config
     from qhybrid.errors import QHybridError
-    from quantum.qasm_import import import_grover_file
+    from quantum.qasm_import import QasmLimits, import_grover_file
 
     if args.top < 0:
         raise QHybridError(f"--top {args.top} must be >= 0 (how many probabilities to print)")
     found = import_grover_file(
         args.file,
+        limits=resolve_config(QasmLimits, None, args.overrides),
         iterations=args.iterations,
         oracle_gate=args.oracle_gate,
         flag_qubits=args.flag_qubits,
@@ -179,5 +181,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--simulate",
         default="auto",
         help="Aer cross-check of the whole circuit: auto, always, never",
+    )
+    imp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a bound of quantum.qasm_import.QasmLimits, e.g. max_probe_qubits=27 (repeatable)",
     )
     imp.set_defaults(func=_import)

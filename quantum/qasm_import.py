@@ -94,10 +94,8 @@ class QasmLimits:
     max_qubits: Annotated[int, Ge(1), Le(62)] = 62  # declared qubits (basis states are int64)
     max_operations: Annotated[int, Ge(1)] = 500_000  # gates after unrolling loops and definitions
     max_exact_qubits: Annotated[int, Ge(1), Le(26)] = 20  # search qubits checked on all 2^n states
-    max_exact_terms: Annotated[int, Ge(1)] = 64  # ... while they hold <= this many terms per state
-    max_probe_qubits: Annotated[int, Ge(1), Le(32)] = (
-        24  # qubits of a block Aer probes (2^q states)
-    )
+    max_exact_terms: Annotated[int, Ge(1)] = 4_000_000  # ... <= 64 per state and this many in all
+    max_probe_qubits: Annotated[int, Ge(1), Le(32)] = 24  # qubits of a block Aer probes
     max_simulate_qubits: Annotated[int, Ge(0), Le(32)] = 20  # whole-circuit Aer check up to here
     max_simulate_work: Annotated[float, Ge(0)] = 2e9  # ... and gates x 2^qubits up to this
 
@@ -627,7 +625,7 @@ def _exact_block(
     if n > limits.max_exact_qubits:
         return None
     x = np.arange(2**n, dtype=np.int64)
-    cap = limits.max_exact_terms * 2**n
+    cap = min(64 * 2**n, limits.max_exact_terms)
     terms = _run_exact(leaves, _deposit(x, search) | anc, width, cap)
     if terms is None:
         return None

@@ -334,6 +334,11 @@ def test_cli_prints_the_problem_or_one_error_line_and_writes_nothing(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), name
         assert match.split("|")[0] in lines[0] or name == "fifo", (name, lines)
+    for extra in (["--top", "-1"], ["--set", "max_bytes=-3"], ["--set", "nope=1"],
+                  ["--flag-qubits", "-1"], ["--iterations", "-2"], ["--simulate", "x"]):  # fmt: skip
+        out = subprocess.run([*run, str(good), *extra], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)  # fmt: skip
+        assert out.returncode == 2 and out.stderr.startswith("error: "), (extra, out.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
