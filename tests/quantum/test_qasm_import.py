@@ -317,28 +317,28 @@ def test_bad_files_are_refused_before_reading(tmp_path):
         assert name
 
 
-def test_cli_prints_the_problem_or_one_error_line_and_writes_nothing(tmp_path):
+def test_cli_prints_the_problem_or_one_error_line_and_writes_nothing(tmp_path, capsys):
+    from qhybrid.cli import main
+
     good = tmp_path / "good.qasm"
     good.write_text(render(GroverProblem(3, ["110"]), "qasm3"))
     cases = {**bad_files(tmp_path), "not grover": (str(tmp_path / "ng.qasm"), "not a Grover")}
     (tmp_path / "ng.qasm").write_text(NOT_GROVER)
     before = sorted(p.name for p in tmp_path.iterdir())
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = [sys.executable, "-m", "qhybrid.cli", "grover", "import"]
-    ok = subprocess.run([*run, str(good), "--top", "2"], capture_output=True, text=True, env=env,
-                        cwd=tmp_path, timeout=120)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the real entry point, once
+    ok = subprocess.run([sys.executable, "-m", "qhybrid.cli", "grover", "import", str(good)],
+                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
     assert ok.returncode == 0 and '"marked": [\n   "110"' in ok.stdout
-    for name, (path, match) in cases.items():
-        out = subprocess.run([*run, path], capture_output=True, text=True, env=env, cwd=tmp_path,
-                             timeout=120)  # fmt: skip
-        lines = out.stderr.strip().splitlines()
-        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), name
-        assert match.split("|")[0] in lines[0] or name == "fifo", (name, lines)
-    for extra in (["--top", "-1"], ["--set", "max_bytes=-3"], ["--set", "nope=1"],
-                  ["--flag-qubits", "-1"], ["--iterations", "-2"], ["--simulate", "x"]):  # fmt: skip
-        out = subprocess.run([*run, str(good), *extra], capture_output=True, text=True, env=env,
-                             cwd=tmp_path, timeout=120)  # fmt: skip
-        assert out.returncode == 2 and out.stderr.startswith("error: "), (extra, out.stderr)
+    capsys.readouterr()
+    bad_options = (["--top", "-1"], ["--set", "max_bytes=-3"], ["--set", "nope=1"],
+                   ["--flag-qubits", "-1"], ["--iterations", "-2"], ["--simulate", "x"])  # fmt: skip
+    runs = [(name, [path], match) for name, (path, match) in cases.items()]
+    runs += [(" ".join(o), [str(good), *o], "") for o in bad_options]
+    for name, argv, match in runs:
+        assert main(["grover", "import", *argv]) == 2, name
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, lines)
+        assert match.split("|")[0] in lines[0], (name, lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
