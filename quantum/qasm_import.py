@@ -32,10 +32,12 @@ with k iterations, whose exact distribution is the two-level closed form
 Where the whole circuit fits ``max_simulate_qubits`` and a work budget, Aer also simulates it and its
 distribution must equal the closed form to 1e-9 (``GroverImport.aer_max_abs_diff``).
 
-Which set is "marked": a phase oracle O_S equals −O_{S^c}, the same operation up to a global phase,
-and Grover gives S and its complement the same distribution. The importer takes the states whose
-phase is −1 when the block's phases are exactly ±1 (as written by Qiskit and our renderer), else
-the smaller class; equal classes with a global phase are refused as ambiguous.
+Which set is "marked": a phase oracle O_S equals −O_{S^c}, the same operation up to a global phase
+(and global phases are dropped: where a definition's phase would sit among the blocks is
+arbitrary), and Grover gives S and its complement the same distribution. The importer takes the
+smaller class, so every problem with t < 2^n / 2 (every dataset and anchor problem) reads back as
+written; one with t > 2^n / 2 reads back as its complement (the same distribution); exactly half
+is refused as ambiguous (Grover then gives the uniform distribution for any k).
 
 A circuit that is not Grover can still be simulated exactly: :func:`circuit_distribution`.
 """
@@ -77,6 +79,8 @@ _TOKEN = re.compile(r"\w+|\S")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _OPEN, _CLOSE = np.frombuffer(b"([{", np.uint8), np.frombuffer(b")]}", np.uint8)
 _TOL = 1e-9  # phases, moduli and probabilities are compared to this
+Leaf = tuple[Any, tuple[int, ...]]  # a standard gate and its qubits
+Item = tuple[int, Any, tuple[int, ...]]  # (top-level index, standard gate or _Unit, qubits)
 
 
 class QasmImportError(QHybridError):
@@ -94,7 +98,7 @@ class QasmLimits:
     max_qubits: Annotated[int, Ge(1), Le(62)] = 62  # declared qubits (basis states are int64)
     max_operations: Annotated[int, Ge(1)] = 500_000  # gates after unrolling loops and definitions
     max_exact_qubits: Annotated[int, Ge(1), Le(26)] = 20  # search qubits checked on all 2^n states
-    max_exact_terms: Annotated[int, Ge(1)] = 4_000_000  # ... <= 64 per state and this many in all
+    max_exact_terms: Annotated[int, Ge(1)] = 4_000_000  # ... <= 16 per state and this many in all
     max_probe_qubits: Annotated[int, Ge(1), Le(32)] = 24  # qubits of a block Aer probes
     max_simulate_qubits: Annotated[int, Ge(0), Le(32)] = 20  # whole-circuit Aer check up to here
     max_simulate_work: Annotated[float, Ge(0)] = 2e9  # ... and gates x 2^qubits up to this
@@ -358,17 +362,18 @@ class _Circuit:
     """A parsed circuit, unrolled: gates in time order and where each qubit is measured."""
 
     num_qubits: int
-    ops: list[tuple[int, Any, tuple[int, ...]]]  # (top-level instruction index, gate, qubits)
+    ops: list[Item]  # (top-level instruction index, gate, qubits)
     measured: dict[int, int]  # qubit -> clbit
     num_clbits: int
+    from_text: bool = True  # custom gate names are unique (QASM forbids redefinition)
 
 
-def _unroll(qc: QuantumCircuit, limits: QasmLimits) -> _Circuit:
+def _unroll(qc: QuantumCircuit, limits: QasmLimits, from_text: bool = True) -> _Circuit:
     """Loops unrolled (loop variable bound per pass); barriers and delays dropped; anything that is
     neither a gate nor a final measurement refused."""
     from qiskit.circuit import ForLoopOp, Gate
 
-    out = _Circuit(qc.num_qubits, [], {}, qc.num_clbits)
+    out = _Circuit(qc.num_qubits, [], {}, qc.num_clbits, from_text)
 
     def walk(circuit: QuantumCircuit, qmap: Sequence[int], cmap: Sequence[int], top: int) -> None:
         for index, ins in enumerate(circuit.data):
@@ -429,15 +434,6 @@ def _is_leaf(op: Any) -> bool:
     return hasattr(op, "__array__") and op.num_qubits <= _MAX_LEAF_QUBITS
 
 
-@dataclass(frozen=True)
-class _GPhase:
-    """A definition's global phase, kept as a leaf so blocks keep their absolute phase."""
-
-    angle: float
-    name: str = "gphase"
-    num_qubits: int = 0
-
-
 def _leaves(
     op: Any, qubits: tuple[int, ...], depth: int = 0
 ) -> Iterator[tuple[Any, tuple[int, ...]]]:
@@ -452,23 +448,76 @@ def _leaves(
         raise QasmImportError(
             f"gate {op.name!r} has no definition in standard gates (or is nested over 64 deep)"
         )
-    if definition.global_phase:
-        yield _GPhase(float(definition.global_phase)), ()
+    # A definition's global phase is dropped: it is global to the whole circuit, and where it
+    # would sit among the blocks is arbitrary (a diffuser's phase pi could land on an oracle).
     for ins in definition.data:
         sub = tuple(qubits[definition.find_bit(q).index] for q in ins.qubits)
         yield from _leaves(ins.operation, sub, depth + 1)
 
 
-def _flatten(circ: _Circuit, limits: QasmLimits) -> list[tuple[int, Any, tuple[int, ...]]]:
-    out = []
+@dataclass(eq=False)
+class _Unit:
+    """A top-level custom gate with no ``h`` on a search qubit, kept whole: no Hadamard layer can
+    be inside it, and repeated calls share its leaves (unrolled once) and its verdicts."""
+
+    leaves: tuple[Leaf, ...]
+    key: Any
+    name: str = "unit"
+    gate: Any = None  # the leaves as one Qiskit gate, for Aer (built on first use)
+
+
+def _unit_key(op: Any, from_text: bool) -> Any:
+    """What identifies a custom gate: its name where the text made names unique, else the object."""
+    if from_text:
+        params = tuple(float(p) for p in op.params)
+        return (op.name, params, op.num_qubits, getattr(op, "ctrl_state", None))
+    return ("object", id(op))
+
+
+def _items(circ: _Circuit, limits: QasmLimits, search: Sequence[int] = ()) -> list[Item]:
+    """The circuit as standard gates, except custom gates that cannot hold a Hadamard layer (no
+    ``h`` on a search qubit), which stay whole (:class:`_Unit`); bounded by ``max_operations``
+    gates to look at (a unit's gates count once)."""
+    from qiskit.circuit.library import HGate
+
+    cache: dict[Any, tuple[_Unit | None, tuple[Leaf, ...], Any]] = {}
+    out: list[Item] = []
+    seen = 0
+    want = set(search)
     for at, op, qubits in circ.ops:
-        for leaf, q in _leaves(op, qubits):
-            out.append((at, leaf, q))
-        if len(out) > limits.max_operations:
+        if _is_leaf(op):
+            out.append((at, op, qubits))
+            seen += 1
+        else:
+            key = (_unit_key(op, circ.from_text), qubits)
+            if key not in cache:
+                leaves = tuple(_leaves(op, qubits))
+                split = any(isinstance(g, HGate) and q[0] in want for g, q in leaves)
+                cache[key] = (None if split else _Unit(leaves, key), leaves, op)
+                seen += len(leaves)
+            unit, leaves, _ = cache[key]
+            if unit is None:
+                out.extend((at, g, q) for g, q in leaves)
+                seen += len(leaves)
+            else:
+                out.append((at, unit, tuple(sorted({x for _, q in leaves for x in q}))))
+        if seen > limits.max_operations:
             raise QasmImportError(
-                f"more than {limits.max_operations:,} standard gates once gate definitions are "
-                "unrolled (QasmLimits.max_operations)"
+                f"more than {limits.max_operations:,} standard gates once loops and gate "
+                "definitions are unrolled (QasmLimits.max_operations)"
             )
+    return out
+
+
+def _expand(part: Sequence[Any]) -> list[Leaf]:
+    """Standard-gate leaves of (gate, qubits) pairs or (index, gate, qubits) items."""
+    out: list[Leaf] = []
+    for entry in part:
+        op, qubits = entry[-2], entry[-1]
+        if isinstance(op, _Unit):
+            out.extend(op.leaves)
+        else:
+            out.append((op, qubits))
     return out
 
 
@@ -485,16 +534,15 @@ class _Diagonal:
     """A block that maps |x>|a> to e^{iφ(x)} |x>|a_out> for every search basis state x."""
 
     phases: np.ndarray | None  # e^{iφ(x)}, index x (bit i = search qubit i), or None (symbolic)
-    flipped: frozenset[int]  # symbolic form: phases are -c on these states, c elsewhere ...
-    c: complex  # ... with this c
+    flipped: frozenset[int]  # symbolic form: phases are -c on these states, c elsewhere
     anc_out: int  # ancilla bits after the block (full-register bit positions)
     how: str  # "symbolic", "exact" or "probe"
 
 
 def _sig(op: Any) -> tuple[Any, ...]:
     """A hashable identity of a standard gate: blocks with equal signatures act equally."""
-    if isinstance(op, _GPhase):
-        return ("gphase", op.angle)
+    if isinstance(op, _Unit):
+        return ("unit", op.key)
     base = getattr(op, "base_gate", None)
     ctrl = (getattr(op, "num_ctrl_qubits", 0), getattr(op, "ctrl_state", None))
     params = tuple(float(p) for p in op.params)
@@ -568,8 +616,6 @@ def _apply(terms: _Terms, op: Any, qubits: tuple[int, ...]) -> _Terms:
     """Apply one standard gate to every term (a controlled gate only where its controls match)."""
     from qiskit.circuit import ControlledGate
 
-    if isinstance(op, _GPhase):
-        return _Terms(terms.src, terms.basis, terms.amp * np.exp(1j * op.angle))
     if isinstance(op, ControlledGate) and op.num_ctrl_qubits:
         match = np.ones(len(terms.basis), dtype=bool)
         for j in range(op.num_ctrl_qubits):
@@ -593,7 +639,7 @@ def _apply(terms: _Terms, op: Any, qubits: tuple[int, ...]) -> _Terms:
 
 
 def _run_exact(
-    leaves: Sequence[tuple[Any, tuple[int, ...]]], inputs: np.ndarray, bits: int, max_terms: int
+    leaves: Sequence[Leaf], inputs: np.ndarray, bits: int, max_terms: int
 ) -> _Terms | None:
     """Apply ``leaves`` to every basis state in ``inputs`` exactly; None past ``max_terms``."""
     ones = np.ones(len(inputs), dtype=complex)
@@ -614,7 +660,7 @@ def _bits(x: int, n: int) -> str:
 
 
 def _exact_block(
-    leaves: Sequence[tuple[Any, tuple[int, ...]]],
+    leaves: Sequence[Leaf],
     search: Sequence[int],
     anc: int,
     width: int,
@@ -625,7 +671,7 @@ def _exact_block(
     if n > limits.max_exact_qubits:
         return None
     x = np.arange(2**n, dtype=np.int64)
-    cap = min(64 * 2**n, limits.max_exact_terms)
+    cap = min(16 * 2**n, limits.max_exact_terms)
     terms = _run_exact(leaves, _deposit(x, search) | anc, width, cap)
     if terms is None:
         return None
@@ -645,11 +691,11 @@ def _exact_block(
     anc_out = basis & ~search_mask
     if (anc_out != anc_out[0]).any():
         raise _NotDiagonal("leaves its ancilla qubits entangled with the search qubits")
-    return _Diagonal(amp, frozenset(), 1.0, int(anc_out[0]), "exact")
+    return _Diagonal(amp, frozenset(), int(anc_out[0]), "exact")
 
 
 def _probe_block(
-    leaves: Sequence[tuple[Any, tuple[int, ...]]],
+    leaves: Sequence[Leaf],
     search: Sequence[int],
     anc: int,
     limits: QasmLimits,
@@ -687,20 +733,25 @@ def _probe_block(
     anc_out = (anc & ~sum(1 << q for q in touched)) | sum(
         1 << q for q in touched if q not in search and (out_anc >> local[q]) & 1
     )
-    return _Diagonal(phases[0], frozenset(), 1.0, anc_out, "probe")
+    return _Diagonal(phases[0], frozenset(), anc_out, "probe")
 
 
-def _leaf_circuit(
-    leaves: Sequence[tuple[Any, tuple[int, ...]]], width: int, local: dict[int, int]
-) -> Any:
+def _leaf_circuit(part: Sequence[Leaf], width: int, local: dict[int, int]) -> Any:
+    """Standard gates (a unit as one gate of its leaves, named so no simulator knows it) for Aer."""
     from qiskit import QuantumCircuit
 
     from quantum.simulate import aer_transpile
 
     qc = QuantumCircuit(width)
-    for op, qubits in leaves:
-        if isinstance(op, _GPhase):
-            qc.global_phase += op.angle
+    for op, qubits in part:
+        if isinstance(op, _Unit):
+            if op.gate is None:
+                inner = {q: i for i, q in enumerate(qubits)}
+                sub = QuantumCircuit(len(qubits), name="qhybrid_unrolled_gate")
+                for g, q in op.leaves:
+                    sub.append(g, [inner[x] for x in q])
+                op.gate = sub.to_gate()
+            qc.append(op.gate, [local[q] for q in qubits])
         else:
             qc.append(op, [local[q] for q in qubits])
     return aer_transpile(qc)
@@ -722,51 +773,48 @@ def _z_flip(op: Any, qubits: tuple[int, ...]) -> tuple[tuple[int, ...], int] | N
     """(qubits, pattern) when ``op`` flips the sign of exactly the basis states matching
     ``pattern`` on ``qubits`` (a Z or phase(π), any controls); else None."""
     from qiskit.circuit import ControlledGate
+    from qiskit.circuit.library import PhaseGate, U1Gate, ZGate
 
     ctrls, state, base = 0, 0, op
     if isinstance(op, ControlledGate) and op.num_ctrl_qubits:
         ctrls, state, base = op.num_ctrl_qubits, op.ctrl_state, op.base_gate
-    if base.num_qubits != 1 or getattr(base, "num_ctrl_qubits", 0):
-        return None
     pi_phase = (
-        base.name in ("p", "u1")
+        isinstance(base, PhaseGate | U1Gate)
         and abs(math.remainder(float(base.params[0]) - math.pi, 2 * math.pi)) < 1e-12
     )
-    if base.name == "z" or pi_phase:
+    if isinstance(base, ZGate) or pi_phase:
         return qubits, state | (1 << ctrls)
     return None
 
 
-def _hxh_flip(window: Sequence[tuple[Any, tuple[int, ...]]]) -> tuple[tuple[int, ...], int] | None:
+def _hxh_flip(window: Sequence[Leaf]) -> tuple[tuple[int, ...], int] | None:
     """h t; (multi-)controlled X onto t; h t  ==  the controlled Z it is."""
     from qiskit.circuit import ControlledGate
+    from qiskit.circuit.library import HGate, XGate
 
     (h1, q1), (cx, qx), (h2, q2) = window
-    if not (h1.name == h2.name == "h" and q1 == q2 and isinstance(cx, ControlledGate)):
-        return None
-    if cx.base_gate.name != "x" or not cx.num_ctrl_qubits or qx[-1] != q1[0]:
+    hxh = isinstance(h1, HGate) and isinstance(h2, HGate) and isinstance(cx, ControlledGate)
+    if not hxh or q1 != q2 or not isinstance(cx.base_gate, XGate) or qx[-1] != q1[0]:
         return None
     return qx, cx.ctrl_state | (1 << cx.num_ctrl_qubits)
 
 
-def _symbolic_block(
-    leaves: Sequence[tuple[Any, tuple[int, ...]]], search: Sequence[int], anc: int
-) -> _Diagonal | None:
+def _symbolic_block(leaves: Sequence[Leaf], search: Sequence[int], anc: int) -> _Diagonal | None:
     """X gates and multi-controlled Z/phase(π) on all search qubits, for any n (None otherwise)."""
+    from qiskit.circuit.library import IGate, XGate
+
     pos = {q: i for i, q in enumerate(search)}
-    mask, angle, i = 0, 0.0, 0
+    mask, i = 0, 0
     flipped: set[int] = set()
     while i < len(leaves):
         op, qubits = leaves[i]
         step, flip = 1, None
-        if isinstance(op, _GPhase):
-            angle += op.angle
-        elif op.name == "x" and len(qubits) == 1:
+        if isinstance(op, XGate):
             if qubits[0] in pos:
                 mask ^= 1 << pos[qubits[0]]
             else:
                 anc ^= 1 << qubits[0]
-        elif op.name != "id":
+        elif not isinstance(op, IGate):
             flip = _z_flip(op, qubits)
             if flip is None and i + 2 < len(leaves):
                 flip, step = _hxh_flip(leaves[i : i + 3]), 3
@@ -787,7 +835,7 @@ def _symbolic_block(
         raise _NotDiagonal(
             f"flips search bits {_bits(mask, n)} without undoing them (not diagonal)"
         )
-    return _Diagonal(None, frozenset(flipped), complex(np.exp(1j * angle)), anc, "symbolic")
+    return _Diagonal(None, frozenset(flipped), anc, "symbolic")
 
 
 class _Blocks:
@@ -797,12 +845,18 @@ class _Blocks:
         self.search, self.width, self.limits = list(search), width, limits
         self.memo: dict[Any, _Diagonal | _NotDiagonal] = {}
         self.used: set[str] = set()
+        self.sigs: dict[int, tuple[Any, Any]] = {}  # id(gate) -> (gate, signature)
 
-    def action(self, leaves: Sequence[tuple[Any, tuple[int, ...]]], anc: int) -> _Diagonal:
-        key = (tuple((_sig(op), q) for op, q in leaves), anc)
+    def _sig(self, op: Any) -> Any:
+        if id(op) not in self.sigs:  # the gate is kept, so its id is not reused
+            self.sigs[id(op)] = (op, _sig(op))
+        return self.sigs[id(op)][1]
+
+    def action(self, part: Sequence[Leaf], anc: int) -> _Diagonal:
+        key = (tuple((self._sig(op), q) for op, q in part), anc)
         if key not in self.memo:
             try:
-                self.memo[key] = self._establish(leaves, anc)
+                self.memo[key] = self._establish(_expand(part), anc)
             except _NotDiagonal as err:
                 self.memo[key] = err
         found = self.memo[key]
@@ -811,7 +865,7 @@ class _Blocks:
         self.used.add(found.how)
         return found
 
-    def _establish(self, leaves: Sequence[tuple[Any, tuple[int, ...]]], anc: int) -> _Diagonal:
+    def _establish(self, leaves: Sequence[Leaf], anc: int) -> _Diagonal:
         s, lim = self.search, self.limits
         found = (
             _symbolic_block(leaves, s, anc)
@@ -829,10 +883,11 @@ class _Blocks:
         return found
 
 
-def _classes(d: _Diagonal, n: int) -> tuple[complex, np.ndarray]:
-    """(c, sorted states with phase -c) of a block whose phases are ±c; else not an oracle."""
+def _classes(d: _Diagonal, n: int) -> np.ndarray:
+    """The states whose phase is -c, c = the phase of |0...0>, of a block whose phases are ±c
+    (sorted); a block with any other phase is not a phase oracle."""
     if d.phases is None:
-        return d.c, np.array(sorted(d.flipped), dtype=np.int64)
+        return np.array(sorted(d.flipped), dtype=np.int64)
     c = complex(d.phases[0])
     minus = np.abs(d.phases + c) < _TOL
     other = ~minus & (np.abs(d.phases - c) >= _TOL)
@@ -842,7 +897,7 @@ def _classes(d: _Diagonal, n: int) -> tuple[complex, np.ndarray]:
         raise _NotDiagonal(
             f"gives |{_bits(x, n)}> the relative phase {angle:.4g}π, not 0 or π (not a phase flip)"
         )
-    return c, np.flatnonzero(minus)
+    return np.flatnonzero(minus)
 
 
 def _complement(states: np.ndarray, n: int) -> np.ndarray:
@@ -853,17 +908,16 @@ def _complement(states: np.ndarray, n: int) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _marked(c: complex, minus: np.ndarray, n: int) -> np.ndarray:
-    """The marked set of a phase oracle c·(I - 2 P_minus) (see the module docstring)."""
-    if abs(c - 1) < _TOL:
+def _marked(minus: np.ndarray, n: int) -> np.ndarray:
+    """The marked set of a phase oracle c·(I - 2 P_minus): the smaller phase class (O_S and
+    O_{S^c} differ by a global phase only, and Grover gives both the same distribution)."""
+    if 2 * len(minus) < 2**n:
         return minus
-    if abs(c + 1) < _TOL:
+    if 2 * len(minus) > 2**n:
         return _complement(minus, n)
-    if 2 * len(minus) != 2**n:
-        return minus if 2 * len(minus) < 2**n else _complement(minus, n)
     raise QasmImportError(
-        "the oracle flips exactly half of the basis states under a global phase, so which half is "
-        "marked is ambiguous (both give the same distribution); write it without the global phase"
+        f"the oracle flips exactly half of the {2**n} basis states, so which half is marked is "
+        "ambiguous (Grover then gives the uniform distribution for any k); mark fewer states"
     )
 
 
@@ -889,14 +943,14 @@ def _search_qubits(circ: _Circuit) -> list[int]:
     return [q for q in range(circ.num_qubits) if first.get(q) == "h"]
 
 
-def _layer_windows(
-    leaves: Sequence[tuple[int, Any, tuple[int, ...]]], search: Sequence[int]
-) -> list[list[int]]:
+def _layer_windows(leaves: Sequence[Item], search: Sequence[int]) -> list[list[int]]:
     """Candidate Hadamard layers: per run of consecutive ``h`` on search qubits, the positions p
     where ``h`` on every search qubit once starts. A run longer than n (an ``h`` that closes or
     opens a neighbouring block, e.g. the ``h`` around an ``mcx`` target) has several."""
     want, n = set(search), len(search)
-    is_h = [op.name == "h" and q[0] in want for _, op, q in leaves] + [False]
+    from qiskit.circuit.library import HGate
+
+    is_h = [isinstance(op, HGate) and q[0] in want for _, op, q in leaves] + [False]
     runs, i = [], 0
     while i < len(leaves):
         if not is_h[i]:
@@ -936,20 +990,18 @@ class _Walk:
 
     circ: _Circuit
     search: list[int]
-    leaves: list[tuple[int, Any, tuple[int, ...]]]
+    leaves: list[Item]
     blocks: _Blocks
     names: dict[int, str]
 
-    def where(self, part: Sequence[tuple[int, Any, tuple[int, ...]]]) -> str:
+    def where(self, part: Sequence[Item]) -> str:
         tops = sorted({at for at, _, _ in part})
         if not tops:
             return "(no gates between two Hadamard layers: a call is missing here)"
         shown = ", ".join(f"#{t} {self.names[t]!r}" for t in tops[:4])
         return f"(top-level instruction{'s' if len(tops) > 1 else ''} {shown}{', ...' if len(tops) > 4 else ''})"
 
-    def action(
-        self, part: Sequence[tuple[int, Any, tuple[int, ...]]], anc: int, what: str
-    ) -> _Diagonal:
+    def action(self, part: Sequence[Item], anc: int, what: str) -> _Diagonal:
         try:
             return self.blocks.action([(op, q) for _, op, q in part], anc)
         except _NotDiagonal as err:
@@ -958,7 +1010,7 @@ class _Walk:
             ) from None
 
 
-def _missing_diffuser(walk: _Walk, part: Sequence[tuple[int, Any, tuple[int, ...]]]) -> str:
+def _missing_diffuser(walk: _Walk, part: Sequence[Item]) -> str:
     """'oracle call i of K has no diffuser after it' when a block holds two named oracle calls."""
     tops = sorted({at for at, _, _ in part})
     names = [walk.names[t] for t in tops]
@@ -980,7 +1032,7 @@ def _recognise(circ: _Circuit, limits: QasmLimits) -> tuple[list[int], np.ndarra
     walk = _Walk(
         circ,
         search,
-        _flatten(circ, limits),
+        _items(circ, limits, search),
         _Blocks(search, circ.num_qubits, limits),
         {at: op.name for at, op, _ in circ.ops},
     )
@@ -1003,11 +1055,11 @@ def _recognise(circ: _Circuit, limits: QasmLimits) -> tuple[list[int], np.ndarra
     return search, marked, k, walk.blocks
 
 
-def _prefix_state(prefix: Sequence[tuple[int, Any, tuple[int, ...]]], width: int) -> int:
+def _prefix_state(prefix: Sequence[Item], width: int) -> int:
     """The ancillas' basis state after the gates before the first Hadamard layer."""
     if not prefix:
         return 0
-    terms = _run_exact([(op, q) for _, op, q in prefix], np.zeros(1, np.int64), width, 1 << 16)
+    terms = _run_exact(_expand(prefix), np.zeros(1, np.int64), width, 1 << 16)
     if terms is None or len(terms.basis) != 1:
         raise QasmImportError(
             "not a Grover circuit: the gates before the first Hadamard layer put the ancillas "
@@ -1049,9 +1101,9 @@ def _pairs(walk: _Walk, runs: list[list[int]], cur: int, anc: int) -> tuple[np.n
             break
         p, d = found
         part = walk.leaves[cur:p]
-        c, minus = _classes_or_fail(walk, d, n, part, what)
+        minus = _classes_or_fail(walk, d, n, part, what)
         if j % 2 == 0:
-            marked = _check_oracle(walk, part, what, c, minus, marked)
+            marked = _check_oracle(walk, part, what, minus, marked)
         elif not _is_reflection(minus, n):
             raise QasmImportError(
                 f"not a Grover circuit: {what} {walk.where(part)} is not the reflection about "
@@ -1073,7 +1125,7 @@ def _pairs(walk: _Walk, runs: list[list[int]], cur: int, anc: int) -> tuple[np.n
 
 
 def _check_oracle(
-    walk: _Walk, part: Any, what: str, c: complex, minus: np.ndarray, marked: np.ndarray | None
+    walk: _Walk, part: Any, what: str, minus: np.ndarray, marked: np.ndarray | None
 ) -> np.ndarray:
     n = len(walk.search)
     if len(minus) == 0 or len(minus) == 2**n:
@@ -1081,7 +1133,7 @@ def _check_oracle(
             f"not a Grover circuit: {what} {walk.where(part)} flips no state (it is the identity "
             f"up to a global phase){_missing_diffuser(walk, part)}"
         )
-    states = _marked(c, minus, n)
+    states = _marked(minus, n)
     if marked is not None and not np.array_equal(states, marked):
         raise QasmImportError(
             f"not a Grover circuit: {what} {walk.where(part)} marks {_show(states, n)}, but "
@@ -1090,9 +1142,7 @@ def _check_oracle(
     return states
 
 
-def _classes_or_fail(
-    walk: _Walk, d: _Diagonal, n: int, part: Any, what: str
-) -> tuple[complex, np.ndarray]:
+def _classes_or_fail(walk: _Walk, d: _Diagonal, n: int, part: Any, what: str) -> np.ndarray:
     try:
         return _classes(d, n)
     except _NotDiagonal as err:
@@ -1104,7 +1154,7 @@ def _show(states: np.ndarray, n: int) -> str:
     return f"{len(states)} state{'s' if len(states) != 1 else ''} {{{shown}{', ...' if len(states) > 4 else ''}}}"
 
 
-def _check_tail(walk: _Walk, tail: Sequence[tuple[int, Any, tuple[int, ...]]], k: int) -> None:
+def _check_tail(walk: _Walk, tail: Sequence[Item], k: int) -> None:
     """After the last Hadamard layer only measurements and ancilla-only gates may follow (they
     cannot change the search qubits' distribution)."""
     touching = [leaf for leaf in tail if set(leaf[2]) & set(walk.search)]
@@ -1155,7 +1205,8 @@ def import_grover(
     limits = limits or QasmLimits()
     if simulate not in ("auto", "always", "never"):
         raise QasmImportError(f"simulate={simulate!r}; use 'auto', 'always' or 'never'")
-    if isinstance(source, str | bytes):
+    text = isinstance(source, str | bytes)
+    if text:
         program = _parse_ast(_check_text(source, limits), limits)
         if _is_definitions_only(program):
             return _import_oracle(
@@ -1169,7 +1220,7 @@ def import_grover(
             "iterations= and flag_qubits= apply to oracle-only input; a full circuit's k and "
             "ancillas are read from the circuit"
         )
-    circ = _unroll(qc, limits)
+    circ = _unroll(qc, limits, from_text=text)
     search, marked, k, blocks = _recognise(circ, limits)
     problem = _problem(len(search), marked, k, oracle_style)
     diff = _simulation_check(circ, search, problem, limits, simulate)
@@ -1240,29 +1291,30 @@ def _import_oracle(
     n = width - flags
     search = list(range(n))
     blocks = _Blocks(search, width, limits)
-    leaves = [(op, q) for _, op, q in _flatten(circ, limits)]
+    part = [(op, q) for _, op, q in _items(circ, limits, search)]
     try:
-        d = blocks.action(leaves, sum(1 << q for q in range(n, width)))
-        c, minus = _classes(d, n)
+        d = blocks.action(part, sum(1 << q for q in range(n, width)))
+        minus = _classes(d, n)
     except _NotDiagonal as err:
         raise QasmImportError(f"gate {gate!r} is not a phase oracle: it {err}") from None
     if len(minus) == 0 or len(minus) == 2**n:
         raise QasmImportError(f"gate {gate!r} flips no state: it marks nothing")
-    problem = _problem(n, _marked(c, minus, n), iterations, style)
+    problem = _problem(n, _marked(minus, n), iterations, style)
     return GroverImport(problem, tuple(search), width, True, tuple(sorted(blocks.used)))
 
 
 def _simulation_check(
     circ: _Circuit, search: Sequence[int], problem: GroverProblem, limits: QasmLimits, mode: str
 ) -> float | None:
-    """Aer's distribution of the whole circuit against the closed form (see :class:`QasmLimits`)."""
-    work = len(circ.ops) * 2.0**circ.num_qubits
-    fits = circ.num_qubits <= limits.max_simulate_qubits and work <= limits.max_simulate_work
-    if mode == "never" or (mode == "auto" and not fits):
+    """Aer's distribution of the whole circuit against the closed form (see :class:`QasmLimits`):
+    ``"auto"`` where it fits the limits, ``"always"`` wherever memory allows."""
+    if mode == "never":
+        return None
+    probs = _aer_probabilities(circ, search, limits, mode == "always", required=mode == "always")
+    if probs is None:
         return None
     from quantum.simulate import two_level
 
-    probs = _aer_probabilities(circ, search, limits, force=mode == "always")
     diff = float(np.max(np.abs(probs - two_level(problem).dense())))
     if diff > _TOL:
         raise QasmImportError(
@@ -1273,23 +1325,32 @@ def _simulation_check(
 
 
 def _aer_probabilities(
-    circ: _Circuit, search: Sequence[int], limits: QasmLimits, force: bool = False
-) -> np.ndarray:
-    """Aer's statevector probabilities of the search qubits. Aer gets the standard-gate leaves,
-    never a custom gate: its transpiler would run a custom ``gate mcx`` as Aer's own mcx by name,
-    whatever the file's definition says."""
+    circ: _Circuit, search: Sequence[int], limits: QasmLimits, force: bool, required: bool
+) -> np.ndarray | None:
+    """Aer's statevector probabilities of the search qubits, or None (``required=False``) past
+    ``max_simulate_qubits`` / ``max_simulate_work`` (gates x 2^qubits; ``force`` ignores both) or
+    memory. Aer gets standard gates only, never a custom gate: its transpiler would run a custom
+    ``gate mcx`` as Aer's own mcx by name, whatever the file's definition says."""
     from qiskit_aer import AerSimulator
 
     from quantum.simulate import available_memory
 
-    need = 24 * 2.0**circ.num_qubits
-    if need > available_memory() or (not force and circ.num_qubits > limits.max_simulate_qubits):
+    items = _items(circ, limits)
+    gates = sum(len(op.leaves) if isinstance(op, _Unit) else 1 for _, op, _ in items)
+    q, need = circ.num_qubits, 24 * 2.0**circ.num_qubits
+    work = gates * 2.0**q
+    if need > available_memory() or (
+        not force and (q > limits.max_simulate_qubits or work > limits.max_simulate_work)
+    ):
+        if not required:
+            return None
         raise QasmImportError(
-            f"{circ.num_qubits} qubits are too many to simulate exactly here (about "
-            f"{need / 2**30:.1f} GiB; QasmLimits.max_simulate_qubits={limits.max_simulate_qubits})"
+            f"{gates:,} gates on {q} qubits are too much to simulate exactly here (about "
+            f"{need / 2**30:.1f} GiB, {work:.3g} amplitude updates; QasmLimits."
+            f"max_simulate_qubits={limits.max_simulate_qubits}, max_simulate_work="
+            f"{limits.max_simulate_work:.3g})"
         )
-    leaves = [(op, q) for _, op, q in _flatten(circ, limits)]
-    qc = _leaf_circuit(leaves, circ.num_qubits, {q: q for q in range(circ.num_qubits)})
+    qc = _leaf_circuit([(op, qs) for _, op, qs in items], q, {i: i for i in range(q)})
     qc.save_probabilities(list(search))
     result = AerSimulator(method="statevector").run(qc).result()
     return np.asarray(result.data()["probabilities"], dtype=np.float64)
@@ -1302,18 +1363,16 @@ def circuit_distribution(
 
     Returns float64 of length 2^m over the measured qubits in clbit order (all qubits when none is
     measured); index = the outcome read as Qiskit prints counts, ``int(bitstring, 2)``. Bounded by
-    ``max_simulate_qubits`` (qubits, ancillas included) and ``max_simulate_work``.
+    ``max_simulate_qubits`` (qubits, ancillas included) and ``max_simulate_work`` (gates x 2^qubits).
     """
     limits = limits or QasmLimits()
-    qc = parse_qasm(source, limits) if isinstance(source, str | bytes) else _circuit(source)
-    circ = _unroll(qc, limits)
+    text = isinstance(source, str | bytes)
+    qc = parse_qasm(source, limits) if text else _circuit(source)  # type: ignore[arg-type]
+    circ = _unroll(qc, limits, from_text=text)
     search = sorted(circ.measured, key=circ.measured.__getitem__) or list(range(circ.num_qubits))
-    if len(circ.ops) * 2.0**circ.num_qubits > limits.max_simulate_work:
-        raise QasmImportError(
-            f"{len(circ.ops):,} gates on {circ.num_qubits} qubits exceed "
-            f"QasmLimits.max_simulate_work={limits.max_simulate_work:.3g}; raise it to simulate"
-        )
-    return _aer_probabilities(circ, search, limits)
+    probs = _aer_probabilities(circ, search, limits, force=False, required=True)
+    assert probs is not None  # required=True raises instead
+    return probs
 
 
 def gate_definitions(text: str | bytes, limits: QasmLimits | None = None) -> dict[str, int]:

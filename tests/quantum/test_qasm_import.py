@@ -64,7 +64,7 @@ def same_problem(found: GroverProblem, p: GroverProblem) -> bool:
                                                 (4, ["0000", "1011", "0110"], 3)])  # fmt: skip
 def test_our_renderings_import_to_their_problem(fmt, style, n, marked, k):
     p = GroverProblem(n, marked, k, style)
-    if style == "diagonal" and n == 1:  # rz synthesis: phases ±i on 1 of 2 states
+    if n == 1:  # one of two states: which is marked is ambiguous (and Grover is uniform)
         with pytest.raises(QasmImportError, match="ambiguous"):
             import_grover(render(p, fmt))
         return
@@ -111,7 +111,7 @@ def test_any_small_grover_circuit_imports_to_its_distribution(n, data, k, style,
         text = qasm3.dumps(grover_operator_circuit(p, data.draw(st.sampled_from(MCX_MODES[:4]))))
     else:
         text = render(p, fmt)
-    if 2 * t == 2**n and style == "diagonal" and fmt != "qiskit":  # rz synthesis: global phase
+    if 2 * t == 2**n:  # which half is marked is ambiguous (Grover is uniform for any k)
         with pytest.raises(QasmImportError, match="ambiguous"):
             import_grover(text)
         return
@@ -119,7 +119,7 @@ def test_any_small_grover_circuit_imports_to_its_distribution(n, data, k, style,
     np.testing.assert_allclose(
         two_level(found.problem).dense(), statevector_probs(text), atol=1e-9, rtol=0
     )
-    if 2 * t < 2**n:  # a global phase can only swap the names of two equal halves
+    if 2 * t < 2**n:  # O_S = -O_{S^c}: the smaller class is the marked set
         assert same_problem(found.problem, p)
 
 
@@ -223,6 +223,19 @@ def test_simulation_follows_a_gate_definition_not_its_name():
     text = text.replace("qubit[3] q;", "gate mcx a, b, c { id a; }\nqubit[3] q;")
     probs = circuit_distribution(text)
     assert probs[0b011] == pytest.approx(1.0) and np.allclose(probs, statevector_probs(text))
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_circuits_built_in_python_import_too(style):
+    """Qiskit objects keep the global phases the exporter drops (grover_operator's pi)."""
+    from quantum import build_circuit
+
+    p = GroverProblem(4, ["0110", "1001"], 2, style)
+    assert same_problem(import_grover(build_circuit(p), simulate="always").problem, p)
+    q = GroverProblem(5, ["01101"], 2)
+    for mode in MCX_MODES:
+        found = import_grover(grover_operator_circuit(q, mode, as_gate=True))
+        assert same_problem(found.problem, q)
 
 
 def test_outcome_order_follows_the_classical_bits():
