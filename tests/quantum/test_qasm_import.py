@@ -367,7 +367,8 @@ def test_cli_prints_the_problem_or_one_error_line_and_writes_nothing(tmp_path, c
 def test_sweep_every_form_imports_with_aer_agreement(n):
     """The default suite covers n <= 5; benchmarks/bench_quantum_qasm.py runs n = 2..15."""
     rng = np.random.default_rng(n)
-    marked = sorted({format(int(i), f"0{n}b") for i in rng.choice(2**n, 2, replace=False)})
+    t = 1 if n == 2 else 2  # t = 2^n / 2 would be ambiguous (and uniform)
+    marked = sorted({format(int(i), f"0{n}b") for i in rng.choice(2**n, t, replace=False)})
     p = GroverProblem(n, marked, min(GroverProblem(n, marked).iterations, 6))
     texts = [render(GroverProblem(n, marked, p.iterations, s), f) for s in STYLES
              for f in ("qasm3", "qasm3_loop")]  # fmt: skip
