@@ -1,14 +1,18 @@
 """Read OpenQASM 3 circuits and recognise Grover search in them by what they compute, not their text.
 
-The text is bounded (bytes, statements, qubits, gate applications) and checked (UTF-8, no binary,
-no include but ``stdgates.inc``, no classical control flow) before the real parser sees it: the
-openqasm3 reference parser, then Qiskit's converter (``qiskit-qasm3-import``, what
-``qiskit.qasm3.loads`` runs), custom gate definitions included.
+The text is bounded (bytes, statements, tokens, bracket depth) and checked (UTF-8, no binary)
+before the real parser sees it, the openqasm3 reference parser; its syntax tree is checked (no
+include but ``stdgates.inc``, no classical control flow, literal register sizes, qubits and gate
+applications bounded) before Qiskit's converter (``qiskit-qasm3-import``, what
+``qiskit.qasm3.loads`` runs) builds the circuit, custom gate definitions included.
 
 :func:`import_grover` then returns a :class:`GroverImport` only when the circuit provably is a
 Grover search, else raises :class:`QasmImportError` naming what is not Grover. Every gate
-definition is unrolled to standard gates, and the circuit is cut at its Hadamard layers (``h`` on
-every search qubit, consecutively). A Grover circuit reads
+definition is unrolled to standard gates (no gate is trusted by its name; a top-level custom gate
+with no ``h`` on a search qubit is unrolled once and judged once however often it is called), and
+the circuit is cut at its Hadamard layers (``h`` on every search qubit, consecutively; where an
+``h`` of a neighbouring block touches a layer, the cut that leaves a diagonal block). Search qubits
+are the measured ones in clbit order (else those whose first gate is ``h``). A Grover circuit reads
 
     prefix (ancillas only) · L · O · L · R · L · O · L · R · L ... · measure,    L = H^{⊗n},
 
