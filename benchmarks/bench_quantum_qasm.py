@@ -67,11 +67,12 @@ def problem(n: int, k: int | None = None) -> GroverProblem:
     return GroverProblem(n, marked, k)
 
 
-Build = Callable[[int | None], tuple[str, str, GroverProblem, int]]
+Build = Callable[[int | None], tuple[str, str, GroverProblem, dict[str, int]]]
 
 
 def sweep_files(n: int) -> list[tuple[str, Build]]:
-    """(case id, build) with build(k) -> (file text, Aer reference text, problem, flag qubits)."""
+    """(case id, build) with build(k) -> (file text, Aer reference text, problem, import options:
+    an oracle-only file carries no k, so it is passed with ``iterations`` when not k*)."""
     out: list[tuple[str, Build]] = []
     marked = problem(n).marked
     for style in STYLES:
@@ -79,9 +80,11 @@ def sweep_files(n: int) -> list[tuple[str, Build]]:
 
             def build(k: int | None, style: str = style, fmt: str = fmt) -> Any:
                 p = GroverProblem(n, marked, k, style)
-                ref = render(p, "qasm3_loop") if fmt == "qasm3_oracle" else None
                 text = render(p, fmt)
-                return text, ref or text, p, int(style == "mcp_flag" and fmt == "qasm3_oracle")
+                if fmt != "qasm3_oracle":
+                    return text, text, p, {}
+                options = {"flag_qubits": int(style == "mcp_flag"), "iterations": k}
+                return text, render(p, "qasm3_loop"), p, options
 
             out.append((f"n{n}/ours/{style}/{fmt}", build))
     for mode in MODES:
@@ -92,16 +95,16 @@ def sweep_files(n: int) -> list[tuple[str, Build]]:
 
                 p = GroverProblem(n, marked, k)
                 text = qasm3.dumps(grover_operator_circuit(p, mode, as_gate))
-                return text, text, p, 0
+                return text, text, p, {}
 
             out.append((f"n{n}/qiskit/{mode}/{'gate' if as_gate else 'inline'}", build_q))
     return out
 
 
-def import_one(text: str, p: GroverProblem, flags: int) -> dict[str, Any]:
+def import_one(text: str, p: GroverProblem, options: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
-        found = import_grover(text, limits=LIMITS, flag_qubits=flags)
+        found = import_grover(text, limits=LIMITS, **options)
     except QasmImportError as err:
         return {"right_problem": False, "error": str(err)}
     got = found.problem
@@ -117,16 +120,16 @@ def import_one(text: str, p: GroverProblem, flags: int) -> dict[str, Any]:
 
 def run_import_case(build: Build) -> dict[str, Any]:
     """Import the file at k*; compare with Aer at k*, or at k = 2 where Aer's work is too large."""
-    text, ref, p, flags = build(None)
-    out = {"k": p.iterations, "t": p.n_marked, "bytes": len(text), **import_one(text, p, flags)}
+    text, ref, p, options = build(None)
+    out = {"k": p.iterations, "t": p.n_marked, "bytes": len(text), **import_one(text, p, options)}
     found, aer_k, aer = out.pop("problem", None), p.iterations, None
     t1 = time.perf_counter()
     try:
         aer = circuit_distribution(ref, AER)
     except QasmImportError:  # too much for Aer here at k*: the same file at k = 2
         aer_k = 2
-        text, ref, p, flags = build(2)
-        row = import_one(text, p, flags)
+        text, ref, p, options = build(2)
+        row = import_one(text, p, options)
         found, out["k2_right_problem"] = row.pop("problem", None), row["right_problem"]
         t1 = time.perf_counter()
         try:
