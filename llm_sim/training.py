@@ -42,11 +42,13 @@ __all__ = [
 
 STYLES = ("x_mcz_x", "mcp_flag", "phase_oracle", "diagonal")
 # The built-in splits: train on n <= 6 with up to 12 marked states (long flip sections without
-# long bitstrings) and every oracle style; test_ood_n reaches 60 qubits, half at a non-optimal k.
+# long bitstrings) and every oracle style, 60% at a non-optimal k (half from the test's relative
+# positions {0, k*/2, k*+1, 2k*}, half uniform below 2 sqrt(N)); test_ood_n reaches 60 qubits,
+# half at a non-optimal k.
 DATA = DatasetSpec(
     renderings=("compact",),  # the model reads compact prompts; no circuit for 'diagonal' at n > 16
     oracle_styles=STYLES,
-    train=SplitSpec(2, 6, 1, 12, 6000, off_optimal=0.3),
+    train=SplitSpec(2, 6, 1, 12, 6000, off_optimal=0.6, k_draw="both"),
     test_id=SplitSpec(2, 6, 1, 12, 200),
     test_ood_n=SplitSpec(7, 60, 1, 6, 1080, off_optimal=0.5),
     test_ood_t=SplitSpec(5, 6, 13, 16, 100),
