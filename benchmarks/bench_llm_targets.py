@@ -77,6 +77,41 @@ def judge(seed: dict[str, Any], base: dict[str, Any], trained_max_n: int) -> dic
     }
 
 
+def format_bound(ns: range = range(7, 61)) -> dict[int, dict[str, float]]:
+    """What the ``compact_scaled`` window allows, computed (no model): a predictor that knows the
+    n = 6 (even n) or n = 5 (odd n) answer exactly for the register's window and ignores the low bits.
+
+    Per n, over t = 1..6: mean |p̂ - p| per marked state at k in {0, k*/2, k*+1, 2k*}, and at k*
+    the mean TVD of that predictor and of the p = 1/t rule (TVD = |P̂ - P| and 1 - P: two-level
+    distributions whose marked states are named right).
+    """
+    import math
+
+    def success(n: int, t: int, k: int) -> float:
+        return math.sin((2 * k + 1) * math.asin(math.sqrt(t / 2**n))) ** 2
+
+    def predicted(n: int, t: int, k: int) -> float:
+        ref = 6 if n % 2 == 0 else 5
+        return success(ref, t, k >> ((n + 1) // 2 - (ref + 1) // 2))
+
+    out = {}
+    for n in ns:
+        errs, tvd, rule = [], [], []
+        for t in range(1, 7):
+            ks = math.floor(math.pi / 4 * math.sqrt(2**n / t))
+            errs += [
+                abs(predicted(n, t, k) - success(n, t, k)) / t for k in (0, ks // 2, ks + 1, 2 * ks)
+            ]
+            tvd.append(abs(predicted(n, t, ks) - success(n, t, ks)))
+            rule.append(1 - success(n, t, ks))
+        out[n] = {
+            "p_err_nonoptimal": sum(errs) / len(errs),
+            "tvd_optimal": sum(tvd) / len(tvd),
+            "tvd_optimal_rule": sum(rule) / len(rule),
+        }
+    return out
+
+
 def summarize(res: dict[str, Any], meta: dict[str, Any], trained_max_n: int) -> dict[str, Any]:
     """Per-seed numbers and targets (a target is met only if every seed meets it) and the
     baselines' curves per n."""

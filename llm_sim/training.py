@@ -128,7 +128,7 @@ def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, d
     aux = load_balancing_loss_func(
         out.router_logits, net.num_experts, net.num_experts_per_tok, tokens
     )
-    return loss + net.router_aux_loss_coef * aux, {"aux_loss": float(aux.detach())}
+    return loss + net.router_aux_loss_coef * aux, {"aux_loss": float(aux)}
 
 
 def _problems_of_split(folder: Path) -> list[Any]:

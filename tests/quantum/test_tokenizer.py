@@ -113,11 +113,12 @@ FROZEN_146 = "2aaf43e96e5ff02dba81ccb29317f61a5239564077d7508d50e13b0d5b3609f5"
 def test_earlier_ids_never_move():
     import hashlib
 
-    from quantum.tokenizer import _FALLBACK, BYTE_CHARS, VOCAB
+    from quantum.tokenizer import _FALLBACK, _PHASE_ANSWER, BYTE_CHARS, VOCAB
 
     assert hashlib.sha256("\n".join(VOCAB[:146]).encode()).hexdigest() == FROZEN_146
     assert len(set(VOCAB)) == len(VOCAB) and set(BYTE_CHARS) <= set(VOCAB)
-    assert VOCAB[146:] == tuple(dict.fromkeys(t for t in _FALLBACK if t not in VOCAB[:146]))
+    later = tuple(dict.fromkeys(t for t in _FALLBACK + _PHASE_ANSWER if t not in VOCAB[:146]))
+    assert VOCAB[146:] == later  # issue 20's fallback, then llm_sim's answer keywords
 
 
 def test_byte_stand_ins_are_the_tokenizers_byte_level_alphabet():
