@@ -12,6 +12,7 @@ beside the baselines (the p = 1/t shortcut, uniform, the parser + closed-form ce
 - more marked states than training had (test_ood_t) and non-optimal k in distribution (test_ood_k).
 
     python benchmarks/bench_llm_targets.py --config llm_sim_quick --seeds 0 1 2
+    python benchmarks/bench_llm_targets.py --seeds 0 1 2 --jobs 3 --device cpu  # one process per seed
     python benchmarks/bench_llm_targets.py --run runs/llm-train-<time>      # evaluate an existing run
 """
 
@@ -138,6 +139,32 @@ def summarize(res: dict[str, Any], meta: dict[str, Any], trained_max_n: int) -> 
     }
 
 
+def _train_seed(cfg: LLMTrainConfig, run_dir: Path, seed: int) -> None:
+    """One seed in its own process, one thread (the same weights as a one-thread serial run)."""
+    import torch
+
+    from llm_sim.training import read_splits, train_model
+
+    torch.set_num_threads(1)
+    splits = read_splits(run_dir / "splits.json")
+    train_model(cfg, run_dir, seed=seed, splits=splits)
+
+
+def train_parallel(cfg: LLMTrainConfig, run_dir: Path, jobs: int) -> None:
+    """Train ``cfg.seeds`` in ``jobs`` processes into one run folder (shared splits), then load all."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from llm_sim.training import load_splits, write_splits
+
+    write_splits(run_dir / "splits.json", load_splits(cfg))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        for done in [pool.submit(_train_seed, cfg, run_dir, s) for s in cfg.seeds]:
+            done.result()
+    train_run(cfg, run_dir, resume=True)  # every seed finished: loads them
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="llm_sim_quick")
@@ -146,6 +173,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=1, help="train the seeds in this many processes")
     ap.add_argument("--out", default="benchmarks/results/llm_targets.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -158,7 +186,10 @@ def main() -> None:
         run = create_run(cfg.name, cfg, root="runs", seed=cfg.seeds[0])
         run_dir = run.path
         print(f"run: {run_dir}", flush=True)
-        train_run(cfg, run_dir)
+        if args.jobs > 1:
+            train_parallel(cfg, run_dir, args.jobs)
+        else:
+            train_run(cfg, run_dir)
     train_s = time.perf_counter() - t0
     ev = create_run("llm-eval", root="runs")
     res = evaluate_run(
@@ -176,6 +207,7 @@ def main() -> None:
         "seeds": [m["seed"] for m in metas],
         "steps": metas[0].get("steps"),
         "train_seconds_per_seed": [m.get("train_seconds") for m in metas],
+        "train_processes": args.jobs,
         "task": metas[0]["task"],
     }
     from llm_sim.training import read_splits
