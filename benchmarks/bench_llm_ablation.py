@@ -1,4 +1,4 @@
-"""Ablation of position ids x answer format for qubit extrapolation (train n <= 6, test n to 60).
+"""Ablation of position ids x prompt x answer format for qubit extrapolation (train n <= 6, test n to 60).
 
 Every cell trains the same model with the same data and budget (``--config`` plus the cell's
 ``task`` settings, one seed) and is scored on the same probe problems: ``test_id`` (n = 2-6) and,
@@ -13,10 +13,17 @@ Cells (``task.positions`` kind / random gap / random stride, and ``task.answer``
 - ``coupled+gap``: plus a random gap U{0..1024} between header and flips in training;
 - ``coupled+gap+stride``: plus random id steps (per sequence U{1..s}, s ~ U{1..32}; the default);
 
-with ``marked_p`` (fixed-point p_marked; the default) and ``closed`` (p_marked and p_rest in
-scientific notation). Results are appended cell by cell to ``--out``; a rerun skips finished cells.
+crossed with the prompt (``compact``: n and k in decimal in the header; ``compact_scaled``: k on the
+scale of the rotation at the end, the default) and the answer (``marked_p``: p_marked in fixed
+point; ``marked_phase``: the rotation, then the success probability, the default; ``closed``:
+p_marked and p_rest in scientific notation). A cell is ``positions/prompt/answer``. Each cell
+reports, per group, set accuracy and named set at the optimal k, TVD (not renormalised) at the
+optimal k, and |p̂ - p| at a non-optimal k. Results are appended cell by cell to ``--out``
+(with provenance); a rerun skips finished cells.
 
-    python benchmarks/bench_llm_ablation.py --config llm_sim_ablation
+    python benchmarks/bench_llm_ablation.py --config llm_sim_quick --cells \
+        coupled+gap+stride/compact/marked_p coupled+gap+stride/compact_scaled/marked_p \
+        coupled+gap+stride/compact_scaled/marked_phase
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from llm_sim.evaluate import evaluate_model
 from llm_sim.positions import PositionScheme
 from llm_sim.training import LLMTrainConfig, train_run
 from qhybrid.config import resolve_config
-from qhybrid.runs import atomic_write_json, create_run
+from qhybrid.runs import create_run, write_results
 from quantum.dataset import DatasetSpec, SplitSpec, draw_splits
 
 POSITIONS = {
@@ -42,7 +49,9 @@ POSITIONS = {
     "coupled+gap": PositionScheme("coupled", gap=1024, stride=1, eval_stride=1),
     "coupled+gap+stride": PositionScheme("coupled"),  # the default: gap 1024, strides to 32
 }
-ANSWERS = ("marked_p", "closed")
+PROMPTS = ("compact", "compact_scaled")
+ANSWERS = ("marked_p", "marked_phase", "closed")
+DEPENDS = ("llm_sim", "quantum", "qhybrid/train.py")
 
 
 def probe_problems(ns: list[int], per_n: int, seed: int) -> list[tuple[str, Any]]:
@@ -70,6 +79,7 @@ def score_cell(records: list[dict[str, Any]], groups: list[str]) -> dict[str, An
         row[g] = {
             "set_acc": mean(opt, "set_acc"),
             "named_set": mean(opt, "named_set"),
+            "tvd_raw": mean(opt, "tvd_raw"),
             "p_err_nonopt": mean(non, "p_marked_err"),
             "problems": len(recs),
         }
@@ -90,16 +100,16 @@ def main() -> None:
     base = resolve_config(LLMTrainConfig, args.config, [f"seeds=[{args.seed}]"])
     probe = probe_problems(args.ns, args.per_n, seed=1000)
     groups, problems = [g for g, _ in probe], [p for _, p in probe]
-    cells = args.cells or [f"{p}/{a}" for p in POSITIONS for a in ANSWERS]
+    cells = args.cells or [f"{p}/{f}/{a}" for p in POSITIONS for f in PROMPTS for a in ANSWERS]
     for cell in cells:
         if cell in done["cells"]:
             print(f"{cell}: done before, skipped", flush=True)
             continue
-        pos, answer = cell.split("/")
+        pos, fmt, answer = cell.split("/")
         cfg = replace(
             base,
             name="llm-ablation",
-            task=replace(base.task, positions=POSITIONS[pos], answer=answer),
+            task=replace(base.task, positions=POSITIONS[pos], fmt=fmt, answer=answer),
         )
         run = create_run(cfg.name, cfg, root="runs", seed=args.seed)
         print(f"{cell}: training into {run.path}", flush=True)
@@ -109,6 +119,7 @@ def main() -> None:
         recs = evaluate_model(trained.model, trained.tokenizer, cfg.task, problems)
         done["cells"][cell] = {
             "positions": pos,
+            "prompt": fmt,
             "answer": answer,
             "train_seconds": round(train_s),
             "n_params": trained.n_params,
@@ -116,7 +127,9 @@ def main() -> None:
             "scores": score_cell(recs, groups),
         }
         done["config"], done["seed"], done["ns"] = args.config, args.seed, args.ns
-        atomic_write_json(out, done)
+        done = write_results(
+            out, {k: v for k, v in done.items() if k != "provenance"}, depends=DEPENDS
+        )
         print(f"{cell}: {json.dumps(done['cells'][cell]['scores'])}", flush=True)
 
 

@@ -1,8 +1,10 @@
 """Attack suite at scale: 100% rejection with the expected reason, 0 false rejections over >= 10,000 honest updates.
 
-Every case of pqc_fl.attacks.ATTACKS (plus a same-round replay) for several schemes and all three
-signing modes; honest updates are signed, sent through the wire format (every other one) and
-verified with replay protection on.
+Every case of pqc_fl.attacks.ATTACKS and the three that need the server's memory (same-round
+replay, double submission, node switch) for several schemes and all three signing modes; honest
+updates are signed, sent through the wire format (every other one) and verified with replay
+protection on. The per-case table lists each case, the reason it must get (digest mode) and in how
+many scheme x mode rows it got exactly that reason.
 
     .venv/bin/python benchmarks/bench_pqc_fl_attacks.py [--honest 10000]
 
@@ -18,7 +20,7 @@ import time
 from pqc_fl.attacks import run_attack_suite
 from pqc_fl.bench import hardware
 from qhybrid.report import markdown_table
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 
 
 def main() -> None:
@@ -58,10 +60,23 @@ def main() -> None:
             }
         )
     total_honest = sum(s["honest"] for s in summary)
+    by_case = [
+        {
+            "attack": case["attack"],
+            "expected (digest)": case["expected"],
+            "rows as expected": sum(
+                r["cases"][i]["as_expected"] and r["cases"][i]["attack"] == case["attack"]
+                for r in results
+            ),
+            "rows": len(results),
+        }
+        for i, case in enumerate(results[0]["cases"])
+    ]
     result = {
         "command": "python " + " ".join(sys.argv),
         "hardware": hardware(),
         "summary": summary,
+        "by_case": by_case,
         "results": results,
         "total_honest": total_honest,
         "rejection_rate": sum(s["rejected"] for s in summary) / sum(s["cases"] for s in summary),
@@ -72,7 +87,8 @@ def main() -> None:
         )
         and total_honest >= 10_000,
     }
-    atomic_write_json(args.out, result)
+    write_results(args.out, result, depends=("pqc_fl",))
+    print(markdown_table(by_case))
     print(markdown_table(summary, floatfmt=".3g"))
     print(
         f"rejection rate {result['rejection_rate']:.0%}, false rejections "

@@ -14,7 +14,7 @@ import sys
 
 from pqc_fl.bench import bandwidth_table, hardware
 from qhybrid.report import markdown_table
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 
 
 def main() -> None:
@@ -22,10 +22,8 @@ def main() -> None:
     ed = next(r for r in rows if r["scheme"] == "ed25519")
     for r in rows:
         r["added_vs_ed25519"] = r["added_B"] / ed["added_B"]
-    atomic_write_json(
-        "benchmarks/results/pqc_fl_bandwidth.json",
-        {"command": "python " + " ".join(sys.argv), "hardware": hardware(), "rows": rows},
-    )
+    result = {"command": "python " + " ".join(sys.argv), "hardware": hardware(), "rows": rows}
+    write_results("benchmarks/results/pqc_fl_bandwidth.json", result, depends=("pqc_fl",))
     print(markdown_table(rows, floatfmt=".3g"))
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from pqc_fl.bench import hardware
 from pqc_fl.byzantine import DEFAULT_BASE, accuracy_under_attack, integrity_runs
 from qhybrid.report import markdown_table
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 
 STRATEGIES = ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum")
 ATTACKS = ("scale", "sign_flip", "label_flip")
@@ -132,7 +132,7 @@ def main() -> None:
         "robust_target_met": all(ref - v <= 0.02 for v in best20.values()),
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_json("benchmarks/results/pqc_fl_byzantine.json", result)
+    write_results("benchmarks/results/pqc_fl_byzantine.json", result, depends=("pqc_fl",))
     figure(rows, "docs/figures/pqc_fl_byzantine.png")
     print(
         {

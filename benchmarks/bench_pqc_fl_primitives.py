@@ -18,7 +18,7 @@ import time
 
 from pqc_fl.bench import hardware, primitive_markdown_rows, primitive_table
 from qhybrid.report import markdown_table
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         "seconds": time.perf_counter() - t0,
         "rows": rows,
     }
-    atomic_write_json(args.out, result)
+    write_results(args.out, result, depends=("pqc_fl",))
     print(markdown_table(primitive_markdown_rows(rows), floatfmt=".3g"))
 
 

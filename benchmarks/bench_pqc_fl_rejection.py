@@ -19,10 +19,11 @@ import sys
 
 from pqc_fl.attacks import garbage_record_blob, make_world
 from pqc_fl.bench import hardware, time_call
-from pqc_fl.envelope import parse_tensor_stream, split_wire, verify_update
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
+from pqc_fl.verify import verify_update
+from pqc_fl.wire import parse_tensor_stream, split_wire
 from qhybrid.report import markdown_table
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 
 
 def main() -> None:
@@ -66,7 +67,7 @@ def main() -> None:
         "target_met": all(r["default policy: ms"] <= 5 and r["cap lifted: ms"] <= 5 for r in rows),
         "flat_ratio_40k_vs_1k": big["cap lifted: ms"] / rows[0]["cap lifted: ms"],
     }
-    atomic_write_json("benchmarks/results/pqc_fl_rejection.json", result)
+    write_results("benchmarks/results/pqc_fl_rejection.json", result, depends=("pqc_fl",))
     print(markdown_table(rows, floatfmt=".3g"))
     print(f"target met: {result['target_met']}")
 

@@ -20,7 +20,7 @@ import time
 
 from pqc_fl.bench import hardware, round_cost_table
 from qhybrid.report import markdown_table
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
         "hash_target": "hashing share at 100 clients (10M model) at most half of 34% (issue 13)",
         "hash_target_met": share["blake3"] is not None and share["blake3"] <= 17.0,
     }
-    atomic_write_json(args.out, result)
+    write_results(args.out, result, depends=("pqc_fl",))
     cols = [
         "model",
         "params",

@@ -18,7 +18,7 @@ import sys
 
 from pqc_fl.bench import hardware, verify_throughput
 from qhybrid.report import markdown_table
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
         "target": "speedup >= 0.8 x workers",
         "min_efficiency_at_max_workers": min(r["efficiency"] for r in top),
     }
-    atomic_write_json(args.out, result)
+    write_results(args.out, result, depends=("pqc_fl",))
     print(markdown_table(rows, floatfmt=".3g"))
 
 

@@ -11,11 +11,16 @@ truncated probability dict (:func:`quantum.render` ``"answer_anchor"``).
   (Qiskit exports no ``gate Oracle`` for a circuit that never applies it). For the optimal k
   (every anchor circuit) ``output`` is the text the anchor's generator writes for the same QASM;
   for another k the dict holds that k's probabilities (the anchor's generator assumes k*).
-- :func:`import_anchor` reads such a file back into :class:`~quantum.GroverProblem` objects by
-  the anchor's own rule (a qubit is a 0 of the marked state when an ``x`` precedes and follows the
-  block's ``mcmt``); k is the number of ``Oracle`` applications of a full circuit, and k* for an
-  oracle-only input (the anchor's convention). ``qhybrid llm eval --set anchor=FILE`` scores a
-  model on them.
+- :func:`import_anchor` reads such a file back into :class:`~quantum.GroverProblem` objects
+  through :func:`quantum.qasm_import.import_grover`: each circuit is parsed and *proven* to be
+  Grover search (its oracle blocks flip the phase of exactly the marked states, its diffusers are
+  the reflection about the uniform state, k pairs), never matched as text, so a record whose
+  oracle was emptied or changed, or whose calls were removed or added, is refused (or read as
+  what it computes) instead of being scored against the wrong truth. k is the number of oracle /
+  diffuser pairs of a full circuit, and k* for an oracle-only input (the anchor's convention);
+  the oracle-only input has no ``gate mcmt`` definition, so the anchor's (``MCMTGate(ZGate(),
+  n-1, 1)``, a multi-controlled Z on the Oracle's n qubits) is supplied. ``qhybrid llm eval --set
+  anchor=FILE`` scores a model on them.
 """
 
 from __future__ import annotations
@@ -122,18 +127,32 @@ def export_anchor(problems: Iterable[Any], path: str | Path, input: str = "full"
     return len(records)
 
 
+_HEADER = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
+
+
+def _anchor_program(qasm: str) -> str:
+    """The record's QASM, completed as the anchor's oracle-only input needs: its ``gate Oracle``
+    block comes without the header and without the ``mcmt`` it calls (``MCMTGate(ZGate(), n-1,
+    1)`` in the anchor's circuits: a multi-controlled Z on all n qubits)."""
+    from quantum.qasm_import import gate_definitions
+
+    if qasm.lstrip().startswith("OPENQASM"):
+        return qasm
+    gates = gate_definitions(_HEADER + qasm)
+    n = gates.get("Oracle", 0)
+    if "mcmt" in gates or n < 2:
+        return _HEADER + qasm
+    args = ", ".join(f"q{i}" for i in range(n))
+    return f"{_HEADER}gate mcmt {args} {{\n  ctrl({n - 1}) @ z {args};\n}}\n{qasm}"
+
+
 def _problem(record: Any, index: int) -> Any:
-    from quantum import GroverProblem
+    from quantum.qasm_import import import_grover
 
     if not isinstance(record, dict) or not isinstance(record.get("input"), str):
         raise AnchorFormatError(f"record {index} has no string 'input' (the QASM circuit)")
-    qasm = record["input"]
     try:
-        params, ops, _ = _oracle_parts(qasm)
-        marked = [state for _, state, _ in _blocks(params, ops)]
-        full = "qubit[" in qasm
-        k = sum(1 for line in qasm.splitlines() if line.startswith("Oracle ")) if full else None
-        return GroverProblem(len(params), marked, k, "x_mcz_x")
+        return import_grover(_anchor_program(record["input"])).problem
     except QHybridError as err:
         raise AnchorFormatError(f"record {index}: {err}") from None
 

@@ -76,8 +76,10 @@ class DataError(QHybridError):
 
 @dataclass(frozen=True)
 class TaskFormat:
-    fmt: str = "compact"  # prompt: "compact", "compact_scaled" (k on the sqrt(N) scale) or "qasm3"
-    answer: str = "marked_p"  # "marked_p", "marked_phase", "closed", "dict" or "anchor"
+    fmt: str = (
+        "compact_scaled"  # prompt: "compact_scaled" (k on the sqrt(N) scale), "compact", "qasm3"
+    )
+    answer: str = "marked_phase"  # "marked_phase", "marked_p", "closed", "dict" or "anchor"
     digits: int = 4  # decimals of p_marked ("marked_p") or p_success ("marked_phase")
     positions: PositionScheme = field(default_factory=PositionScheme)  # position ids
 

@@ -24,8 +24,11 @@ count bits instead of reading the coupled token (both only when ``rng`` is given
   grows with the digits of n and k, stops mattering; Ruoss et al. 2023 randomise positions too);
 - ``stride``: each training sequence draws its own largest step s ~ U{1..stride}, then consecutive
   ids in FLIPS and TAIL differ by U{1..s} instead of 1 (in ``compact_scaled`` prompts the register
-  ``repeat ... measure`` and the answer's number keep steps of 1, so the number reads the register's
-  window at fixed relative distances). A flip section of the 84 tokens training
+  ``repeat | F <point> I measure`` and the answer's number keep steps of 1, so the number reads the
+  register's window at fixed relative distances; the register's low bits, present only from
+  n = 7, take the ids after the header, so the neighbourhood of the copy's end and of the number is
+  the same at every n: at n = 16, numbered in the tail, those bits next to ``measure`` made a small
+  model write ``marked`` again and again instead of ending the copy). A flip section of the 84 tokens training
   has at most then spans anything from 84 to ~2,700 ids, so the span of a 366-token section at
   n = 60 (t = 6) with small steps lies inside what training covered, and both dense and sparse ids
   occur. (Steps of U{1..4} in every sequence, tried first, cover spans up to ~210 ids only:
@@ -84,6 +87,7 @@ class PromptLayout:
     tail: int  # index of ``diffuse``
     length: int  # prompt tokens
     register: int | None = None  # ``compact_scaled``: index of ``repeat``; ids step by 1 from it
+    low_bits: int = 0  # ``compact_scaled``: the register's low fraction bits after ``repeat``
 
     @property
     def copy_len(self) -> int:
@@ -100,8 +104,13 @@ def prompt_layout(tokens: Sequence[str]) -> PromptLayout:
             "coupled positions need a compact prompt ('... flip <bits> ... diffuse ... "
             "measure'); use positions.kind='sequential' for other prompt formats"
         ) from None
-    after = tokens[tail + 1 : tail + 2]
-    return PromptLayout(first, tail, len(tokens), tail + 1 if after == ["repeat"] else None)
+    if tokens[tail + 1 : tail + 2] != ["repeat"]:
+        return PromptLayout(first, tail, len(tokens))
+    try:
+        low = tokens.index("|", tail + 2) - tail - 2
+    except ValueError:
+        raise QHybridError("a compact_scaled prompt needs '|' in its register") from None
+    return PromptLayout(first, tail, len(tokens), tail + 1, low)
 
 
 def position_ids(
@@ -129,11 +138,19 @@ def position_ids(
     gap = rng.randint(0, scheme.gap) if rng is not None else scheme.gap // 2
     # training: each sequence draws its own largest step, so both dense and sparse ids occur
     stride = rng.randint(1, scheme.stride) if rng is not None else scheme.eval_stride
-    ids = list(range(f0))
-    at = f0 + gap
+    # the register's low bits (n >= 7 only) are numbered after the header, so the ids around the
+    # end of the copy and the number are the same as at n <= 6
+    ids = [0] * lp
+    ids[:f0] = range(f0)
+    low = (
+        range(layout.register + 1, layout.register + 1 + layout.low_bits) if layout.register else ()
+    )
+    for j, i in enumerate(low):
+        ids[i] = f0 + j
+    at = f0 + len(low) + gap
     exact = layout.register if layout.register is not None else lp
-    for i in range(f0, lp):
-        ids.append(at)
+    for i in (i for i in range(f0, lp) if i not in low):
+        ids[i] = at
         at += 1 if i + 1 >= exact else draw.randint(1, stride)
     # mirrors[j]: the id answer token j mirrors (copy part: the flip section; then onwards)
     mirrors = ids[f0 : layout.tail]

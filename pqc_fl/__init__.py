@@ -7,17 +7,7 @@ See docs/pqc_fl.md. Importing this package does not import torch or flwr.
 
 from __future__ import annotations
 
-from pqc_fl.envelope import (
-    CONTEXT,
-    Envelope,
-    MalformedUpdateError,
-    Reason,
-    SignedUpdate,
-    Verdict,
-    sign_update,
-    state_digest,
-    verify_update,
-)
+from pqc_fl.envelope import CONTEXT, Envelope, MalformedUpdateError, state_digest
 from pqc_fl.keys import (
     ClientKey,
     KeyRegistry,
@@ -27,6 +17,9 @@ from pqc_fl.keys import (
 )
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import SchemeError, SignatureScheme, available_schemes, get_scheme
+from pqc_fl.sign import sign_update
+from pqc_fl.verify import Reason, Verdict, verify_update
+from pqc_fl.wire import SignedUpdate
 
 __all__ = [
     "CONTEXT",

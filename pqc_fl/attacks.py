@@ -15,30 +15,33 @@ import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
-from pqc_fl.envelope import (
-    CONTEXT,
-    Reason,
-    SignedUpdate,
-    sign_update,
-    tensor_stream,
-    verify_update,
-)
+from pqc_fl.envelope import CONTEXT, Mode, signed_message, tensor_stream
 from pqc_fl.keys import ClientKey, KeyRegistry, generate_client_key
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import get_scheme
+from pqc_fl.sign import sign_envelope, sign_update
+from pqc_fl.verify import Reason, verify_update
+from pqc_fl.wire import SignedUpdate
 
 __all__ = [
     "ATTACKS",
     "BYZANTINE_ATTACKS",
+    "INTEGRITY_ATTACKS",
+    "RUN_ATTACKS",
     "AttackWorld",
+    "ByzantineAttack",
+    "Case",
+    "PoisoningAttack",
+    "RunAttack",
     "byzantine_state",
     "make_world",
     "run_attack_suite",
     "sample_state",
+    "tamper",
 ]
 
 RUN_ID = "run-attack-suite"
@@ -52,7 +55,7 @@ class AttackWorld:
     """Keys, a registry and a server policy shared by all cases."""
 
     scheme: str
-    mode: str
+    mode: Mode
     registry: KeyRegistry
     a: ClientKey  # the honest client whose update is attacked
     b: ClientKey  # another registered client
@@ -64,6 +67,8 @@ class AttackWorld:
     policy: ServerPolicy  # the server's policy: only the run's scheme
 
     def honest(self, **kw: Any) -> SignedUpdate:
+        """Client a's validly signed update for this run and round; ``kw`` overrides any
+        argument of :func:`~pqc_fl.sign.sign_update` (plus ``key`` and ``state``)."""
         key = kw.pop("key", self.a)
         state = kw.pop("state", self.state)
         args: dict[str, Any] = dict(
@@ -87,9 +92,10 @@ class AttackWorld:
         guard: ReplayGuard | None = None,
         *,
         round: int = ROUND,
-        node: str = NODE,
+        node: str | None = NODE,
     ) -> Reason:
-        """The verdict of a server in ``round`` receiving ``u`` from ``node`` (fresh guard: None)."""
+        """The verdict of a server in ``round`` receiving ``u`` from ``node`` (fresh guard: None;
+        ``node=None``: a transport that cannot name the sender)."""
         return verify_update(
             u,
             registry=self.registry,
@@ -112,11 +118,13 @@ def sample_state(seed: int = 0, sizes: tuple[int, ...] = (64, 32, 10)) -> dict[s
     return out
 
 
-def make_world(scheme: str = "ml-dsa-44", mode: str = "digest", seed: int = 0) -> AttackWorld:
+def make_world(scheme: str = "ml-dsa-44", mode: Mode = "digest", seed: int = 0) -> AttackWorld:
+    """Fresh keys of every kind the cases need, registered (client a from node ``NODE``)."""
     reg = KeyRegistry()
     a, b, rev, old = (generate_client_key(c, scheme) for c in ("a", "b", "c", "d"))
     classical = generate_client_key("e", "ed25519" if scheme != "ed25519" else "ecdsa-p256")
-    for k in (a, b, rev, old, classical):
+    reg.register_client_key(a, max_examples=MAX_EXAMPLES, node=NODE)
+    for k in (b, rev, old, classical):
         reg.register_client_key(k, max_examples=MAX_EXAMPLES)
     reg.revoke(rev.key_id)
     new = generate_client_key("d", scheme)
@@ -166,8 +174,6 @@ def _garble(sig: bytes) -> bytes:
 
 def _wrong_context(w: AttackWorld) -> SignedUpdate:
     """Signed by the right key over the right message, but under another context string."""
-    from pqc_fl.envelope import signed_message
-
     u = w.honest()
     msg = b"".join(signed_message(u.envelope, u.tensors))
     s = get_scheme(w.a.scheme)
@@ -177,6 +183,15 @@ def _wrong_context(w: AttackWorld) -> SignedUpdate:
 def _downgrade_by_policy(w: AttackWorld) -> SignedUpdate:
     """A validly signed update from a registered classical key, which the server's policy refuses."""
     return w.honest(key=w.classical, mode="digest")
+
+
+def _resigned(w: AttackWorld, **changes: Any) -> SignedUpdate:
+    """Client a's update with envelope fields changed and validly re-signed with a's own key: a
+    modified client sending what :func:`~pqc_fl.sign.sign_update` itself refuses to sign."""
+    u = w.honest()
+    env = dataclasses.replace(u.envelope, **changes)
+    sig = sign_envelope(get_scheme(w.a.scheme), w.a.secret_key, env, u.tensors)
+    return dataclasses.replace(u, envelope=env, signature=sig)
 
 
 def _with(w: AttackWorld, name: str, value: Any) -> SignedUpdate:
@@ -206,149 +221,189 @@ def garbage_record_blob(u: SignedUpdate, records: int) -> bytes:
     return head + struct.pack(">I", records) + b"".join(recs)
 
 
-# name -> (attack(world) -> update or bytes, expected reason in digest mode, in full/mu mode)
 Attack = Callable[[AttackWorld], SignedUpdate | bytes]
-ATTACKS: dict[str, tuple[Attack, Reason, Reason]] = {
-    "tensor_bitflip": (
+
+
+class Case(NamedTuple):
+    """One attack: what it sends, the reason it must get, and the sender the transport names."""
+
+    make: Attack  # the forged update (or bytes) in a world
+    digest_reason: Reason  # expected reason in mode "digest"
+    other_reason: Reason  # expected reason in modes "full" and "mu"
+    sender: str | None = NODE  # the node the server sees it from (None: the transport knows none)
+
+
+ATTACKS: dict[str, Case] = {
+    "tensor_bitflip": Case(
         lambda w: _flip_tensor(w.honest()),
         Reason.DIGEST_MISMATCH,
         Reason.BAD_SIGNATURE,
     ),
-    "tensor_swap": (
+    "tensor_swap": Case(
         lambda w: dataclasses.replace(w.honest(), tensors=w.honest(state=sample_state(7)).tensors),
         Reason.DIGEST_MISMATCH,
         Reason.BAD_SIGNATURE,
     ),
-    "metric_bitflip": (
+    "metric_bitflip": Case(
         lambda w: _flip_metric(w.honest()),
         Reason.BAD_SIGNATURE,
         Reason.BAD_SIGNATURE,
     ),
-    "num_examples_bitflip": (
+    "num_examples_bitflip": Case(
         lambda w: _env(u := w.honest(), num_examples=u.envelope.num_examples ^ (1 << 20)),
         Reason.BAD_SIGNATURE,
         Reason.BAD_SIGNATURE,
     ),
-    "replay_earlier_round": (
+    "replay_earlier_round": Case(
         lambda w: w.honest(round=ROUND - 1),
         Reason.ROUND_MISMATCH,
         Reason.ROUND_MISMATCH,
     ),
-    "replay_earlier_round_relabelled": (
+    "replay_earlier_round_relabelled": Case(
         lambda w: _env(w.honest(round=ROUND - 1), round=ROUND),
         Reason.BAD_SIGNATURE,
         Reason.BAD_SIGNATURE,
     ),
-    "replay_other_run": (
+    "replay_other_run": Case(
         lambda w: w.honest(run_id="another-run"),
         Reason.RUN_MISMATCH,
         Reason.RUN_MISMATCH,
     ),
-    "relabel_client": (
+    "relabel_client": Case(
         lambda w: _env(w.honest(), client_id="b"),
         Reason.KEY_CLIENT_MISMATCH,
         Reason.KEY_CLIENT_MISMATCH,
     ),
-    "relabel_client_and_key": (
+    "relabel_client_and_key": Case(
         lambda w: _env(w.honest(), client_id="b", key_id=w.b.key_id),
         Reason.BAD_SIGNATURE,
         Reason.BAD_SIGNATURE,
     ),
-    "scheme_downgrade_field": (
+    "scheme_downgrade_field": Case(
         lambda w: _env(w.honest(), scheme=w.classical.scheme),
         Reason.SCHEME_MISMATCH,
         Reason.SCHEME_MISMATCH,
     ),
-    "scheme_downgrade_classical_key": (
+    "scheme_downgrade_classical_key": Case(
         _downgrade_by_policy,
         Reason.SCHEME_NOT_ALLOWED,
         Reason.SCHEME_NOT_ALLOWED,
     ),
-    "mode_switch": (
+    "mode_switch": Case(
         lambda w: _env(w.honest(), mode="full" if w.mode == "digest" else "digest", digest=""),
         Reason.MODE_NOT_ALLOWED,
         Reason.MODE_NOT_ALLOWED,  # the policy allows the run's mode only
     ),
-    "hash_swap": (
+    "hash_swap": Case(
         lambda w: _env(w.honest(), hash="blake3"),
         Reason.BAD_SIGNATURE,
         Reason.BAD_SIGNATURE,
     ),
-    "wrong_context": (_wrong_context, Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
-    "truncated_signature": (
+    "wrong_context": Case(_wrong_context, Reason.BAD_SIGNATURE, Reason.BAD_SIGNATURE),
+    "truncated_signature": Case(
         lambda w: _sig(u := w.honest(), u.signature[:-1]),
         Reason.BAD_SIGNATURE_LENGTH,
         Reason.BAD_SIGNATURE_LENGTH,
     ),
-    "garbled_signature": (
+    "garbled_signature": Case(
         lambda w: _sig(u := w.honest(), _garble(u.signature)),
         Reason.BAD_SIGNATURE,
         Reason.BAD_SIGNATURE,
     ),
-    "empty_signature": (
+    "empty_signature": Case(
         lambda w: _sig(w.honest(), b""),
         Reason.BAD_SIGNATURE_LENGTH,
         Reason.BAD_SIGNATURE_LENGTH,
     ),
-    "unknown_key": (lambda w: w.honest(key=w.unknown), Reason.UNKNOWN_KEY, Reason.UNKNOWN_KEY),
-    "revoked_key": (lambda w: w.honest(key=w.revoked), Reason.REVOKED_KEY, Reason.REVOKED_KEY),
-    "expired_rotated_key": (
+    "unknown_key": Case(lambda w: w.honest(key=w.unknown), Reason.UNKNOWN_KEY, Reason.UNKNOWN_KEY),
+    "revoked_key": Case(lambda w: w.honest(key=w.revoked), Reason.REVOKED_KEY, Reason.REVOKED_KEY),
+    "expired_rotated_key": Case(
         lambda w: w.honest(key=w.rotated_old),
         Reason.EXPIRED_KEY,
         Reason.EXPIRED_KEY,
     ),
     # the digest / signature is checked before any record is parsed, so a cut stream fails there
-    "truncated_bytes": (
+    "truncated_bytes": Case(
         lambda w: w.honest().to_bytes()[:-3],
         Reason.DIGEST_MISMATCH,
         Reason.BAD_SIGNATURE,
     ),
-    "malformed_garbage": (lambda w: secrets.token_bytes(200), Reason.MALFORMED, Reason.MALFORMED),
-    "malformed_empty": (lambda w: b"", Reason.MALFORMED, Reason.MALFORMED),
-    "old_envelope_version": (
+    "malformed_garbage": Case(
+        lambda w: secrets.token_bytes(200), Reason.MALFORMED, Reason.MALFORMED
+    ),
+    "malformed_empty": Case(lambda w: b"", Reason.MALFORMED, Reason.MALFORMED),
+    "old_envelope_version": Case(
         lambda w: _env(w.honest(), version=1),
         Reason.UNSUPPORTED_VERSION,
         Reason.UNSUPPORTED_VERSION,
     ),
-    "mode_outside_policy": (
+    "mode_outside_policy": Case(
         lambda w: w.honest(mode="full" if w.mode == "digest" else "digest"),
         Reason.MODE_NOT_ALLOWED,
         Reason.MODE_NOT_ALLOWED,
     ),
-    "too_many_records_garbage_signature": (_many_records, Reason.TOO_LARGE, Reason.TOO_LARGE),
-    "relayed_by_another_node": (
+    "too_many_records_garbage_signature": Case(_many_records, Reason.TOO_LARGE, Reason.TOO_LARGE),
+    "relayed_by_another_node": Case(
         lambda w: w.honest(node="node-evil"),
         Reason.NODE_MISMATCH,
         Reason.NODE_MISMATCH,
     ),
     # insiders: signed validly with a's own key
-    "insider_nan": (lambda w: _poke(w, float("nan")), Reason.NON_FINITE, Reason.NON_FINITE),
-    "insider_inf": (lambda w: _poke(w, float("-inf")), Reason.NON_FINITE, Reason.NON_FINITE),
-    "insider_huge_3e38": (lambda w: _poke(w, 3e38), Reason.OUT_OF_RANGE, Reason.OUT_OF_RANGE),
-    "insider_inflate_examples": (
+    "insider_nan": Case(lambda w: _poke(w, float("nan")), Reason.NON_FINITE, Reason.NON_FINITE),
+    "insider_inf": Case(lambda w: _poke(w, float("-inf")), Reason.NON_FINITE, Reason.NON_FINITE),
+    "insider_huge_3e38": Case(lambda w: _poke(w, 3e38), Reason.OUT_OF_RANGE, Reason.OUT_OF_RANGE),
+    "insider_inflate_examples": Case(
         lambda w: w.honest(num_examples=2**53),
         Reason.EXAMPLES_OVER_CAP,
         Reason.EXAMPLES_OVER_CAP,
     ),
-    "insider_extra_tensor": (
+    "insider_extra_tensor": Case(
         lambda w: _with(w, "extra", np.zeros(3, np.float32)),
         Reason.SCHEMA_MISMATCH,
         Reason.SCHEMA_MISMATCH,
     ),
-    "insider_missing_tensor": (
+    "insider_missing_tensor": Case(
         lambda w: w.honest(state={k: v for k, v in w.state.items() if k != "0.bias"}),
         Reason.SCHEMA_MISMATCH,
         Reason.SCHEMA_MISMATCH,
     ),
-    "insider_dtype_change": (
+    "insider_dtype_change": Case(
         lambda w: _with(w, "0.bias", w.state["0.bias"].astype(np.float64)),
         Reason.SCHEMA_MISMATCH,
         Reason.SCHEMA_MISMATCH,
     ),
-    "insider_shape_change": (
+    "insider_shape_change": Case(
         lambda w: _with(w, "0.bias", w.state["0.bias"].reshape(1, -1)),
         Reason.SCHEMA_MISMATCH,
         Reason.SCHEMA_MISMATCH,
+    ),
+    "insider_zero_examples": Case(
+        lambda w: _resigned(w, num_examples=0), Reason.NO_EXAMPLES, Reason.NO_EXAMPLES
+    ),
+    "insider_negative_examples": Case(
+        lambda w: _resigned(w, num_examples=-1), Reason.MALFORMED, Reason.MALFORMED
+    ),
+    "insider_fractional_examples": Case(
+        lambda w: _resigned(w, num_examples=1.5), Reason.MALFORMED, Reason.MALFORMED
+    ),
+    "insider_nan_metric": Case(
+        lambda w: w.honest(metrics={"train_loss": float("nan")}),
+        Reason.NON_FINITE_METRIC,
+        Reason.NON_FINITE_METRIC,
+    ),
+    "insider_inf_metric": Case(
+        lambda w: w.honest(metrics={"train_acc": 0.9, "train_loss": float("-inf")}),
+        Reason.NON_FINITE_METRIC,
+        Reason.NON_FINITE_METRIC,
+    ),
+    "insider_huge_metric": Case(
+        lambda w: w.honest(metrics={"train_loss": 1e300}),
+        Reason.METRIC_OUT_OF_RANGE,
+        Reason.METRIC_OUT_OF_RANGE,
+    ),
+    # the transport names no sender: a's update claiming another node than a's registered one
+    "insider_unbound_node_claim": Case(
+        lambda w: w.honest(node="node-b"), Reason.NODE_MISMATCH, Reason.NODE_MISMATCH, None
     ),
 }
 
@@ -384,12 +439,13 @@ STATEFUL = {
 
 
 def expected_reason(name: str, mode: str) -> Reason:
-    _, digest_mode, other = ATTACKS[name]
-    return digest_mode if mode == "digest" else other
+    """The reason case ``name`` must get in signing mode ``mode``."""
+    case = ATTACKS[name]
+    return case.digest_reason if mode == "digest" else case.other_reason
 
 
 def run_attack_suite(
-    scheme: str = "ml-dsa-44", mode: str = "digest", *, honest: int = 100, seed: int = 0
+    scheme: str = "ml-dsa-44", mode: Mode = "digest", *, honest: int = 100, seed: int = 0
 ) -> dict[str, Any]:
     """Run every case (through the wire format too) and ``honest`` honest updates.
 
@@ -400,11 +456,11 @@ def run_attack_suite(
     """
     w = make_world(scheme, mode, seed)
     rows: list[dict[str, Any]] = []
-    for name in ATTACKS:
-        forged = ATTACKS[name][0](w)
-        got = w.verify(forged)
+    for name, case in ATTACKS.items():
+        forged = case.make(w)
+        got = w.verify(forged, node=case.sender)
         if isinstance(forged, SignedUpdate):  # the same verdict after a trip over the wire
-            wire = w.verify(forged.to_bytes())
+            wire = w.verify(forged.to_bytes(), node=case.sender)
             got = got if wire == got else wire
         want = expected_reason(name, mode)
         rows.append(
@@ -442,12 +498,15 @@ def run_attack_suite(
 # attacks a malicious client (or the wire) applies during a federated run (both engines)
 # ------------------------------------------------------------------------------------------------
 
-RUN_ATTACKS = ("none", "tensor_bitflip", "inflate_examples", "replay_previous_round", "relabel",
-               "strip_signature")  # fmt: skip
+RunAttack = Literal[
+    "none", "tensor_bitflip", "inflate_examples", "replay_previous_round", "relabel",
+    "strip_signature",
+]  # fmt: skip
+RUN_ATTACKS: tuple[RunAttack, ...] = get_args(RunAttack)
 
 
 def tamper(
-    u: SignedUpdate, kind: str, *, previous: SignedUpdate | None, victim: str
+    u: SignedUpdate, kind: RunAttack, *, previous: SignedUpdate | None, victim: str
 ) -> SignedUpdate:
     """Apply a run-time attack to a signed update after signing.
 
@@ -476,17 +535,19 @@ def tamper(
 # Byzantine clients: valid keys, malicious content (in-process engine)
 # ------------------------------------------------------------------------------------------------
 
-BYZANTINE_ATTACKS = (
+ByzantineAttack = Literal[
     "none", "double_submission", "non_finite", "huge_values", "inflate_examples", "extra_tensor",
     "scale", "sign_flip", "label_flip",
-)  # fmt: skip
+]  # fmt: skip
+BYZANTINE_ATTACKS: tuple[ByzantineAttack, ...] = get_args(ByzantineAttack)
 INTEGRITY_ATTACKS = BYZANTINE_ATTACKS[1:6]  # the verifier must reject these (with a reason)
+PoisoningAttack = Literal["scale", "sign_flip", "label_flip"]  # well-formed, validly signed
 SCALE = 10.0  # "scale": the update w - g is multiplied by this
 FLIP = 4.0  # "sign_flip": the update is replaced by -FLIP (w - g)
 
 
 def byzantine_state(
-    kind: str, local: dict[str, np.ndarray], global_: dict[str, np.ndarray]
+    kind: ByzantineAttack, local: dict[str, np.ndarray], global_: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """What a Byzantine client signs instead of its trained weights ``local``.
 

@@ -20,16 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from pqc_fl.envelope import (
-    canonical_tensors,
-    sign_update,
-    state_digest,
-    tensor_stream,
-    verify_update,
-)
+from pqc_fl.envelope import Hash, Mode, canonical_tensors, state_digest, tensor_stream
 from pqc_fl.keys import KeyRegistry, generate_client_key
 from pqc_fl.policy import ReplayGuard, ServerPolicy, schema_of
 from pqc_fl.schemes import SchemeError, available_schemes, get_scheme, scheme_backends
+from pqc_fl.sign import sign_update
+from pqc_fl.verify import verify_update
 
 __all__ = [
     "bandwidth_table",
@@ -199,8 +195,8 @@ def round_cost_table(
     clients: Sequence[int] = (2, 10, 100),
     *,
     scheme: str = "ml-dsa-44",
-    mode: str = "digest",
-    hash: str = "sha256",
+    mode: Mode = "digest",
+    hash: Hash = "sha256",
     local_steps: int = 20,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
@@ -221,94 +217,101 @@ def round_cost_table(
     for model_name in models:
         state, n, train_s = _client_update(model_name, local_steps, seed)
         tensors = canonical_tensors(state)
-        update_bytes = sum(a.nbytes for a in tensors.values())
-        smallest = min(tensors, key=lambda k: tensors[k].size)
         for n_clients in clients:
-            reg = KeyRegistry()
-            keys = [generate_client_key(f"c{i}", scheme) for i in range(n_clients)]
-            for k in keys:
-                reg.register_client_key(k, max_examples=n)
-            schema = schema_of(tensors)
-            guard = ReplayGuard()
-            digest_s, sign_s = [], []
-            parse_s = verify_s = hash_s = agg_s = 0.0
-            acc: dict[str, np.ndarray] = {}
-            for i, k in enumerate(keys):
-                # distinct updates that share the big tensors (same hashing work, bounded memory)
-                mine = dict(tensors)
-                mine[smallest] = tensors[smallest] + np.float32(i)
-                u = sign_update(
-                    mine,
-                    scheme=scheme,
-                    secret_key=k.secret_key,
-                    key_id=k.key_id,
-                    client_id=k.client_id,
-                    run_id="bench",
-                    round=1,
-                    num_examples=n,
-                    mode=mode,
-                    hash=hash,
-                )
-                digest_s.append(u.timings["digest"])
-                sign_s.append(u.timings["sign"])
-                blob = u.to_bytes()
-                t0 = time.perf_counter()  # the server gets bytes: header, signature, hash, parse
-                v = verify_update(
-                    blob,
-                    registry=reg,
-                    run_id="bench",
-                    round=1,
-                    guard=guard,
-                    schema=schema,
-                    policy=ServerPolicy.only(scheme),
-                )
-                assert v.ok and v.update is not None, v
-                back = v.update
-                t2 = time.perf_counter()
-                t1 = t0 + (t2 - t0 - v.verify_seconds - v.hash_seconds)  # parse + checks
-                w = np.float32(1.0 / n_clients)
-                for name, arr in back.tensors.items():
-                    if name in acc:
-                        acc[name] += arr * w
-                    else:
-                        acc[name] = arr * w
-                t3 = time.perf_counter()
-                parse_s += t1 - t0
-                verify_s += v.verify_seconds
-                hash_s += v.hash_seconds
-                agg_s += t3 - t2
-                del blob, back
-            acc.clear()
-            client_digest, client_sign = float(np.median(digest_s)), float(np.median(sign_s))
-            client_s = train_s + client_digest + client_sign
-            server_s = parse_s + verify_s + hash_s + agg_s
+            server = _server_costs(tensors, n, n_clients, scheme, mode, hash)
+            client_s = train_s + server["client_digest_s"] + server["client_sign_s"]
+            server_s = sum(server[k] for k in ("parse", "verify", "hash", "aggregate"))
             round_s = client_s + server_s
+            sign_verify = server["client_sign_s"] + server["verify"]
+            hashing = server["client_digest_s"] + server["hash"]
             rows.append(
                 {
                     "model": model_name,
-                    "params": update_bytes // 4,
-                    "update_MB": update_bytes / 1e6,
+                    "params": sum(a.nbytes for a in tensors.values()) // 4,
+                    "update_MB": sum(a.nbytes for a in tensors.values()) / 1e6,
                     "clients": n_clients,
                     "scheme": scheme,
                     "mode": mode,
                     "hash": hash if mode == "digest" else "",
                     "client_train_s": train_s,
-                    "client_digest_s": client_digest,
-                    "client_sign_s": client_sign,
-                    "server_parse_s": parse_s,
-                    "server_verify_s": verify_s,
-                    "server_hash_s": hash_s,
-                    "server_aggregate_s": agg_s,
+                    "client_digest_s": server["client_digest_s"],
+                    "client_sign_s": server["client_sign_s"],
+                    "server_parse_s": server["parse"],
+                    "server_verify_s": server["verify"],
+                    "server_hash_s": server["hash"],
+                    "server_aggregate_s": server["aggregate"],
                     "round_s": round_s,
-                    "sign_verify_share_pct": 100 * (client_sign + verify_s) / round_s,
-                    "hash_share_pct": 100 * (client_digest + hash_s) / round_s,
-                    "crypto_share_pct": 100
-                    * (client_sign + verify_s + client_digest + hash_s)
-                    / round_s,
-                    "server_crypto_share_pct": 100 * (verify_s + hash_s) / server_s,
+                    "sign_verify_share_pct": 100 * sign_verify / round_s,
+                    "hash_share_pct": 100 * hashing / round_s,
+                    "crypto_share_pct": 100 * (sign_verify + hashing) / round_s,
+                    "server_crypto_share_pct": 100 * (server["verify"] + server["hash"]) / server_s,
                 }
             )
     return rows
+
+
+def _server_costs(
+    tensors: dict[str, np.ndarray], n: int, n_clients: int, scheme: str, mode: Mode, hash: Hash
+) -> dict[str, float]:
+    """``n_clients`` real, distinct updates signed (median client digest / sign seconds) and
+    verified from their wire bytes, then averaged (server parse, verify, hash, aggregate seconds,
+    summed over the updates)."""
+    reg = KeyRegistry()
+    keys = [generate_client_key(f"c{i}", scheme) for i in range(n_clients)]
+    for k in keys:
+        reg.register_client_key(k, max_examples=n)
+    schema = schema_of(tensors)
+    guard = ReplayGuard()
+    smallest = min(tensors, key=lambda k: tensors[k].size)
+    digest_s, sign_s = [], []
+    cost = {"parse": 0.0, "verify": 0.0, "hash": 0.0, "aggregate": 0.0}
+    acc: dict[str, np.ndarray] = {}
+    for i, k in enumerate(keys):
+        # distinct updates that share the big tensors (same hashing work, bounded memory)
+        mine = dict(tensors)
+        mine[smallest] = tensors[smallest] + np.float32(i)
+        u = sign_update(
+            mine,
+            scheme=scheme,
+            secret_key=k.secret_key,
+            key_id=k.key_id,
+            client_id=k.client_id,
+            run_id="bench",
+            round=1,
+            num_examples=n,
+            mode=mode,
+            hash=hash,
+        )
+        digest_s.append(u.timings["digest"])
+        sign_s.append(u.timings["sign"])
+        blob = u.to_bytes()
+        t0 = time.perf_counter()  # the server gets bytes: header, signature, hash, parse
+        v = verify_update(
+            blob,
+            registry=reg,
+            run_id="bench",
+            round=1,
+            guard=guard,
+            schema=schema,
+            policy=ServerPolicy.only(scheme),
+        )
+        if not v.ok or v.update is None:
+            raise RuntimeError(f"an honest benchmark update was refused: {v}")
+        t2 = time.perf_counter()
+        w = np.float32(1.0 / n_clients)
+        for name, arr in v.update.tensors.items():
+            if name in acc:
+                acc[name] += arr * w
+            else:
+                acc[name] = arr * w
+        cost["aggregate"] += time.perf_counter() - t2
+        cost["parse"] += t2 - t0 - v.verify_seconds - v.hash_seconds  # parse + checks
+        cost["verify"] += v.verify_seconds
+        cost["hash"] += v.hash_seconds
+        del blob, v
+    cost["client_digest_s"] = float(np.median(digest_s))
+    cost["client_sign_s"] = float(np.median(sign_s))
+    return cost
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,7 +368,7 @@ def verify_throughput(
     keys = [generate_client_key(f"c{i}", scheme) for i in range(n_keys)]
     reg = KeyRegistry()
     for k in keys:
-        reg.register_client_key(k, max_examples=0)
+        reg.register_client_key(k, max_examples=1)
     rng = np.random.default_rng(0)
     blobs = []
     for i in range(n_updates):
@@ -380,6 +383,7 @@ def verify_throughput(
                 client_id=k.client_id,
                 run_id="bench",
                 round=1,
+                num_examples=1,
             ).to_bytes()
         )
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from pqc_fl.attacks import INTEGRITY_ATTACKS
-from pqc_fl.config import FLConfig, LocalTrainConfig
+from pqc_fl.attacks import INTEGRITY_ATTACKS, ByzantineAttack
+from pqc_fl.config import FLConfig, LocalTrainConfig, StrategyName
 
 __all__ = ["EXPECTED_REASON", "accuracy_under_attack", "integrity_runs"]
 
@@ -70,8 +70,8 @@ def integrity_runs(base: FLConfig, fraction: float = 0.2) -> list[dict[str, Any]
 
 def accuracy_under_attack(
     base: FLConfig,
-    strategies: Sequence[str],
-    attacks: Sequence[str],
+    strategies: Sequence[StrategyName],
+    attacks: Sequence[ByzantineAttack],
     fractions: Sequence[float],
     seeds: Sequence[int] = (0,),
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -79,7 +79,7 @@ def accuracy_under_attack(
     """Final test accuracy for each (strategy, attack, Byzantine fraction, seed); attack "none"
     at fraction 0 is the attack-free reference of each strategy."""
     rows = []
-    grid = [(s, "none", 0.0) for s in strategies]
+    grid: list[tuple[StrategyName, ByzantineAttack, float]] = [(s, "none", 0.0) for s in strategies]
     grid += [(s, a, f) for a in attacks for f in fractions for s in strategies]
     for strategy, attack, frac in grid:
         for seed in seeds:

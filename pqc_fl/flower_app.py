@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,10 +45,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from pqc_fl.attacks import byzantine_state, tamper
-from pqc_fl.envelope import SignedUpdate, sign_update
 from pqc_fl.keys import load_client_key, load_server_registry
 from pqc_fl.policy import ServerPolicy, schema_of
 from pqc_fl.server import RoundVerifier
+from pqc_fl.sign import sign_update
 from pqc_fl.simulate import FLConfig, client_seed
 from pqc_fl.strategy import (
     NODE,
@@ -58,11 +59,13 @@ from pqc_fl.strategy import (
     update_to_content,
 )
 from pqc_fl.task import build_model, digits, evaluate, load_state, local_train, partition
+from pqc_fl.wire import SignedUpdate
 from qhybrid.errors import QHybridError
 from qhybrid.runs import atomic_write_json
 
 __all__ = [
     "client_app",
+    "flower_project_file",
     "make_client_app",
     "make_server_app",
     "run_flower_simulation",
@@ -108,11 +111,6 @@ def flower_run_id(context: Context) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# records <-> signed updates
-# ------------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------------
 # client side
 # ------------------------------------------------------------------------------------------------
 
@@ -120,6 +118,16 @@ def flower_run_id(context: Context) -> str:
 def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) -> ClientApp:
     """A ClientApp that trains on its digits partition and signs every training reply."""
     base = base or FLConfig()
+    app = ClientApp(mods=[_attack_mod(base, key_dir), _signing_mod(base, key_dir)])
+    app.train()(_train_function(base, key_dir))
+    return app
+
+
+Mod = Callable[[Message, Context, Any], Message]
+
+
+def _signing_mod(base: FLConfig, key_dir: str | None) -> Mod:
+    """The mod that signs the training reply's arrays and metrics with the node's key."""
 
     def signing_mod(msg: Message, context: Context, call_next: Any) -> Message:
         reply: Message = call_next(msg, context)
@@ -154,8 +162,13 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         }
         return Message(update_to_content(u, extra), reply_to=msg)
 
+    return signing_mod
+
+
+def _attack_mod(base: FLConfig, key_dir: str | None) -> Mod:
+    """Outermost mod: the configured attacker tampers with its reply after signing."""
+
     def attack_mod(msg: Message, context: Context, call_next: Any) -> Message:
-        """Outermost mod: the configured attacker tampers with its reply after signing."""
         reply: Message = call_next(msg, context)
         cfg, _ = settings(context, base, key_dir)
         pid = int(context.node_config["partition-id"])
@@ -169,14 +182,18 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         u = content_to_update(reply.content)
         prev = None
         if "attacker-prev" in context.state.config_records:
-            prev = SignedUpdate.from_bytes(context.state.config_records["attacker-prev"]["blob"])  # type: ignore[arg-type]
+            blob = context.state.config_records["attacker-prev"]["blob"]
+            prev = SignedUpdate.from_bytes(blob) if isinstance(blob, bytes) else None
         context.state["attacker-prev"] = ConfigRecord({"blob": u.to_bytes()})
         bad = tamper(u, cfg.attack, previous=prev, victim="client-0")
         return Message(update_to_content(bad), reply_to=msg)
 
-    app = ClientApp(mods=[attack_mod, signing_mod])
+    return attack_mod
 
-    @app.train()
+
+def _train_function(base: FLConfig, key_dir: str | None) -> Callable[[Message, Context], Message]:
+    """The ``@app.train()`` function: local training on the node's partition."""
+
     def train_fn(msg: Message, context: Context) -> Message:
         import torch
 
@@ -210,7 +227,7 @@ def make_client_app(base: FLConfig | None = None, key_dir: str | None = None) ->
         )
         return Message(content, reply_to=msg)
 
-    return app
+    return train_fn
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,6 +291,12 @@ def make_server_app(
 # deployment entry points (pyproject: [tool.flwr.app.components]); settings come from run_config
 client_app = make_client_app()
 server_app = make_server_app()
+
+
+def flower_project_file() -> Path:
+    """The Flower project file (``pyproject.toml``) of the deployment app, shipped inside the
+    package: copy it into an empty folder as ``pyproject.toml`` and ``flwr run`` that folder."""
+    return Path(__file__).with_name("flower_pyproject.toml")
 
 
 def run_flower_simulation(

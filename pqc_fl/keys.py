@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 KeyStatus = Literal["active", "retired", "revoked"]
 REGISTRY_FORMAT = "qhybrid-fl-keys/v2"
+_MAX_NODE = 256  # characters in a node id, as in the envelope
 REGISTRY_CONTEXT = b"qhybrid-fl/v1/registry"  # FIPS 204 context of the registry signature
 SERVER_ID = "server"  # client id of the server's own signing key
 
@@ -103,11 +104,30 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
-def _unb64(s: str, what: str, path: Path) -> bytes:
+def _unb64(s: Any, what: str, path: Path) -> bytes:
+    if not isinstance(s, str):
+        raise KeyRegistryError(f"{path}: field {what!r} must be a base64 string, got {s!r:.40}")
     try:
         return base64.b64decode(s.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError) as err:
         raise KeyRegistryError(f"{path}: field {what!r} is not valid base64") from err
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON document in ``path``; any failure (missing, a folder, not UTF-8, not JSON) is a
+    :class:`KeyRegistryError` that names the file."""
+    try:
+        if path.exists() and not path.is_file():
+            raise KeyRegistryError(f"{what} {path} is a folder or device, not a file")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KeyRegistryError(
+            f"{what} {path} does not exist; create it with `qhybrid fl keys`"
+        ) from None
+    except OSError as err:
+        raise KeyRegistryError(f"{what} {path} cannot be read: {err.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise KeyRegistryError(f"{what} {path} is not a JSON file ({err})") from None
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -147,13 +167,15 @@ def load_client_key(path: str | Path) -> ClientKey:
         raise KeyRegistryError(
             f"key file {path} does not exist; create it with `qhybrid fl keys`"
         ) from err
+    except OSError as err:
+        raise KeyRegistryError(f"key file {path} cannot be read: {err.strerror}") from None
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyRegistryError(
             f"key file {path} has mode {stat.S_IMODE(mode):o}; secret keys must be owner-only: "
             f"chmod 600 {path}"
         )
+    d = _read_json(path, "key file")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
         return ClientKey(
             str(d["client_id"]),
             str(d["key_id"]),
@@ -161,7 +183,7 @@ def load_client_key(path: str | Path) -> ClientKey:
             _unb64(d["public_key"], "public_key", path),
             _unb64(d["secret_key"], "secret_key", path),
         )
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise KeyRegistryError(f"key file {path} is not a qhybrid client key ({err!r})") from None
 
 
@@ -176,9 +198,11 @@ class KeyRecord:
     status: KeyStatus = "active"
     registered_round: int = 0  # first round the key may sign
     accept_until_round: int | None = None  # retired keys: last round still accepted (grace)
-    max_examples: int = 0  # largest num_examples an update signed with this key may claim
+    max_examples: int = 1  # largest num_examples an update signed with this key may claim
+    node: str = ""  # the transport node the client sends from; "" = none registered
 
     def to_json(self) -> dict[str, Any]:
+        """The record as the registry file stores it (public key in base64)."""
         return {
             "key_id": self.key_id,
             "client_id": self.client_id,
@@ -188,6 +212,7 @@ class KeyRecord:
             "registered_round": self.registered_round,
             "accept_until_round": self.accept_until_round,
             "max_examples": self.max_examples,
+            "node": self.node,
         }
 
 
@@ -219,9 +244,11 @@ class KeyRegistry:
         return key_id in self._keys
 
     def get(self, key_id: str) -> KeyRecord | None:
+        """The record of ``key_id``, or None."""
         return self._keys.get(key_id)
 
     def records(self) -> list[KeyRecord]:
+        """Every record (active, retired and revoked), sorted by client and key id."""
         return sorted(self._keys.values(), key=lambda r: (r.client_id, r.key_id))
 
     def active_key(self, client_id: str) -> KeyRecord | None:
@@ -240,13 +267,19 @@ class KeyRegistry:
         public_key: bytes,
         max_examples: int,
         round: int = 0,
+        node: str = "",
     ) -> KeyRecord:
         """Add a client's first key. A client with an active key must :meth:`rotate` instead.
 
         Args:
-            max_examples: the client's local data-set size; updates claiming more are refused.
+            max_examples: the client's local data-set size (>= 1); updates claiming more are
+                refused.
             round: the first round the key may sign.
+            node: the transport node the client sends from, if known when registering; an update
+                whose sender the transport cannot name must be signed for this node ("" = none).
         """
+        if not isinstance(public_key, bytes | bytearray):
+            raise KeyRegistryError(f"public_key of {client_id!r} must be bytes")
         rec = KeyRecord(
             key_id,
             client_id,
@@ -255,7 +288,8 @@ class KeyRegistry:
             "active",
             _int(round, "round"),
             None,
-            _int(max_examples, "max_examples"),
+            _int(max_examples, "max_examples", 1),
+            node,
         )
         self._add(rec)
         logger.info("registered key %s (%s) for client %s", key_id, rec.scheme, client_id)
@@ -276,7 +310,11 @@ class KeyRegistry:
         if rec.status not in ("active", "retired", "revoked"):
             raise KeyRegistryError(f"key {rec.key_id}: unknown status {rec.status!r}")
         _int(rec.registered_round, "registered_round")
-        _int(rec.max_examples, "max_examples")
+        _int(rec.max_examples, "max_examples", 1)
+        if not isinstance(rec.node, str) or len(rec.node) > _MAX_NODE:
+            raise KeyRegistryError(
+                f"key {rec.key_id}: node {rec.node!r} must be a string of <= {_MAX_NODE} characters"
+            )
         if rec.status == "retired":
             _int(rec.accept_until_round, "accept_until_round of a retired key", -1)
         elif rec.accept_until_round is not None:
@@ -293,9 +331,9 @@ class KeyRegistry:
         self._keys[rec.key_id] = rec
 
     def register_client_key(
-        self, key: ClientKey, *, max_examples: int, round: int = 0
+        self, key: ClientKey, *, max_examples: int, round: int = 0, node: str = ""
     ) -> KeyRecord:
-        """Register the public half of a :class:`ClientKey`."""
+        """Register the public half of a :class:`ClientKey` (arguments as in :meth:`register`)."""
         return self.register(
             client_id=key.client_id,
             key_id=key.key_id,
@@ -303,6 +341,7 @@ class KeyRegistry:
             public_key=key.public_key,
             max_examples=max_examples,
             round=round,
+            node=node,
         )
 
     def rotate(
@@ -315,12 +354,13 @@ class KeyRegistry:
         scheme: str | None = None,
         grace_rounds: int = 1,
         max_examples: int | None = None,
+        node: str | None = None,
     ) -> KeyRecord:
         """Make a new key active from ``round``; the old one stays valid for rounds < round + grace.
 
         ``round`` may not precede the old key's first round (the last rotation): a rotation into
-        the past would re-open rounds the old key already signed. ``max_examples`` defaults to
-        the old key's.
+        the past would re-open rounds the old key already signed. ``max_examples`` and ``node``
+        default to the old key's.
         """
         _int(grace_rounds, "grace_rounds")
         old = self.active_key(client_id)
@@ -345,6 +385,7 @@ class KeyRegistry:
                 public_key=public_key,
                 round=round,
                 max_examples=old.max_examples if max_examples is None else max_examples,
+                node=old.node if node is None else node,
             )
         except QHybridError:
             self._keys[old.key_id] = old  # keep the registry consistent on a bad new key
@@ -428,12 +469,7 @@ class KeyRegistry:
             KeyRegistryError: missing file, bad signature, or a record ``register`` would refuse.
         """
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise KeyRegistryError(f"key registry {path} does not exist") from err
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise KeyRegistryError(f"{path} is not a valid key registry ({err!r})") from None
+        d = _read_json(path, "key registry")
         if not isinstance(d, dict) or d.get("format") != REGISTRY_FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise KeyRegistryError(
@@ -465,6 +501,7 @@ class KeyRegistry:
                         k["registered_round"],
                         k["accept_until_round"],
                         k["max_examples"],
+                        k.get("node", ""),  # files written before nodes were registered
                     )
                 )
         except (KeyError, TypeError, AttributeError) as err:
@@ -478,12 +515,17 @@ class KeyRegistry:
     ) -> KeyRecord:
         """Register a client's ``*.pub.json`` (as written by :func:`save_client_key`)."""
         path = Path(path)
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = _read_json(path, "public-key file")
+        try:
+            client_id, key_id, scheme = (str(d[k]) for k in ("client_id", "key_id", "scheme"))
+            public_key = _unb64(d["public_key"], "public_key", path)
+        except (KeyError, TypeError) as err:
+            raise KeyRegistryError(f"{path} is not a qhybrid public-key file ({err!r})") from None
         return self.register(
-            client_id=str(d["client_id"]),
-            key_id=str(d["key_id"]),
-            scheme=str(d["scheme"]),
-            public_key=_unb64(d["public_key"], "public_key", path),
+            client_id=client_id,
+            key_id=key_id,
+            scheme=scheme,
+            public_key=public_key,
             round=round,
             max_examples=max_examples,
         )
@@ -502,7 +544,8 @@ def provision_keys(
 
     This is the out-of-band step a deployment does once per client machine; here it writes all
     keys into one directory for simulations. ``max_examples`` is one cap for all clients or one
-    per client (their local data-set sizes).
+    per client (their local data-set sizes). Existing key files are never overwritten, and a
+    failure while writing removes the files written so far.
     """
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
         raise KeyRegistryError(f"num_clients={num_clients!r} must be an int >= 1")
@@ -515,15 +558,34 @@ def provision_keys(
     if len(caps) != num_clients:
         raise KeyRegistryError(f"{len(caps)} max_examples for {num_clients} clients")
     key_dir = Path(key_dir)
+    if key_dir.exists() and not key_dir.is_dir():
+        raise KeyRegistryError(f"key folder {key_dir} is a file; pass a folder for the keys")
+    names = [f"client-{i}" for i in range(num_clients)] + ["server"]
+    targets = [key_dir / f"{n}{ext}" for n in names for ext in (".json", ".pub.json")]
+    targets.append(key_dir / "registry.json")
+    if existing := [p for p in targets if p.exists() or p.is_symlink()]:
+        raise KeyRegistryError(
+            f"{existing[0]} already exists ({len(existing)} key files in {key_dir}); keys are "
+            "never overwritten (a client holding the old key could no longer sign): choose an "
+            "empty folder or remove the old keys first"
+        )
     reg = KeyRegistry()
     keys = [generate_client_key(f"client-{i}", scheme) for i in range(num_clients)]
     for key, cap in zip(keys, caps, strict=True):
         reg.register_client_key(key, max_examples=cap)  # validate everything before writing
     server = generate_server_key(server_scheme)
-    for i, key in enumerate(keys):
-        save_client_key(key_dir / f"client-{i}.json", key)
-    save_client_key(key_dir / "server.json", server)
-    reg.save(key_dir / "registry.json", server_key=server)
+    created = not key_dir.exists()
+    try:
+        for i, key in enumerate(keys):
+            save_client_key(key_dir / f"client-{i}.json", key)
+        save_client_key(key_dir / "server.json", server)
+        reg.save(key_dir / "registry.json", server_key=server)
+    except BaseException:  # a half-written key folder would be worse than none
+        for p in targets:
+            p.unlink(missing_ok=True)
+        if created and key_dir.is_dir() and not any(key_dir.iterdir()):
+            key_dir.rmdir()
+        raise
     return reg
 
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge, Gt
 
+from pqc_fl.envelope import HASHES, MODES, canonical_tensors
 from pqc_fl.schemes import POST_QUANTUM_SCHEMES, SCHEME_NAMES, canonical_name
+from qhybrid.config import check_fields
 from qhybrid.errors import QHybridError
 
 __all__ = ["MAX_RECORDS", "ReplayGuard", "Schema", "ServerPolicy", "schema_of"]
@@ -46,39 +49,36 @@ class ServerPolicy:
         max_update_bytes: bytes of the tensor stream (checked before the signature).
         max_abs: largest accepted ``|value|`` of a floating-point weight; ``None`` = only finiteness.
             A finite 3e38 still overflows the weighted sum to ``inf``.
+        max_abs_metric: largest accepted ``|value|`` of a signed metric (``train_loss``...);
+            ``None`` = only finiteness.
     """
 
     allowed_schemes: frozenset[str] = POST_QUANTUM_SCHEMES
-    allowed_modes: frozenset[str] = frozenset({"digest", "full", "mu"})
-    allowed_hashes: frozenset[str] = frozenset({"sha256", "blake3"})
-    max_records: int = MAX_RECORDS
-    max_update_bytes: int = 1 << 31
-    max_abs: float | None = 1e6
+    allowed_modes: frozenset[str] = frozenset(MODES)
+    allowed_hashes: frozenset[str] = frozenset(HASHES)
+    max_records: Annotated[int, Ge(1)] = MAX_RECORDS
+    max_update_bytes: Annotated[int, Ge(1)] = 1 << 31
+    max_abs: Annotated[float, Gt(0)] | None = 1e6
+    max_abs_metric: Annotated[float, Gt(0)] | None = 1e6
 
     def __post_init__(self) -> None:
-        if isinstance(self.allowed_schemes, str) or not self.allowed_schemes:
-            raise QHybridError(
-                f"allowed_schemes={self.allowed_schemes!r} must be a non-empty set of names from "
-                f"{sorted(SCHEME_NAMES)}"
-            )
-        names = frozenset(canonical_name(n) for n in self.allowed_schemes)  # SchemeError if unknown
-        object.__setattr__(self, "allowed_schemes", names)
-        object.__setattr__(self, "allowed_modes", frozenset(self.allowed_modes))
-        object.__setattr__(self, "allowed_hashes", frozenset(self.allowed_hashes))
-        if not self.allowed_hashes or not self.allowed_hashes <= {"sha256", "blake3"}:
-            raise QHybridError(
-                f"allowed_hashes {sorted(self.allowed_hashes)} must be a non-empty "
-                "subset of sha256/blake3"
-            )
-        if not set(self.allowed_modes) <= {"digest", "full", "mu"} or not self.allowed_modes:
-            raise QHybridError(
-                f"allowed_modes {sorted(self.allowed_modes)} must be non-empty "
-                "and within digest/full/mu"
-            )
-        if self.max_records < 1 or self.max_update_bytes < 1:
-            raise QHybridError("max_records and max_update_bytes must be >= 1")
-        if self.max_abs is not None and not self.max_abs > 0:
-            raise QHybridError(f"max_abs={self.max_abs} must be > 0 (or None)")
+        check_fields(self, strict=True)
+        for name, allowed in (
+            ("allowed_schemes", SCHEME_NAMES),
+            ("allowed_modes", MODES),
+            ("allowed_hashes", HASHES),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes) or not isinstance(value, Iterable) or not value:
+                raise QHybridError(
+                    f"{name}={value!r} must be a non-empty set of names from {sorted(allowed)}"
+                )
+            names = frozenset(value)
+            if name == "allowed_schemes":  # SchemeError for an unknown name
+                names = frozenset(canonical_name(n) for n in names)
+            elif not names <= set(allowed):
+                raise QHybridError(f"{name} {sorted(names)} must be a subset of {sorted(allowed)}")
+            object.__setattr__(self, name, names)
 
     @classmethod
     def only(cls, *schemes: str, **kw: Any) -> ServerPolicy:
@@ -88,8 +88,6 @@ class ServerPolicy:
 
 def schema_of(state: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """``name -> (little-endian numpy dtype string, shape)`` of a state dict (torch or numpy)."""
-    from pqc_fl.envelope import canonical_tensors
-
     return {k: (a.dtype.str, tuple(a.shape)) for k, a in canonical_tensors(state).items()}
 
 
@@ -151,6 +149,8 @@ class ReplayGuard:
         return "ok"
 
     def admit(self, run: str, round: int, client: str, nonce: str, node: str | None) -> None:
+        """Record an accepted update: its nonce, its (run, round, client) slot and, when the
+        transport named the sender, the client-node binding (first use binds)."""
         self.nonces.add((run, nonce))
         self.submitted.add((run, round, client))
         if node is not None:

@@ -89,9 +89,11 @@ class SchemeError(QHybridError):
 class MuHasher(Protocol):
     """A streaming FIPS 204 ExternalMu hasher: ``update`` message chunks, then ``finalize`` -> mu."""
 
-    def update(self, data: Any) -> None: ...
+    def update(self, data: Any) -> None:
+        """Absorb the next chunk of the message."""
 
-    def finalize(self) -> bytes: ...
+    def finalize(self) -> bytes:
+        """The 64-byte message representative mu."""
 
 
 @dataclass(frozen=True)
@@ -717,14 +719,20 @@ def available_schemes() -> list[str]:
     return [n for n in _BACKENDS if scheme_backends(n)]
 
 
-@functools.cache
 def get_scheme(name: str, backend: str | None = None) -> SignatureScheme:
     """The scheme ``name`` (e.g. ``"ml-dsa-44"``) on ``backend`` (default: the fastest installed).
 
     Raises:
-        SchemeError: unknown name, or no installed backend; the message says what to install.
+        SchemeError: a name that is not a string or not a known scheme, or no installed backend;
+            the message says what to install.
     """
-    name = _canonical(name)
+    if backend is not None and not isinstance(backend, str):
+        raise SchemeError(f"backend={backend!r} must be a string such as 'cryptography' or None")
+    return _get_scheme(_canonical(name), backend)
+
+
+@functools.cache
+def _get_scheme(name: str, backend: str | None) -> SignatureScheme:
     have = scheme_backends(name)
     if backend is None:
         if not have:
@@ -753,8 +761,10 @@ def canonical_name(name: str) -> str:
 
 
 def _canonical(name: str) -> str:
+    if not isinstance(name, str):
+        raise SchemeError(f"scheme name {name!r:.60} must be a string, one of {sorted(_BACKENDS)}")
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in _BACKENDS:
-        raise SchemeError(f"unknown signature scheme {name!r}; known: {sorted(_BACKENDS)}")
+        raise SchemeError(f"unknown signature scheme {name!r:.60}; known: {sorted(_BACKENDS)}")
     return key

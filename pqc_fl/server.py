@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pqc_fl.envelope import DEFAULT_POLICY, Reason, SignedUpdate, Verdict, verify_update
 from pqc_fl.keys import KeyRegistry
 from pqc_fl.policy import ReplayGuard, Schema, ServerPolicy
+from pqc_fl.verify import DEFAULT_POLICY, Reason, Verdict, verify_update
+from pqc_fl.wire import SignedUpdate
 from qhybrid.errors import QHybridError
 
 __all__ = ["QuorumError", "RoundVerifier"]
@@ -66,6 +67,7 @@ class RoundVerifier:
             )
 
     def quorum(self, replies: int) -> int:
+        """Accepted updates a round of ``replies`` replies needs (``min_accepted``)."""
         m = self.min_accepted
         return m if isinstance(m, int) else math.ceil(m * replies)
 

@@ -25,16 +25,11 @@ import torch
 
 from pqc_fl.attacks import byzantine_state, tamper
 from pqc_fl.config import FLConfig
-from pqc_fl.envelope import (
-    SignedUpdate,
-    canonical_tensors,
-    parse_tensor_stream,
-    sign_update,
-    tensor_stream,
-)
+from pqc_fl.envelope import canonical_tensors, tensor_stream
 from pqc_fl.keys import ClientKey, KeyRegistry, generate_client_key
 from pqc_fl.policy import ServerPolicy, schema_of
 from pqc_fl.server import RoundVerifier
+from pqc_fl.sign import sign_update
 from pqc_fl.task import (
     build_model,
     digits,
@@ -43,6 +38,7 @@ from pqc_fl.task import (
     local_train,
     partition,
 )
+from pqc_fl.wire import SignedUpdate, parse_tensor_stream
 
 __all__ = ["FLConfig", "FLResult", "client_seed", "fedavg", "run_inprocess"]
 
@@ -59,6 +55,7 @@ class FLResult:
 
     @property
     def final_accuracy(self) -> float:
+        """Test accuracy after the last round (NaN for a run without rounds)."""
         return float(self.rounds[-1]["test_acc"]) if self.rounds else float("nan")
 
 
@@ -77,6 +74,8 @@ def fedavg(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.nda
 
 
 def client_seed(seed: int, round: int, client: int) -> int:
+    """The seed of one client's local training in one round (both engines use it, so they
+    train identically)."""
     return seed * 1_000_003 + round * 1009 + client
 
 
@@ -91,101 +90,142 @@ def run_inprocess(
     ``config.num_byzantine``) sign what :func:`~pqc_fl.attacks.byzantine_state` makes of their
     update, with their own valid keys.
     """
-    from pqc_fl.strategy import aggregate_updates, make_strategy, quiet_flwr
+    from pqc_fl.strategy import aggregate_updates
 
     torch.set_num_threads(1)  # fair timings; clients are meant to be separate machines
-    x_tr, y_tr, x_te, y_te = digits(config.seed)
-    parts = partition(
-        y_tr, config.num_clients, scheme=config.partition, alpha=config.alpha, seed=config.seed
-    )
-    keys = [generate_client_key(f"client-{i}", config.scheme) for i in range(config.num_clients)]
-    registry = KeyRegistry()
-    for k, idx in zip(keys, parts, strict=True):
-        registry.register_client_key(k, max_examples=len(idx))
-    model = build_model(config.model, config.seed)
-    global_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    verifier = RoundVerifier(
-        registry,
-        f"inprocess-{secrets.token_hex(8)}",
-        schema_of(global_state),
-        ServerPolicy.only(config.scheme),
-        min_accepted=float(config.min_accepted),  # a fraction
-    )
-    with quiet_flwr():  # Flower warns that client-side evaluation is off: it is, by design
-        strategy = make_strategy(
-            config.strategy, config.num_clients, num_malicious=config.num_byzantine
-        )
-    byzantine = set(range(config.num_clients - config.num_byzantine, config.num_clients))
+    fed = _Federation.start(config)
     result = FLResult()
-    previous: dict[int, SignedUpdate] = {}
     for rnd in range(1, config.rounds + 1):
         blobs: list[tuple[int, bytes, dict[str, float]]] = []
-        for i, idx in enumerate(parts):
-            load_state(model, global_state)
-            t0 = time.perf_counter()
-            y = y_tr[idx]
-            if i in byzantine and config.byzantine == "label_flip":
-                y = 9 - y  # every label mapped to another class
-            state, n, metrics = local_train(
-                model, x_tr[idx], y, config.local, seed=client_seed(config.seed, rnd, i)
-            )
-            t = {"train": time.perf_counter() - t0, "digest": 0.0, "sign": 0.0}
-            kind = config.byzantine if i in byzantine else "none"
-            state = byzantine_state(kind, state, global_state)  # scale / sign_flip hit both paths
-            t2 = time.perf_counter()
-            if not config.sign:
-                blob = np.int64(n).tobytes() + b"".join(
-                    bytes(c) for c in tensor_stream(canonical_tensors(state))
-                )
-                t["serialize"] = time.perf_counter() - t2
-                blobs.append((i, blob, t))
-                continue
-            signed = _client_updates(
-                config, keys[i], i, rnd, verifier.run_id, kind, state, n, metrics
-            )
-            t.update(signed[0].timings)
-            if config.attack != "none" and i == config.attacker:
-                honest = signed[0]
-                signed[0] = tamper(
-                    honest, config.attack, previous=previous.get(i), victim=keys[0].client_id
-                )
-                previous[i] = honest
-            t2 = time.perf_counter()
-            blobs += [(i, u.to_bytes(), t) for u in signed]
-            t["serialize"] = (time.perf_counter() - t2) / len(signed)
+        for i in range(config.num_clients):
+            blobs += _client_turn(fed, i, rnd)
         for _, blob, t in blobs:
             t["total"] = t["train"] + t["digest"] + t["sign"] + t["serialize"]
             t["bytes"] = float(len(blob))
-        server, accepted, met = _server_round(config, verifier, rnd, blobs)
+        server, accepted, met = _server_round(config, fed.verifier, rnd, blobs)
         t0 = time.perf_counter()
         if met and accepted:
-            arrays = aggregate_updates(strategy, rnd, accepted)
+            arrays = aggregate_updates(fed.strategy, rnd, accepted)
             if arrays is not None:
-                global_state = {k: np.array(a.numpy()) for k, a in arrays.items()}
+                fed.global_state = {k: np.array(a.numpy()) for k, a in arrays.items()}
         server["aggregate"] = time.perf_counter() - t0
-        load_state(model, global_state)
-        ev = evaluate(model, x_te, y_te)
-        clients = [t for _, _, t in blobs]
-        rec: dict[str, Any] = {
-            "round": rnd,
-            **ev,
-            "accepted": len(accepted),
-            "rejected": len(blobs) - len(accepted),
-            "quorum_met": met,
-            **{
-                f"client_{k}_s": float(np.median([c[k] for c in clients]))
-                for k in ("train", "digest", "sign", "serialize", "total")
-            },
-            "update_bytes": float(np.median([c["bytes"] for c in clients])),
-            **{f"server_{k}_s": v for k, v in server.items()},
-        }
-        result.rounds.append(rec)
-        logger.info("round %d: %s", rnd, rec)
+        load_state(fed.model, fed.global_state)
+        rec = _round_record(rnd, evaluate(fed.model, fed.x_te, fed.y_te), blobs, accepted, met)
+        result.rounds.append({**rec, **{f"server_{k}_s": v for k, v in server.items()}})
+        logger.info("round %d: %s", rnd, result.rounds[-1])
         if on_round:
-            on_round(rec)
-    result.rejections = verifier.rejections
-    result.state = global_state
+            on_round(result.rounds[-1])
+    result.rejections = fed.verifier.rejections
+    result.state = fed.global_state
     return result
+
+
+@dataclass
+class _Federation:
+    """Everything one in-process run holds: data, partitions, keys, model, verifier, strategy."""
+
+    config: FLConfig
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_te: torch.Tensor
+    y_te: torch.Tensor
+    parts: list[np.ndarray]
+    keys: list[ClientKey]
+    model: torch.nn.Module
+    global_state: dict[str, np.ndarray]
+    verifier: RoundVerifier
+    strategy: Any
+    byzantine: set[int]
+    previous: dict[int, SignedUpdate] = field(default_factory=dict)  # for replay attacks
+
+    @classmethod
+    def start(cls, config: FLConfig) -> _Federation:
+        """Split the data, register every client's key, build the model and the server."""
+        from pqc_fl.strategy import make_strategy, quiet_flwr
+
+        x_tr, y_tr, x_te, y_te = digits(config.seed)
+        n = config.num_clients
+        parts = partition(y_tr, n, scheme=config.partition, alpha=config.alpha, seed=config.seed)
+        keys = [generate_client_key(f"client-{i}", config.scheme) for i in range(n)]
+        registry = KeyRegistry()
+        for k, idx in zip(keys, parts, strict=True):
+            registry.register_client_key(k, max_examples=len(idx))
+        model = build_model(config.model, config.seed)
+        global_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        verifier = RoundVerifier(
+            registry,
+            f"inprocess-{secrets.token_hex(8)}",
+            schema_of(global_state),
+            ServerPolicy.only(config.scheme),
+            min_accepted=float(config.min_accepted),  # a fraction
+        )
+        with quiet_flwr():  # Flower warns that client-side evaluation is off: it is, by design
+            strategy = make_strategy(config.strategy, n, num_malicious=config.num_byzantine)
+        byzantine = set(range(n - config.num_byzantine, n))
+        return cls(
+            config, x_tr, y_tr, x_te, y_te, parts, keys, model, global_state, verifier, strategy,
+            byzantine,
+        )  # fmt: skip
+
+
+def _client_turn(fed: _Federation, i: int, rnd: int) -> list[tuple[int, bytes, dict[str, float]]]:
+    """Client ``i`` trains from the global weights and sends its (signed) update(s) as bytes,
+    with its timings."""
+    config, idx = fed.config, fed.parts[i]
+    load_state(fed.model, fed.global_state)
+    t0 = time.perf_counter()
+    y = fed.y_tr[idx]
+    if i in fed.byzantine and config.byzantine == "label_flip":
+        y = 9 - y  # every label mapped to another class
+    state, n, metrics = local_train(
+        fed.model, fed.x_tr[idx], y, config.local, seed=client_seed(config.seed, rnd, i)
+    )
+    t = {"train": time.perf_counter() - t0, "digest": 0.0, "sign": 0.0}
+    kind = config.byzantine if i in fed.byzantine else "none"
+    state = byzantine_state(kind, state, fed.global_state)  # scale / sign_flip hit both paths
+    t2 = time.perf_counter()
+    if not config.sign:
+        blob = np.int64(n).tobytes() + b"".join(
+            bytes(c) for c in tensor_stream(canonical_tensors(state))
+        )
+        t["serialize"] = time.perf_counter() - t2
+        return [(i, blob, t)]
+    signed = _client_updates(
+        config, fed.keys[i], i, rnd, fed.verifier.run_id, kind, state, n, metrics
+    )
+    t.update(signed[0].timings)
+    if config.attack != "none" and i == config.attacker:
+        honest = signed[0]
+        victim = fed.keys[0].client_id
+        signed[0] = tamper(honest, config.attack, previous=fed.previous.get(i), victim=victim)
+        fed.previous[i] = honest
+    t2 = time.perf_counter()
+    out = [(i, u.to_bytes(), t) for u in signed]
+    t["serialize"] = (time.perf_counter() - t2) / len(signed)
+    return out
+
+
+def _round_record(
+    rnd: int,
+    ev: dict[str, float],
+    blobs: list[tuple[int, bytes, dict[str, float]]],
+    accepted: list[Any],
+    met: bool,
+) -> dict[str, Any]:
+    """A round's record: test metrics, accepted / rejected counts, median client timings."""
+    clients = [t for _, _, t in blobs]
+    return {
+        "round": rnd,
+        **ev,
+        "accepted": len(accepted),
+        "rejected": len(blobs) - len(accepted),
+        "quorum_met": met,
+        **{
+            f"client_{k}_s": float(np.median([c[k] for c in clients]))
+            for k in ("train", "digest", "sign", "serialize", "total")
+        },
+        "update_bytes": float(np.median([c["bytes"] for c in clients])),
+    }
 
 
 def _client_updates(

@@ -35,17 +35,11 @@ from flwr.serverapp.strategy import (
 )
 
 from pqc_fl.config import STRATEGIES
-from pqc_fl.envelope import (
-    Envelope,
-    MalformedUpdateError,
-    Reason,
-    SignedUpdate,
-    Verdict,
-    _metrics_tuple,
-    canonical_tensors,
-)
+from pqc_fl.envelope import Envelope, MalformedUpdateError, canonical_tensors, metrics_tuple
 from pqc_fl.policy import MAX_RECORDS
 from pqc_fl.server import RoundVerifier
+from pqc_fl.verify import Reason, Verdict
+from pqc_fl.wire import SignedUpdate
 from qhybrid.errors import QHybridError
 
 __all__ = [
@@ -145,7 +139,7 @@ def content_to_update(content: RecordDict, *, max_records: int = MAX_RECORDS) ->
     if not isinstance(n, int) or isinstance(n, bool):
         raise MalformedUpdateError(f"'{NUM_EXAMPLES}' must be an int, got {n!r}")
     try:
-        env = dataclasses.replace(env, num_examples=n, metrics=_metrics_tuple(mr))
+        env = dataclasses.replace(env, num_examples=n, metrics=metrics_tuple(mr))
         tensors = canonical_tensors(
             {k: a.numpy() for k, a in content.array_records["arrays"].items()}
         )
@@ -190,34 +184,42 @@ class VerifyingStrategy(Strategy):
 
     @property
     def rejections(self) -> list[dict[str, Any]]:
+        """Every rejected reply so far (round, node, client, reason, detail)."""
         return self.verifier.rejections
 
     @property
     def round_stats(self) -> list[dict[str, Any]]:
+        """Per round: replies, accepted, rejected, quorum and timings."""
         return self.verifier.round_stats
 
     def summary(self) -> None:
+        """Log the wrapper and the inner strategy's own summary."""
         logger.info("VerifyingStrategy around %s", type(self.inner).__name__)
         self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The inner strategy's training instructions, unchanged."""
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The inner strategy's evaluation instructions, unchanged."""
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        """The inner strategy's evaluation aggregate (metrics only, nothing to verify)."""
         return self.inner.aggregate_evaluate(server_round, replies)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Verify the round's replies and let the inner strategy aggregate only the verified ones,
+        their content replaced by the verified tensors and metrics (module docstring)."""
         replies = list(replies)
         errors = [m for m in replies if m.has_error()]  # the inner strategy logs and skips them
         good = [m for m in replies if not m.has_error()]
@@ -239,22 +241,22 @@ class VerifyingStrategy(Strategy):
                 early[i] = Verdict(False, Reason.MALFORMED, str(err))
                 items.append((str(msg.metadata.src_node_id), b""))
         verdicts, met = self.verifier.verify_round(server_round, items, early=early)
-        self.client_sign_s.append(
-            [
-                float(m.content.config_records[PQC].get("sign_s", 0.0))  # type: ignore[arg-type]
-                for m, v in zip(good, verdicts, strict=True)
-                if v.ok
-            ]
-        )
+        verified = [
+            (m, v.update) for m, v in zip(good, verdicts, strict=True) if v.update is not None
+        ]  # the accepted replies (a Verdict carries its update only when ok)
+        self.client_sign_s.append([_sign_seconds(m) for m, _ in verified])
         if not met:
             return None, None
-        kept = sorted(
-            ((str(v.client_id), m, v) for m, v in zip(good, verdicts, strict=True) if v.ok),
-            key=lambda t: t[0],
-        )
-        for _, m, v in kept:
-            m.content = clean_content(v.update)  # type: ignore[arg-type]
-        return self.inner.aggregate_train(server_round, errors + [m for _, m, _ in kept])
+        kept = sorted(verified, key=lambda t: t[1].envelope.client_id)
+        for m, u in kept:
+            m.content = clean_content(u)
+        return self.inner.aggregate_train(server_round, errors + [m for m, _ in kept])
+
+
+def _sign_seconds(reply: Message) -> float:
+    """The client's signing time reported in the reply's "pqc" record (0 when absent)."""
+    value = reply.content.config_records[PQC].get("sign_s", 0.0)
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _unsigned_in_order(replies: list[Message]) -> list[Message]:

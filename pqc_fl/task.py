@@ -136,6 +136,7 @@ def build_model(name: str, seed: int = 0) -> nn.Module:
 
 
 def num_parameters(model: nn.Module) -> int:
+    """The model's parameter count."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -105,6 +105,9 @@ class TrainConfig:
     log_every: int = 10  # steps between metric records
     seed: int = 0  # seeds python, numpy and torch before the model's first step
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise repeatable on GPU
+    autocast: Literal["off", "bf16"] = (
+        "off"  # forward in bfloat16 autocast (CPUs with AVX512-BF16, GPUs)
+    )
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     progress: bool = True  # tqdm bar when on a terminal
 
@@ -126,6 +129,8 @@ class TrainConfig:
             raise QHybridError(f"keep_checkpoints={self.keep_checkpoints} must be >= 1")
         if self.log_every < 1:
             raise QHybridError(f"log_every={self.log_every} must be >= 1")
+        if self.autocast not in ("off", "bf16"):
+            raise QHybridError(f"autocast={self.autocast!r} must be 'off' or 'bf16'")
         if self.early_stop_patience and not self.early_stop_metric:
             raise QHybridError("early_stop_patience > 0 needs early_stop_metric, e.g. 'val_loss'")
 
@@ -726,7 +731,8 @@ def _gradient_step(
         # DDP: all-reduce gradients only on the last micro-batch of the step.
         sync = not distributed or i == n - 1
         with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
-            loss, extras = _split_loss(loss_fn(net, batch))
+            with _autocast(config, batch):
+                loss, extras = _split_loss(loss_fn(net, batch))
             (loss if n == 1 else loss / n).backward()
         loss_sum = loss.detach() if i == 0 else loss_sum + loss.detach()
     params = [p for p in model.parameters() if p.grad is not None]
@@ -742,6 +748,16 @@ def _gradient_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_value, norm_value, extras
+
+
+def _autocast(config: TrainConfig, batch: Batch) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast over the forward when ``config.autocast == "bf16"`` (weights stay fp32)."""
+    if config.autocast == "off":
+        return contextlib.nullcontext()
+    leaf = next(iter(batch.values())) if isinstance(batch, Mapping) else batch
+    leaf = leaf[0] if isinstance(leaf, (tuple, list)) else leaf
+    device = leaf.device.type if torch.is_tensor(leaf) else "cpu"
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
 class _Loop:

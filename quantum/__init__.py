@@ -7,6 +7,7 @@ Public API (names fixed by DESIGN.md)::
     probs = exact_distribution(p)                      # float64[32], index int(bitstring, 2)
     counts = simulate(p, backend="aer", shots=1000, seed=1)
     text = render(p, "compact")
+    found = import_grover(open("grover.qasm").read())  # the Grover problem a QASM file computes
 
 Bit order everywhere: bitstrings are written as Qiskit prints counts, qubit 0 is the rightmost
 character; ``probs[int(s, 2)]`` is the probability of outcome ``s``.
@@ -54,18 +55,34 @@ __all__ = [
     "FORMATS",
     "DatasetInfo",
     "DatasetSpec",
+    "GroverImport",
     "GroverProblem",
     "GroverProblemError",
+    "QasmImportError",
+    "QasmLimits",
     "TwoLevelDistribution",
     "build_circuit",
     "build_tokenizer",
+    "circuit_distribution",
     "exact_distribution",
     "generate_dataset",
+    "import_grover",
+    "import_grover_file",
     "optimal_iterations",
     "render",
     "simulate",
     "two_level",
 ]
+
+
+_QASM_IMPORT = (
+    "GroverImport",
+    "QasmImportError",
+    "QasmLimits",
+    "circuit_distribution",
+    "import_grover",
+    "import_grover_file",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -78,6 +95,10 @@ def __getattr__(name: str) -> Any:
         from quantum.tokenizer import build_tokenizer
 
         return build_tokenizer
+    if name in _QASM_IMPORT:
+        from quantum import qasm_import
+
+        return getattr(qasm_import, name)
     if name in ("generate_dataset", "DatasetSpec", "DatasetInfo"):
         from quantum import dataset
 

@@ -117,7 +117,7 @@ RECORD_FIELDS: dict[str, str] = {
 }
 
 
-K_DRAWS = ("anchor", "uniform")  # how a split draws its off-optimal k (SplitSpec.k_draw)
+K_DRAWS = ("anchor", "uniform", "both")  # how a split draws its off-optimal k (SplitSpec.k_draw)
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,10 @@ class DatasetInfo:
 def draw_iterations(n_qubits: int, n_marked: int, how: str, rng: np.random.Generator) -> int:
     """A non-optimal k: from :func:`off_optimal_iterations` (``"anchor"``), or uniform over
     [0, 2 * 2**ceil(n/2)) (``"uniform"``: x = k / 2**ceil(n/2) < 2 in the ``compact_scaled``
-    register, past 2 k* + 1 at every n and t), which may also hit k*."""
+    register, past 2 k* + 1 at every n and t), which may also hit k*; ``"both"``: either, with
+    probability 1/2 each."""
+    if how == "both":
+        how = "uniform" if rng.random() < 0.5 else "anchor"
     if how == "uniform":
         return int(rng.integers(0, 2 * 2 ** ((n_qubits + 1) // 2)))
     choices = off_optimal_iterations(n_qubits, n_marked)

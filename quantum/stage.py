@@ -145,7 +145,7 @@ def run_stage(run: Run, config: StageConfig, *, seed: int, context: dict[str, An
         seed=seed,
         renderings=("compact",),  # the length table below covers the QASM renderings
         oracle_styles=ORACLE_STYLES,
-        train=SplitSpec(2, 6, 1, 12, config.train_count, off_optimal=0.3),
+        train=SplitSpec(2, 6, 1, 12, config.train_count, off_optimal=0.6, k_draw="both"),
         test_id=SplitSpec(2, 6, 1, 12, config.test_count),
         test_ood_n=SplitSpec(7, config.ood_n_max, 1, 6, config.ood_n_count, off_optimal=0.5),
         test_ood_t=SplitSpec(5, 6, 13, 16, config.test_count),

@@ -1,14 +1,20 @@
-"""The quantum-native tokenizer: one token per gate name, keyword, digit, bit and symbol.
+"""The quantum-native tokenizer: one token per gate name, keyword, digit, bit and symbol; no <unk>.
 
 A word-level vocabulary (no BPE merges), so a token is always a unit of the circuit: a gate
-(``h``, ``x``, ``z``, ``ctrl``, ``Oracle``...), a register or keyword (``qubit``, ``for``...), a
-single digit (numbers and bitstrings are read one digit per token, so a model trained on small
-n sees every token it needs for large n), or one punctuation character. Pre-tokenization splits
-whitespace, then isolates every digit, every identifier ``[A-Za-z_]+`` and every other
-character, so the same tokenizer reads the ``compact`` and ``answer`` renderings (already one
-token per word) and all three QASM renderings. Unknown identifiers map to ``<unk>``.
+(``h``, ``x``, ``z``, ``ctrl``, ``Oracle``, ``mcx_vchain``...), a register or keyword (``qubit``,
+``for``...), a single digit (numbers and bitstrings are read one digit per token, so a model
+trained on small n sees every token it needs for large n), or one punctuation character.
 
-The result is a :class:`transformers.PreTrainedTokenizerFast`; ``save_pretrained(dir)`` and
+Pre-tokenization: split at whitespace; map each byte to a printable stand-in (GPT-2's byte-level
+alphabet: printable ASCII maps to itself); then an identifier (a maximal run of ``[A-Za-z_]``, digits
+split off) that is in the vocabulary is one token, and everything else is one token per character,
+which for non-ASCII text means one per UTF-8 byte. Every letter and every byte stand-in is in the
+vocabulary, so no text yields ``<unk>``: an identifier the vocabulary lacks (``my_gate``) is read
+letter by letter, a symbol it lacks (``§``) byte by byte. The same tokenizer reads the ``compact``
+and ``answer`` renderings (already one token per word) and any OpenQASM 3 text.
+
+Token ids never move: :data:`VOCAB` only grows at its end (``_FALLBACK`` is the last block). The
+result is a :class:`transformers.PreTrainedTokenizerFast`; ``save_pretrained(dir)`` and
 ``AutoTokenizer.from_pretrained(dir)`` round-trip it without any download.
 """
 
@@ -21,11 +27,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["PRE_TOKEN_PATTERN", "SPECIAL_TOKENS", "VOCAB", "build_tokenizer", "count_tokens"]
-
-# After whitespace splitting: each digit, each identifier, each other character is one token.
-PRE_TOKEN_PATTERN = r"[0-9]|[A-Za-z_]+|[^A-Za-z_0-9]"
-_COUNT_RE = re.compile(r"[0-9]|[A-Za-z_]+|[^\sA-Za-z_0-9]")
+__all__ = [
+    "BYTE_CHARS",
+    "PRE_TOKEN_PATTERN",
+    "SPECIAL_TOKENS",
+    "VOCAB",
+    "build_tokenizer",
+    "count_tokens",
+]
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "<sep>")
 _DIGITS = tuple("0123456789")
@@ -107,7 +116,37 @@ _SYMBOLS = tuple(";,.{}[]()@=+-*/:\"'<>!&|~^")
 _NUMBERED = tuple(
     g + "_" for g in (*_SYNTHESISED, "h", "rz", "ry", "Oracle", "Diffuser", "unitary", "ucrz")
 )
-# Added later, at the end: the keywords of llm_sim's ``marked_phase`` answer.
+
+
+def _byte_chars() -> tuple[str, ...]:
+    """The printable stand-in of each byte 0..255, as ``tokenizers``' ByteLevel writes it (GPT-2's
+    ``bytes_to_unicode``): printable ASCII and most of Latin-1 map to themselves, the rest to
+    U+0100 onwards, in byte order."""
+    kept = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    out, shifted = [], 0
+    for b in range(256):
+        out.append(chr(b) if b in kept else chr(0x100 + shifted))
+        shifted += b not in kept
+    return tuple(out)
+
+
+BYTE_CHARS = _byte_chars()
+# Added for issue 20, at the end so every earlier id stays put: names Qiskit's exporter and the
+# OpenQASM 3 standard library write that were missing (their numbered copies too), keywords, then
+# every byte stand-in, so any letter, symbol or byte of any text has a token (no <unk>).
+_MORE_NAMES = (
+    "mcx_recursive", "mcx_vchain_", "mcx_recursive_", "mcx_gray_", "rcccx_dg", "rccx_dg", "rcccx_",
+    "rccx_", "c3sx", "c3x", "c4x", "sxdg", "cs", "csdg", "cu", "cy", "ch", "rx", "y", "swap",
+    "cswap", "iswap", "dcx", "ecr", "rxx", "ryy", "rzz", "rzx", "xx_minus_yy", "xx_plus_yy",
+    "phase", "cphase", "CX", "U", "gphase", "mcu", "mcrx", "mcry", "mcrz", "mcp", "mcz", "ccz_",
+    "qreg", "creg", "reset", "barrier", "delay", "const", "float", "angle", "bool", "uint",
+    "input", "output", "if", "else", "while", "def", "return", "box", "let", "true", "false",
+    "tau", "euler", "sin", "cos", "sqrt", "exp", "anc", "meas", "ancilla", "q_", "c_", "csx",
+    "_Phase_Oracle_", "Q_", "mcmt_", "_gate_p_",
+)  # fmt: skip
+_FALLBACK = _MORE_NAMES + BYTE_CHARS
+# Added later, at the end: the keywords of llm_sim's ``marked_phase`` answer (``phase`` is
+# already a word above, the OpenQASM gate).
 _PHASE_ANSWER = ("phase", "p_success")
 VOCAB: tuple[str, ...] = tuple(
     dict.fromkeys(
@@ -120,9 +159,20 @@ VOCAB: tuple[str, ...] = tuple(
         + _QISKIT_NAMES
         + _SYMBOLS
         + _NUMBERED
+        + _FALLBACK
         + _PHASE_ANSWER
     )
 )
+# Identifiers read as one token: the vocabulary's words of two or more letters/underscores. A
+# word matches only as a whole run of [A-Za-z_] (digits split off, as ``mcx_`` ``0``); anything
+# else is one token per character (per byte stand-in after the byte-level mapping).
+_WORDS = sorted((w for w in VOCAB if len(w) > 1 and re.fullmatch(r"[A-Za-z_]+", w)), key=len)
+_WORD_PATTERN = "(?<![A-Za-z_])(?:" + "|".join(reversed(_WORDS)) + ")(?![A-Za-z_])"
+PRE_TOKEN_PATTERN = _WORD_PATTERN + "|."
+# count_tokens on the text before the byte mapping: a word is 1 token, a character its UTF-8 bytes;
+# whitespace is what the tokenizer's WhitespaceSplit drops (Rust's char::is_whitespace).
+_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_COUNT_RE = re.compile(_WORD_PATTERN + f"|[^{_SPACE}]")
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -140,6 +190,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             pre_tokenizers.Split(Regex(PRE_TOKEN_PATTERN), behavior="isolated"),
         ]
     )
@@ -159,16 +210,23 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def count_tokens(text: str) -> int:
     """Number of tokens :func:`build_tokenizer` gives ``text`` (no special tokens), ~10x faster.
 
-    The vocabulary is word-level, so every pre-token is exactly one token (``<unk>`` included)
-    and the count is the number of pre-tokens: a regex count, checked against the tokenizer in
-    the tests. Dataset generation uses it for its per-record token counts.
+    The vocabulary is word-level and covers every pre-token, so the count is the number of
+    pre-tokens: a vocabulary word is one, any other character one per UTF-8 byte (a regex count,
+    checked against the tokenizer in the tests). Dataset generation uses it for its per-record
+    token counts. Special-token strings written in the text (``<eos>``) are counted as characters.
     """
     if "\n" not in text:
-        return len(_COUNT_RE.findall(text))
+        return _line_tokens(text) if len(text) < 256 else _count(text)
     # QASM: no token spans a line and most lines repeat (``  x q3;``), so count per distinct line.
     return sum(map(_line_tokens, text.split("\n")))
 
 
+def _count(text: str) -> int:
+    if text.isascii():
+        return len(_COUNT_RE.findall(text))
+    return sum(1 if len(m) > 1 else len(m.encode("utf-8")) for m in _COUNT_RE.findall(text))
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _line_tokens(line: str) -> int:
-    return len(_COUNT_RE.findall(line))
+    return _count(line)

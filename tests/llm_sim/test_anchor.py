@@ -103,9 +103,13 @@ def test_export_refuses_oracles_the_anchor_cannot_read(tmp_path):
         (b'{"input": "x"}', "non-empty JSON list"),
         (b"[]", "non-empty JSON list"),
         (b'[{"instruction": ""}]', "record 0 has no string 'input'"),
-        (b'[{"input": "OPENQASM 3.0;"}]', "record 0: no 'gate Oracle"),
-        (b'[{"input": "gate Oracle a, b {\\n x a;\\n}"}]', "no 'mcmt' operation"),
-        (b'[{"input": "gate Oracle a, b {\\n mcmt b, a;\\n}"}]', "is not 'mcmt a, b'"),
+        (b'[{"input": "OPENQASM 3.0;"}]', "record 0: .*defines no gate 'Oracle'"),
+        (b'[{"input": "gate Oracle a, b {\\n x a;\\n}"}]', "not a phase oracle"),
+        (b'[{"input": "gate Oracle a, b {\\n h a;\\n}"}]', "superposition"),
+        (b'[{"input": "gate Oracle a, b {\\n x a; x a;\\n}"}]', "flips no state"),
+        (b'[{"input": "gate Oracle a, b {\\n mcmt a;\\n}"}]', "Qiskit cannot build"),
+        (b'[{"input": "gate Oracle a, b {\\n foo a, b;\\n}"}]', "'foo' is not defined"),
+        (b'[{"input": "gate Oracle a, b {"}]', "malformed OpenQASM"),
     ],
 )
 def test_import_refuses_files_that_are_not_anchor_records(tmp_path, content, match):
@@ -114,3 +118,48 @@ def test_import_refuses_files_that_are_not_anchor_records(tmp_path, content, mat
         path.write_bytes(content)
     with pytest.raises(QHybridError, match=match):
         import_anchor(path)
+
+
+def test_import_reads_what_the_oracle_computes_not_its_text(tmp_path):
+    """The anchor's text rule needed 'mcmt' with the qubits in declared order; the importer reads
+    the gate's action: a multi-controlled Z is symmetric, so 'mcmt b, a' marks |11> all the same."""
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([{"input": "gate Oracle a, b {\n  mcmt b, a;\n}"}]))
+    assert import_anchor(path) == [GroverProblem(2, ["11"])]
+
+
+def _tampered(tmp_path, edit):
+    qasm = render(GroverProblem(4, ["0110", "1011"]), "qasm3")
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([{"instruction": "", "input": edit(qasm), "output": ""}]))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        # the mcmt body emptied: Qiskit then gives the uniform distribution
+        (lambda q: q.replace("  mcx _gate_q_0, _gate_q_1, _gate_q_2, _gate_q_3;\n", "", 1),
+         "flips no state"),
+        # one Oracle call removed, one added, one Diffuser removed
+        (lambda q: q.replace("Oracle q[0], q[1], q[2], q[3];\n", "", 1), "oracle call"),
+        (lambda q: q.replace("Diffuser q[0], q[1], q[2], q[3];\n",
+                             "Diffuser q[0], q[1], q[2], q[3];\nOracle q[0], q[1], q[2], q[3];\n", 1),
+         "has no diffuser after it"),
+        (lambda q: q.replace("Diffuser q[0], q[1], q[2], q[3];\n", "", 1), "has no diffuser"),
+        # an extra rotation inserted before the first Diffuser
+        (lambda q: q.replace("Diffuser q[0]", "rz(0.1) q[2];\nDiffuser q[0]", 1),
+         "relative phase"),
+    ],
+)  # fmt: skip
+def test_tampered_anchor_circuits_are_refused(tmp_path, edit, match):
+    with pytest.raises(QHybridError, match=match):
+        import_anchor(_tampered(tmp_path, edit))
+
+
+def test_a_changed_marked_state_is_read_as_the_new_problem(tmp_path):
+    block = "  x _gate_q_{0};\n  x _gate_q_3;\n  mcmt _gate_q_0, _gate_q_1, _gate_q_2, _gate_q_3;\n"
+    old = block.format(0) + "  x _gate_q_0;\n  x _gate_q_3;\n"
+    new = "  x _gate_q_3;\n  mcmt _gate_q_0, _gate_q_1, _gate_q_2, _gate_q_3;\n  x _gate_q_3;\n"
+    path = _tampered(tmp_path, lambda q: q.replace(old, new, 1))  # no X on q0: 0110 -> 0111
+    assert import_anchor(path) == [GroverProblem(4, ["0111", "1011"], 2)]

@@ -107,12 +107,17 @@ def test_coupled_ids_mirror_the_prompt_token_each_answer_token_copies(seed, fmt)
             assert toks[where[slot]] == mirror[answer[j + 1]]
         else:  # p_marked, the number and <eos> continue after 'measure', on no prompt id
             assert slot > ids[layout.length - 1]
-    # the header keeps 0..h-1; the flip section starts after the gap; ids strictly increase
-    assert ids[: layout.first_flip] == list(range(layout.first_flip))
-    prompt_ids = ids[: layout.length]
-    assert all(b > a for a, b in zip(prompt_ids, prompt_ids[1:], strict=False))
+    # the header keeps 0..h-1, the register's low bits (compact_scaled, n >= 7) the ids after it;
+    # the flip section starts after the gap; every other prompt id strictly increases
+    h, low = layout.first_flip, layout.low_bits
+    assert ids[:h] == list(range(h))
+    start = layout.register + 1 if layout.register is not None else layout.length
+    assert ids[start : start + low] == list(range(h, h + low))
+    assert low == (1 if fmt == "compact_scaled" else 0)  # n = 7: ceil(7/2) - 3 window bits
+    rest = ids[h:start] + ids[start + low : layout.length]
+    assert all(b > a for a, b in zip(rest, rest[1:], strict=False))
     if rng is None:  # evaluation: the middle of the training gaps, fixed strides
-        assert ids[layout.first_flip] == layout.first_flip + 40 // 2
+        assert ids[layout.first_flip] == h + low + 40 // 2
         assert ids == position_ids(layout, len(toks), PositionScheme(gap=40, stride=3))
 
 
@@ -127,11 +132,17 @@ def test_scaled_register_and_number_keep_unit_steps(seed):
         layout = prompt_layout(toks[: toks.index("measure") + 1])
         assert toks[layout.register] == "repeat" and layout.register == layout.tail + 1
         ids = position_ids(layout, len(toks), PositionScheme(gap=40, stride=9), rng)
-        number = ids[layout.register : layout.length] + ids[layout.length + layout.copy_len - 1 :]
+        after_low = layout.register + 1 + layout.low_bits
+        number = [ids[layout.register]] + ids[after_low : layout.length]
+        number += ids[layout.length + layout.copy_len - 1 :]
         assert number == list(range(number[0], number[0] + len(number)))
+        # the low bits sit right after the header, the same ids at every gap and stride
+        h = layout.first_flip
+        assert ids[layout.register + 1 : after_low] == list(range(h, h + layout.low_bits))
+        assert layout.low_bits == max(0, (p.n_qubits + 1) // 2 - 3)
         window = toks[toks.index("|") : layout.length]  # | F point I measure
         assert len(window) == 5
-    assert prompt_layout(tokens(encode_example(p, TOK, TaskFormat()))).register is None
+    assert prompt_layout(tokens(encode_example(p, TOK, TaskFormat(fmt="compact")))).register is None
 
 
 def test_copy_answers_mirror_the_flip_section_token_for_token():

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pqc_fl.flower_app import flower_project_file
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +136,7 @@ def test_signed_federation_over_tls_on_localhost(
     )
     app = tmp / "app"
     app.mkdir()
-    shutil.copy(ROOT / "configs" / "pqc_fl_flower_app.toml", app / "pyproject.toml")
+    shutil.copy(flower_project_file(), app / "pyproject.toml")
     overrides = (
         f'num-clients=2 rounds=2 local-steps=5 strategy="fedmedian" '
         f'key-dir="{tmp / "keys"}" out="{tmp / "summary.json"}"'

@@ -23,15 +23,15 @@ from pqc_fl.envelope import (
     CONTEXT,
     Envelope,
     MalformedUpdateError,
-    Reason,
-    SignedUpdate,
+    Mode,
     signed_message,
     state_digest,
-    verify_update,
 )
 from pqc_fl.keys import generate_client_key
 from pqc_fl.policy import ReplayGuard, schema_of
 from pqc_fl.schemes import get_scheme
+from pqc_fl.verify import Reason, verify_update
+from pqc_fl.wire import SignedUpdate
 
 WORLD = make_world("ml-dsa-44", "digest")
 
@@ -67,15 +67,18 @@ def test_envelope_bytes_are_deterministic_and_round_trip() -> None:
         Envelope.from_bytes(loose)
 
 
-def test_metrics_are_signed_exactly_including_non_finite_values() -> None:
-    u = WORLD.honest(metrics={"loss": float("nan"), "acc": 1 / 3, "steps": 7})
+def test_metrics_are_signed_exactly_and_non_finite_ones_are_refused() -> None:
+    u = WORLD.honest(metrics={"loss": 0.25, "acc": 1 / 3, "steps": 7})
     back = SignedUpdate.from_bytes(u.to_bytes())
-    assert dict(back.envelope.metrics)["acc"] == 1 / 3
+    assert dict(back.envelope.metrics) == {"loss": 0.25, "acc": 1 / 3, "steps": 7.0}
     assert WORLD.verify(back) == Reason.OK
+    nan = SignedUpdate.from_bytes(WORLD.honest(metrics={"loss": float("nan")}).to_bytes())
+    assert np.isnan(dict(nan.envelope.metrics)["loss"])  # encoded exactly (float.hex), signed
+    assert WORLD.verify(nan) == WORLD.verify(nan.to_bytes()) == Reason.NON_FINITE_METRIC
 
 
 @pytest.mark.parametrize("mode", ["digest", "full", "mu"])
-def test_modes_sign_what_they_claim(mode: str) -> None:
+def test_modes_sign_what_they_claim(mode: Mode) -> None:
     w = make_world("ml-dsa-65", mode)
     u = w.honest()
     assert w.verify(u) == Reason.OK
@@ -100,7 +103,7 @@ def test_mu_mode_needs_mldsa_on_cryptography() -> None:
     [("ml-dsa-44", "digest"), ("ml-dsa-44", "full"), ("ml-dsa-44", "mu"), ("falcon-512", "digest"),
      ("ed25519", "digest"), ("ecdsa-p256", "full"), ("ed25519+ml-dsa-44", "digest")],
 )  # fmt: skip
-def test_attack_suite_rejects_every_case_with_its_reason(scheme: str, mode: str) -> None:
+def test_attack_suite_rejects_every_case_with_its_reason(scheme: str, mode: Mode) -> None:
     result = run_attack_suite(scheme, mode, honest=40)
     wrong = [c for c in result["cases"] if not c["as_expected"]]
     assert wrong == []
@@ -191,9 +194,9 @@ def test_expected_reasons_cover_every_code_the_suite_claims() -> None:
 
 @pytest.mark.parametrize("mode", ["digest", "full"])
 def test_header_and_signature_are_checked_before_any_record_is_parsed(
-    mode: str, monkeypatch: pytest.MonkeyPatch
+    mode: Mode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pqc_fl.envelope as envelope
+    import pqc_fl.verify as verify
     from pqc_fl.attacks import garbage_record_blob
     from pqc_fl.policy import ServerPolicy
 
@@ -204,7 +207,7 @@ def test_header_and_signature_are_checked_before_any_record_is_parsed(
     def parse(*_: object, **__: object) -> None:
         raise AssertionError("a tensor record was parsed before the signature verified")
 
-    monkeypatch.setattr(envelope, "parse_tensor_stream", parse)
+    monkeypatch.setattr(verify, "parse_tensor_stream", parse)
     roomy = ServerPolicy.only("ml-dsa-44", max_records=10**6)  # past the count cap: signature
     v = verify_update(
         blob,

@@ -7,29 +7,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Message, MessageType, Metadata, RecordDict
 
-from pqc_fl.attacks import RUN_ID, make_world, sample_state
-from pqc_fl.config import LocalTrainConfig
-from pqc_fl.envelope import Reason
+from pqc_fl.attacks import RUN_ID, AttackWorld, ByzantineAttack, RunAttack, make_world, sample_state
+from pqc_fl.config import LocalTrainConfig, StrategyName
 from pqc_fl.keys import provision_keys
 from pqc_fl.policy import schema_of
 from pqc_fl.server import QuorumError, RoundVerifier
 from pqc_fl.simulate import FLConfig, run_inprocess
+from pqc_fl.strategy import VerifyingStrategy, make_strategy
+from pqc_fl.verify import Reason
 
 pytest.importorskip("ray")
 
 
-def _reply(content: object, node: int) -> object:
-    from flwr.app import Message, MessageType, Metadata
-
+def _reply(content: RecordDict, node: int) -> Message:
     meta = Metadata(0, "", node, 0, "", "5", 0.0, 3600.0, MessageType.TRAIN)
-    return Message(content=content, metadata=meta)  # type: ignore[arg-type]
+    return Message(content=content, metadata=meta)  # type: ignore[call-overload]
 
 
-def _strategy(w: object, **kw: object) -> object:
-    from pqc_fl.strategy import VerifyingStrategy, make_strategy
-
-    verifier = RoundVerifier(w.registry, RUN_ID, schema_of(w.state), w.policy, **kw)  # type: ignore[attr-defined]
+def _strategy(
+    w: AttackWorld, *, min_accepted: float | int = 0.5, abort: bool = False
+) -> VerifyingStrategy:
+    verifier = RoundVerifier(
+        w.registry,
+        RUN_ID,
+        schema_of(w.state),
+        w.policy,
+        min_accepted=min_accepted,
+        abort_below_quorum=abort,
+    )
     return VerifyingStrategy(make_strategy("fedavg", 2), verifier)
 
 
@@ -66,8 +73,8 @@ def test_wrapper_rejects_unsigned_malformed_and_relabelled_replies_with_their_re
             (many, 13),
         ]
     ]
-    arrays, _ = s.aggregate_train(5, replies)  # type: ignore[attr-defined]
-    got = [(r["node"], r["reason"]) for r in s.rejections]  # type: ignore[attr-defined]
+    arrays, _ = s.aggregate_train(5, replies)
+    got = [(r["node"], r["reason"]) for r in s.rejections]
     assert got == [
         ("8", "unsigned"),
         ("9", "malformed"),
@@ -79,7 +86,7 @@ def test_wrapper_rejects_unsigned_malformed_and_relabelled_replies_with_their_re
     # the aggregate is exactly b's verified weights (the only accepted reply)
     for k, v in b_state.items():
         np.testing.assert_array_equal(arrays[k].numpy(), v)
-    assert s.round_stats[-1]["accepted"] == 1  # type: ignore[attr-defined]
+    assert s.round_stats[-1]["accepted"] == 1
 
 
 def test_two_nodes_claiming_one_client_are_both_rejected_and_binding_holds() -> None:
@@ -90,8 +97,8 @@ def test_two_nodes_claiming_one_client_are_both_rejected_and_binding_holds() -> 
     one = update_to_content(w.honest(node="1"))
     two = update_to_content(w.honest(node="2", state=sample_state(5)))
     b = update_to_content(w.honest(key=w.b, node="3"))
-    arrays, _ = s.aggregate_train(5, [_reply(one, 1), _reply(two, 2), _reply(b, 3)])  # type: ignore[attr-defined]
-    assert [(r["node"], r["reason"]) for r in s.rejections] == [  # type: ignore[attr-defined]
+    arrays, _ = s.aggregate_train(5, [_reply(one, 1), _reply(two, 2), _reply(b, 3)])
+    assert [(r["node"], r["reason"]) for r in s.rejections] == [
         ("1", "duplicate_submission"),
         ("2", "duplicate_submission"),
     ]
@@ -107,12 +114,12 @@ def test_quorum_skips_or_aborts_a_round_with_too_few_accepted_updates(
     bad = update_to_content(w.honest(node="1", num_examples=10**9))  # over the registered cap
     good = update_to_content(w.honest(key=w.b, node="2"))
     s = _strategy(w, min_accepted=0.9)
-    assert s.aggregate_train(5, [_reply(bad, 1), _reply(good, 2)]) == (None, None)  # type: ignore[attr-defined]
-    assert s.round_stats[-1]["quorum_met"] is False and "below the quorum" in caplog.text  # type: ignore[attr-defined]
-    assert s.rejections[0]["reason"] == Reason.EXAMPLES_OVER_CAP  # type: ignore[attr-defined]
-    s = _strategy(w, min_accepted=2, abort_below_quorum=True)
+    assert s.aggregate_train(5, [_reply(bad, 1), _reply(good, 2)]) == (None, None)
+    assert s.round_stats[-1]["quorum_met"] is False and "below the quorum" in caplog.text
+    assert s.rejections[0]["reason"] == Reason.EXAMPLES_OVER_CAP
+    s = _strategy(w, min_accepted=2, abort=True)
     with pytest.raises(QuorumError, match="1 of 2 updates"):
-        s.aggregate_train(5, [_reply(bad, 1), _reply(good, 2)])  # type: ignore[attr-defined]
+        s.aggregate_train(5, [_reply(bad, 1), _reply(good, 2)])
 
 
 # (strategy, outsider attack by client 1, Byzantine attack by client 2 with its valid key)
@@ -122,7 +129,7 @@ FLOWER_CASES = [("fedavg", "tensor_bitflip", "none"), ("fedmedian", "none", "sig
 
 @pytest.mark.parametrize(("strategy", "attack", "byzantine"), FLOWER_CASES)
 def test_flower_simulation_wraps_the_strategy(
-    tmp_path: Path, strategy: str, attack: str, byzantine: str
+    tmp_path: Path, strategy: StrategyName, attack: RunAttack, byzantine: ByzantineAttack
 ) -> None:
     # Prepare: keys provisioned out of band; for FedAvg client 1 flips a weight bit after signing
     cfg = FLConfig(
@@ -165,3 +172,24 @@ def test_flower_simulation_wraps_the_strategy(
             np.asarray(value, np.float32), ref.state[name], rtol=1e-5, atol=1e-6
         )
     assert summary["rounds"][-1]["test_acc"] == pytest.approx(ref.rounds[-1]["test_acc"], abs=1e-6)
+
+
+def test_the_flower_project_file_ships_in_the_package_and_is_not_a_preset() -> None:
+    import importlib
+    import tomllib
+    from types import SimpleNamespace
+
+    from pqc_fl.flower_app import flower_project_file, settings
+    from qhybrid.config import presets
+
+    doc = tomllib.loads(flower_project_file().read_text(encoding="utf-8"))
+    app = doc["tool"]["flwr"]["app"]
+    for ref in app["components"].values():
+        module, _, name = ref.partition(":")
+        assert hasattr(importlib.import_module(module), name)
+    # its run config is a valid FLConfig (the same declarations check it)
+    cfg, key_dir = settings(SimpleNamespace(run_config=app["config"]), FLConfig(), None)  # type: ignore[arg-type]
+    assert (
+        cfg.num_clients == app["config"]["num-clients"] and str(key_dir) == app["config"]["key-dir"]
+    )
+    assert not [n for n in presets() if "flower" in n]  # `qhybrid presets` lists configs only

@@ -172,11 +172,66 @@ def test_registry_load_rejects_garbage(tmp_path: Path) -> None:
     with pytest.raises(KeyRegistryError, match="not a qhybrid key registry"):
         _load(p)
     p.write_text("{not json")
-    with pytest.raises(KeyRegistryError, match="not a valid key registry"):
+    with pytest.raises(KeyRegistryError, match="r.json is not a JSON file"):
         _load(p)
     p.write_text('{"format": "qhybrid-fl-keys/v2", "keys": []}')
     with pytest.raises(KeyRegistryError, match="no registry signature"):
         _load(p)
+    p.write_text('{"format": "qhybrid-fl-keys/v2", "keys": [], "signature": {"value": 7}}')
+    with pytest.raises(KeyRegistryError, match="'signature' must be a base64 string"):
+        _load(p)
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(KeyRegistryError, match="r.json is not a JSON file"):
+        _load(p)
+    with pytest.raises(KeyRegistryError, match="is a folder or device"):
+        _load(tmp_path)
+    with pytest.raises(KeyRegistryError, match="does not exist"):
+        _load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"", "not a JSON file"),
+        (b"\x00\xff binary", "not a JSON file"),
+        (b"[1, 2]", "not a qhybrid client key"),
+        (b'{"client_id": "a"}', "not a qhybrid client key"),
+        (
+            b'{"client_id": "a", "key_id": "k", "scheme": "ml-dsa-44", "public_key": 5, '
+            b'"secret_key": "AA=="}',
+            "'public_key' must be a base64 string",
+        ),
+        (
+            b'{"client_id": "a", "key_id": "k", "scheme": "ml-dsa-44", "public_key": "!!", '
+            b'"secret_key": "AA=="}',
+            "'public_key' is not valid base64",
+        ),
+    ],
+)
+def test_hostile_key_files_are_refused_with_the_file_named(
+    tmp_path: Path, content: bytes, match: str
+) -> None:
+    p = tmp_path / "client-0.json"
+    p.write_bytes(content)
+    p.chmod(0o600)
+    with pytest.raises(KeyRegistryError, match=match) as err:
+        load_client_key(p)
+    assert str(p) in str(err.value)
+    with pytest.raises(KeyRegistryError, match="is a folder or device|cannot be read"):
+        load_client_key(tmp_path)
+    reg = KeyRegistry()
+    with pytest.raises(KeyRegistryError, match=match.replace("client key", "public-key file")):
+        reg.add_public_key_file(p, max_examples=5)
+    assert len(reg) == 0
+
+
+@pytest.mark.parametrize("cap", [0, -1, 1.5, True, None, "3"])
+def test_registration_needs_an_example_cap_of_at_least_one(cap: object) -> None:
+    key = generate_client_key("a")
+    reg = KeyRegistry()
+    with pytest.raises(KeyRegistryError, match="max_examples=.* must be an int >= 1"):
+        reg.register_client_key(key, max_examples=cap)  # type: ignore[arg-type]
+    assert len(reg) == 0
 
 
 def test_provisioned_key_dir_loads_with_the_server_key(tmp_path: Path) -> None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pqc_fl.attacks import INTEGRITY_ATTACKS, byzantine_state, make_world, sample_state
+from pqc_fl.attacks import (
+    INTEGRITY_ATTACKS,
+    ByzantineAttack,
+    byzantine_state,
+    make_world,
+    sample_state,
+)
 from pqc_fl.byzantine import EXPECTED_REASON
 from pqc_fl.config import LocalTrainConfig
 from pqc_fl.keys import KeyRegistryError, provision_keys
@@ -74,7 +81,7 @@ def test_replay_guard_binds_clients_and_nodes_per_run() -> None:
 
 @pytest.mark.parametrize("attack", INTEGRITY_ATTACKS)
 def test_insider_integrity_attacks_never_reach_the_model(
-    attack: str, caplog: pytest.LogCaptureFixture
+    attack: ByzantineAttack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
     base = FLConfig(num_clients=5, rounds=2, local=LocalTrainConfig(steps=3))
@@ -111,15 +118,15 @@ def test_insider_integrity_attacks_never_reach_the_model(
 
 
 def test_a_robust_strategy_resists_a_sign_flipping_insider_that_ruins_fedavg() -> None:
-    cfg = dict(
+    cfg = FLConfig(
         num_clients=5,
         rounds=3,
         local=LocalTrainConfig(steps=10),
         byzantine="sign_flip",
         num_byzantine=1,
     )
-    avg = run_inprocess(FLConfig(strategy="fedavg", **cfg))  # type: ignore[arg-type]
-    med = run_inprocess(FLConfig(strategy="fedmedian", **cfg))  # type: ignore[arg-type]
+    avg = run_inprocess(replace(cfg, strategy="fedavg"))
+    med = run_inprocess(replace(cfg, strategy="fedmedian"))
     clean = run_inprocess(FLConfig(num_clients=5, rounds=3, local=LocalTrainConfig(steps=10)))
     assert avg.rejections == med.rejections == []  # valid keys, well-formed: only aggregation helps
     assert med.final_accuracy > avg.final_accuracy + 0.1
@@ -132,7 +139,7 @@ def test_a_round_below_quorum_leaves_the_model_unchanged_and_is_reported(
     from pqc_fl.task import build_model
     from qhybrid.cli import main
 
-    cfg = dict(
+    cfg = FLConfig(
         num_clients=3,
         rounds=1,
         local=LocalTrainConfig(steps=2),
@@ -140,7 +147,7 @@ def test_a_round_below_quorum_leaves_the_model_unchanged_and_is_reported(
         num_byzantine=2,
         min_accepted=0.5,
     )
-    r = run_inprocess(FLConfig(**cfg))  # type: ignore[arg-type]
+    r = run_inprocess(cfg)
     assert r.rounds[0]["quorum_met"] is False and r.rounds[0]["accepted"] == 1
     assert "below the quorum of 2" in caplog.text
     init = {k: v.detach().numpy() for k, v in build_model("mlp", 0).state_dict().items()}
@@ -169,3 +176,131 @@ def test_a_round_below_quorum_leaves_the_model_unchanged_and_is_reported(
     )
     (report,) = tmp_path.glob("*/report.md")
     assert "Quorum not met in rounds [1]" in report.read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# an insider's view of the signed header: example counts, metrics, node claims (issue 21, item 6)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("num_examples", "reason"),
+    [
+        (0, "no_examples"),
+        (-1, "malformed"),
+        (-(2**70), "malformed"),
+        (1001, "examples_over_cap"),  # the world registered 1,000
+        (2**53, "examples_over_cap"),
+        (2**53 + 1, "malformed"),  # beyond what a float64 weight can express exactly
+        (2**70, "malformed"),
+        (1.5, "malformed"),
+        (float("nan"), "malformed"),
+        ("3", "malformed"),
+        (True, "malformed"),
+        (None, "malformed"),
+    ],
+)
+def test_a_validly_signed_example_count_outside_1_to_the_cap_is_refused(
+    num_examples: object, reason: str
+) -> None:
+    from pqc_fl.attacks import _resigned
+
+    w = make_world()
+    u = _resigned(w, num_examples=num_examples)
+    assert w.verify(u) == reason  # the object as a Python caller hands it over
+    try:
+        blob = u.to_bytes()
+    except (TypeError, ValueError):  # NaN / None cannot even be encoded
+        return
+    assert w.verify(blob) == reason  # and the same bytes from the wire
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"train_loss": float("nan")}, "non_finite_metric"),
+        ({"train_loss": float("inf")}, "non_finite_metric"),
+        ({"a": 0.5, "train_loss": float("-inf")}, "non_finite_metric"),
+        ({"train_loss": 1e300}, "metric_out_of_range"),
+        ({"train_loss": -2e6}, "metric_out_of_range"),
+        ({"train_loss": 1e6}, "ok"),  # the policy's bound itself is allowed
+        ({}, "ok"),
+    ],
+)
+def test_signed_metrics_must_be_finite_and_within_the_policy(
+    metrics: dict[str, float], reason: str
+) -> None:
+    w = make_world()
+    u = w.honest(metrics=metrics)
+    assert w.verify(u) == w.verify(u.to_bytes()) == reason
+    lenient = ServerPolicy.only("ml-dsa-44", max_abs_metric=None)
+    from pqc_fl.verify import verify_update
+
+    v = verify_update(
+        u.to_bytes(),
+        registry=w.registry,
+        run_id="run-attack-suite",
+        round=5,
+        guard=ReplayGuard(),
+        schema=None,
+        policy=lenient,
+        node="node-a",
+    )
+    assert v.reason == ("non_finite_metric" if reason == "non_finite_metric" else "ok")
+
+
+def test_metric_values_that_are_not_numbers_never_reach_the_verifier_as_numbers() -> None:
+    from dataclasses import replace
+
+    from pqc_fl.sign import sign_update
+
+    w = make_world()
+    for bad in ({"loss": "0.1"}, {"loss": None}, {"loss": [1.0]}, {"loss": True}, {3: 1.0}):
+        with pytest.raises(QHybridError, match="signed metrics are str -> int/float"):
+            w.honest(metrics=bad)
+    with pytest.raises(QHybridError, match="too large for a float64"):
+        w.honest(metrics={"loss": 10**400})
+    with pytest.raises(QHybridError, match="must be a mapping"):
+        w.honest(metrics=[("loss", 1.0)])
+    u = w.honest()
+    forged = replace(u, envelope=replace(u.envelope, metrics=(("loss", "x"),)))  # type: ignore[arg-type]
+    assert w.verify(forged) == "malformed"
+    with pytest.raises(QHybridError, match="num_examples=0 must be an int >= 1"):
+        sign_update(u.tensors, scheme="ml-dsa-44", secret_key=w.a.secret_key, key_id=w.a.key_id,
+                    client_id="a", run_id="r", round=1, num_examples=0)  # fmt: skip
+
+
+def test_without_a_transport_node_the_signed_node_must_be_the_keys_registered_one() -> None:
+    from dataclasses import replace
+
+    w = make_world()  # client a is registered from "node-a", client b from no node
+    assert w.verify(w.honest(node="node-a"), node=None) == "ok"
+    assert w.verify(w.honest(node="node-b"), node=None) == "node_mismatch"
+    assert w.verify(w.honest(node=""), node=None) == "node_mismatch"  # a claims to be nobody
+    b = dict(key=w.b, state=sample_state(1))
+    assert w.verify(w.honest(**b, node=""), node=None) == "ok"
+    assert w.verify(w.honest(**b, node="node-a"), node=None) == "node_mismatch"  # a's node
+    assert w.verify(w.honest(**b, node="7"), node="7") == "ok"  # the transport's word counts
+    # the registered node survives rotation and the signed registry file
+    rec = w.registry.get(w.a.key_id)
+    assert rec is not None and rec.node == "node-a"
+    assert replace(rec, node="x").to_json()["node"] == "x"
+
+
+def test_registered_nodes_survive_saving_and_rotation(tmp_path: Path) -> None:
+    from pqc_fl.keys import KeyRegistry, generate_client_key, generate_server_key
+
+    server = generate_server_key()
+    reg = KeyRegistry()
+    k = generate_client_key("c")
+    reg.register_client_key(k, max_examples=5, node="n1")
+    new = generate_client_key("c")
+    reg.rotate(client_id="c", key_id=new.key_id, public_key=new.public_key, round=3)
+    assert [r.node for r in reg.records()] == ["n1", "n1"]
+    reg.save(tmp_path / "r.json", server_key=server)
+    back = KeyRegistry.load(
+        tmp_path / "r.json", server_public_key=server.public_key, server_scheme=server.scheme
+    )
+    assert back.records() == reg.records()
+    with pytest.raises(KeyRegistryError, match="node"):
+        KeyRegistry().register_client_key(k, max_examples=5, node="x" * 300)

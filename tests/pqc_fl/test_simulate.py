@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from pqc_fl.config import LocalTrainConfig
+from pqc_fl.attacks import RunAttack
+from pqc_fl.config import LocalTrainConfig, Model
 from pqc_fl.simulate import FLConfig, fedavg, run_inprocess
 from pqc_fl.task import build_model, digits, num_parameters, partition
 
-FAST = dict(rounds=2, local=LocalTrainConfig(steps=5))
+FAST = FLConfig(rounds=2, local=LocalTrainConfig(steps=5))
 
 
 def test_fedavg_matches_hand_computation() -> None:
@@ -49,9 +52,9 @@ def test_models_and_sizes() -> None:
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_signing_leaves_the_trained_model_bitwise_unchanged(model: str) -> None:
-    signed = run_inprocess(FLConfig(model=model, sign=True, **FAST))  # type: ignore[arg-type]
-    plain = run_inprocess(FLConfig(model=model, sign=False, **FAST))  # type: ignore[arg-type]
+def test_signing_leaves_the_trained_model_bitwise_unchanged(model: Model) -> None:
+    signed = run_inprocess(replace(FAST, model=model, sign=True))
+    plain = run_inprocess(replace(FAST, model=model, sign=False))
     assert [r["test_acc"] for r in signed.rounds] == [r["test_acc"] for r in plain.rounds]
     assert all(np.array_equal(signed.state[k], plain.state[k]) for k in plain.state)
     assert signed.rejections == [] and all(r["accepted"] == 3 for r in signed.rounds)
@@ -65,9 +68,9 @@ def test_signing_leaves_the_trained_model_bitwise_unchanged(model: str) -> None:
      ("strip_signature", "bad_signature_length", [1, 2])],
 )  # fmt: skip
 def test_attacker_updates_are_rejected_and_never_aggregated(
-    attack: str, reason: str, rounds_hit: list[int]
+    attack: RunAttack, reason: str, rounds_hit: list[int]
 ) -> None:
-    r = run_inprocess(FLConfig(attack=attack, attacker=1, partition="dirichlet", **FAST))  # type: ignore[arg-type]
+    r = run_inprocess(replace(FAST, attack=attack, attacker=1, partition="dirichlet"))
     assert [x["round"] for x in r.rejections] == rounds_hit
     assert {x["reason"] for x in r.rejections} == {reason}
     assert {x["node"] for x in r.rejections} == {"node-1"}

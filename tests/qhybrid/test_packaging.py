@@ -36,5 +36,6 @@ def test_the_wheel_carries_every_preset(tmp_path):
     for p in presets:
         assert f"qhybrid/presets/{p.name}" in names
     assert "qhybrid/py.typed" in names
+    assert "pqc_fl/flower_pyproject.toml" in names  # the Flower app's project file
     for part in ("quantum", "llm_sim", "newton", "pqc_fl", "moe"):
         assert f"{part}/__init__.py" in names

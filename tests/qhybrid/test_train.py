@@ -225,6 +225,29 @@ def test_closure_optimizer_is_driven_through_step_closure():
     assert result.loss == pytest.approx(losses[-1])
 
 
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_weights():
+    x, y = regression_data()
+    seen = []
+
+    def loss(model, batch):
+        out = model(batch[0])
+        seen.append(out.dtype)
+        return F.mse_loss(out.float(), batch[1])
+
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    before = F.mse_loss(model(x), y).item()
+    train(
+        model,
+        [(x, y)],
+        loss,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        cfg(max_steps=20, autocast="bf16"),
+    )
+    assert set(seen) == {torch.bfloat16} and model.weight.dtype == torch.float32
+    assert F.mse_loss(model(x), y).item() < before
+
+
 def test_lr_schedule_values():
     c = TrainConfig(max_steps=110, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
     assert lr_factor(0, c) == pytest.approx(0.1)
@@ -271,6 +294,7 @@ def test_distillation_loss_matches_kl_div():
         ({"grad_accum_steps": 0}, "grad_accum_steps=0"),
         ({"clip_grad_norm": -1.0}, "clip_grad_norm=-1.0"),
         ({"early_stop_patience": 3}, "needs early_stop_metric"),
+        ({"autocast": "fp8"}, "autocast='fp8'"),
     ],
 )
 def test_bad_train_config(kwargs, pattern):

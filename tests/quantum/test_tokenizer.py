@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -102,3 +102,152 @@ def test_no_rendering_of_any_style_has_an_unknown_token(n, data, k, style, fmt):
 @functools.cache
 def _tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer()  # hypothesis tests cannot take function-scoped fixtures
+
+
+# --- issue 20: no <unk> on any OpenQASM 3 text, ids of the first vocabulary frozen ---------------
+
+# sha256 of "\n".join(VOCAB[:146]): the vocabulary before issue 20, whose ids saved models use.
+FROZEN_146 = "2aaf43e96e5ff02dba81ccb29317f61a5239564077d7508d50e13b0d5b3609f5"
+
+
+def test_earlier_ids_never_move():
+    import hashlib
+
+    from quantum.tokenizer import _FALLBACK, _PHASE_ANSWER, BYTE_CHARS, VOCAB
+
+    assert hashlib.sha256("\n".join(VOCAB[:146]).encode()).hexdigest() == FROZEN_146
+    assert len(set(VOCAB)) == len(VOCAB) and set(BYTE_CHARS) <= set(VOCAB)
+    later = tuple(dict.fromkeys(t for t in _FALLBACK + _PHASE_ANSWER if t not in VOCAB[:146]))
+    assert VOCAB[146:] == later  # issue 20's fallback, then llm_sim's answer keywords
+
+
+def test_byte_stand_ins_are_the_tokenizers_byte_level_alphabet():
+    from tokenizers import pre_tokenizers
+
+    from quantum.tokenizer import BYTE_CHARS
+
+    assert set(BYTE_CHARS) == set(pre_tokenizers.ByteLevel.alphabet()) and len(BYTE_CHARS) == 256
+
+
+def _old_ids(text: str) -> list[int]:
+    """The tokenizer before issue 20: maximal identifiers, digits, other characters; else <unk>."""
+    import re
+
+    from quantum.tokenizer import VOCAB
+
+    vocab = {t: i for i, t in enumerate(VOCAB[:146])}
+    words = re.findall(r"[0-9]|[A-Za-z_]+|[^\sA-Za-z_0-9]", text)
+    return [vocab.get(w, 1) for w in words]
+
+
+@pytest.mark.parametrize("style", ["x_mcz_x", "mcp_flag", "phase_oracle", "diagonal"])
+def test_texts_without_unknown_tokens_keep_their_ids(tok, style):
+    p = GroverProblem(5, ["01011", "00000"], oracle_style=style)
+    for fmt in ("compact", "answer", "answer_anchor", "qasm3_loop", "qasm3", "qasm3_oracle"):
+        text = render(p, fmt)
+        assert tok(text, add_special_tokens=False)["input_ids"] == _old_ids(text)
+
+
+def test_unseen_identifiers_and_symbols_fall_back_to_letters_and_bytes(tok):
+    text = "gate my_gate a { U(1.5e-3, 0, pi) a; } // ü§ \x01"
+    tokens = tok.tokenize(text)
+    assert tokens[:3] == ["gate", "m", "y"] and "U" in tokens and "e" in tokens
+    assert tokens[-5:] == ["Ã", "¼", "Â", "§", "ā"]  # ü, § (two UTF-8 bytes each), \x01
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    from quantum.tokenizer import count_tokens
+
+    assert count_tokens(text) == len(ids)
+
+
+def test_known_gate_names_stay_single_tokens(tok):
+    assert tok.tokenize("mcx_vchain_3 rcccx_dg mcx_recursive Oracle cu1") == [
+        "mcx_vchain_", "3", "rcccx_dg", "mcx_recursive", "Oracle", "cu", "1",
+    ]  # fmt: skip
+
+
+_IDENT = st.one_of(
+    st.from_regex(r"[A-Za-z_][A-Za-z_0-9]{0,11}", fullmatch=True),
+    st.text(st.characters(categories=("Lu", "Ll", "Lo")), min_size=1, max_size=4),  # ψ, 量子
+)
+_NUMBER = st.one_of(
+    st.integers(0, 10**9).map(str),
+    st.floats(-1e6, 1e6, allow_nan=False).map(repr),
+    st.floats(1e-12, 1e12).map(lambda x: f"{x:.3e}"),
+)
+
+
+_COMMENT = st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=12)
+
+
+@st.composite
+def qasm_programs(draw: st.DrawFn) -> str:
+    """Random valid OpenQASM 3: a gate definition with unseen names, registers, loops, angles."""
+    gate, a, b, reg, creg = draw(st.lists(_IDENT, min_size=5, max_size=5, unique=True))
+    size = draw(st.integers(2, 12))
+    angle = draw(_NUMBER)
+    lines = [
+        "OPENQASM 3.0;",
+        'include "stdgates.inc";',
+        f"gate {gate}(theta) {a}, {b} {{ rz(theta) {a}; ctrl @ x {a}, {b}; U(pi/2, 0, {angle}) {b}; }}",
+        f"qubit[{size}] {reg};",
+        f"bit[{size}] {creg};",
+    ]
+    for _ in range(draw(st.integers(1, 6))):
+        i, j = draw(st.lists(st.integers(0, size - 1), min_size=2, max_size=2, unique=True))
+        lines.append(
+            draw(
+                st.sampled_from(
+                    [
+                        f"{gate}({angle}) {reg}[{i}], {reg}[{j}];",
+                        f"negctrl(1) @ p({angle}) {reg}[{i}], {reg}[{j}];",
+                        f"for int k in [0:{draw(st.integers(0, 99))}] {{ h {reg}[{i}]; }}",
+                        f"{creg}[{i}] = measure {reg}[{i}];  // {draw(_COMMENT)}",
+                    ]
+                )
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(program=qasm_programs())
+def test_no_unknown_token_on_random_valid_qasm(program):
+    import openqasm3
+
+    from quantum.tokenizer import count_tokens
+
+    try:  # keep valid OpenQASM 3 only (a drawn name may be a keyword, e.g. 'box' or 'π')
+        openqasm3.parse(program)
+    except Exception:
+        assume(False)
+    tok = _tokenizer()
+    ids = tok(program, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert count_tokens(program) == len(ids)
+
+
+@pytest.mark.parametrize("mode", ["mcmt", "noancilla", "recursion", "v-chain", "v-chain-dirty"])
+@pytest.mark.parametrize("as_gate", [False, True])
+def test_qiskit_exports_of_grover_operator_have_no_unknown_token(tok, mode, as_gate):
+    from qiskit import qasm3
+
+    from quantum.circuits import grover_operator_circuit
+    from quantum.tokenizer import count_tokens
+
+    for n in (3, 6):
+        text = qasm3.dumps(grover_operator_circuit(GroverProblem(n, ["1" * n]), mode, as_gate))
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids and count_tokens(text) == len(ids)
+
+
+def test_qiskit_exports_of_mcx_classes_mcmt_and_random_circuits_have_no_unknown_token(tok):
+    """Every mcx mode and size in one circuit (numbered definitions), MCX classes, MCMTGate."""
+    from qiskit import qasm3
+
+    from quantum.circuits import random_library_circuit
+
+    texts = [qasm3.dumps(random_library_circuit(seed)) for seed in range(40)]
+    assert sum("mcx_vchain" in t for t in texts) and sum("mcmt" in t for t in texts)
+    for text in texts:
+        assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"]
