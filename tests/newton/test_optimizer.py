@@ -191,7 +191,7 @@ def test_a_step_that_lowers_the_loss_neither_way_is_rejected():
     torch.manual_seed(0)
     model = nn.Linear(3, 2).double()
     before = [p.detach().clone() for p in model.parameters()]
-    opt = QNewton(model.parameters(), scheduler=_WrongSign(), fallback_lr=1e4)
+    opt = QNewton(model.parameters(), scheduler=_WrongSign(), fallback_lr=1e3)
     loss0 = float(opt.step(Closure(model, [_data()], _ce)))
     rec = opt.history[-1]
     assert rec["outcome"] == "rejected" and rec["step_size"] == 0.0
