@@ -8,8 +8,9 @@ older files without ``depends`` get the defaults of :data:`DEFAULT_DEPENDS` by n
 
 - ``fresh``: every JSON was made on a clean tree, and no file it depends on changed between that
   commit and HEAD;
-- ``stale``: a dependency changed since (the files are listed), or the tree was dirty (the numbers
-  cannot be traced to code), or the commit is unknown to this clone;
+- ``stale``: a dependency changed since (the files are listed), or a file it depends on was
+  uncommitted when it was made (``dirty_files``; any uncommitted file where a JSON records only
+  ``dirty``), or the commit is unknown to this clone;
 - ``untracked``: a JSON records no commit at all, or the file is missing.
 
 Rows without a benchmark script (``make demo``, a test run) are listed as ``not checked``.
@@ -79,6 +80,14 @@ def _depends(name: str, prov: dict) -> list[str]:
     return deps + ([script] if (ROOT / script).is_file() else [])
 
 
+def _dirty(prov: dict, deps: list[str]) -> bool:
+    """Was code the result depends on uncommitted? (Any dirt counts where files were not recorded.)"""
+    files = prov.get("dirty_files")
+    if not isinstance(files, list):
+        return bool(prov.get("dirty"))
+    return any(f == d or f.startswith(d.rstrip("/") + "/") for f in files for d in deps)
+
+
 def check_json(name: str) -> tuple[str, list[str]]:
     """``(status, reasons)`` of one results file."""
     path = RESULTS / name
@@ -93,10 +102,9 @@ def check_json(name: str) -> tuple[str, list[str]]:
         return "untracked", [f"{name}: records no git commit"]
     if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode:
         return "stale", [f"{name}: commit {commit[:10]} is not in this repository"]
-    reasons = [f"{name}: made on a dirty tree at {commit[:10]}"] if prov.get("dirty") else []
-    changed = _git(
-        "diff", "--name-only", commit, "HEAD", "--", *_depends(name, prov)
-    ).stdout.split()
+    deps = _depends(name, prov)
+    reasons = [f"{name}: made on a dirty tree at {commit[:10]}"] if _dirty(prov, deps) else []
+    changed = _git("diff", "--name-only", commit, "HEAD", "--", *deps).stdout.split()
     if changed:
         more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
         reasons.append(f"{name}: {', '.join(changed[:4])}{more} changed since {commit[:10]}")

@@ -117,10 +117,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool}`` of the repository holding ``cwd`` (default: qhybrid).
+    """``{"commit", "dirty", "dirty_files"}`` of the repository holding ``cwd`` (default: qhybrid).
 
-    ``dirty`` is true when a tracked file differs from the commit, so a number made on a dirty tree
-    cannot be traced to code (``benchmarks/check_fresh.py`` calls such a row stale).
+    ``dirty`` is true when a tracked file differs from the commit; ``dirty_files`` lists those
+    files, so ``benchmarks/check_fresh.py`` can call a number stale exactly when one of them is
+    code the number depends on (a document edited during a run does not untrace it).
     """
     here = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
 
@@ -131,10 +132,12 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
+        return {"commit": None, "dirty": None, "dirty_files": None}
+    # porcelain v1: "XY path" or "XY old -> new"; both sides of a rename count
+    files = sorted({f for line in status.splitlines() for f in line[3:].split(" -> ")})
+    return {"commit": commit, "dirty": bool(files), "dirty_files": files}
 
 
 def _git_revision() -> str | None:

@@ -51,12 +51,21 @@ def test_status_follows_the_commit_and_the_dependencies(fresh, tmp_path, monkeyp
     write_results(tmp_path / "a.json", {"x": 1}, depends=("quantum",))
     data = json.loads((tmp_path / "a.json").read_text())
     assert data["provenance"]["commit"] == head and data["x"] == 1
-    data["provenance"]["dirty"] = False
-    (tmp_path / "a.json").write_text(json.dumps(data))
-    assert fresh.check_json("a.json") == ("fresh", [])
-    data["provenance"]["dirty"] = True
-    (tmp_path / "a.json").write_text(json.dumps(data))
-    status, why = fresh.check_json("a.json")
+    assert isinstance(data["provenance"]["dirty_files"], list)
+
+    def status_with(**provenance):
+        data["provenance"].update(provenance)
+        (tmp_path / "a.json").write_text(json.dumps(data))
+        return fresh.check_json("a.json")
+
+    assert status_with(dirty=False, dirty_files=[]) == ("fresh", [])
+    # uncommitted edits count only where the result depends on them
+    assert status_with(dirty=True, dirty_files=["docs/quantum.md"]) == ("fresh", [])
+    status, why = status_with(dirty=True, dirty_files=["docs/quantum.md", "quantum/render.py"])
+    assert status == "stale" and "dirty" in why[0]
+    assert status_with(dirty=True, dirty_files=["quantum_extra/x.py"])[0] == "fresh"
+    del data["provenance"]["dirty_files"]  # an older file: any dirt counts
+    status, why = status_with(dirty=True)
     assert status == "stale" and "dirty" in why[0]
     first = fresh._git("rev-list", "--max-parents=0", "HEAD").stdout.split()[0]
     data["provenance"].update(commit=first, dirty=False)  # the first commit: quantum/ changed since
