@@ -68,7 +68,8 @@ def _provenance(data: dict) -> dict:
     for block in (data, *(v for v in data.values() if isinstance(v, dict))):
         rev = block.get("git_revision")
         if isinstance(rev, str):
-            return {"commit": rev.removesuffix("-dirty"), "dirty": rev.endswith("-dirty")}
+            dirty = {"dirty_files": block["dirty_files"]} if "dirty_files" in block else {}
+            return {"commit": rev.removesuffix("-dirty"), "dirty": rev.endswith("-dirty")} | dirty
     return {}
 
 

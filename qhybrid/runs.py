@@ -140,8 +140,8 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(files), "dirty_files": files}
 
 
-def _git_revision() -> str | None:
-    state = git_state()
+def _revision(state: dict[str, Any]) -> str | None:
+    """``sha`` or ``sha-dirty`` (the legacy ``git_revision`` of ``environment_info``)."""
     if state["commit"] is None:
         return None
     return str(state["commit"]) + ("-dirty" if state["dirty"] else "")
@@ -199,9 +199,11 @@ def environment_info(seed: int | None = None) -> dict[str, Any]:
             gpu = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:
         pass
+    git = git_state()
     return {
         "versions": versions,
-        "git_revision": _git_revision(),
+        "git_revision": _revision(git),
+        "dirty_files": git["dirty_files"],
         "seed": seed,
         "platform": platform.platform(),
         "cpu": _cpu_name(),

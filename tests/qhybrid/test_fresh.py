@@ -78,3 +78,20 @@ def test_status_follows_the_commit_and_the_dependencies(fresh, tmp_path, monkeyp
     data["provenance"]["commit"] = "0" * 40
     (tmp_path / "a.json").write_text(json.dumps(data))
     assert fresh.check_json("a.json")[0] == "stale"
+
+
+def test_legacy_environment_blocks_record_their_dirty_files(fresh, tmp_path, monkeypatch) -> None:
+    from qhybrid.runs import environment_info
+
+    head = git_state()["commit"]
+    if head is None:
+        pytest.skip("not a git checkout")
+    monkeypatch.setattr(fresh, "RESULTS", tmp_path)
+    assert isinstance(environment_info()["dirty_files"], list)
+    path = tmp_path / "quantum_x.json"  # DEFAULT_DEPENDS: quantum/
+    for files, status in ((["docs/quantum.md"], "fresh"), (["quantum/render.py"], "stale")):
+        env = {"git_revision": f"{head}-dirty", "dirty_files": files}
+        path.write_text(json.dumps({"env": env}))
+        assert fresh.check_json(path.name)[0] == status
+    path.write_text(json.dumps({"env": {"git_revision": f"{head}-dirty"}}))  # files not recorded
+    assert fresh.check_json(path.name)[0] == "stale"
