@@ -132,11 +132,9 @@ def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain", "--untracked-files=no")
+        files = sorted(git("diff", "--name-only", "--no-renames", "HEAD").splitlines())
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "dirty_files": None}
-    # porcelain v1: "XY path" or "XY old -> new"; both sides of a rename count
-    files = sorted({f for line in status.splitlines() for f in line[3:].split(" -> ")})
     return {"commit": commit, "dirty": bool(files), "dirty_files": files}
 
 
