@@ -21,7 +21,7 @@ from llm_sim.data import TaskFormat, encode_prompt
 from llm_sim.decode import generate_batched, generate_one_by_one
 from llm_sim.evaluate import max_new_tokens
 from llm_sim.model import build_model, preset
-from qhybrid.runs import atomic_write_json
+from qhybrid.runs import write_results
 from quantum import build_tokenizer
 from quantum.dataset import DatasetSpec, SplitSpec, draw_splits
 
@@ -127,7 +127,7 @@ def main() -> None:
         "identical_outputs": batched == single,
         "torch_threads": torch.get_num_threads(),
     }
-    atomic_write_json(Path(args.out), result)
+    write_results(Path(args.out), result, depends=("llm_sim", "quantum"))
     print(json.dumps(result, indent=1))
 
 
