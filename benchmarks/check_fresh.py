@@ -6,8 +6,8 @@ command cell "same" repeats the row above). Each JSON records in ``provenance`` 
 was made on, whether the tree was dirty, and the code it depends on (``qhybrid.runs.write_results``);
 older files without ``depends`` get the defaults of :data:`DEFAULT_DEPENDS` by name. A row is
 
-- ``fresh``: every JSON was made on a clean tree, and no file it depends on changed between that
-  commit and HEAD;
+- ``fresh``: every JSON was made with no uncommitted change to a file it depends on, and no such
+  file changed between that commit and HEAD;
 - ``stale``: a dependency changed since (the files are listed), or a file it depends on was
   uncommitted when it was made (``dirty_files``; any uncommitted file where a JSON records only
   ``dirty``), or the commit is unknown to this clone;
@@ -162,8 +162,9 @@ def write_section(doc: str, body: str) -> str:
     intro = (
         "## Freshness of these rows\n\n"
         "Written by `python benchmarks/check_fresh.py --write` (`make bench-check` fails while a "
-        "checked row is not fresh): whether each row's results JSON was made on a clean tree at a "
-        "commit after which none of the code it depends on changed.\n\n"
+        "checked row is not fresh): whether each row's results JSON was made, with none of the code "
+        "it depends on uncommitted, at a commit after which none of that code changed. Rows made on "
+        "a lent GPU machine stay untracked until a device is lent again.\n\n"
     )
     return head + BEGIN + "\n" + intro + body + "\n" + END + tail
 
