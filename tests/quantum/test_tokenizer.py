@@ -177,7 +177,11 @@ _NUMBER = st.one_of(
 )
 
 
-_COMMENT = st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=12)
+# Comments may hold any printable text but the special-token strings, which the tokenizer still
+# reads as special tokens (a known bug: see test_special_token_strings_in_text_are_plain_text).
+_COMMENT = st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=12).filter(
+    lambda text: not any(s in text for s in ("<pad>", "<unk>", "<bos>", "<eos>", "<sep>"))
+)
 
 
 @st.composite
@@ -225,6 +229,22 @@ def test_no_unknown_token_on_random_valid_qasm(program):
     ids = tok(program, add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids
     assert count_tokens(program) == len(ids)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, open: special-token strings in user text (a QASM comment '// <eos>') are "
+    "read as special tokens; the fix (split_special_tokens=True) changes quantum/ and waits for "
+    "the next rerun of the llm benchmarks",
+)
+def test_special_token_strings_in_text_are_plain_text():
+    from quantum.tokenizer import count_tokens
+
+    text = "x q[0];  // <eos> <pad> <unk>"
+    ids = _tokenizer()(text, add_special_tokens=False)["input_ids"]
+    specials = {_tokenizer().convert_tokens_to_ids(t) for t in ("<eos>", "<pad>", "<unk>")}
+    assert not specials & set(ids)
+    assert count_tokens(text) == len(ids)
 
 
 @pytest.mark.parametrize("mode", ["mcmt", "noancilla", "recursion", "v-chain", "v-chain-dirty"])
