@@ -83,3 +83,44 @@ def _toml(tp: Any) -> str:
     if get_origin(b) is Literal:
         return f'"{get_args(b)[0]}"'
     return {int: "2", float: "2.0", bool: "true"}.get(b, '"a"')
+
+
+def declared_cases(cls: type, allowed: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every (key, hostile TOML value) of the config ``cls`` that its declaration must refuse
+    (``allowed``: (last key part, value) pairs that are legitimately accepted)."""
+    return [
+        (key, raw)
+        for key, tp in leaves(cls)
+        for raw in hostile_toml(tp)
+        if (key.rsplit(".", 1)[-1], raw) not in allowed
+    ]
+
+
+def assert_declaration_refuses(cls: type, allowed: set[tuple[str, str]]) -> None:
+    """Each hostile value of each key raises a one-line ``QHybridError`` naming the key."""
+    import pytest
+
+    from qhybrid.config import resolve_config
+    from qhybrid.errors import QHybridError
+
+    cases = declared_cases(cls, allowed)
+    assert len(cases) >= 4 * len(leaves(cls))
+    for key, raw in cases:
+        try:
+            value = resolve_config(cls, overrides=[f"{key}={raw}"])
+        except QHybridError as err:
+            text = str(err)
+            assert "\n" not in text and len(text) < 600 and key.split(".")[-1] in text, text
+        else:
+            pytest.fail(f"{cls.__name__}: {key}={raw[:40]} accepted ({value!r:.200})")
+
+
+def run_cli(capsys: Any, argv: list[str]) -> tuple[int, str, float]:
+    """``qhybrid argv`` in-process: (exit code, stderr, seconds)."""
+    import time
+
+    from qhybrid.cli import main
+
+    t0 = time.perf_counter()
+    rc = main(argv)
+    return rc, capsys.readouterr().err, time.perf_counter() - t0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,13 @@ from moe.stage import StageConfig
 from moe.stats import collect_routing_stats
 from moe.subject import SubjectConfig
 from moe.tiny import tiny_batch, tiny_moe
-from qhybrid.cli import main
-from qhybrid.config import resolve_config
-from qhybrid.errors import QHybridError
-from tests.hostile import arguments, hostile_python, hostile_toml, leaves
+from tests.hostile import (
+    arguments,
+    assert_declaration_refuses,
+    declared_cases,
+    hostile_python,
+    run_cli,
+)
 
 COMMANDS = {"train": TrainSubjectConfig, "compress": CompressConfig}
 # (key, value) pairs a declaration legitimately accepts although they look hostile
@@ -45,13 +47,7 @@ SECONDS = 10.0  # the most one refused command may take
 
 
 def _cases(cls: type) -> list[tuple[str, str]]:
-    """Every (key, hostile value) of ``cls`` that its declaration must refuse."""
-    return [
-        (key, raw)
-        for key, tp in leaves(cls)
-        for raw in hostile_toml(tp)
-        if (key.rsplit(".", 1)[-1], raw) not in ALLOWED
-    ]
+    return declared_cases(cls, ALLOWED)
 
 
 @pytest.mark.parametrize(
@@ -60,22 +56,7 @@ def _cases(cls: type) -> list[tuple[str, str]]:
     ids=lambda c: c.__name__,
 )
 def test_every_declared_key_refuses_its_hostile_values(cls: type) -> None:
-    cases = _cases(cls)
-    assert len(cases) >= 4 * len(leaves(cls))
-    for key, raw in cases:
-        try:
-            value = resolve_config(cls, overrides=[f"{key}={raw}"])
-        except QHybridError as err:
-            text = str(err)
-            assert "\n" not in text and len(text) < 600 and key.split(".")[-1] in text, text
-        else:
-            pytest.fail(f"{cls.__name__}: {key}={raw[:40]} accepted ({value!r:.200})")
-
-
-def _cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, float]:
-    t0 = time.perf_counter()
-    rc = main(argv)
-    return rc, capsys.readouterr().err, time.perf_counter() - t0
+    assert_declaration_refuses(cls, ALLOWED)
 
 
 def _refused(rc: int, err: str, seconds: float, out: Path) -> None:
@@ -95,7 +76,7 @@ def test_every_command_exits_2_with_one_line_and_writes_nothing(
     out = tmp_path / "runs"
     for key, raw in _cases(COMMANDS[command]):
         argv = ["moe", command, "--out", str(out), "--set", f"{key}={raw}"]
-        _refused(*_cli(capsys, argv), out)
+        _refused(*run_cli(capsys, argv), out)
 
 
 def test_reproduce_refuses_a_bad_moe_value_before_any_stage_runs(
@@ -104,8 +85,8 @@ def test_reproduce_refuses_a_bad_moe_value_before_any_stage_runs(
     stage = ["--set", 'stages=["moe"]']
     for key, raw in _cases(StageConfig)[::4]:
         argv = ["reproduce", "--out", str(tmp_path), *stage, "--set", f"moe.{key}={raw}"]
-        _refused(*_cli(capsys, argv), tmp_path)
-    rc, err, seconds = _cli(
+        _refused(*run_cli(capsys, argv), tmp_path)
+    rc, err, seconds = run_cli(
         capsys, ["reproduce", "--out", str(tmp_path), *stage, "--set", "moe.max_cpu_s=1.0"]
     )
     _refused(rc, err, seconds, tmp_path)
@@ -180,14 +161,14 @@ def test_devices_fifos_and_files_as_paths(
     out = tmp_path / "runs"
     base = ["moe", "compress", "--out", str(out), "--set", "merge_to=0", "--set", "seq_len=32"]
     for path in ("/dev/zero", fifo, afile, tmp_path / "missing"):
-        _refused(*_cli(capsys, [*base, "--set", f"model_dir='{path}'"]), out)
+        _refused(*run_cli(capsys, [*base, "--set", f"model_dir='{path}'"]), out)
         checkpoint = [*base, "--set", f"model_dir='{folder}'", "--set", "tokenizer='bytes'"]
-        _refused(*_cli(capsys, [*checkpoint, "--set", f"calib='{path}'"]), out)
+        _refused(*run_cli(capsys, [*checkpoint, "--set", f"calib='{path}'"]), out)
         tok = [*base, "--set", f"model_dir='{folder}'", "--set", f"calib='{calib}'"]
-        _refused(*_cli(capsys, [*tok, "--set", f"tokenizer='{path}'"]), out)
+        _refused(*run_cli(capsys, [*tok, "--set", f"tokenizer='{path}'"]), out)
     for bad_out in ("/dev/null", fifo, afile):
         for command in ("train", "compress"):
-            rc, err, seconds = _cli(capsys, ["moe", command, "--out", str(bad_out)])
+            rc, err, seconds = run_cli(capsys, ["moe", command, "--out", str(bad_out)])
             assert rc == 2 and "is a file" in err and seconds < SECONDS, err
     assert fifo.exists() and afile.read_text() == "x"
 
@@ -203,12 +184,12 @@ def test_the_issue_examples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         argv = ["moe", "compress", "--out", str(out)]
         for s in sets:
             argv += ["--set", s]
-        rc, err, seconds = _cli(capsys, argv)
+        rc, err, seconds = run_cli(capsys, argv)
         _refused(rc, err, seconds, out)
         assert match in err, err
     for sets, match in ((("hidden=5",), "hidden=5 must be a multiple"),
                         (("intermediate=6",), "intermediate=6 must be a multiple of 4"),
                         (("steps=100000000",), "max_cpu_s")):  # fmt: skip
-        rc, err, seconds = _cli(capsys, ["moe", "train", "--out", str(out), "--set", sets[0]])
+        rc, err, seconds = run_cli(capsys, ["moe", "train", "--out", str(out), "--set", sets[0]])
         _refused(rc, err, seconds, out)
         assert match in err, err

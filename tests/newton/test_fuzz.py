@@ -6,7 +6,6 @@ through the CLI), nothing is written, within a time bound. New keys are covered 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,16 @@ from newton.experiments import CompareConfig, CrossoverConfig, HHLLoopConfig, No
 from newton.optimizer import QNewton
 from newton.scheduler import SchedulerConfig
 from newton.stage import StageConfig
-from qhybrid.cli import main
 from qhybrid.config import resolve_config
 from qhybrid.errors import QHybridError
-from tests.hostile import arguments, hostile_python, hostile_toml, leaves
+from tests.hostile import (
+    arguments,
+    assert_declaration_refuses,
+    declared_cases,
+    hostile_python,
+    leaves,
+    run_cli,
+)
 
 COMMANDS = {
     "compare": CompareConfig,
@@ -46,33 +51,12 @@ SECONDS = 10.0  # the most one refused command may take
 
 
 def _cases(cls: type) -> list[tuple[str, str]]:
-    """Every (key, hostile value) of ``cls`` that its declaration must refuse."""
-    return [
-        (key, raw)
-        for key, tp in leaves(cls)
-        for raw in hostile_toml(tp)
-        if (key.rsplit(".", 1)[-1], raw) not in ALLOWED
-    ]
+    return declared_cases(cls, ALLOWED)
 
 
 @pytest.mark.parametrize("cls", [*COMMANDS.values(), StageConfig], ids=lambda c: c.__name__)
 def test_every_declared_key_refuses_its_hostile_values(cls: type) -> None:
-    cases = _cases(cls)
-    assert len(cases) >= 4 * len(leaves(cls))
-    for key, raw in cases:
-        try:
-            value = resolve_config(cls, overrides=[f"{key}={raw}"])
-        except QHybridError as err:
-            text = str(err)
-            assert "\n" not in text and len(text) < 600 and key.split(".")[-1] in text, text
-        else:
-            pytest.fail(f"{cls.__name__}: {key}={raw[:40]} accepted ({value!r:.200})")
-
-
-def _cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, float]:
-    t0 = time.perf_counter()
-    rc = main(argv)
-    return rc, capsys.readouterr().err, time.perf_counter() - t0
+    assert_declaration_refuses(cls, ALLOWED)
 
 
 def _refused(rc: int, err: str, seconds: float, out: Path) -> None:
@@ -89,7 +73,7 @@ def test_every_command_exits_2_with_one_line_and_writes_nothing(
     out = tmp_path / "runs"
     for key, raw in _cases(COMMANDS[command]):
         argv = ["newton", command, "--out", str(out), "--set", f"{key}={raw}"]
-        _refused(*_cli(capsys, argv), out)
+        _refused(*run_cli(capsys, argv), out)
 
 
 def test_reproduce_refuses_a_bad_newton_value_before_any_stage_runs(
@@ -98,8 +82,8 @@ def test_reproduce_refuses_a_bad_newton_value_before_any_stage_runs(
     stage = ["--set", 'stages=["newton"]']
     for key, raw in _cases(StageConfig)[::5] + [("epochs", "1000000")]:
         argv = ["reproduce", "--out", str(tmp_path), *stage, "--set", f"newton.{key}={raw}"]
-        _refused(*_cli(capsys, argv), tmp_path)
-    rc, err, seconds = _cli(
+        _refused(*run_cli(capsys, argv), tmp_path)
+    rc, err, seconds = run_cli(
         capsys, ["reproduce", "--out", str(tmp_path), *stage, "--set", "newton.max_cpu_s=0.01"]
     )
     _refused(rc, err, seconds, tmp_path)
@@ -165,10 +149,10 @@ def test_devices_fifos_and_broken_files_as_paths(
     for folder in ("/dev/zero", fifo, afile, tmp_path / "missing", garbage, truncated):
         argv = ["newton", "compare", "--out", str(out), "--set", 'dataset="mnist"',
                 "--set", f"mnist_dir='{folder}'"]  # fmt: skip
-        _refused(*_cli(capsys, argv), out)
+        _refused(*run_cli(capsys, argv), out)
     for bad_out in ("/dev/null", fifo, afile):
         for command in ("compare", "hhl-loop", "crossover", "noise"):
-            rc, err, seconds = _cli(capsys, ["newton", command, "--out", str(bad_out)])
+            rc, err, seconds = run_cli(capsys, ["newton", command, "--out", str(bad_out)])
             assert rc == 2 and "is a file" in err and seconds < SECONDS, err
     assert fifo.exists() and afile.read_text() == "x"
 
